@@ -1,0 +1,123 @@
+"""python -m orchestrator COMMAND ...: a thin wrapper over the stage entry functions.
+
+Every command takes --data and --workspace (DESIGN.md 'Workspace'); each command's
+own options are declared in one small function beside the one that runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import DataError
+from .workspace import Workspace
+
+log = logging.getLogger("orchestrator")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), help="data directory in the competition layout (default ./data)")
+    p.add_argument("--workspace", type=Path, default=Path("workspace"), help="where stages leave crops, folds, Tune and MLflow state (default ./workspace)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///WS/mlflow.db)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--old-from", type=int, default=None, help="training age boundary of 'old' (scoring always uses 60)")
+    p.add_argument("--corrections", type=Path, default=None, help="label corrections CSV (id,field,value)")
+
+
+# -- demo-data ---------------------------------------------------------------------------
+def _demo_args(p):
+    p.add_argument("out", nargs="?", type=Path, default=None, help="output folder (default: --data)")
+    p.add_argument("--persons", type=int, default=60, help="training persons (7 images each)")
+    p.add_argument("--eval-persons", type=int, default=20)
+    p.add_argument("--seed", type=int, default=777)
+
+
+def _demo(a) -> int:
+    from .demo_data import DemoSpec, write_demo_data
+    out = write_demo_data(a.out or a.data, DemoSpec(a.persons, a.eval_persons, a.seed))
+    print(f"demo data written to {out} ({a.persons} train persons, {a.eval_persons} eval persons)")
+    return 0
+
+
+# -- eda ---------------------------------------------------------------------------------
+def _eda(a) -> int:
+    from .dataset import load_train
+    from .eda import write_eda
+    train = load_train(a.data, corrections=a.corrections, **_old_from(a))
+    files = write_eda(train, Workspace(a.workspace).results / "eda")
+    print("EDA written:\n  " + "\n  ".join(map(str, files)))
+    return 0
+
+
+# -- folds -------------------------------------------------------------------------------
+def _folds_args(p):
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--fold-mode", choices=("person", "image"), default="person")
+
+
+def _folds(a) -> int:
+    from .dataset import load_train
+    from .folds import FoldSpec, ensure_folds, fold_file
+    spec = FoldSpec(a.folds, a.seed, a.fold_mode)
+    train = load_train(a.data, corrections=a.corrections, **_old_from(a))
+    folds = ensure_folds(train, Workspace(a.workspace).root, spec)
+    sizes = folds.groupby("fold").agg(images=("path", "size"), persons=("person", "nunique"))
+    print(f"folds saved to {fold_file(Workspace(a.workspace).root, spec)}\n{sizes.to_string()}")
+    return 0
+
+
+# -- run ---------------------------------------------------------------------------------
+def _run(a) -> int:
+    from .pipeline import run_all
+    run_all(a.data, Workspace(a.workspace))
+    return 0
+
+
+def _later(issue: int):
+    def run(a) -> int:
+        print(f"'{a.command}' is not built yet (issue #{issue})", file=sys.stderr)
+        return 2
+    return run
+
+
+def _old_from(a) -> dict:
+    return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
+
+
+COMMANDS = {
+    # name: (help, add-arguments, run)
+    "demo-data": ("write the built-in synthetic data set in the competition layout", _demo_args, _demo),
+    "eda": ("plots and tables of the label distributions", _train_options, _eda),
+    "folds": ("make (or show) the saved person-level fold assignment", lambda p: (_train_options(p), _folds_args(p)), _folds),
+    "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", lambda p: None, _later(3)),
+    "tune": ("Ray Tune + Optuna study for one head", lambda p: None, _later(4)),
+    "retrain": ("retrain a head's best config on all data", lambda p: None, _later(5)),
+    "ensemble": ("fold + full-data vote with TTA; writes the submission and report", lambda p: None, _later(5)),
+    "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", lambda p: None, _run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,142 @@
+"""Read a data directory in the competition layout into pandas tables.
+
+train/train.csv (id,gender,race,age,path) + train/images/<path>/<kind>.<ext>
+eval/info.csv (ImageID,ans) + eval/images/<ImageID>
+Every problem is collected and raised as one DataError naming file, line and fix;
+usable-but-odd data (a missing image kind, a stray file) is a warning, never a silent drop.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import DataError
+from .labels import COMPETITION_OLD_AGE, GENDERS, IMAGE_EXTS, IMAGE_KINDS, age_group, encode
+
+log = logging.getLogger(__name__)
+TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
+EVAL_COLUMNS = ("ImageID", "ans")
+
+
+def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; {fix}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many types for unreadable CSVs
+        raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: "
+                        f"{', '.join(df.columns)}); the header must be {','.join(required)}")
+    return df
+
+
+def _check_person_row(line: int, row, csv_path: Path, seen: dict, problems: list) -> None:
+    where = f"{csv_path} line {line}"
+    if row["id"] in seen:
+        problems.append(f"{where}: duplicate id {row['id']!r} (also on line {seen[row['id']]}); "
+                        "give every person a unique id")
+    seen.setdefault(row["id"], line)
+    if row["gender"].strip().lower() not in GENDERS:
+        problems.append(f"{where}: unknown gender {row['gender']!r}; use one of {', '.join(GENDERS)}")
+    if not row["age"].strip().isdigit():
+        problems.append(f"{where}: age {row['age']!r} is not a whole number; write the age in years")
+
+
+def _person_images(folder: Path, where: str, problems: list, warnings: list) -> dict[str, Path]:
+    """kind -> image file of one person's folder."""
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or f.is_dir():
+            continue  # hidden files (._mask1.jpg from macOS) are not images of the person
+        kind, ext = f.stem, f.suffix.lower()
+        if kind not in IMAGE_KINDS or ext not in IMAGE_EXTS:
+            warnings.append(f"{where}: ignoring unexpected file {f} (expected "
+                            f"{'/'.join(IMAGE_KINDS)} with {'/'.join(IMAGE_EXTS)})")
+        elif kind in found:
+            problems.append(f"{where}: two files for {kind!r} ({found[kind].name}, {f.name}); "
+                            "keep one of them")
+        else:
+            found[kind] = f
+    missing = [k for k in IMAGE_KINDS if k not in found]
+    if len(missing) == len(IMAGE_KINDS):
+        problems.append(f"{where}: folder {folder} holds none of the 7 images; add them "
+                        "or remove the row")
+    elif missing:
+        warnings.append(f"{where}: {folder} lacks {', '.join(missing)}; using the "
+                        f"{len(found)} images present")
+    return found
+
+
+def load_train(data_dir: Path | str, *, old_from: int = COMPETITION_OLD_AGE,
+               corrections: Path | str | None = None) -> pd.DataFrame:
+    """One row per training image with person, path, kind and labels.
+
+    ``age_group`` uses the *training* boundary ``old_from``; ``label`` (the 18-class
+    target) always uses the competition boundary of 60.
+    """
+    data_dir = Path(data_dir)
+    csv_path = data_dir / "train" / "train.csv"
+    people = read_csv(csv_path, TRAIN_COLUMNS, "see README 'Data layout'")
+    problems: list[str] = []
+    warnings: list[str] = []
+    seen: dict[str, int] = {}
+    rows = []
+    for i, row in people.iterrows():
+        line = i + 2  # header is line 1
+        _check_person_row(line, row, csv_path, seen, problems)
+        folder = data_dir / "train" / "images" / row["path"]
+        if not row["path"] or not folder.is_dir():
+            problems.append(f"{csv_path} line {line}: image folder {folder} does not exist; "
+                            "fix the path column or add the folder")
+            continue
+        for kind, f in _person_images(folder, f"{csv_path} line {line}", problems, warnings).items():
+            rows.append({"person": row["id"], "path": f.relative_to(data_dir).as_posix(),
+                         "kind": kind, "gender_name": row["gender"].strip().lower(),
+                         "age_text": row["age"].strip(), "race": row["race"]})
+    if problems:
+        raise DataError(problems)
+    for w in warnings:
+        log.warning(w)
+    df = pd.DataFrame(rows)
+    df["mask"] = df["kind"].map(IMAGE_KINDS).astype(int)
+    df["gender"] = df["gender_name"].map(GENDERS).astype(int)
+    df["age"] = df["age_text"].astype(int)
+    df = df.drop(columns=["gender_name", "age_text"])
+    if corrections is not None:
+        from .corrections import apply_corrections
+        df = apply_corrections(df, Path(corrections))
+    return add_labels(df, old_from)
+
+
+def add_labels(df: pd.DataFrame, old_from: int = COMPETITION_OLD_AGE) -> pd.DataFrame:
+    """(Re)compute age groups and the 18-class label from mask, gender and age."""
+    df = df.copy()
+    df["age_group"] = age_group(df["age"].to_numpy(), old_from)
+    true_age = age_group(df["age"].to_numpy(), COMPETITION_OLD_AGE)
+    df["label"] = encode(df["mask"].to_numpy(), df["gender"].to_numpy(), true_age)
+    return df
+
+
+def load_eval(data_dir: Path | str) -> pd.DataFrame:
+    """The eval images in info.csv order: image_id, path (relative to data_dir)."""
+    data_dir = Path(data_dir)
+    csv_path = data_dir / "eval" / "info.csv"
+    info = read_csv(csv_path, EVAL_COLUMNS, "see README 'Data layout'")
+    problems = []
+    dup = info["ImageID"].duplicated(keep="first")
+    for i in info.index[dup]:
+        problems.append(f"{csv_path} line {i + 2}: ImageID {info.at[i, 'ImageID']!r} listed "
+                        "twice; list every eval image once")
+    for i, image_id in info["ImageID"].items():
+        if not (data_dir / "eval" / "images" / image_id).is_file():
+            problems.append(f"{csv_path} line {i + 2}: image {data_dir / 'eval/images' / image_id}"
+                            " does not exist; add the file or remove the row")
+    if problems:
+        raise DataError(problems)
+    return pd.DataFrame({"image_id": info["ImageID"],
+                         "path": ["eval/images/" + x for x in info["ImageID"]]})

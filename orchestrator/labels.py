@@ -1,0 +1,70 @@
+"""Class encoding of the competition: class = mask*6 + gender*3 + age.
+
+The three heads are rows in ``HEADS``; everything else (datasets, losses, search spaces,
+the ensemble) looks a head up here instead of having its own copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# image kind (file stem) -> mask state: wear 0, incorrect 1, not wear 2
+IMAGE_KINDS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0,
+               "incorrect_mask": 1, "normal": 2}
+GENDERS = {"male": 0, "female": 1}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+COMPETITION_OLD_AGE = 60   # scoring always uses <30 / 30-59 / >=60
+YOUNG_AGE_LIMIT = 30
+NUM_CLASSES = 18
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str                 # mask | gender | age
+    column: str               # label column in the training table
+    classes: tuple[str, ...]  # class names, index = label
+    weight: int               # multiplier in the 18-class code
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+HEADS: dict[str, Head] = {h.name: h for h in (
+    Head("mask", "mask", ("wear", "incorrect", "not_wear"), 6),
+    Head("gender", "gender", ("male", "female"), 3),
+    Head("age", "age_group", ("<30", "30-59", ">=60"), 1),
+)}
+
+
+def get_head(name: str) -> Head:
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(HEADS)}")
+    return HEADS[name]
+
+
+def age_group(age, old_from: int = COMPETITION_OLD_AGE):
+    """0 (<30), 1 (30..old_from-1), 2 (>=old_from); works on ints and arrays."""
+    age = np.asarray(age)
+    out = np.where(age < YOUNG_AGE_LIMIT, 0, np.where(age < old_from, 1, 2))
+    return int(out) if out.ndim == 0 else out
+
+
+def encode(mask, gender, age_grp):
+    """Heads -> 18-class label (scalars or arrays)."""
+    return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age_grp)
+
+
+def decode(label):
+    """18-class label -> (mask, gender, age_group)."""
+    label = np.asarray(label)
+    if np.any((label < 0) | (label >= NUM_CLASSES)):
+        raise ValueError(f"class labels must lie in 0..{NUM_CLASSES - 1}")
+    return label // 6, (label // 3) % 2, label % 3
+
+
+def class_names() -> list[str]:
+    """Readable names of the 18 classes, index = class."""
+    m, g, a = (HEADS[h].classes for h in ("mask", "gender", "age"))
+    return [f"{m[i // 6]}/{g[(i // 3) % 2]}/{a[i % 3]}" for i in range(NUM_CLASSES)]

@@ -1,0 +1,1 @@
+"""MLflow logging and run selection, reports and plots, submission writing."""

@@ -1,0 +1,48 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # tests must not write ~/.ray/auth_token
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+UTKMASK = ROOT.parent / "shared" / "utkmask"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The built-in demo data set, made once per session (read-only for tests)."""
+    from orchestrator.demo_data import DemoSpec, write_demo_data
+    return write_demo_data(tmp_path_factory.mktemp("demo"), DemoSpec(train_persons=30, eval_persons=8))
+
+
+@pytest.fixture
+def demo_copy(demo_dir, tmp_path) -> Path:
+    """A private copy of the demo data that a test may break."""
+    return Path(shutil.copytree(demo_dir, tmp_path / "data"))
+
+
+def utkmask_available() -> bool:
+    return (UTKMASK / "make_utkmask.py").is_file() and (UTKMASK / "faces").is_dir()
+
+
+@pytest.fixture(scope="session")
+def utkmask_dir(tmp_path_factory) -> Path:
+    """60 real persons laid out by ../shared/utkmask's own script (train and eval)."""
+    if not utkmask_available():
+        pytest.skip(f"real-face set not found at {UTKMASK} (needs ../shared/utkmask)")
+    out = tmp_path_factory.mktemp("utkmask")
+    persons = (UTKMASK / "persons.txt").read_text().splitlines()
+    (out / "train.txt").write_text("\n".join(persons[:40]) + "\n")
+    (out / "eval.txt").write_text("\n".join(persons[40:60]) + "\n")
+    for split, lst in (("train", "train.txt"), ("eval", "eval.txt")):
+        subprocess.run([sys.executable, str(UTKMASK / "make_utkmask.py"), split, str(UTKMASK / "faces"),
+                        str(UTKMASK / "landmarks.csv"), str(out / lst), str(out / "data")],
+                       check=True, capture_output=True)
+    return out / "data"
