@@ -9,6 +9,7 @@ Every trial logs to MLflow from inside (results/trial_log.py); selection reads M
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
                               search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
                               scheduler=asha, num_samples=plan.options.samples,
                               time_budget_s=plan.options.time_budget_s, reuse_actors=True))
-    return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent)
+    return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
 
 
 def best_search_config(uri: str, head: str, study: str, experiment: str = "orchestrator") -> TrialConfig:
@@ -204,18 +205,22 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
         space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
         return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "cv"),
                           tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True))
-    return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent)
+    return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
 
 
-def _fit(plan: StudyPlan, phase: str, tuner, parent: str) -> pd.DataFrame:
+def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
+    """Fit; an interrupted fit (Ctrl-C: Tune saves its state and returns) raises StudyInterrupted."""
+    t0 = time.time()
     grid = tuner.fit()
     statuses = _close_runs(plan, phase, grid)
     from mlflow.tracking import MlflowClient
-    unfinished = [t for t, s in statuses.items() if s not in ("TERMINATED", "ERROR")]
-    if unfinished:
-        raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped with {len(unfinished)} unfinished "
-                               f"trial(s); continue it with `python -m orchestrator tune --head {plan.head} "
-                               f"--study {plan.study} --resume`")
+    unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+    budget = plan.options.time_budget_s
+    out_of_time = phase == "search" and budget is not None and time.time() - t0 >= budget
+    if unfinished or (len(statuses) < expected and not out_of_time):
+        raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
+                               f"{expected} trials; continue it with `python -m orchestrator tune --head "
+                               f"{plan.head} --study {plan.study} --phase {phase} --resume`")
     MlflowClient(plan.uri).set_terminated(parent, "FINISHED")
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
 
