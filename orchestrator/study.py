@@ -35,7 +35,12 @@ PHASES = ("search", "cv", "both")
 
 
 class StudyInterrupted(RuntimeError):
-    """The study stopped before its trials finished (Ctrl-C); resume with --resume."""
+    """The study stopped before its trials finished (Ctrl-C); resume with --resume.
+    ``finished``: ids of the trials Tune recorded as done (a resume does not rerun them)."""
+
+    def __init__(self, message: str, finished: list[str] = ()):
+        super().__init__(message)
+        self.finished = list(finished)
 
 
 @dataclass(frozen=True)
@@ -220,7 +225,8 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
     if unfinished or (len(statuses) < expected and not out_of_time):
         raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
                                f"{expected} trials; continue it with `python -m orchestrator tune --head "
-                               f"{plan.head} --study {plan.study} --phase {phase} --resume`")
+                               f"{plan.head} --study {plan.study} --phase {phase} --resume`",
+                               [t for t, s in statuses.items() if s == "TERMINATED"])
     MlflowClient(plan.uri).set_terminated(parent, "FINISHED")
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
 
