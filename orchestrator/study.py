@@ -216,8 +216,9 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
 def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
     """Fit; an interrupted fit (Ctrl-C: Tune saves its state and returns) raises StudyInterrupted."""
     t0 = time.time()
-    grid = tuner.fit()
-    statuses = _close_runs(plan, phase, grid)
+    tuner.fit()
+    statuses = saved_statuses(plan.exp_path(phase))
+    _close_runs(plan, phase, statuses)
     from mlflow.tracking import MlflowClient
     unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
     budget = plan.options.time_budget_s
@@ -231,20 +232,30 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
 
 
-def _close_runs(plan: StudyPlan, phase: str, grid) -> dict[str, str]:
-    """Tune status of every trial; MLflow runs left RUNNING (trials ASHA stopped, or an
-    interrupted study) get FINISHED / FAILED / KILLED accordingly."""
+def saved_statuses(exp_path: Path) -> dict[str, str]:
+    """Trial id -> status as Tune *saved* it. After Ctrl-C the in-memory statuses call the
+    stopped trials TERMINATED, but a restore resumes what the saved state says."""
+    from ray.tune import ExperimentAnalysis
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # it warns about result files it does not need here
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp_path)).trials}
+    finally:
+        quiet.setLevel(level)
+
+
+def _close_runs(plan: StudyPlan, phase: str, statuses: dict[str, str]) -> None:
+    """MLflow runs left RUNNING (trials ASHA stopped, or an interrupted study) get
+    FINISHED / FAILED / KILLED from the trial's saved Tune status."""
     from mlflow.tracking import MlflowClient
-    trials = grid._experiment_analysis.trials   # Tune status is not on the public Result
-    statuses = {t.trial_id: t.status for t in trials}
     runs = find_runs(plan.uri, head=plan.head, study=plan.study, phase=phase, experiment=plan.options.experiment)
     client = MlflowClient(plan.uri)
     mlflow_status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
-    running = runs[runs["status"] == "RUNNING"] if len(runs) else runs
-    for _, r in running.iterrows():
-        status = statuses.get(r.get("tags.trial_id", ""), "")
-        client.set_terminated(r["run_id"], mlflow_status.get(status, "KILLED"))
-    return statuses
+    for _, r in runs.iterrows():
+        status = mlflow_status.get(statuses.get(r.get("tags.trial_id", ""), ""), "KILLED")
+        if r["status"] != status:
+            client.set_terminated(r["run_id"], status)
 
 
 BEST_COLUMNS = ["head", "phase", "fold", "trial_id", "best_val_f1", "best_epoch", "lr", "loss",
