@@ -200,6 +200,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--levers", action="store_true", help="also time each lever on its own")
     ap.add_argument("--memory", action="store_true", help="only the Ray run, sampling peak PSS")
+    ap.add_argument("--serial-threads", default="1",
+                    help="torch threads of the serial loop, comma-separated; 0 = torch's default (one "
+                         "per core), which crawls when other processes share the cores")
     a = ap.parse_args()
     if not (UTK / "make_utkmask.py").is_file():
         sys.exit(f"needs ../shared/utkmask at {UTK}")
@@ -211,8 +214,8 @@ def main() -> None:
     if a.memory:
         return memory_run(data, n, a.workers)
     serial, serial_cpu = [], 0.0
-    for threads in (None, 1):
-        wall, cpu, boxes = serial_recipe(data, WORK / "serial-crops", threads)
+    for threads in (int(t) for t in a.serial_threads.split(",")):
+        wall, cpu, boxes = serial_recipe(data, WORK / "serial-crops", threads or None)
         serial.append(wall)
         serial_cpu = cpu if threads == 1 else serial_cpu
         report(f"serial recipe loop, {threads or 'default'} thread(s)", n, wall, cpu, quality(boxes, data))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
              log_to_driver=False)
     yield
     ray.shutdown()
