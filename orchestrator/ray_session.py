@@ -1,4 +1,5 @@
-"""Connecting to Ray and sizing trials (shared by `tune` and `retrain`)."""
+"""Connecting to Ray the same way in every stage (a running cluster for "auto", else a local
+one) and sizing trials (shared by `preprocess`, `tune`, `retrain` and `run`)."""
 from __future__ import annotations
 
 import logging
@@ -8,20 +9,39 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Use a running Ray session, connect to ``address`` ('auto' = a `ray up` cluster) or
-    start a local one; only what was started here is shut down."""
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Use the cluster at ``address`` ("auto": the one `ray start`/`ray up` runs here), or start a
+    local Ray with ``num_cpus`` logical CPUs (None: every core). Reuses an already-open session."""
     import ray
     if ray.is_initialized():
-        yield
         return
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
-    ray.init(**kwargs)
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConnectionError(f"no Ray cluster at {address!r} ({exc}); start one with "
+                                  "`ray start --head` or `ray up cluster.yaml`, or leave out --address "
+                                  "to run Ray locally") from exc
+        log.info("connected to Ray cluster at %s: %s", address, ray.cluster_resources())
+        return
+    # address="local": always a new local Ray; plain ray.init() would join any cluster another
+    # process started on this machine. log_to_driver=False: worker chatter breaks the progress bar
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    log.info("started a local Ray: %s", ray.cluster_resources())
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None):
+    """Like ``init_ray``, as a context: only a session started here is shut down on exit,
+    so `run` can hold one session over every stage."""
+    import ray
+    started = not ray.is_initialized()
+    init_ray(address, num_cpus)
     try:
         yield
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def trial_resources(gpus_per_trial: float, cpus_per_trial: float) -> dict:

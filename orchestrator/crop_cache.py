@@ -1,0 +1,103 @@
+"""The crop cache: what earlier runs finished, so a rerun (or a resumed, killed run) skips it.
+
+Layout under ``Workspace.crops``:
+  settings.json           the CropSettings (and their key) the crops below were made with
+  <key>/<path>.jpg        one crop per image (path relative to DATA)
+  <key>/_state.parquet    one record per finished image (consolidated at the end of a run)
+  <key>/_parts/*.parquet  records written by workers batch by batch (merged into _state next run)
+Every file is written atomically, so a killed run leaves whole files or none. A record counts
+only while its source file is unchanged (same size and mtime) and its crop file exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import write_parquet_atomic, write_text_atomic
+from .faces import CropSettings
+
+log = logging.getLogger(__name__)
+
+# one record: the manifest's geometry plus what the cache and the fallback step need
+RECORD_COLUMNS = ("path", "src_size", "src_mtime", "w", "h", "status", "method",
+                  "fx1", "fy1", "fx2", "fy2", "x1", "y1", "x2", "y2", "prob",
+                  "candidates", "error", "note", "crop")
+# status: "crop" (crop written) | "pending" (no face yet: the fallback step decides) | "error"
+
+
+def crop_name(key: str, path: str) -> str:
+    """Crop file relative to Workspace.crops; the full source name keeps a.jpg and a.png apart."""
+    return f"{key}/{path}.jpg"
+
+
+class CropCache:
+    def __init__(self, crops_dir: Path, settings: CropSettings):
+        self.root = Path(crops_dir)
+        self.settings = settings
+        self.key = settings.key
+        self.dir = self.root / self.key
+        self.parts = self.dir / "_parts"
+        self.state_file = self.dir / "_state.parquet"
+
+    def open(self) -> "CropCache":
+        """Claim the crop folder for these settings; crops made with other settings are dropped."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta = self.root / "settings.json"
+        if meta.is_file():
+            old = json.loads(meta.read_text())
+            if old.get("key") != self.key:
+                changed = {k: (old["settings"].get(k), v) for k, v in self.settings.as_dict().items()
+                           if old["settings"].get(k) != v}
+                what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                log.warning("crop settings changed (%s): the cached crops in %s were made with the "
+                            "old settings and are discarded; every image is cropped again",
+                            what, self.root / old["key"])
+                shutil.rmtree(self.root / old["key"], ignore_errors=True)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(json.dumps({"key": self.key, "settings": self.settings.as_dict()},
+                                     indent=1, default=list), meta)
+        return self
+
+    def load(self, stats: pd.DataFrame) -> dict[str, dict]:
+        """path -> latest record whose source matches ``stats`` (path, src_size, src_mtime)."""
+        frames = [pd.read_parquet(self.state_file)] if self.state_file.is_file() else []
+        for part in sorted(self.parts.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns):
+            try:
+                frames.append(pd.read_parquet(part))
+            except Exception as exc:  # atomic writes make this unlikely; never trust a bad part
+                log.warning("ignoring unreadable cache part %s (%s)", part, exc)
+        if not frames:
+            return {}
+        recs = pd.concat(frames, ignore_index=True).drop_duplicates("path", keep="last")
+        cur = stats.set_index("path")[["src_size", "src_mtime"]]
+        recs = recs[recs["path"].isin(cur.index)]
+        same = ((recs["src_size"].to_numpy() == cur.loc[recs["path"], "src_size"].to_numpy())
+                & (recs["src_mtime"].to_numpy() == cur.loc[recs["path"], "src_mtime"].to_numpy()))
+        recs = recs[same]
+        has_crop = [c == "" or (self.root / c).is_file() for c in recs["crop"]]
+        return {r["path"]: r for r in recs[has_crop].to_dict("records")}
+
+    def write_part(self, name: str, records: list[dict]) -> None:
+        write_parquet_atomic(records_frame(records), self.parts / f"{name}.parquet")
+
+    def consolidate(self, records: list[dict]) -> None:
+        """One state file for the next run; the parts it now holds are removed after it is safe."""
+        before = list(self.parts.glob("*.parquet"))
+        write_parquet_atomic(records_frame(records), self.state_file)
+        for p in before:
+            p.unlink(missing_ok=True)
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
+    for c in ("path", "status", "method", "candidates", "error", "note", "crop"):
+        df[c] = df[c].fillna("").astype(str)
+    for c in ("src_size", "src_mtime", "w", "h"):
+        df[c] = df[c].fillna(-1).astype("int64")
+    for c in ("fx1", "fy1", "fx2", "fy2", "x1", "y1", "x2", "y2", "prob"):
+        df[c] = df[c].astype(float)
+    return df

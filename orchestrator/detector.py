@@ -1,0 +1,142 @@
+"""Image decoding and the MTCNN face detector (facenet-pytorch), as used by one worker.
+
+Both never raise on a bad image: decoding returns an error string, detection returns None.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .faces import CropSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decoded:
+    img: Image.Image | None     # RGB, full size
+    error: str = ""             # why it could not be decoded at all
+    note: str = ""              # decodable but odd (truncated, greyscale, CMYK, alpha)
+
+
+def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
+    if img.mode == "RGB":
+        return img, ""
+    note = f"mode {img.mode}"
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")       # transparent pixels become white, not black
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg, note
+    return img.convert("RGB"), note
+
+
+def decode(path: Path) -> Decoded:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return Decoded(None, f"unreadable file: {exc}")
+    if not data:
+        return Decoded(None, "empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        note = ""
+    except UnidentifiedImageError:
+        return Decoded(None, "not an image PIL can read")
+    except (OSError, SyntaxError, ValueError) as exc:
+        # a truncated JPEG still holds its top rows: keep what decodes rather than lose the image
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+            note = f"partly decoded ({exc})"
+        except Exception as exc2:  # PIL raises many types on garbage
+            return Decoded(None, f"cannot decode: {exc2}")
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if min(img.size) < 1:
+        return Decoded(None, f"empty image {img.size}")
+    rgb, mode_note = _to_rgb(img)
+    return Decoded(rgb, note="; ".join(n for n in (note, mode_note) if n))
+
+
+class Detector:
+    """Two MTCNNs built once per worker: the main pass and the low-threshold second pass."""
+
+    def __init__(self, s: CropSettings, device: str = "cpu"):
+        from facenet_pytorch import MTCNN   # weights ship in the wheel: nothing downloads
+        self.s = s
+        # MTCNN's min_face_size is in the pixels it sees, i.e. of the downscaled copy
+        mfs = max(12, int(round(s.min_face_size * s.detect_scale)))
+        common = dict(min_face_size=mfs, factor=s.factor, device=device)
+        self.main = _channels_last(MTCNN(thresholds=list(s.thresholds), select_largest=True, **common))
+        self.second = _channels_last(MTCNN(thresholds=list(s.second_thresholds), keep_all=True, **common))
+
+    def small(self, img: Image.Image) -> Image.Image:
+        if self.s.detect_scale == 1:
+            return img
+        w, h = img.size
+        k = 1 / self.s.detect_scale
+        if abs(k - round(k)) < 1e-6:
+            return img.reduce(int(round(k)))   # box filter: 5x faster than resize, as good for MTCNN
+        return img.resize((max(1, round(w * self.s.detect_scale)), max(1, round(h * self.s.detect_scale))),
+                          Image.BILINEAR)
+
+    def detect(self, imgs: list[Image.Image]) -> list[tuple[np.ndarray, float] | None]:
+        """Best face (box in source px, prob) per image; same-size images go as one batch."""
+        out: list = [None] * len(imgs)
+        by_size: dict[tuple, list[int]] = {}
+        for i, img in enumerate(imgs):
+            by_size.setdefault(img.size, []).append(i)
+        for idx in by_size.values():
+            smalls = [self.small(imgs[i]) for i in idx]
+            for i, small, res in zip(idx, smalls, self._batch(smalls)):
+                out[i] = _scale_best(res, imgs[i].size[0] / small.size[0])
+        return out
+
+    def _batch(self, smalls: list[Image.Image]) -> list:
+        try:
+            boxes, probs = self.main.detect(smalls)
+            return list(zip(boxes, probs))
+        except Exception as exc:  # facenet's batch path trips on some inputs; fall back to one by one
+            log.debug("batch detect failed (%s); detecting one image at a time", exc)
+            return [self._one(self.main, im) for im in smalls]
+
+    @staticmethod
+    def _one(mtcnn, img):
+        try:
+            return mtcnn.detect(img)
+        except Exception as exc:  # a degenerate image must not fail the batch
+            log.warning("MTCNN failed on one image (%s); treating it as no face", exc)
+            return None, None
+
+    def candidates(self, img: Image.Image) -> list[tuple[float, float, float, float, float]]:
+        """Every face the low-threshold pass sees: (x1, y1, x2, y2, prob) in source px."""
+        small = self.small(img)
+        boxes, probs = self._one(self.second, small)
+        if boxes is None:
+            return []
+        k = img.size[0] / small.size[0]
+        return [(*(float(v) * k for v in b), float(p)) for b, p in zip(boxes, probs)]
+
+
+def _channels_last(mtcnn):
+    """Same numbers, half the time: torch's CPU max-pool is 3-6x faster on channels-last tensors,
+    and MTCNN spends half its time in max-pool (benchmarks/README.md)."""
+    import torch
+    for name in ("pnet", "rnet", "onet"):
+        setattr(mtcnn, name, getattr(mtcnn, name).to(memory_format=torch.channels_last))
+    return mtcnn
+
+
+def _scale_best(res, k: float):
+    boxes, probs = res if res is not None else (None, None)
+    if boxes is None or len(boxes) == 0 or probs is None or probs[0] is None:
+        return None
+    return np.asarray(boxes[0], dtype=float) * k, float(probs[0])
