@@ -20,10 +20,11 @@ def per_class_f1(cm: np.ndarray) -> np.ndarray:
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Mean F1 over the classes that occur in y_true or y_pred (sklearn's average='macro')."""
+    """Mean F1 over the classes that occur in y_true or y_pred (sklearn's average='macro');
+    NaN for no images at all."""
     f1 = per_class_f1(confusion(y_true, y_pred, n_classes))
-    return float(np.nanmean(f1)) if np.any(~np.isnan(f1)) else 0.0
+    return float(np.nanmean(f1)) if np.any(~np.isnan(f1)) else float("nan")
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else 0.0
+    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan")

@@ -27,6 +27,10 @@ HONEST_NOTE = ("Out-of-fold (OOF) scores use the fold models only: every trainin
                "has seen every image, so it is left out of the OOF estimate (it still votes "
                "on the eval images).")
 
+NO_OOF_NOTE = ("No out-of-fold estimate: none of the chosen runs of some head carries "
+               "out-of-fold predictions (only cv/search fold runs do), so the OOF scores are "
+               "NaN and no calibration was fitted. Add the heads' fold runs to get one.")
+
 
 @dataclass(frozen=True)
 class ReportInputs:
@@ -112,7 +116,8 @@ def _counts_png(counts: pd.DataFrame, path: Path) -> None:
 def _markdown(r: ReportInputs, metrics: dict, per_class: pd.DataFrame, counts: pd.DataFrame) -> str:
     summary = pd.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
     settings = pd.DataFrame({"setting": list(r.settings), "value": [str(v) for v in r.settings.values()]})
-    parts = ["# Ensemble report", "", HONEST_NOTE, "", "## Summary", "", markdown_table(summary), ""]
+    note = HONEST_NOTE if len(r.y_true) else NO_OOF_NOTE
+    parts = ["# Ensemble report", "", note, "", "## Summary", "", markdown_table(summary), ""]
     if len(settings):
         parts += ["## Settings", "", markdown_table(settings), ""]
     if len(r.models):

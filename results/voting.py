@@ -75,3 +75,23 @@ def predict_classes(log_probs: np.ndarray, offsets: np.ndarray | None = None) ->
     """18-class prediction: argmax of the joint log-probabilities plus per-class offsets."""
     scores = log_probs if offsets is None else log_probs + np.asarray(offsets)[None, :]
     return scores.argmax(axis=1)
+
+
+def vote_by_key(keys: np.ndarray, probs: np.ndarray, how: str = "soft") -> tuple[np.ndarray, np.ndarray]:
+    """Vote among rows that share a key (an image predicted by several models).
+
+    Returns (unique keys, [K, C] voted distributions); the same rules as soft_vote/hard_vote.
+    """
+    if how not in VOTES:
+        raise ValueError(f"unknown vote {how!r}; use one of {', '.join(VOTES)}")
+    probs = np.asarray(probs, dtype=np.float64)
+    uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
+    n = np.bincount(inv, minlength=len(uniq)).astype(float)[:, None]
+    summed = np.zeros((len(uniq), probs.shape[1]))
+    np.add.at(summed, inv, probs)
+    if how == "soft":
+        return uniq, summed / n
+    counts = np.zeros_like(summed)
+    np.add.at(counts, (inv, probs.argmax(axis=1)), 1.0)
+    score = counts + TIE_WEIGHT * summed / n
+    return uniq, score / score.sum(axis=1, keepdims=True)

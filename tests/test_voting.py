@@ -5,7 +5,7 @@ from sklearn.metrics import f1_score
 from orchestrator.labels import NUM_CLASSES, decode, encode
 from results.calibration import CalibrationSpec, fit_offsets
 from results.metrics import macro_f1
-from results.voting import hard_vote, joint_log_probs, predict_classes, soft_vote, vote
+from results.voting import hard_vote, joint_log_probs, predict_classes, soft_vote, vote, vote_by_key
 
 A = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
 B = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]])
@@ -119,3 +119,14 @@ def test_calibration_keeps_zero_offsets_when_nothing_helps():
 def test_calibration_rejects_mismatched_input():
     with pytest.raises(ValueError, match="matching"):
         fit_offsets(np.zeros((3, 18)), np.zeros(2, dtype=int))
+
+
+@pytest.mark.parametrize("how", ["soft", "hard"])
+def test_vote_by_key_equals_vote_per_image(how):
+    # image "x" seen by models A,B,C (rows 0 of each), image "y" by A and B only
+    keys = np.array(["x", "y", "x", "y", "x"])
+    probs = np.stack([A[0], A[1], B[0], B[1], C[0]])
+    uniq, voted = vote_by_key(keys, probs, how)
+    assert uniq.tolist() == ["x", "y"]
+    assert np.allclose(voted[0], vote([A[:1], B[:1], C[:1]], how)[0])
+    assert np.allclose(voted[1], vote([A[1:], B[1:]], how)[0])

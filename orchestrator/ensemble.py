@@ -1,0 +1,218 @@
+"""`ensemble`: the chosen models of every head vote on the eval images (with TTA), the heads
+combine into the 18 classes, and the same combination on the out-of-fold predictions gives
+the honest macro-F1 estimate, the calibration offsets and the report.
+
+    choose runs (results.selection) -> OOF per head -> joint 18-class OOF -> calibration
+    -> eval probabilities per model -> vote per head -> joint -> offsets -> submission.csv
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from results.calibration import Calibration, CalibrationSpec, fit_offsets
+from results.report import ReportInputs, write_report
+from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
+                               choose_models, models_table)
+from results.submission import write_submission
+from results.voting import joint_log_probs, predict_classes, vote, vote_by_key
+
+from .dataset import EVAL_COLUMNS, read_csv
+from .errors import DataError
+from .labels import HEADS, decode
+from .manifest import read_manifest
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnsembleOptions:
+    runs: tuple[str, ...] = ()          # run ids, MLflow filters, models:/NAME@ALIAS; () = default
+    vote: str = "soft"                  # soft (mean probabilities) | hard (majority of argmax)
+    tta: tuple[str, ...] = ("hflip",)   # test-time augmentations (trainables.predict); () = none
+    calibrate: bool = True              # fit per-class offsets on the OOF predictions
+    study: str | None = None            # default selection: this study (else the newest)
+    tracking_uri: str | None = None     # default: Workspace.tracking_uri()
+    include_full: bool = True           # default selection: add the full-data model
+    batch_size: int = 64                # images per forward pass
+    experiment: str = EXPERIMENT
+    submission: Path | None = None      # default: WS/results/submission.csv
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    submission: Path
+    report_dir: Path
+    metrics: dict
+    offsets: np.ndarray | None = field(repr=False)
+    models: pd.DataFrame = field(repr=False)
+    mlflow_run_id: str
+
+
+# -- eval images -------------------------------------------------------------------------
+def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[str], list[Path]]:
+    """info.csv's ImageIDs in order and their crop files; every one must exist."""
+    info = read_csv(Path(data) / "eval" / "info.csv", EVAL_COLUMNS, "see README 'Data layout'")
+    order = info["ImageID"].tolist()
+    ev = manifest[manifest["split"] == "eval"].drop_duplicates("image_id").set_index("image_id")
+    problems = []
+    for image_id in order:
+        if image_id not in ev.index:
+            problems.append(f"eval image {image_id} (eval/info.csv) is not in the crop manifest {ws.manifest}")
+        elif not ev.at[image_id, "crop"]:
+            problems.append(f"eval image {image_id} has no crop ({ev.at[image_id, 'error'] or 'no reason given'})")
+        elif not (ws.crops / ev.at[image_id, "crop"]).is_file():
+            problems.append(f"eval image {image_id}: crop file {ws.crops / ev.at[image_id, 'crop']} is missing")
+    if problems:
+        raise DataError(problems + ["fix: re-run `python -m orchestrator preprocess` (it crops what is missing)"])
+    return order, [ws.crops / ev.at[i, "crop"] for i in order]
+
+
+# -- out-of-fold -------------------------------------------------------------------------
+def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, num_classes: int) -> pd.DataFrame:
+    local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
+    df = pd.read_parquet(local)
+    cols = [f"p{k}" for k in range(num_classes)]
+    missing = [k for k in ["path", *cols] if k not in df.columns]
+    if missing:
+        raise DataError(f"MLflow run {c.run_id}: {OOF_FILE} lacks column(s) {', '.join(missing)} "
+                        f"(head {c.head} needs path, {cols[0]}..{cols[-1]})")
+    return df[["path", *cols]]
+
+
+def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: str) -> pd.DataFrame | None:
+    """One voted OOF row per training image of one head (None when no fold model has OOF)."""
+    head = HEADS[models[0].head]
+    frames = [_read_oof(client, c, tmp, head.num_classes) for c in models if c.has_oof]
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    paths, probs = vote_by_key(df["path"].to_numpy(), df.drop(columns="path").to_numpy(), how)
+    return pd.DataFrame(probs, index=pd.Index(paths, name="path"))
+
+
+def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str):
+    """(joint 18-class OOF log-probs, 18-class truth, per-head probs) on images every head covers."""
+    per_head = {h: head_oof(client, models, tmp, how) for h, models in chosen.items()}
+    absent = [h for h, df in per_head.items() if df is None]
+    if absent:
+        log.warning("no out-of-fold predictions for head(s) %s (no cv/search run chosen): "
+                    "no OOF estimate, no calibration", ", ".join(absent))
+        return None
+    common = sorted(set.intersection(*(set(df.index) for df in per_head.values())) & set(train.index))
+    unknown = sorted(set().union(*(set(df.index) for df in per_head.values())) - set(train.index))
+    if unknown:
+        log.warning("%d OOF image(s) are not training images of the manifest (e.g. %s); ignored",
+                    len(unknown), unknown[0])
+    if not common:
+        raise DataError("the chosen runs' out-of-fold predictions share no training image of the manifest; "
+                        "pick fold models of one study (or re-run preprocess if the data changed)")
+    heads = {h: df.loc[common].to_numpy() for h, df in per_head.items()}
+    log.info("OOF: %d of %d training images covered by every head", len(common), len(train))
+    return joint_log_probs(heads), train.loc[common, "label"].to_numpy(), heads
+
+
+# -- eval predictions --------------------------------------------------------------------
+def predict_head(client, models: list[ChosenModel], crops: list[Path], tmp: Path,
+                 opts: EnsembleOptions) -> np.ndarray:
+    """[N, C] voted eval probabilities of one head."""
+    from trainables.models import load_model_file
+    from trainables.predict import predict_probs
+    head = HEADS[models[0].head]
+    probs = []
+    for c in models:
+        local = client.download_artifacts(c.run_id, MODEL_FILE, str(tmp / c.run_id))
+        model, cfg = load_model_file(Path(local))
+        if cfg.head != c.head:
+            raise DataError(f"MLflow run {c.run_id} is tagged head={c.head} but its model is a {cfg.head} model; fix the tag")
+        p = np.asarray(predict_probs(model, cfg, [str(x) for x in crops], tta=opts.tta,
+                                     batch_size=opts.batch_size))
+        if p.shape != (len(crops), head.num_classes):
+            raise DataError(f"MLflow run {c.run_id}: predicted shape {p.shape}, expected "
+                            f"({len(crops)}, {head.num_classes})")
+        probs.append(p)
+        log.info("head %s: run %s (%s fold %s) predicted %d eval images", c.head, c.run_id,
+                 c.phase, c.fold or "-", len(crops))
+    return vote(probs, opts.vote)
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _report_inputs(oof, cal: Calibration | None, train, eval_pred, chosen, opts) -> ReportInputs:
+    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
+                "include_full": opts.include_full, "study": opts.study or "(newest)",
+                "runs": " ".join(opts.runs) or "(default)"}
+    empty = np.zeros(0, dtype=int)
+    if oof is None:
+        heads0 = {h: empty for h in HEADS}
+        return ReportInputs(empty, empty, empty, heads0, heads0, train["label"].to_numpy(), eval_pred,
+                            None, models_table(chosen), settings)
+    logp, y, heads = oof
+    before = predict_classes(logp)
+    after = cal.apply(logp) if cal else before
+    truth = dict(zip(("mask", "gender", "age"), decode(y)))
+    return ReportInputs(y, before, after, truth, {h: p.argmax(1) for h, p in heads.items()},
+                        train["label"].to_numpy(), eval_pred, None if cal is None else cal.offsets,
+                        models_table(chosen), settings)
+
+
+def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
+    exp = client.get_experiment_by_name(opts.experiment)
+    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble"})
+    rid = run.info.run_id
+    try:
+        params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
+                  "include_full": opts.include_full, "study": opts.study or "",
+                  "runs": " ".join(opts.runs)[:500]}
+        params.update({f"models_{h}": len(m) for h, m in chosen.items()})
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        for k, v in metrics.items():
+            if np.isfinite(v):
+                client.log_metric(rid, k, float(v))
+        client.set_tag(rid, "ensemble_runs", json.dumps({h: [c.run_id for c in m] for h, m in chosen.items()}))
+        for f in files:
+            client.log_artifact(rid, str(f), "report")
+        client.log_artifact(rid, str(submission))
+        if cal is not None:
+            client.log_dict(rid, {"offsets": cal.offsets.tolist()}, "calibration.json")
+        client.set_terminated(rid)
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = EnsembleOptions()) -> EnsembleResult:
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    opts = options
+    vote([np.ones((1, 2))], opts.vote)                 # bad --vote fails before any work
+    client = MlflowClient(ws.tracking_uri(opts.tracking_uri))
+    chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
+                           experiment=opts.experiment)
+    check_artifacts(client, chosen)
+    manifest = read_manifest(ws.manifest)
+    order, crops = eval_crops(data, ws, manifest)
+    train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
+    with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
+        oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
+        cal = fit_offsets(oof[0], oof[1], opts.calibration) if (opts.calibrate and oof) else None
+        eval_heads = {h: predict_head(client, m, crops, Path(tmp), opts) for h, m in chosen.items()}
+    eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
+    submission = opts.submission or ws.results / "submission.csv"
+    write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
+    report_dir = ws.results / "ensemble"
+    metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
+    rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
+    if cal is not None:
+        log.info("calibration: OOF macro F1 %.4f -> %.4f", cal.f1_before, cal.f1_after)
+    return EnsembleResult(Path(submission), report_dir, metrics, None if cal is None else cal.offsets,
+                          models_table(chosen), rid)

@@ -1,0 +1,146 @@
+"""The ensemble's run selection, OOF assembly and error paths on a real MLflow SQLite store."""
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow_runs import log_model_run, log_study, oof_frame, store, write_manifest
+
+from orchestrator.dataset import load_train
+from orchestrator.ensemble import eval_crops, oof_predictions
+from orchestrator.errors import DataError
+from orchestrator.manifest import read_manifest
+from orchestrator.workspace import Workspace
+from results.selection import check_artifacts, choose_models
+
+
+@pytest.fixture(scope="module")
+def study_ws(demo_dir, tmp_path_factory):
+    """One workspace with a manifest and a 3-fold study (cv + full runs) for every head."""
+    ws = tmp_path_factory.mktemp("ws")
+    client = store(ws)
+    write_manifest(demo_dir, ws)
+    ids = log_study(client, demo_dir, tmp_path_factory.mktemp("art"), k=3)
+    return ws, client, ids
+
+
+def test_default_selection_is_cv_folds_plus_full(study_ws):
+    ws, client, ids = study_ws
+    chosen = choose_models(client)
+    for head, models in chosen.items():
+        assert [m.run_id for m in models] == ids[head]
+        assert [m.phase for m in models] == ["cv"] * 3 + ["full"]
+        assert all(m.source == "default" for m in models)
+    no_full = choose_models(client, include_full=False)
+    assert all(len(m) == 3 and all(x.has_oof for x in m) for m in no_full.values())
+
+
+def test_newest_study_and_named_study(study_ws, tmp_path, demo_dir):
+    ws, client, ids = study_ws
+    ws2 = tmp_path / "ws2"
+    c2 = store(ws2)
+    old = log_study(c2, demo_dir, tmp_path / "a", study="old", k=2, full=False)
+    new = log_study(c2, demo_dir, tmp_path / "b", study="new", k=2)
+    assert [m.run_id for m in choose_models(c2)["age"]] == new["age"]
+    assert [m.run_id for m in choose_models(c2, study="old")["age"]] == old["age"]
+
+
+def test_a_rerun_fold_votes_once(tmp_path, demo_dir):
+    client = store(tmp_path / "ws")
+    first = log_model_run(client, tmp_path, head="mask", phase="cv", fold=0)
+    second = log_model_run(client, tmp_path, head="mask", phase="cv", fold=0)
+    log_model_run(client, tmp_path, head="mask", phase="cv", fold=1, status="FAILED")
+    for h in ("gender", "age"):
+        log_model_run(client, tmp_path, head=h, phase="cv", fold=0)
+    assert [m.run_id for m in choose_models(client)["mask"]] == [second]
+    assert first != second
+
+
+def test_pick_by_run_ids_filter_and_alias(study_ws):
+    ws, client, ids = study_ws
+    # run ids: age gets just two fold models, the other heads keep the default
+    chosen = choose_models(client, [ids["age"][0], ids["age"][2]])
+    assert [m.run_id for m in chosen["age"]] == [ids["age"][0], ids["age"][2]]
+    assert [m.run_id for m in chosen["mask"]] == ids["mask"]
+    # a filter as typed into the MLflow UI search box
+    chosen = choose_models(client, ["tags.head = 'gender' and tags.fold = '1'"])
+    assert [m.run_id for m in chosen["gender"]] == [ids["gender"][1]]
+    # a registered model with an alias, as set in the UI
+    client.create_registered_model("age-head")
+    mv = client.create_model_version("age-head", f"runs:/{ids['age'][3]}/model", run_id=ids["age"][3])
+    client.set_registered_model_alias("age-head", "champion", mv.version)
+    chosen = choose_models(client, ["models:/age-head@champion", f"models:/age-head/{mv.version}"])
+    assert [(m.run_id, m.phase, m.source) for m in chosen["age"]] == [(ids["age"][3], "full", "models:/age-head@champion")]
+
+
+def test_selection_errors_name_what_is_missing(study_ws):
+    ws, client, ids = study_ws
+    ghost = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(DataError, match=f"MLflow run {ghost} does not exist"):
+        choose_models(client, [ids["age"][0], ghost])
+    with pytest.raises(DataError, match="models:/age-head@nobody: no such registered model version"):
+        choose_models(client, ["models:/age-head@nobody"])
+    with pytest.raises(DataError, match="models:/nope@champion: no such registered model version"):
+        choose_models(client, ["models:/nope@champion"])
+    with pytest.raises(DataError, match="matches no model run"):
+        choose_models(client, ["tags.study = 'never'"])
+    with pytest.raises(DataError, match="is not valid"):
+        choose_models(client, ["tags.head === oops"])
+    with pytest.raises(DataError, match="head mask has no models: no finished cv runs tagged head=mask in study 'zzz'"):
+        choose_models(client, study="zzz")
+
+
+def test_head_with_no_models_and_missing_model_file(tmp_path):
+    client = store(tmp_path / "ws")
+    log_model_run(client, tmp_path, head="mask", phase="cv", fold=0)
+    log_model_run(client, tmp_path, head="gender", phase="cv", fold=0)
+    with pytest.raises(DataError, match="head age has no models.*tune --head age"):
+        choose_models(client)
+    rid = log_model_run(client, tmp_path, head="age", phase="cv", fold=0, model=False)
+    with pytest.raises(DataError, match=f"MLflow run {rid} \\(head age, phase cv\\) has no artifact model/model.pt"):
+        check_artifacts(client, choose_models(client))
+    with pytest.raises(DataError, match="experiment 'other' does not exist"):
+        choose_models(client, experiment="other")
+
+
+def test_oof_covers_every_training_image_once(study_ws, demo_dir, tmp_path):
+    ws, client, ids = study_ws
+    train = read_manifest(Workspace(ws).manifest).query("split == 'train'").set_index("path")
+    logp, y, heads = oof_predictions(client, choose_models(client), train, tmp_path, "soft")
+    assert logp.shape == (len(train), 18) and len(y) == len(train)
+    assert sorted(y.tolist()) == sorted(train["label"].tolist())
+    assert heads["gender"].shape == (len(train), 2)
+    # the OOF leans to the truth, so the joint argmax beats chance by far
+    assert np.mean(logp.argmax(1) == y) > 0.3
+
+
+def test_oof_of_two_runs_on_one_image_is_voted(tmp_path, demo_dir):
+    train = load_train(demo_dir).iloc[:20]
+    client = store(tmp_path / "ws")
+    rng = np.random.default_rng(0)
+    a, b = oof_frame(train, "age", rng), oof_frame(train, "age", rng)
+    ra = log_model_run(client, tmp_path, head="age", phase="search", fold=0, oof=a)
+    rb = log_model_run(client, tmp_path, head="age", phase="search", fold=0, oof=b)
+    others = [log_model_run(client, tmp_path, head=h, phase="cv", fold=0, oof=oof_frame(train, h, rng))
+              for h in ("mask", "gender")]
+    chosen = choose_models(client, [ra, rb, *others])
+    _, _, heads = oof_predictions(client, chosen, train.set_index("path"), tmp_path / "t", "soft")
+    order = np.argsort(train["path"].to_numpy())
+    expected = (a.iloc[order, 1:].to_numpy() + b.iloc[order, 1:].to_numpy()) / 2
+    assert np.allclose(heads["age"], expected)
+
+
+def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    df = write_manifest(demo_copy, ws.root)
+    order, crops = eval_crops(demo_copy, ws, df)
+    assert order == pd.read_csv(demo_copy / "eval" / "info.csv")["ImageID"].tolist()
+    assert all(c.is_file() for c in crops)
+    gone, no_crop, no_file = order[0], order[1], order[2]
+    broken = df[df["image_id"] != gone].copy()
+    broken.loc[broken["image_id"] == no_crop, ["crop", "error"]] = ["", "unreadable JPEG"]
+    (ws.crops / df.loc[df["image_id"] == no_file, "crop"].item()).unlink()
+    with pytest.raises(DataError) as err:
+        eval_crops(demo_copy, ws, broken)
+    text = str(err.value)
+    assert f"eval image {gone} (eval/info.csv) is not in the crop manifest" in text
+    assert f"eval image {no_crop} has no crop (unreadable JPEG)" in text
+    assert f"eval image {no_file}: crop file" in text and "re-run `python -m orchestrator preprocess`" in text
