@@ -71,6 +71,36 @@ def _folds(a) -> int:
     return 0
 
 
+# -- ensemble ----------------------------------------------------------------------------
+def _ensemble_args(p):
+    p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
+                   help="models to use instead of the default (a head's cv folds + full model): run ids, "
+                        "registered models (models:/age-head@champion) or MLflow filters "
+                        "(\"tags.study = 'x' and tags.phase = 'cv'\"); heads not picked keep the default")
+    p.add_argument("--vote", choices=("soft", "hard"), default="soft", help="soft: mean probabilities; hard: majority of argmax")
+    p.add_argument("--tta", default="hflip", help="comma-separated test-time augmentations, or 'none' (default hflip)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
+    p.add_argument("--study", default=None, help="default selection from this study (default: the newest)")
+    p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--submission", type=Path, default=None, help="where to write the submission (default WS/results/submission.csv)")
+
+
+def _ensemble(a) -> int:
+    from .ensemble import EnsembleOptions, ensemble
+    tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
+    opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
+                           tracking_uri=a.tracking_uri, include_full=a.include_full,
+                           batch_size=a.batch_size, submission=a.submission)
+    res = ensemble(a.data, Workspace(a.workspace), opts)
+    m = res.metrics
+    print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
+          f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "
+          f"{m['oof_f1_after']:.4f} after calibration; accuracy {m['oof_accuracy_after']:.4f}")
+    return 0
+
+
 # -- run ---------------------------------------------------------------------------------
 def _run(a) -> int:
     from .pipeline import run_all
@@ -97,7 +127,7 @@ COMMANDS = {
     "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", lambda p: None, _later(3)),
     "tune": ("Ray Tune + Optuna study for one head", lambda p: None, _later(4)),
     "retrain": ("retrain a head's best config on all data", lambda p: None, _later(5)),
-    "ensemble": ("fold + full-data vote with TTA; writes the submission and report", lambda p: None, _later(5)),
+    "ensemble": ("fold + full-data vote with TTA; writes the submission and report", _ensemble_args, _ensemble),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", lambda p: None, _run),
 }
 

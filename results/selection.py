@@ -53,6 +53,11 @@ def _experiment_id(client: MlflowClient, experiment: str) -> str:
     return exp.experiment_id
 
 
+def _is_model_run(run) -> bool:
+    """Trial runs hold models; a study's parent run has the same head/phase tags but no model."""
+    return run.data.tags.get("phase") in MODEL_PHASES and run.data.tags.get("role") != "study"
+
+
 def _chosen(run, source: str) -> ChosenModel:
     t = run.data.tags
     return ChosenModel(t.get("head", ""), run.info.run_id, t.get("phase", ""), t.get("fold", ""),
@@ -94,7 +99,7 @@ def _by_filter(client: MlflowClient, exp_id: str, experiment: str, flt: str) -> 
         raise DataError(f"MLflow filter {flt!r} is not valid: {exc.message.splitlines()[0]}; "
                         "see the search syntax in the MLflow UI (e.g. tags.study = 'x')") from exc
     # parent (study) runs and ensemble runs match broad filters too; only models vote
-    chosen = [_chosen(r, f"filter: {flt}") for r in runs if r.data.tags.get("phase") in MODEL_PHASES]
+    chosen = [_chosen(r, f"filter: {flt}") for r in runs if _is_model_run(r)]
     if not chosen:
         raise DataError(f"MLflow filter {flt!r} matches no model run (phase {'/'.join(MODEL_PHASES)}) "
                         f"in experiment {experiment!r}; loosen the filter")
@@ -113,8 +118,9 @@ def _search(client, exp_id, head: str, phase: str, study: str | None) -> list:
     flt = f"tags.head = '{head}' and tags.phase = '{phase}' and attributes.status = 'FINISHED'"
     if study:
         flt += f" and tags.study = '{study}'"
-    return client.search_runs([exp_id], filter_string=flt, max_results=10_000,
+    runs = client.search_runs([exp_id], filter_string=flt, max_results=10_000,
                               order_by=["attributes.start_time DESC"])
+    return [r for r in runs if _is_model_run(r)]
 
 
 def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str,

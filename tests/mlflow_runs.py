@@ -54,15 +54,15 @@ def save_model(path: Path, head: str) -> None:
         torch.save({"head": head, "state_dict": torch.nn.Linear(4, HEADS[head].num_classes).state_dict()}, path)
         return
     cfg = TrialConfig(head=head, model="resnet10t", img_size=32, epochs=1, batch_size=4)
-    save_model_file(build_model(cfg), cfg, path)
+    save_model_file(path, build_model(cfg, pretrained=""), cfg)
 
 
 def log_model_run(client: MlflowClient, tmp: Path, *, head: str, phase: str, fold: int | str = "",
                   study: str = "s1", oof: pd.DataFrame | None = None, model: bool = True,
                   status: str = "FINISHED") -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
-    tags = {"head": head, "phase": phase, "fold": str(fold), "study": study, "stage": "tune",
-            "trial_id": f"t{fold}"}
+    tags = {"head": head, "phase": phase, "fold": str(fold), "study": study, "role": "trial",
+            "stage": "full" if phase == "full" else "tune", "trial_id": f"t{fold}"}
     run = client.create_run(exp.experiment_id, tags=tags, run_name=f"{head}-{phase}-{fold}")
     rid = run.info.run_id
     folder = tmp / rid
@@ -115,7 +115,12 @@ def log_study(client: MlflowClient, data: Path, tmp: Path, *, study: str = "s1",
     fold = assign_folds(train, FoldSpec(k=k)).to_numpy()
     rng = np.random.default_rng(seed)
     ids: dict[str, list[str]] = {}
+    exp = client.get_experiment_by_name(EXPERIMENT)
     for head in HEADS:
+        # the study's parent run carries the same tags and no model: selection must skip it
+        parent = client.create_run(exp.experiment_id, run_name=f"study-{study}-cv",
+                                   tags={"role": "study", "study": study, "phase": "cv", "head": head})
+        client.set_terminated(parent.info.run_id)
         ids[head] = [log_model_run(client, tmp, head=head, phase="cv", fold=f, study=study,
                                    oof=oof_frame(train[fold == f], head, rng)) for f in range(k)]
         if full:
