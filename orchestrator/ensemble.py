@@ -22,7 +22,7 @@ from results.report import ReportInputs, write_report
 from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
                                choose_models, models_table)
 from results.submission import write_submission
-from results.voting import joint_log_probs, predict_classes, vote, vote_by_key
+from results.voting import VOTES, joint_log_probs, predict_classes, vote, vote_by_key
 
 from .dataset import EVAL_COLUMNS, read_csv
 from .errors import DataError
@@ -191,10 +191,21 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
     return rid
 
 
+def check_options(opts: EnsembleOptions) -> None:
+    """Bad --vote / --tta fail before any model is loaded."""
+    from trainables.loop import TTA_VIEWS
+    problems = [f"--tta {t!r} is not a test-time augmentation; valid: {', '.join(TTA_VIEWS)} or none"
+                for t in opts.tta if t not in TTA_VIEWS]
+    if opts.vote not in VOTES:
+        problems.append(f"--vote {opts.vote!r}: use one of {', '.join(VOTES)}")
+    if problems:
+        raise DataError(problems)
+
+
 def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = EnsembleOptions()) -> EnsembleResult:
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     opts = options
-    vote([np.ones((1, 2))], opts.vote)                 # bad --vote fails before any work
+    check_options(opts)
     client = MlflowClient(ws.tracking_uri(opts.tracking_uri))
     chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
                            experiment=opts.experiment)

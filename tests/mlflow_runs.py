@@ -53,7 +53,7 @@ def save_model(path: Path, head: str) -> None:
         import torch
         torch.save({"head": head, "state_dict": torch.nn.Linear(4, HEADS[head].num_classes).state_dict()}, path)
         return
-    cfg = TrialConfig(head=head, model="resnet10t", img_size=32, epochs=1, batch_size=4)
+    cfg = TrialConfig(head=head, model="test_efficientnet", img_size=32, epochs=1, batch_size=4)
     save_model_file(path, build_model(cfg, pretrained=""), cfg)
 
 

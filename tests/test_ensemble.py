@@ -18,7 +18,7 @@ def study_ws(demo_dir, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     client = store(ws)
     write_manifest(demo_dir, ws)
-    ids = log_study(client, demo_dir, tmp_path_factory.mktemp("art"), k=3)
+    ids = log_study(client, demo_dir, tmp_path_factory.mktemp("art"), k=2)
     return ws, client, ids
 
 
@@ -27,10 +27,10 @@ def test_default_selection_is_cv_folds_plus_full(study_ws):
     chosen = choose_models(client)
     for head, models in chosen.items():
         assert [m.run_id for m in models] == ids[head]
-        assert [m.phase for m in models] == ["cv"] * 3 + ["full"]
+        assert [m.phase for m in models] == ["cv"] * 2 + ["full"]
         assert all(m.source == "default" for m in models)
     no_full = choose_models(client, include_full=False)
-    assert all(len(m) == 3 and all(x.has_oof for x in m) for m in no_full.values())
+    assert all(len(m) == 2 and all(x.has_oof for x in m) for m in no_full.values())
 
 
 def test_newest_study_and_named_study(study_ws, tmp_path, demo_dir):
@@ -58,17 +58,17 @@ def test_pick_by_run_ids_filter_and_alias(study_ws):
     ws, client, ids = study_ws
     # run ids: age gets just two fold models, the other heads keep the default
     chosen = choose_models(client, [ids["age"][0], ids["age"][2]])
-    assert [m.run_id for m in chosen["age"]] == [ids["age"][0], ids["age"][2]]
+    assert [(m.run_id, m.source) for m in chosen["age"]] == [(ids["age"][0], "run id"), (ids["age"][2], "run id")]
     assert [m.run_id for m in chosen["mask"]] == ids["mask"]
     # a filter as typed into the MLflow UI search box
     chosen = choose_models(client, ["tags.head = 'gender' and tags.fold = '1'"])
     assert [m.run_id for m in chosen["gender"]] == [ids["gender"][1]]
     # a registered model with an alias, as set in the UI
     client.create_registered_model("age-head")
-    mv = client.create_model_version("age-head", f"runs:/{ids['age'][3]}/model", run_id=ids["age"][3])
+    mv = client.create_model_version("age-head", f"runs:/{ids['age'][2]}/model", run_id=ids["age"][2])
     client.set_registered_model_alias("age-head", "champion", mv.version)
     chosen = choose_models(client, ["models:/age-head@champion", f"models:/age-head/{mv.version}"])
-    assert [(m.run_id, m.phase, m.source) for m in chosen["age"]] == [(ids["age"][3], "full", "models:/age-head@champion")]
+    assert [(m.run_id, m.phase, m.source) for m in chosen["age"]] == [(ids["age"][2], "full", "models:/age-head@champion")]
 
 
 def test_selection_errors_name_what_is_missing(study_ws):
@@ -144,3 +144,55 @@ def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
     assert f"eval image {gone} (eval/info.csv) is not in the crop manifest" in text
     assert f"eval image {no_crop} has no crop (unreadable JPEG)" in text
     assert f"eval image {no_file}: crop file" in text and "re-run `python -m orchestrator preprocess`" in text
+
+
+def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir):
+    """Real model files (trainables' format) and OOF artifacts -> submission, report, MLflow run."""
+    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    from orchestrator.ensemble import EnsembleOptions, ensemble
+    ws, client, ids = study_ws
+    res = ensemble(demo_dir, ws, EnsembleOptions())
+    sub = pd.read_csv(res.submission)
+    info = pd.read_csv(demo_dir / "eval" / "info.csv")
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist()
+    assert sub["ans"].between(0, 17).all()
+    m = res.metrics
+    assert m["oof_images"] == len(load_train(demo_dir))
+    assert m["oof_f1_after"] >= m["oof_f1_before"] > 0.2
+    for f in ("report.md", "confusion.png", "class_counts.png", "per_class.csv", "class_counts.csv", "models.csv"):
+        assert (res.report_dir / f).is_file(), f
+    counts = pd.read_csv(res.report_dir / "class_counts.csv")
+    assert counts["eval_pred"].sum() == len(info) and counts["train"].sum() == m["oof_images"]
+    assert len(res.models) == 9 and set(res.models["phase"]) == {"cv", "full"}
+    run = client.get_run(res.mlflow_run_id)
+    assert run.data.tags["stage"] == "ensemble" and run.info.status == "FINISHED"
+    assert run.data.metrics["oof_f1_after"] == pytest.approx(m["oof_f1_after"])
+    arts = {a.path for a in client.list_artifacts(res.mlflow_run_id)}
+    assert {"submission.csv", "report", "calibration.json"} <= arts
+    # the ensemble run itself never votes in a later ensemble
+    assert len(choose_models(client)["age"]) == 3
+
+
+def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, tmp_path):
+    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    from orchestrator.cli import main
+    ws, client, ids = study_ws
+    out = tmp_path / "sub.csv"
+    rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--vote", "hard",
+               "--no-calibrate", "--no-full", "--tta", "none", "--submission", str(out)])
+    assert rc == 0 and len(pd.read_csv(out)) == len(pd.read_csv(demo_dir / "eval" / "info.csv"))
+    per_class = pd.read_csv(Workspace(ws).results / "ensemble" / "per_class.csv")
+    assert (per_class["offset"] == 0).all()
+    models = pd.read_csv(Workspace(ws).results / "ensemble" / "models.csv")
+    assert set(models["phase"]) == {"cv"}
+
+
+def test_ensemble_cli_reports_missing_runs_and_bad_options(study_ws, demo_dir, capsys):
+    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    from orchestrator.cli import main
+    ws, client, ids = study_ws
+    ghost = "fedcba9876543210fedcba9876543210"
+    rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--runs", ghost])
+    assert rc == 2 and f"MLflow run {ghost} does not exist" in capsys.readouterr().err
+    rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--tta", "hflip,spin"])
+    assert rc == 2 and "--tta 'spin' is not a test-time augmentation; valid: hflip" in capsys.readouterr().err
