@@ -97,7 +97,8 @@ def _ensemble(a) -> int:
     m = res.metrics
     print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
           f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "
-          f"{m['oof_f1_after']:.4f} after calibration; accuracy {m['oof_accuracy_after']:.4f}")
+          f"{m['oof_f1_after']:.4f} after calibration ({m['oof_f1_after_heldout']:.4f} with offsets "
+          f"fitted on other persons); accuracy {m['oof_accuracy_after']:.4f}")
     return 0
 
 

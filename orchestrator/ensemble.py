@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from results.calibration import Calibration, CalibrationSpec, fit_offsets
+from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
 from results.report import ReportInputs, write_report
 from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
                                choose_models, models_table)
@@ -100,8 +101,18 @@ def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: st
     return pd.DataFrame(probs, index=pd.Index(paths, name="path"))
 
 
-def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str):
-    """(joint 18-class OOF log-probs, 18-class truth, per-head probs) on images every head covers."""
+@dataclass(frozen=True)
+class Oof:
+    """Out-of-fold predictions on the training images every head covers."""
+    paths: np.ndarray                 # [N] manifest paths
+    log_probs: np.ndarray             # [N, 18] joint log-probabilities
+    y: np.ndarray                     # [N] 18-class truth (competition boundary)
+    persons: np.ndarray               # [N] person of each image
+    heads: dict = field(repr=False)   # head -> [N, C] voted probabilities
+
+
+def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str) -> Oof | None:
+    """The joint OOF predictions (None when some head has no fold model with OOF)."""
     per_head = {h: head_oof(client, models, tmp, how) for h, models in chosen.items()}
     absent = [h for h, df in per_head.items() if df is None]
     if absent:
@@ -118,7 +129,8 @@ def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str):
                         "pick fold models of one study (or re-run preprocess if the data changed)")
     heads = {h: df.loc[common].to_numpy() for h, df in per_head.items()}
     log.info("OOF: %d of %d training images covered by every head", len(common), len(train))
-    return joint_log_probs(heads), train.loc[common, "label"].to_numpy(), heads
+    return Oof(np.array(common), joint_log_probs(heads), train.loc[common, "label"].to_numpy(),
+               train.loc[common, "person"].to_numpy(), heads)
 
 
 # -- eval predictions --------------------------------------------------------------------
@@ -146,7 +158,8 @@ def predict_head(client, models: list[ChosenModel], crops: list[Path], tmp: Path
 
 
 # -- the stage ---------------------------------------------------------------------------
-def _report_inputs(oof, cal: Calibration | None, train, eval_pred, chosen, opts) -> ReportInputs:
+def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, train, eval_pred,
+                   chosen, opts) -> ReportInputs:
     settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
                 "include_full": opts.include_full, "study": opts.study or "(newest)",
                 "runs": " ".join(opts.runs) or "(default)"}
@@ -155,13 +168,12 @@ def _report_inputs(oof, cal: Calibration | None, train, eval_pred, chosen, opts)
         heads0 = {h: empty for h in HEADS}
         return ReportInputs(empty, empty, empty, heads0, heads0, train["label"].to_numpy(), eval_pred,
                             None, models_table(chosen), settings)
-    logp, y, heads = oof
-    before = predict_classes(logp)
-    after = cal.apply(logp) if cal else before
-    truth = dict(zip(("mask", "gender", "age"), decode(y)))
-    return ReportInputs(y, before, after, truth, {h: p.argmax(1) for h, p in heads.items()},
+    before = predict_classes(oof.log_probs)
+    after = cal.apply(oof.log_probs) if cal else before
+    truth = dict(zip(("mask", "gender", "age"), decode(oof.y)))
+    return ReportInputs(oof.y, before, after, truth, {h: p.argmax(1) for h, p in oof.heads.items()},
                         train["label"].to_numpy(), eval_pred, None if cal is None else cal.offsets,
-                        models_table(chosen), settings)
+                        models_table(chosen), settings, heldout)
 
 
 def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
@@ -206,6 +218,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     opts = options
     check_options(opts)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file floods the log
     client = MlflowClient(ws.tracking_uri(opts.tracking_uri))
     chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
                            experiment=opts.experiment)
@@ -215,15 +228,19 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
-        cal = fit_offsets(oof[0], oof[1], opts.calibration) if (opts.calibrate and oof) else None
+        cal, heldout = None, float("nan")
+        if opts.calibrate and oof is not None:
+            cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
+            heldout = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
         eval_heads = {h: predict_head(client, m, crops, Path(tmp), opts) for h, m in chosen.items()}
     eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = ws.results / "ensemble"
-    metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
+    metrics, files = write_report(_report_inputs(oof, cal, heldout, train, eval_pred, chosen, opts), report_dir)
     rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
     if cal is not None:
-        log.info("calibration: OOF macro F1 %.4f -> %.4f", cal.f1_before, cal.f1_after)
+        log.info("calibration: OOF macro F1 %.4f -> %.4f on its fitting data, %.4f held out by person",
+                 cal.f1_before, cal.f1_after, heldout)
     return EnsembleResult(Path(submission), report_dir, metrics, None if cal is None else cal.offsets,
                           models_table(chosen), rid)

@@ -104,12 +104,13 @@ def test_head_with_no_models_and_missing_model_file(tmp_path):
 def test_oof_covers_every_training_image_once(study_ws, demo_dir, tmp_path):
     ws, client, ids = study_ws
     train = read_manifest(Workspace(ws).manifest).query("split == 'train'").set_index("path")
-    logp, y, heads = oof_predictions(client, choose_models(client), train, tmp_path, "soft")
-    assert logp.shape == (len(train), 18) and len(y) == len(train)
-    assert sorted(y.tolist()) == sorted(train["label"].tolist())
-    assert heads["gender"].shape == (len(train), 2)
+    oof = oof_predictions(client, choose_models(client), train, tmp_path, "soft")
+    assert oof.log_probs.shape == (len(train), 18) and sorted(oof.paths) == sorted(train.index)
+    assert np.array_equal(oof.y, train.loc[oof.paths, "label"].to_numpy())
+    assert np.array_equal(oof.persons, train.loc[oof.paths, "person"].to_numpy())
+    assert oof.heads["gender"].shape == (len(train), 2)
     # the OOF leans to the truth, so the joint argmax beats chance by far
-    assert np.mean(logp.argmax(1) == y) > 0.3
+    assert np.mean(oof.log_probs.argmax(1) == oof.y) > 0.3
 
 
 def test_oof_of_two_runs_on_one_image_is_voted(tmp_path, demo_dir):
@@ -122,10 +123,10 @@ def test_oof_of_two_runs_on_one_image_is_voted(tmp_path, demo_dir):
     others = [log_model_run(client, tmp_path, head=h, phase="cv", fold=0, oof=oof_frame(train, h, rng))
               for h in ("mask", "gender")]
     chosen = choose_models(client, [ra, rb, *others])
-    _, _, heads = oof_predictions(client, chosen, train.set_index("path"), tmp_path / "t", "soft")
+    oof = oof_predictions(client, chosen, train.set_index("path"), tmp_path / "t", "soft")
     order = np.argsort(train["path"].to_numpy())
     expected = (a.iloc[order, 1:].to_numpy() + b.iloc[order, 1:].to_numpy()) / 2
-    assert np.allclose(heads["age"], expected)
+    assert np.allclose(oof.heads["age"], expected)
 
 
 def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
@@ -159,6 +160,7 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir):
     m = res.metrics
     assert m["oof_images"] == len(load_train(demo_dir))
     assert m["oof_f1_after"] >= m["oof_f1_before"] > 0.2
+    assert 0 < m["oof_f1_after_heldout"] <= m["oof_f1_after"]
     for f in ("report.md", "confusion.png", "class_counts.png", "per_class.csv", "class_counts.csv", "models.csv"):
         assert (res.report_dir / f).is_file(), f
     counts = pd.read_csv(res.report_dir / "class_counts.csv")

@@ -130,3 +130,14 @@ def test_vote_by_key_equals_vote_per_image(how):
     assert uniq.tolist() == ["x", "y"]
     assert np.allclose(voted[0], vote([A[:1], B[:1], C[:1]], how)[0])
     assert np.allclose(voted[1], vote([A[1:], B[1:]], how)[0])
+
+
+def test_heldout_f1_is_honest_about_overfitting():
+    from results.calibration import heldout_f1
+    logp, y = _skewed_oof(4, n=400)
+    persons = np.arange(len(y)) // 4
+    cal = fit_offsets(logp, y)
+    held = heldout_f1(logp, y, persons, k=4)
+    assert 0 < held < cal.f1_after                        # fitted-data F1 flatters the offsets
+    assert held == heldout_f1(logp, y, persons, k=4)      # deterministic
+    assert np.isnan(heldout_f1(logp, y, np.zeros(len(y)), k=4))   # too few persons to split
