@@ -158,9 +158,28 @@ def predict_head(client, models: list[ChosenModel], crops: list[Path], tmp: Path
 
 
 # -- the stage ---------------------------------------------------------------------------
-def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, train, eval_pred,
-                   chosen, opts) -> ReportInputs:
-    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
+def calibrate(oof: Oof | None, opts: EnsembleOptions) -> tuple[Calibration | None, float, str]:
+    """(offsets to apply or None, held-out calibrated F1, what happened in words).
+
+    Offsets whose held-out F1 (fitted on other persons) falls below the uncalibrated OOF F1
+    overfit the OOF predictions; they are reported but not applied.
+    """
+    if not opts.calibrate:
+        return None, float("nan"), "off (--no-calibrate)"
+    if oof is None:
+        return None, float("nan"), "off (no out-of-fold predictions)"
+    cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
+    held = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
+    words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data, {held:.4f} held out by person"
+    if held < cal.f1_before:
+        log.warning("calibration overfits (%s): offsets not applied", words)
+        return None, held, f"fitted, not applied (overfits): {words}"
+    return cal, held, f"applied: {words}"
+
+
+def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, cal_status: str, train,
+                   eval_pred, chosen, opts) -> ReportInputs:
+    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal_status,
                 "include_full": opts.include_full, "study": opts.study or "(newest)",
                 "runs": " ".join(opts.runs) or "(default)"}
     empty = np.zeros(0, dtype=int)
@@ -187,6 +206,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         params.update({f"models_{h}": len(m) for h, m in chosen.items()})
         for k, v in params.items():
             client.log_param(rid, k, v)
+        client.log_metric(rid, "calibration_applied", float(cal is not None))
         for k, v in metrics.items():
             if np.isfinite(v):
                 client.log_metric(rid, k, float(v))
@@ -228,19 +248,15 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
-        cal, heldout = None, float("nan")
-        if opts.calibrate and oof is not None:
-            cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
-            heldout = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
+        cal, heldout, cal_status = calibrate(oof, opts)
         eval_heads = {h: predict_head(client, m, crops, Path(tmp), opts) for h, m in chosen.items()}
     eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = ws.results / "ensemble"
-    metrics, files = write_report(_report_inputs(oof, cal, heldout, train, eval_pred, chosen, opts), report_dir)
+    metrics, files = write_report(_report_inputs(oof, cal, heldout, cal_status, train, eval_pred, chosen, opts),
+                                  report_dir)
     rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
-    if cal is not None:
-        log.info("calibration: OOF macro F1 %.4f -> %.4f on its fitting data, %.4f held out by person",
-                 cal.f1_before, cal.f1_after, heldout)
+    log.info("calibration %s", cal_status)
     return EnsembleResult(Path(submission), report_dir, metrics, None if cal is None else cal.offsets,
                           models_table(chosen), rid)

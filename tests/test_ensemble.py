@@ -198,3 +198,24 @@ def test_ensemble_cli_reports_missing_runs_and_bad_options(study_ws, demo_dir, c
     assert rc == 2 and f"MLflow run {ghost} does not exist" in capsys.readouterr().err
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--tta", "hflip,spin"])
     assert rc == 2 and "--tta 'spin' is not a test-time augmentation; valid: hflip" in capsys.readouterr().err
+
+
+def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
+    from orchestrator.ensemble import EnsembleOptions, Oof, calibrate
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 18, n)
+    noise = rng.normal(0, 1, (n, 18))
+    noise[np.arange(n), y] += 0.8
+    cal, held, status = calibrate(Oof(np.arange(n), noise, y, np.arange(n) // 7, {}), EnsembleOptions())
+    assert cal is None and status.startswith("fitted, not applied (overfits)")
+    # rare classes under-predicted by a shared bias: offsets that generalise
+    rare = np.isin(y, [2, 5, 8, 11, 14, 17])
+    logp = rng.normal(0, 0.5, (n, 18))
+    logp[np.arange(n), y] += 2.0
+    logp[:, [2, 5, 8, 11, 14, 17]] -= 2.5
+    assert rare.any()
+    cal, held, status = calibrate(Oof(np.arange(n), logp, y, np.arange(n) // 7, {}), EnsembleOptions())
+    assert cal is not None and status.startswith("applied") and held >= cal.f1_before
+    assert calibrate(None, EnsembleOptions())[2] == "off (no out-of-fold predictions)"
+    assert calibrate(None, EnsembleOptions(calibrate=False))[2] == "off (--no-calibrate)"
