@@ -177,7 +177,7 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
                           tune_config=tune.TuneConfig(
                               search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
                               scheduler=asha, num_samples=plan.options.samples,
-                              time_budget_s=plan.options.time_budget_s))
+                              time_budget_s=plan.options.time_budget_s, reuse_actors=True))
     return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent)
 
 
@@ -203,7 +203,7 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     def new():
         space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
         return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "cv"),
-                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent))
+                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True))
     return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent)
 
 
@@ -250,7 +250,7 @@ def best_trials(uri: str, head: str, study: str, phase: str, experiment: str = "
     table = pd.DataFrame({
         "head": head, "phase": phase, "fold": runs["tags.fold"], "trial_id": runs["tags.trial_id"],
         "best_val_f1": runs.get("metrics.best_val_f1"), "best_epoch": runs.get("metrics.best_epoch"),
-        "lr": [c["lr"] for c in cfgs], "loss": [c["loss"] for c in cfgs],
+        "lr": [f"{c['lr']:.2g}" for c in cfgs], "loss": [c["loss"] for c in cfgs],
         "strength": [round(c["strength"], 3) for c in cfgs], "old_from": [c["old_from"] for c in cfgs],
         "run_id": runs["run_id"]})
     table = table.sort_values("best_val_f1", ascending=False, na_position="last")

@@ -57,9 +57,9 @@ class TrialConfig:
         return self.fold != FULL_DATA
 
 
-def _choice(what: str, value: str, valid) -> None:
+def _choice(what: str, value: str, valid, plural: str = "") -> None:
     if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid {what}s: {', '.join(sorted(valid))}")
+        raise ValueError(f"unknown {what} {value!r}; valid {plural or what + 's'}: {', '.join(valid)}")
 
 
 def validate(cfg: TrialConfig) -> None:
@@ -69,7 +69,7 @@ def validate(cfg: TrialConfig) -> None:
     from .losses import LOSSES
     from .models import check_model_name
     _choice("head", cfg.head, HEADS)
-    _choice("loss", cfg.loss, LOSSES)
+    _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
     check_model_name(cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
