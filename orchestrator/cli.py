@@ -93,7 +93,12 @@ def _ensemble(a) -> int:
     opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
                            tracking_uri=a.tracking_uri, include_full=a.include_full,
                            batch_size=a.batch_size, submission=a.submission)
-    res = ensemble(a.data, Workspace(a.workspace), opts)
+    from results.tracking import TrackingError
+    try:
+        res = ensemble(a.data, Workspace(a.workspace), opts)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     m = res.metrics
     print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
           f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "

@@ -23,6 +23,7 @@ from results.report import ReportInputs, write_report
 from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
                                choose_models, models_table)
 from results.submission import write_submission
+from results.tracking import check_tracking
 from results.voting import VOTES, joint_log_probs, predict_classes, vote, vote_by_key
 
 from .dataset import EVAL_COLUMNS, read_csv
@@ -239,7 +240,9 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     opts = options
     check_options(opts)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file floods the log
-    client = MlflowClient(ws.tracking_uri(opts.tracking_uri))
+    uri = ws.tracking_uri(opts.tracking_uri)
+    check_tracking(uri)           # an unreachable server is named before any work
+    client = MlflowClient(uri)
     chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
                            experiment=opts.experiment)
     check_artifacts(client, chosen)

@@ -219,3 +219,11 @@ def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
     assert cal is not None and status.startswith("applied") and held >= cal.f1_before
     assert calibrate(None, EnsembleOptions())[2] == "off (no out-of-fold predictions)"
     assert calibrate(None, EnsembleOptions(calibrate=False))[2] == "off (--no-calibrate)"
+
+
+def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, capsys):
+    pytest.importorskip("results.tracking", reason="needs results.tracking (issue #4)")
+    from orchestrator.cli import main
+    rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(tmp_path / "ws"),
+               "--tracking-uri", "http://127.0.0.1:9"])
+    assert rc == 2 and "http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
