@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
 from results.report import ReportInputs, write_report
@@ -81,7 +82,12 @@ def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[
 
 # -- out-of-fold -------------------------------------------------------------------------
 def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, num_classes: int) -> pd.DataFrame:
-    local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
+    try:
+        local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
+    except (MlflowException, OSError) as exc:
+        raise DataError(f"MLflow run {c.run_id} (head {c.head}, phase {c.phase} fold {c.fold}) has no "
+                        f"artifact {OOF_FILE}; pick fold runs that finished, or full-data models only "
+                        "(then there is no OOF estimate)") from exc
     df = pd.read_parquet(local)
     cols = [f"p{k}" for k in range(num_classes)]
     missing = [k for k in ["path", *cols] if k not in df.columns]

@@ -97,6 +97,9 @@ def test_head_with_no_models_and_missing_model_file(tmp_path):
     rid = log_model_run(client, tmp_path, head="age", phase="cv", fold=0, model=False)
     with pytest.raises(DataError, match=f"MLflow run {rid} \\(head age, phase cv\\) has no artifact model/model.pt"):
         check_artifacts(client, choose_models(client))
+    # a fold run without its out-of-fold predictions is named too
+    with pytest.raises(DataError, match="\\(head mask, phase cv fold 0\\) has no artifact oof/predictions.parquet"):
+        oof_predictions(client, choose_models(client), pd.DataFrame(), tmp_path / "t", "soft")
     with pytest.raises(DataError, match="experiment 'other' does not exist"):
         choose_models(client, experiment="other")
 
