@@ -85,6 +85,10 @@ def _ensemble_args(p):
     p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--submission", type=Path, default=None, help="where to write the submission (default WS/results/submission.csv)")
+    p.add_argument("--ray", dest="use_ray", action="store_true", help="predict with one Ray task per model (local Ray unless --address)")
+    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster (implies --ray)")
+    p.add_argument("--gpus-per-model", type=float, default=1.0, help="GPU share of one model's prediction task (CPU when the cluster has none)")
+    p.add_argument("--cpus-per-model", type=float, default=1)
 
 
 def _ensemble(a) -> int:
@@ -92,7 +96,8 @@ def _ensemble(a) -> int:
     tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
     opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
                            tracking_uri=a.tracking_uri, include_full=a.include_full,
-                           batch_size=a.batch_size, submission=a.submission)
+                           batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
+                           address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)
     from results.tracking import TrackingError
     try:
         res = ensemble(a.data, Workspace(a.workspace), opts)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,11 @@ class EnsembleOptions:
     batch_size: int = 64                # images per forward pass
     experiment: str = EXPERIMENT
     submission: Path | None = None      # default: WS/results/submission.csv
+    use_ray: bool = False               # one Ray task per model (implied by address)
+    address: str | None = None          # Ray address ('auto' = a `ray up` cluster)
+    num_cpus: int | None = None         # CPUs of a local Ray started here
+    gpus_per_model: float = 1.0         # GPU share of one model's prediction task (CPU without GPUs)
+    cpus_per_model: float = 1
     calibration: CalibrationSpec = CalibrationSpec()
 
 
@@ -141,27 +146,45 @@ def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str) ->
 
 
 # -- eval predictions --------------------------------------------------------------------
-def predict_head(client, models: list[ChosenModel], crops: list[Path], tmp: Path,
-                 opts: EnsembleOptions) -> np.ndarray:
-    """[N, C] voted eval probabilities of one head."""
+def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...], batch_size: int) -> np.ndarray:
+    """One model's [N, C] eval probabilities; runs here or as a Ray task on any node
+    (it fetches its own model file, so the node needs only the tracking store and the crops)."""
     from trainables.models import load_model_file
     from trainables.predict import predict_probs
-    head = HEADS[models[0].head]
-    probs = []
-    for c in models:
-        local = client.download_artifacts(c.run_id, MODEL_FILE, str(tmp / c.run_id))
-        model, cfg = load_model_file(Path(local))
-        if cfg.head != c.head:
-            raise DataError(f"MLflow run {c.run_id} is tagged head={c.head} but its model is a {cfg.head} model; fix the tag")
-        p = np.asarray(predict_probs(model, cfg, [str(x) for x in crops], tta=opts.tta,
-                                     batch_size=opts.batch_size))
-        if p.shape != (len(crops), head.num_classes):
-            raise DataError(f"MLflow run {c.run_id}: predicted shape {p.shape}, expected "
-                            f"({len(crops)}, {head.num_classes})")
-        probs.append(p)
-        log.info("head %s: run %s (%s fold %s) predicted %d eval images", c.head, c.run_id,
-                 c.phase, c.fold or "-", len(crops))
-    return vote(probs, opts.vote)
+    with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
+        model, cfg = load_model_file(Path(MlflowClient(uri).download_artifacts(c.run_id, MODEL_FILE, tmp)))
+    if cfg.head != c.head:
+        raise DataError(f"MLflow run {c.run_id} is tagged head={c.head} but holds a {cfg.head} model; fix the tag")
+    p = np.asarray(predict_probs(model, cfg, crops, tta=tta, batch_size=batch_size))
+    if p.shape != (len(crops), HEADS[c.head].num_classes):
+        raise DataError(f"MLflow run {c.run_id}: predicted shape {p.shape}, expected "
+                        f"({len(crops)}, {HEADS[c.head].num_classes})")
+    log.info("head %s: run %s (%s fold %s) predicted %d eval images", c.head, c.run_id, c.phase, c.fold or "-", len(crops))
+    return p
+
+
+def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts: EnsembleOptions) -> list:
+    """One Ray task per model, each with its own GPU share (CPU when the cluster has none)."""
+    import ray
+
+    from .ray_session import ray_session, trial_resources
+    with ray_session(opts.address, opts.num_cpus):
+        res = trial_resources(opts.gpus_per_model, opts.cpus_per_model)
+        task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(predict_run)
+        crops_ref = ray.put(crops)
+        return ray.get([task.remote(uri, c, crops_ref, opts.tta, opts.batch_size) for c in models])
+
+
+def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Path],
+                 opts: EnsembleOptions) -> dict[str, np.ndarray]:
+    """head -> [N, C] eval probabilities voted over the head's models."""
+    models = [c for ms in chosen.values() for c in ms]
+    paths = [str(p) for p in crops]
+    if opts.use_ray or opts.address:
+        probs = _predict_on_ray(uri, models, paths, opts)
+    else:
+        probs = [predict_run(uri, c, paths, opts.tta, opts.batch_size) for c in models]
+    return {h: vote([p for c, p in zip(models, probs) if c.head == h], opts.vote) for h in chosen}
 
 
 # -- the stage ---------------------------------------------------------------------------
@@ -257,8 +280,8 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
-        cal, heldout, cal_status = calibrate(oof, opts)
-        eval_heads = {h: predict_head(client, m, crops, Path(tmp), opts) for h, m in chosen.items()}
+    cal, heldout, cal_status = calibrate(oof, opts)
+    eval_heads = predict_eval(uri, chosen, crops, opts)
     eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)

@@ -16,7 +16,7 @@ import numpy as np
 from .metrics import macro_f1
 from .voting import predict_classes
 
-DEFAULT_GRID = tuple(np.round(np.arange(-2.0, 2.0001, 0.1), 2))
+DEFAULT_GRID = tuple(np.round(np.arange(-3.0, 3.0001, 0.1), 2))
 
 
 @dataclass(frozen=True)

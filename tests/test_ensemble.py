@@ -230,3 +230,18 @@ def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, c
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(tmp_path / "ws"),
                "--tracking-uri", "http://127.0.0.1:9"])
     assert rc == 2 and "http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path):
+    """One Ray task per model (a real local Ray, 1 CPU) gives the same submission."""
+    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    from orchestrator.ensemble import EnsembleOptions, ensemble
+    ws, client, ids = study_ws
+    one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick
+    local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "local.csv"))
+    on_ray = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "ray.csv",
+                                                     use_ray=True, num_cpus=1))
+    assert len(on_ray.models) == 3
+    assert pd.read_csv(local.submission).equals(pd.read_csv(on_ray.submission))
+    assert local.metrics == pytest.approx(on_ray.metrics, nan_ok=True)

@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
 from orchestrator.errors import DataError
-from orchestrator.labels import NUM_CLASSES
+from orchestrator.labels import NUM_CLASSES, decode
 from results.report import HONEST_NOTE, ReportInputs, write_report
 from results.submission import write_submission
 
@@ -38,7 +39,6 @@ def test_report_files_and_numbers(tmp_path):
     y = rng.integers(0, NUM_CLASSES, 300)
     before = np.where(rng.random(300) < 0.7, y, rng.integers(0, NUM_CLASSES, 300))
     after = np.where(rng.random(300) < 0.8, y, before)
-    from orchestrator.labels import decode
     heads_true = dict(zip(("mask", "gender", "age"), decode(y)))
     heads_pred = dict(zip(("mask", "gender", "age"), decode(after)))
     r = ReportInputs(y, before, after, heads_true, heads_pred, train_labels=y, eval_pred=after[:40],
@@ -51,7 +51,7 @@ def test_report_files_and_numbers(tmp_path):
             "confusion.csv", "summary.csv", "models.csv"} <= names
     assert metrics["oof_f1_after"] > metrics["oof_f1_before"]
     assert metrics["oof_f1_mask"] == pytest.approx(
-        __import__("sklearn.metrics").metrics.f1_score(heads_true["mask"], heads_pred["mask"], average="macro"))
+        f1_score(heads_true["mask"], heads_pred["mask"], average="macro"))
     counts = pd.read_csv(tmp_path / "ens" / "class_counts.csv")
     assert counts["train"].sum() == 300 and counts["eval_pred"].sum() == 40
     conf = pd.read_csv(tmp_path / "ens" / "confusion.csv")
