@@ -113,6 +113,44 @@ def _preprocess(a) -> int:
         print(f"error: {s.failed} of {s.images} images could not be read (more than --max-failed "
               f"{a.max_failed:g}); first ones:\n{bad}", file=sys.stderr)
         return 1
+# -- ensemble ----------------------------------------------------------------------------
+def _ensemble_args(p):
+    p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
+                   help="models to use instead of the default (a head's cv folds + full model): run ids, "
+                        "registered models (models:/age-head@champion) or MLflow filters "
+                        "(\"tags.study = 'x' and tags.phase = 'cv'\"); heads not picked keep the default")
+    p.add_argument("--vote", choices=("soft", "hard"), default="soft", help="soft: mean probabilities; hard: majority of argmax")
+    p.add_argument("--tta", default="hflip", help="comma-separated test-time augmentations, or 'none' (default hflip)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
+    p.add_argument("--study", default=None, help="default selection from this study (default: the newest)")
+    p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--submission", type=Path, default=None, help="where to write the submission (default WS/results/submission.csv)")
+    p.add_argument("--ray", dest="use_ray", action="store_true", help="predict with one Ray task per model (local Ray unless --address)")
+    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster (implies --ray)")
+    p.add_argument("--gpus-per-model", type=float, default=1.0, help="GPU share of one model's prediction task (CPU when the cluster has none)")
+    p.add_argument("--cpus-per-model", type=float, default=1)
+
+
+def _ensemble(a) -> int:
+    from .ensemble import EnsembleOptions, ensemble
+    tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
+    opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
+                           tracking_uri=a.tracking_uri, include_full=a.include_full,
+                           batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
+                           address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)
+    from results.tracking import TrackingError
+    try:
+        res = ensemble(a.data, Workspace(a.workspace), opts)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
+          f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "
+          f"{m['oof_f1_after']:.4f} after calibration ({m['oof_f1_after_heldout']:.4f} with offsets "
+          f"fitted on other persons); accuracy {m['oof_accuracy_after']:.4f}")
     return 0
 
 
@@ -211,7 +249,7 @@ COMMANDS = {
     "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", _preprocess_args, _preprocess),
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
-    "ensemble": ("fold + full-data vote with TTA; writes the submission and report", lambda p: None, _later(5)),
+    "ensemble": ("fold + full-data vote with TTA; writes the submission and report", _ensemble_args, _ensemble),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", lambda p: None, _run),
 }
 

@@ -1,0 +1,294 @@
+"""`ensemble`: the chosen models of every head vote on the eval images (with TTA), the heads
+combine into the 18 classes, and the same combination on the out-of-fold predictions gives
+the honest macro-F1 estimate, the calibration offsets and the report.
+
+    choose runs (results.selection) -> OOF per head -> joint 18-class OOF -> calibration
+    -> eval probabilities per model -> vote per head -> joint -> offsets -> submission.csv
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
+from results.report import ReportInputs, write_report
+from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
+                               choose_models, models_table)
+from results.submission import write_submission
+from results.tracking import check_tracking
+from results.voting import VOTES, joint_log_probs, predict_classes, vote, vote_by_key
+
+from .dataset import EVAL_COLUMNS, read_csv
+from .errors import DataError
+from .labels import HEADS, decode
+from .manifest import read_manifest
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnsembleOptions:
+    runs: tuple[str, ...] = ()          # run ids, MLflow filters, models:/NAME@ALIAS; () = default
+    vote: str = "soft"                  # soft (mean probabilities) | hard (majority of argmax)
+    tta: tuple[str, ...] = ("hflip",)   # test-time augmentations (trainables.predict); () = none
+    calibrate: bool = True              # fit per-class offsets on the OOF predictions
+    study: str | None = None            # default selection: this study (else the newest)
+    tracking_uri: str | None = None     # default: Workspace.tracking_uri()
+    include_full: bool = True           # default selection: add the full-data model
+    batch_size: int = 64                # images per forward pass
+    experiment: str = EXPERIMENT
+    submission: Path | None = None      # default: WS/results/submission.csv
+    use_ray: bool = False               # one Ray task per model (implied by address)
+    address: str | None = None          # Ray address ('auto' = a `ray up` cluster)
+    num_cpus: int | None = None         # CPUs of a local Ray started here
+    gpus_per_model: float = 1.0         # GPU share of one model's prediction task (CPU without GPUs)
+    cpus_per_model: float = 1
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    submission: Path
+    report_dir: Path
+    metrics: dict
+    offsets: np.ndarray | None = field(repr=False)
+    models: pd.DataFrame = field(repr=False)
+    mlflow_run_id: str
+
+
+# -- eval images -------------------------------------------------------------------------
+def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[str], list[Path]]:
+    """info.csv's ImageIDs in order and their crop files; every one must exist."""
+    info = read_csv(Path(data) / "eval" / "info.csv", EVAL_COLUMNS, "see README 'Data layout'")
+    order = info["ImageID"].tolist()
+    ev = manifest[manifest["split"] == "eval"].drop_duplicates("image_id").set_index("image_id")
+    problems = []
+    for image_id in order:
+        if image_id not in ev.index:
+            problems.append(f"eval image {image_id} (eval/info.csv) is not in the crop manifest {ws.manifest}")
+        elif not ev.at[image_id, "crop"]:
+            problems.append(f"eval image {image_id} has no crop ({ev.at[image_id, 'error'] or 'no reason given'})")
+        elif not (ws.crops / ev.at[image_id, "crop"]).is_file():
+            problems.append(f"eval image {image_id}: crop file {ws.crops / ev.at[image_id, 'crop']} is missing")
+    if problems:
+        raise DataError(problems + ["fix: re-run `python -m orchestrator preprocess` (it crops what is missing)"])
+    return order, [ws.crops / ev.at[i, "crop"] for i in order]
+
+
+# -- out-of-fold -------------------------------------------------------------------------
+def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, num_classes: int) -> pd.DataFrame:
+    try:
+        local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
+    except (MlflowException, OSError) as exc:
+        raise DataError(f"MLflow run {c.run_id} (head {c.head}, phase {c.phase} fold {c.fold}) has no "
+                        f"artifact {OOF_FILE}; pick fold runs that finished, or full-data models only "
+                        "(then there is no OOF estimate)") from exc
+    df = pd.read_parquet(local)
+    cols = [f"p{k}" for k in range(num_classes)]
+    missing = [k for k in ["path", *cols] if k not in df.columns]
+    if missing:
+        raise DataError(f"MLflow run {c.run_id}: {OOF_FILE} lacks column(s) {', '.join(missing)} "
+                        f"(head {c.head} needs path, {cols[0]}..{cols[-1]})")
+    return df[["path", *cols]]
+
+
+def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: str) -> pd.DataFrame | None:
+    """One voted OOF row per training image of one head (None when no fold model has OOF)."""
+    head = HEADS[models[0].head]
+    frames = [_read_oof(client, c, tmp, head.num_classes) for c in models if c.has_oof]
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    paths, probs = vote_by_key(df["path"].to_numpy(), df.drop(columns="path").to_numpy(), how)
+    return pd.DataFrame(probs, index=pd.Index(paths, name="path"))
+
+
+@dataclass(frozen=True)
+class Oof:
+    """Out-of-fold predictions on the training images every head covers."""
+    paths: np.ndarray                 # [N] manifest paths
+    log_probs: np.ndarray             # [N, 18] joint log-probabilities
+    y: np.ndarray                     # [N] 18-class truth (competition boundary)
+    persons: np.ndarray               # [N] person of each image
+    heads: dict = field(repr=False)   # head -> [N, C] voted probabilities
+
+
+def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str) -> Oof | None:
+    """The joint OOF predictions (None when some head has no fold model with OOF)."""
+    per_head = {h: head_oof(client, models, tmp, how) for h, models in chosen.items()}
+    absent = [h for h, df in per_head.items() if df is None]
+    if absent:
+        log.warning("no out-of-fold predictions for head(s) %s (no cv/search run chosen): "
+                    "no OOF estimate, no calibration", ", ".join(absent))
+        return None
+    common = sorted(set.intersection(*(set(df.index) for df in per_head.values())) & set(train.index))
+    unknown = sorted(set().union(*(set(df.index) for df in per_head.values())) - set(train.index))
+    if unknown:
+        log.warning("%d OOF image(s) are not training images of the manifest (e.g. %s); ignored",
+                    len(unknown), unknown[0])
+    if not common:
+        raise DataError("the chosen runs' out-of-fold predictions share no training image of the manifest; "
+                        "pick fold models of one study (or re-run preprocess if the data changed)")
+    heads = {h: df.loc[common].to_numpy() for h, df in per_head.items()}
+    log.info("OOF: %d of %d training images covered by every head", len(common), len(train))
+    return Oof(np.array(common), joint_log_probs(heads), train.loc[common, "label"].to_numpy(),
+               train.loc[common, "person"].to_numpy(), heads)
+
+
+# -- eval predictions --------------------------------------------------------------------
+def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...], batch_size: int) -> np.ndarray:
+    """One model's [N, C] eval probabilities; runs here or as a Ray task on any node
+    (it fetches its own model file, so the node needs only the tracking store and the crops)."""
+    from trainables.models import load_model_file
+    from trainables.predict import predict_probs
+    with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
+        model, cfg = load_model_file(Path(MlflowClient(uri).download_artifacts(c.run_id, MODEL_FILE, tmp)))
+    if cfg.head != c.head:
+        raise DataError(f"MLflow run {c.run_id} is tagged head={c.head} but holds a {cfg.head} model; fix the tag")
+    p = np.asarray(predict_probs(model, cfg, crops, tta=tta, batch_size=batch_size))
+    if p.shape != (len(crops), HEADS[c.head].num_classes):
+        raise DataError(f"MLflow run {c.run_id}: predicted shape {p.shape}, expected "
+                        f"({len(crops)}, {HEADS[c.head].num_classes})")
+    log.info("head %s: run %s (%s fold %s) predicted %d eval images", c.head, c.run_id, c.phase, c.fold or "-", len(crops))
+    return p
+
+
+def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts: EnsembleOptions) -> list:
+    """One Ray task per model, each with its own GPU share (CPU when the cluster has none)."""
+    import ray
+
+    from .ray_session import ray_session, trial_resources
+    with ray_session(opts.address, opts.num_cpus):
+        res = trial_resources(opts.gpus_per_model, opts.cpus_per_model)
+        task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(predict_run)
+        crops_ref = ray.put(crops)
+        return ray.get([task.remote(uri, c, crops_ref, opts.tta, opts.batch_size) for c in models])
+
+
+def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Path],
+                 opts: EnsembleOptions) -> dict[str, np.ndarray]:
+    """head -> [N, C] eval probabilities voted over the head's models."""
+    models = [c for ms in chosen.values() for c in ms]
+    paths = [str(p) for p in crops]
+    if opts.use_ray or opts.address:
+        probs = _predict_on_ray(uri, models, paths, opts)
+    else:
+        probs = [predict_run(uri, c, paths, opts.tta, opts.batch_size) for c in models]
+    return {h: vote([p for c, p in zip(models, probs) if c.head == h], opts.vote) for h in chosen}
+
+
+# -- the stage ---------------------------------------------------------------------------
+def calibrate(oof: Oof | None, opts: EnsembleOptions) -> tuple[Calibration | None, float, str]:
+    """(offsets to apply or None, held-out calibrated F1, what happened in words).
+
+    Offsets whose held-out F1 (fitted on other persons) falls below the uncalibrated OOF F1
+    overfit the OOF predictions; they are reported but not applied.
+    """
+    if not opts.calibrate:
+        return None, float("nan"), "off (--no-calibrate)"
+    if oof is None:
+        return None, float("nan"), "off (no out-of-fold predictions)"
+    cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
+    held = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
+    words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data, {held:.4f} held out by person"
+    if held < cal.f1_before:
+        log.warning("calibration overfits (%s): offsets not applied", words)
+        return None, held, f"fitted, not applied (overfits): {words}"
+    return cal, held, f"applied: {words}"
+
+
+def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, cal_status: str, train,
+                   eval_pred, chosen, opts) -> ReportInputs:
+    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal_status,
+                "include_full": opts.include_full, "study": opts.study or "(newest)",
+                "runs": " ".join(opts.runs) or "(default)"}
+    empty = np.zeros(0, dtype=int)
+    if oof is None:
+        heads0 = {h: empty for h in HEADS}
+        return ReportInputs(empty, empty, empty, heads0, heads0, train["label"].to_numpy(), eval_pred,
+                            None, models_table(chosen), settings)
+    before = predict_classes(oof.log_probs)
+    after = cal.apply(oof.log_probs) if cal else before
+    truth = dict(zip(("mask", "gender", "age"), decode(oof.y)))
+    return ReportInputs(oof.y, before, after, truth, {h: p.argmax(1) for h, p in oof.heads.items()},
+                        train["label"].to_numpy(), eval_pred, None if cal is None else cal.offsets,
+                        models_table(chosen), settings, heldout)
+
+
+def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
+    exp = client.get_experiment_by_name(opts.experiment)
+    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble"})
+    rid = run.info.run_id
+    try:
+        params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
+                  "include_full": opts.include_full, "study": opts.study or "",
+                  "runs": " ".join(opts.runs)[:500]}
+        params.update({f"models_{h}": len(m) for h, m in chosen.items()})
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+        client.log_metric(rid, "calibration_applied", float(cal is not None))
+        for k, v in metrics.items():
+            if np.isfinite(v):
+                client.log_metric(rid, k, float(v))
+        client.set_tag(rid, "ensemble_runs", json.dumps({h: [c.run_id for c in m] for h, m in chosen.items()}))
+        for f in files:
+            client.log_artifact(rid, str(f), "report")
+        client.log_artifact(rid, str(submission))
+        if cal is not None:
+            client.log_dict(rid, {"offsets": cal.offsets.tolist()}, "calibration.json")
+        client.set_terminated(rid)
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+def check_options(opts: EnsembleOptions) -> None:
+    """Bad --vote / --tta fail before any model is loaded."""
+    from trainables.loop import TTA_VIEWS
+    problems = [f"--tta {t!r} is not a test-time augmentation; valid: {', '.join(TTA_VIEWS)} or none"
+                for t in opts.tta if t not in TTA_VIEWS]
+    if opts.vote not in VOTES:
+        problems.append(f"--vote {opts.vote!r}: use one of {', '.join(VOTES)}")
+    if problems:
+        raise DataError(problems)
+
+
+def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = EnsembleOptions()) -> EnsembleResult:
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    opts = options
+    check_options(opts)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file floods the log
+    uri = ws.tracking_uri(opts.tracking_uri)
+    check_tracking(uri)           # an unreachable server is named before any work
+    client = MlflowClient(uri)
+    chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
+                           experiment=opts.experiment)
+    check_artifacts(client, chosen)
+    manifest = read_manifest(ws.manifest)
+    order, crops = eval_crops(data, ws, manifest)
+    train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
+    with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
+        oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
+    cal, heldout, cal_status = calibrate(oof, opts)
+    eval_heads = predict_eval(uri, chosen, crops, opts)
+    eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
+    submission = opts.submission or ws.results / "submission.csv"
+    write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
+    report_dir = ws.results / "ensemble"
+    metrics, files = write_report(_report_inputs(oof, cal, heldout, cal_status, train, eval_pred, chosen, opts),
+                                  report_dir)
+    rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
+    log.info("calibration %s", cal_status)
+    return EnsembleResult(Path(submission), report_dir, metrics, None if cal is None else cal.offsets,
+                          models_table(chosen), rid)

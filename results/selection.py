@@ -1,0 +1,180 @@
+"""Which MLflow runs vote in the ensemble, per head.
+
+Default: the K fold models of the head's cv phase (the newest study, or ``study``) plus
+its full-data model. The user can pick instead, by what the MLflow UI shows:
+  * a run id (32 hex digits, as in the run's page),
+  * a registered model URI: ``models:/age-head@champion`` or ``models:/age-head/3``,
+  * an MLflow search filter: ``tags.study = 'age-lr' and metrics.val_f1 > 0.8``.
+Each picked run names its head in its ``head`` tag; heads the user picked nothing for
+keep the default. Registering runs and setting an alias in the UI is enough to change the
+ensemble. Every problem is named: the run id, filter or alias, the experiment and the fix.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from orchestrator.errors import DataError
+from orchestrator.labels import HEADS
+
+EXPERIMENT = "orchestrator"
+MODEL_FILE = "model/model.pt"
+OOF_FILE = "oof/predictions.parquet"
+MODEL_PHASES = ("search", "cv", "full")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    head: str
+    run_id: str
+    phase: str     # search | cv | full ("" when the run has no phase tag)
+    fold: str      # the fold tag ("" for none)
+    study: str
+    source: str    # "default", "run id", "filter: ...", "models:/..."
+
+    @property
+    def has_oof(self) -> bool:
+        """Fold models carry out-of-fold predictions; the full-data model saw every image."""
+        return self.phase in ("search", "cv")
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise DataError(f"MLflow experiment {experiment!r} does not exist at {client.tracking_uri}; "
+                        "run `python -m orchestrator tune` first, or pass the right --tracking-uri")
+    return exp.experiment_id
+
+
+def _is_model_run(run) -> bool:
+    """Trial runs hold models; a study's parent run has the same head/phase tags but no model."""
+    return run.data.tags.get("phase") in MODEL_PHASES and run.data.tags.get("role") != "study"
+
+
+def _chosen(run, source: str) -> ChosenModel:
+    t = run.data.tags
+    return ChosenModel(t.get("head", ""), run.info.run_id, t.get("phase", ""), t.get("fold", ""),
+                       t.get("study", ""), source)
+
+
+def _by_run_ids(client: MlflowClient, ids: Sequence[str]) -> list[ChosenModel]:
+    found, missing = [], []
+    for run_id in ids:
+        try:
+            found.append(_chosen(client.get_run(run_id), "run id"))
+        except MlflowException:
+            missing.append(run_id)
+    if missing:
+        raise DataError([f"MLflow run {r} does not exist at {client.tracking_uri}; copy the run id "
+                         "from the MLflow UI (or check --tracking-uri)" for r in missing])
+    return found
+
+
+def _by_model_uri(client: MlflowClient, uri: str) -> ChosenModel:
+    m = MODEL_URI.match(uri)
+    if m is None:
+        raise DataError(f"{uri!r} is not a registered model URI; write models:/NAME@ALIAS or models:/NAME/VERSION")
+    try:
+        mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
+              else client.get_model_version(m["name"], m["version"]))
+    except MlflowException as exc:
+        raise DataError(f"{uri}: no such registered model version at {client.tracking_uri} "
+                        f"({exc.message.splitlines()[0]}); register a run and set the alias in the MLflow UI") from exc
+    if not mv.run_id:
+        raise DataError(f"{uri}: model version {mv.version} is not linked to a run; register it from a training run")
+    return _chosen(client.get_run(mv.run_id), uri)
+
+
+def _by_filter(client: MlflowClient, exp_id: str, experiment: str, flt: str) -> list[ChosenModel]:
+    try:
+        runs = client.search_runs([exp_id], filter_string=flt, max_results=10_000)
+    except MlflowException as exc:
+        raise DataError(f"MLflow filter {flt!r} is not valid: {exc.message.splitlines()[0]}; "
+                        "see the search syntax in the MLflow UI (e.g. tags.study = 'x')") from exc
+    # parent (study) runs and ensemble runs match broad filters too; only models vote
+    chosen = [_chosen(r, f"filter: {flt}") for r in runs if _is_model_run(r)]
+    if not chosen:
+        raise DataError(f"MLflow filter {flt!r} matches no model run (phase {'/'.join(MODEL_PHASES)}) "
+                        f"in experiment {experiment!r}; loosen the filter")
+    return chosen
+
+
+def _newest_per_fold(runs: list) -> list:
+    """A fold trained twice (a rerun) votes once: its newest finished run."""
+    newest: dict[str, object] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+        newest[r.data.tags.get("fold", r.info.run_id)] = r
+    return sorted(newest.values(), key=lambda r: r.data.tags.get("fold", ""))
+
+
+def _search(client, exp_id, head: str, phase: str, study: str | None) -> list:
+    flt = f"tags.head = '{head}' and tags.phase = '{phase}' and attributes.status = 'FINISHED'"
+    if study:
+        flt += f" and tags.study = '{study}'"
+    runs = client.search_runs([exp_id], filter_string=flt, max_results=10_000,
+                              order_by=["attributes.start_time DESC"])
+    return [r for r in runs if _is_model_run(r)]
+
+
+def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str,
+                   study: str | None, include_full: bool) -> list[ChosenModel]:
+    cv = _search(client, exp_id, head, "cv", study)
+    if not cv:
+        where = f"study {study!r}" if study else "any study"
+        raise DataError(f"head {head} has no models: no finished cv runs tagged head={head} in {where} "
+                        f"of experiment {experiment!r} at {client.tracking_uri}; run "
+                        f"`python -m orchestrator tune --head {head}` (and retrain), or pick runs with --runs")
+    study = study or cv[0].data.tags.get("study", "")   # newest study when none is named
+    chosen = [_chosen(r, "default") for r in _newest_per_fold(
+        [r for r in cv if r.data.tags.get("study", "") == study])]
+    full = _search(client, exp_id, head, "full", study or None) if include_full else []
+    return chosen + [_chosen(full[0], "default")] if full else chosen
+
+
+def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study: str | None = None,
+                  include_full: bool = True, experiment: str = EXPERIMENT) -> dict[str, list[ChosenModel]]:
+    """head -> the models that vote for it (see the module doc for the selection forms)."""
+    exp_id = _experiment_id(client, experiment)
+    ids = [s for s in selections if RUN_ID.match(s.strip())]
+    picked = _by_run_ids(client, [s.strip() for s in ids])
+    for s in selections:
+        if s.strip().startswith("models:/"):
+            picked.append(_by_model_uri(client, s.strip()))
+        elif not RUN_ID.match(s.strip()):
+            picked += _by_filter(client, exp_id, experiment, s)
+    untagged = [c.run_id for c in picked if c.head not in HEADS]
+    if untagged:
+        raise DataError([f"MLflow run {r} has no valid head tag (mask/gender/age); tag it or pick another run"
+                         for r in untagged])
+    out: dict[str, list[ChosenModel]] = {}
+    for head in HEADS:
+        mine = []
+        for c in picked:   # a run picked twice (id and alias) votes once, as first named
+            if c.head == head and c.run_id not in {m.run_id for m in mine}:
+                mine.append(c)
+        out[head] = mine or default_models(client, exp_id, experiment, head, study, include_full)
+    return out
+
+
+def check_artifacts(client: MlflowClient, chosen: dict[str, list[ChosenModel]]) -> None:
+    """Every chosen run must hold its model file; say which do not before any work starts."""
+    problems = []
+    for models in chosen.values():
+        for c in models:
+            names = {a.path for a in client.list_artifacts(c.run_id, "model")}
+            if MODEL_FILE not in names:
+                problems.append(f"MLflow run {c.run_id} (head {c.head}, phase {c.phase or '?'}) has no "
+                                f"artifact {MODEL_FILE}; pick a run that finished training")
+    if problems:
+        raise DataError(problems)
+
+
+def models_table(chosen: dict[str, list[ChosenModel]]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(c) for models in chosen.values() for c in models])
