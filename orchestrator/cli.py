@@ -155,9 +155,34 @@ def _ensemble(a) -> int:
 
 
 # -- run ---------------------------------------------------------------------------------
+def _run_args(p):
+    from .pipeline import RunOptions
+    d = RunOptions()
+    p.add_argument("--budget", default=None, help="wall-clock budget of the whole chain, e.g. 23m (the orchestrator sizes the trials)")
+    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated heads to train (default all three)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 folds (CI)")
+    p.add_argument("--model", default=d.model, help=f"timm model of every head (default {d.model})")
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--folds", type=int, default=d.folds)
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per head (at most, under a budget)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial without a budget")
+    p.add_argument("--study", default=d.study, help="study name prefix (<study>-<head>); a rerun resumes it")
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
+
+
 def _run(a) -> int:
-    from .pipeline import run_all
-    run_all(a.data, Workspace(a.workspace))
+    from .budget import parse_duration
+    from .pipeline import RunOptions, run_all
+    folds = 2 if a.smoke_test and a.folds == RunOptions().folds else a.folds
+    opts = RunOptions(budget_s=None if a.budget is None else parse_duration(a.budget),
+                      heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), smoke_test=a.smoke_test,
+                      model=a.model, img_size=a.img_size, batch_size=a.batch_size, folds=folds,
+                      num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
+                      cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address)
+    run_all(a.data, Workspace(a.workspace), opts)
     return 0
 
 
@@ -230,13 +255,6 @@ def _retrain(a) -> int:
     return 0
 
 
-def _later(issue: int):
-    def run(a) -> int:
-        print(f"'{a.command}' is not built yet (issue #{issue})", file=sys.stderr)
-        return 2
-    return run
-
-
 def _old_from(a) -> dict:
     return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
 
@@ -250,7 +268,7 @@ COMMANDS = {
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
     "ensemble": ("fold + full-data vote with TTA; writes the submission and report", _ensemble_args, _ensemble),
-    "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", lambda p: None, _run),
+    "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", _run_args, _run),
 }
 
 

@@ -1,17 +1,64 @@
-"""`run`: every stage in order on one data set (the README's main command)."""
+"""`run`: every stage in order on one data set (the README's main command).
+
+Without a budget it uses small fixed settings that finish the demo data on a laptop CPU.
+With ``--budget`` the orchestrator sizes the work itself (orchestrator/budget.py): it
+measures preprocessing, reserves the ensemble's share, measures how fast this machine
+trains the chosen model, and gives each head's phases epochs and deadlines that fit.
+"""
 from __future__ import annotations
 
 import logging
+import math
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .budget import Clock, HeadShare, share_out
 from .dataset import load_train
 from .demo_data import write_demo_data
 from .eda import write_eda
-from .folds import FoldSpec, ensure_folds
+from .labels import HEADS
 from .preprocess import preprocess
+from .ray_session import ray_session
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    budget_s: float | None = None        # wall-clock seconds for the whole chain (None: fixed settings)
+    heads: tuple[str, ...] = tuple(HEADS)
+    smoke_test: bool = False             # CI: tiny model, 32 px, 1 epoch, 2 folds
+    model: str = "resnet10t"             # timm model of every head (the recipe: efficientnet_b3 on GPU)
+    img_size: int = 64                   # input side in pixels
+    batch_size: int = 64
+    folds: int = 3                       # person-level folds (cv models vote in the ensemble)
+    num_samples: int = 2                 # search trials per head (the recipe's point is the first)
+    epochs: int = 4                      # epochs per trial (a budget replaces this)
+    max_epochs: int = 30                 # cap on what a budget may give one trial
+    study: str = "run"                   # study name prefix: <study>-<head>
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1
+    tracking_uri: str | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self):
+        unknown = [h for h in self.heads if h not in HEADS]
+        if unknown:
+            raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """What one head's study gets: trials, epochs and, under a budget, deadlines."""
+    num_samples: int
+    epochs: int                   # per search / cv trial
+    full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
+    search_s: float | None        # Tune time budget of the search
+    cv_end: float = 0.0           # unix deadlines (0 = none)
+    full_end: float = 0.0
 
 
 def ensure_data(data: Path) -> Path:
@@ -22,13 +69,99 @@ def ensure_data(data: Path) -> Path:
     return Path(data)
 
 
-def run_all(data: Path, ws: Workspace) -> dict:
+def fixed_plan(o: RunOptions) -> HeadPlan:
+    return HeadPlan(num_samples=o.num_samples, epochs=o.epochs, full_epochs=None, search_s=None)
+
+
+def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: float, start: float) -> HeadPlan:
+    """Epochs and trial counts that fit ``share`` at the measured speed.
+
+    cv trains K fold models on (K-1)/K of the data each; the machine's measured speed is
+    shared by the trials running at once, so cost = images / speed whatever the concurrency.
+    """
+    per_epoch_fold = n_train * (o.folds - 1) / o.folds
+    epochs = math.floor(share.cv_s * images_per_s / (o.folds * per_epoch_fold))
+    epochs = max(1, min(o.max_epochs, epochs))
+    trial_cost = epochs * per_epoch_fold / images_per_s
+    samples = max(1, min(o.num_samples, math.floor(share.search_s / max(trial_cost, 1e-9))))
+    full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * images_per_s / n_train)))
+    search_end = start + share.search_s
+    return HeadPlan(samples, epochs, full_epochs, share.search_s,
+                    cv_end=search_end + share.cv_s, full_end=search_end + share.cv_s + share.full_s)
+
+
+def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
+    o = options
+    clock = Clock(o.budget_s)
     data = ensure_data(data)
     ws.make()
-    crops = preprocess(data, ws)
-    print(crops.attrs["summary"].line())
     train = load_train(data)
-    eda = write_eda(train, ws.results / "eda")
-    folds = ensure_folds(train, ws.root, FoldSpec())
-    print(f"EDA in {ws.results / 'eda'}; {folds['fold'].nunique()} person-level folds saved")
-    return {"eda": eda, "manifest": crops}
+    write_eda(train, ws.results / "eda")
+    with ray_session(o.address, o.num_cpus):
+        crops = preprocess(data, ws, progress=False)
+        print(crops.attrs["summary"].line())
+        plans = plan_heads(o, ws, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()), clock)
+        for head in o.heads:
+            train_head_models(data, ws, head, o, plans[head])
+    result = run_ensemble(data, ws, o)
+    print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
+    return {"plans": plans, "ensemble": result, "seconds": clock.elapsed()}
+
+
+TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
+ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
+
+
+def plan_heads(o: RunOptions, ws: Workspace, n_train: int, n_eval: int, clock: Clock) -> dict[str, HeadPlan]:
+    if o.budget_s is None or o.smoke_test:
+        return {h: fixed_plan(o) for h in o.heads}
+    from search_spaces import recipe_config
+    from trainables.speed import train_images_per_s
+    speed = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
+                                             batch_size=o.batch_size))
+    models = len(o.heads) * (o.folds + 1)
+    # prediction (2 TTA views) runs ~3x faster than training; the OOF table is already made
+    reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)
+    overhead = len(o.heads) * (o.num_samples + o.folds + 1) * TRIAL_OVERHEAD_S
+    train_s = clock.left() - reserve - overhead
+    if train_s < 30 * len(o.heads):
+        raise ValueError(f"budget too small: {clock.left():.0f} s left after preprocessing, "
+                         f"{reserve + overhead:.0f} s needed for trial start-up and the ensemble; "
+                         "raise --budget or use a smaller --model / --img-size")
+    print(f"budget: {clock.left():.0f} s left; {speed:.0f} training images/s; {train_s:.0f} s for "
+          f"training, {reserve:.0f} s reserved for the ensemble")
+    start, plans = time.time(), {}
+    for head, share in share_out(train_s, o.heads).items():
+        plans[head] = budget_plan(o, share, n_train, speed, start)
+        start = plans[head].full_end
+        print(f"  {head}: {plans[head].num_samples} search trial(s) of {plans[head].epochs} epochs, "
+              f"{o.folds} folds, full-data retrain <= {plans[head].full_epochs} epochs")
+    return plans
+
+
+def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan: HeadPlan) -> None:
+    """search + cv (tune) and the full-data retrain of one head."""
+    from .retrain import retrain_head
+    from .study import TuneOptions, tune_head
+    sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size,
+                                         epochs=plan.epochs)
+    opts = TuneOptions(num_samples=1 if o.smoke_test else plan.num_samples, folds=o.folds,
+                       smoke_test=o.smoke_test, time_budget_s=plan.search_s, deadline=plan.cv_end,
+                       study=f"{o.study}-{head}", tracking_uri=o.tracking_uri, address=o.address,
+                       gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
+                       resume=True, verbose=0, **sized)
+    best = tune_head(data, ws, head, opts)
+    print(f"{head}: cv folds best val F1 " + ", ".join(
+        f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
+    retrain_head(data, ws, head, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
+                 gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
+                 verbose=0, deadline=plan.full_end, epochs=plan.full_epochs)
+
+
+def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
+    from .ensemble import EnsembleOptions, ensemble
+    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri))
+    print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
+          f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
+          f"{ws.tracking_uri(o.tracking_uri)})")
+    return res

@@ -50,7 +50,8 @@ def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
 def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
                  tracking_uri: str | None = None, *, experiment: str = "orchestrator",
                  gpus_per_trial: float = 1.0, cpus_per_trial: float = 1, address: str | None = None,
-                 num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1) -> str:
+                 num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,
+                 deadline: float = 0.0, epochs: int | None = None) -> str:
     """Train the full-data model; returns its MLflow run id."""
     from ray import tune
 
@@ -60,12 +61,15 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     check_tracking(uri)
     study, runs = cv_runs(uri, head, study, experiment)
     cfg, best_epochs = full_data_config(runs)
+    if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at
+        cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts")
     parent = parent_run(uri, exp_id, study=study, phase="full", head=head)
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
-                     experiment=experiment, study=study, phase="full", parent_run_id=parent)
+                     experiment=experiment, study=study, phase="full", parent_run_id=parent,
+                     deadline=deadline)
     with ray_session(address, num_cpus):
         trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
         tuner = tune.Tuner(trainable, param_space=cfg.to_dict() | {"run": ctx.to_dict()},

@@ -63,6 +63,7 @@ class TuneOptions:
     num_workers: int = 0             # DataLoader workers per trial
     max_batches: int = 0             # cap batches per epoch (0 = all)
     time_budget_s: float | None = None  # stop the search when exceeded
+    deadline: float = 0.0            # unix time by which every trial must end (run --budget)
     study: str | None = None         # study name (default: the head's name)
     tracking_uri: str | None = None
     experiment: str = "orchestrator"
@@ -119,7 +120,8 @@ class StudyPlan:
     def context(self, phase: str, parent: str) -> RunContext:
         return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
                           experiment=self.options.experiment, study=self.study, phase=phase,
-                          parent_run_id=parent, fault_marker=self.options.fault_marker)
+                          parent_run_id=parent, fault_marker=self.options.fault_marker,
+                          deadline=self.options.deadline)
 
     def exp_path(self, phase: str) -> Path:
         return self.ws.tune / f"{self.study}-{phase}"

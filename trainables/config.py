@@ -96,6 +96,7 @@ class RunContext:
     phase: str = "search"           # search | cv | full
     parent_run_id: str = ""
     fault_marker: str = ""          # test hook: hard-exit once after the first checkpoint
+    deadline: float = 0.0           # unix time by which training must end (0 = none; run --budget)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from ray import tune
@@ -48,19 +49,31 @@ def train_head(config: dict) -> None:
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
     try:
+        epoch_s = 0.0
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
+            t0 = time.time()
             res = run_epoch(parts, state)
+            epoch_s = time.time() - t0
             state = res.state
             log.log_metrics(res.metrics, step=state.epoch)
+            last = state.epoch == cfg.epochs or _out_of_time(ctx, epoch_s)
             # full-data runs have no best epoch: log their model once, at the end
-            if res.improved and (res.val is not None or state.epoch == cfg.epochs):
+            if res.improved and (res.val is not None or last):
                 _log_best(log, parts, res, best_dir)
             _report(parts, state, res.metrics)
+            if last:
+                break
         log.finish("FINISHED")
     except Exception:
         log.finish("FAILED")
         raise
+
+
+def _out_of_time(ctx: RunContext, epoch_s: float) -> bool:
+    """True when another epoch like the last one would end after the run's deadline: the trial
+    stops with what it has, so `run --budget` is kept by the trials themselves."""
+    return bool(ctx.deadline) and time.time() + epoch_s > ctx.deadline
 
 
 def _log_best(log: TrialLogger, parts, res, best_dir: Path) -> None:
