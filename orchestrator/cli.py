@@ -171,6 +171,7 @@ def _run_args(p):
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
+    p.add_argument("--no-calibrate", action="store_true", help="no macro-F1 offsets in the ensemble")
 
 
 def _run(a) -> int:
@@ -181,7 +182,8 @@ def _run(a) -> int:
                       heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), smoke_test=a.smoke_test,
                       model=a.model, img_size=a.img_size, batch_size=a.batch_size, folds=folds,
                       num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
-                      cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address)
+                      cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
+                      calibrate=not a.no_calibrate)
     run_all(a.data, Workspace(a.workspace), opts)
     return 0
 

@@ -43,6 +43,7 @@ class RunOptions:
     tracking_uri: str | None = None
     address: str | None = None
     num_cpus: int | None = None
+    calibrate: bool = True               # macro-F1 offsets fitted on the OOF predictions
 
     def __post_init__(self):
         unknown = [h for h in self.heads if h not in HEADS]
@@ -160,7 +161,7 @@ def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan:
 
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     from .ensemble import EnsembleOptions, ensemble
-    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri))
+    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
           f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
           f"{ws.tracking_uri(o.tracking_uri)})")

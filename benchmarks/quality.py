@@ -1,0 +1,80 @@
+"""Model quality on real faces within a CPU budget (issue: macro F1 >= 0.60 in 23 minutes).
+
+Lays out ../shared/utkmask as the competition does (train: the first --train-persons of
+persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv), runs the
+whole chain with `python -m orchestrator run --budget B`, and scores the submission:
+
+  python benchmarks/quality.py --budget 23m                       # the full study
+  python benchmarks/quality.py --budget 23m --variant recipe      # one recipe run, no search/vote tricks
+
+Prints 18-class macro F1, accuracy and per-head macro F1 on the eval persons, and the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.budget import parse_duration  # noqa: E402
+from results.scoring import score_submission  # noqa: E402
+
+UTK = ROOT.parent / "shared" / "utkmask"
+# the variants compared: extra `run` flags
+VARIANTS = {
+    "study": [],                                                  # search + cv vote + full + calibration
+    "recipe": ["--num-samples", "1", "--no-calibrate"],           # the recipe's point only, no calibration
+}
+
+
+def layout(work: Path, train_persons: int, eval_from: int, eval_to: int) -> Path:
+    """The data set in the competition layout (made once, reused)."""
+    data = work / f"utk-{train_persons}-{eval_from}-{eval_to}"
+    if (data / "eval" / "answers.csv").is_file():
+        return data
+    persons = (UTK / "persons.txt").read_text().splitlines()
+    lists = {"train": persons[:train_persons], "eval": persons[eval_from - 1:eval_to]}
+    for split, names in lists.items():
+        lst = work / f"{split}-{train_persons}-{eval_from}-{eval_to}.txt"
+        lst.write_text("\n".join(names) + "\n")
+        subprocess.run([sys.executable, str(UTK / "make_utkmask.py"), split, str(UTK / "faces"),
+                        str(UTK / "landmarks.csv"), str(lst), str(data)], check=True)
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", default="23m")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="study")
+    ap.add_argument("--train-persons", type=int, default=1000)
+    ap.add_argument("--eval-from", type=int, default=2001)
+    ap.add_argument("--eval-to", type=int, default=3000)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("run_args", nargs="*", help="more `run` flags after --, e.g. -- --model resnet18")
+    a = ap.parse_args()
+    if not (UTK / "make_utkmask.py").is_file():
+        sys.exit(f"needs the real-face set at {UTK}")
+    a.work.mkdir(parents=True, exist_ok=True)
+    data = layout(a.work, a.train_persons, a.eval_from, a.eval_to)
+    ws = a.work / f"ws-{a.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws),
+           "--budget", a.budget, *VARIANTS[a.variant], *a.run_args]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    wall = time.time() - t0
+    s = score_submission(ws / "results" / "submission.csv", data / "eval" / "answers.csv")
+    budget = parse_duration(a.budget)
+    print(f"\nvariant {a.variant}: wall {wall:.0f} s of {budget:.0f} s budget ({wall / budget:.2f}x)")
+    print(f"18-class macro F1 {s['f1']:.4f}  accuracy {s['accuracy']:.4f}  mask F1 {s['mask_f1']:.4f}  "
+          f"gender F1 {s['gender_f1']:.4f}  age F1 {s['age_f1']:.4f}")
+    print(json.dumps({"variant": a.variant, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in s.items()}}))
+
+
+if __name__ == "__main__":
+    main()

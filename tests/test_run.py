@@ -1,0 +1,72 @@
+"""`run` end to end on the demo data: real Ray, Tune + Optuna, MLflow (SQLite), ensemble."""
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.demo_data import DemoSpec, write_demo_data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    write_demo_data(root / "data", DemoSpec(train_persons=16, eval_persons=4))
+    assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test"]) == 0
+    return root
+
+
+def test_submission_is_valid(smoke_run):
+    sub = pd.read_csv(smoke_run / "ws" / "results" / "submission.csv")
+    info = pd.read_csv(smoke_run / "data" / "eval" / "info.csv")
+    assert list(sub.columns) == ["ImageID", "ans"]
+    assert list(sub["ImageID"]) == list(info["ImageID"])
+    assert sub["ans"].between(0, 17).all()
+
+
+def test_report_and_plots(smoke_run):
+    report = smoke_run / "ws" / "results" / "ensemble"
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert len(pngs) >= 2, pngs
+    assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert any(report.glob("*.md"))
+    assert (smoke_run / "ws" / "results" / "eda" / "classes.png").is_file()
+
+
+def test_mlflow_has_every_stage(smoke_run):
+    client = mlflow.MlflowClient(f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("orchestrator")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    stages = {(r.data.tags.get("stage"), r.data.tags.get("head")) for r in runs}
+    for head in ("mask", "gender", "age"):
+        assert ("tune", head) in stages and ("full", head) in stages
+    assert any(s == "ensemble" for s, _ in stages)
+    tuned = [r for r in runs if r.data.tags.get("stage") == "tune" and r.data.tags.get("role") != "study"]
+    assert all("val_f1" in r.data.metrics for r in tuned)
+
+
+def test_rerun_resumes_instead_of_retraining(smoke_run):
+    t0 = time.time()
+    client = mlflow.MlflowClient(f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("orchestrator")
+    before = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
+    assert main(["run", "--data", str(smoke_run / "data"), "--workspace", str(smoke_run / "ws"), "--smoke-test",
+                 "--heads", "mask"]) == 0
+    after = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
+    assert after == before, "finished tune trials were rerun"
+    assert time.time() - t0 < 600
+
+
+def test_budget_is_honoured(tmp_path):
+    write_demo_data(tmp_path / "data", DemoSpec(train_persons=12, eval_persons=3))
+    budget = 150
+    t0 = time.time()
+    assert main(["run", "--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws"),
+                 "--budget", f"{budget}s", "--model", "test_efficientnet", "--img-size", "32",
+                 "--folds", "2", "--num-samples", "2"]) == 0
+    elapsed = time.time() - t0
+    assert elapsed <= 1.1 * budget, f"run took {elapsed:.0f} s of a {budget} s budget"
+    assert (tmp_path / "ws" / "results" / "submission.csv").is_file()
