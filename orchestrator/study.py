@@ -48,7 +48,7 @@ class TuneOptions:
     num_samples: int | None = None   # search trials (default 20; smoke 2)
     folds: int | None = None         # K person-level folds (default 5; smoke 2)
     fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
-    search_folds: int = 1            # search trials on fold 0 only (averaging over more: not yet)
+    search_folds: int = 1            # folds a search trial trains side by side (F1 averaged)
     phase: str = "both"              # search | cv | both
     gpus_per_trial: float = 0.5      # fractional GPUs pack trials onto one GPU
     cpus_per_trial: float = 1
@@ -80,8 +80,6 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
-        if self.search_folds != 1:
-            raise ValueError("--search-folds > 1 is not implemented yet: search on one fold")
 
     @property
     def k(self) -> int:
@@ -101,7 +99,7 @@ def base_config(head: str, o: TuneOptions) -> TrialConfig:
     over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
                                        batch_size=o.batch_size).items() if v is not None})
     fold = 0 if o.fold == "all" else int(o.fold)
-    return recipe_config(head, folds=o.k, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
+    return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
                          num_workers=o.num_workers, max_batches=o.max_batches, **over)
 
 
@@ -203,7 +201,7 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray import tune
 
     from trainables.trainable import train_head
-    best = best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment)
+    best = replace(best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment), search_folds=1)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
     parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
     trainable = tune.with_resources(train_head, resources)

@@ -106,11 +106,13 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path):
     data, ws = tws
     marker = tmp_path / "crashed"
     tune_head(data, ws, "gender", smoke(phase="search", num_samples=1, epochs=2, study="crash",
-                                        fault_marker=str(marker)))
+                                        search_folds=2, fault_marker=str(marker)))
     assert marker.exists()   # the worker process did exit mid-trial
     runs = find_runs(uri(ws), study="crash")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"   # the retry continued its own run
     assert metric_steps(ws, runs["run_id"][0]) == [1, 2]        # epoch 1 was not trained again
+    oof = pd.read_parquet(download_artifact(uri(ws), runs["run_id"][0], "oof/predictions.parquet"))
+    assert len(oof) == 30 * 7 and oof["path"].is_unique         # --search-folds 2: both folds' OOF
 
 
 def _interrupt_after_first_finished(ws, study, epochs):
