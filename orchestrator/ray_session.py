@@ -16,7 +16,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     if ray.is_initialized():
         yield
         return
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
     ray.init(**kwargs)
     try:
         yield

@@ -20,10 +20,13 @@ class TrialLogger:
             return
         from mlflow.tracking import MlflowClient
         self.client = MlflowClient(tracking_uri=ctx.tracking_uri)
-        if run_id:   # a retried or restored trial continues its own run
-            self.client.update_run(run_id, status="RUNNING")
-            return
         exp = self.client.get_experiment_by_name(ctx.experiment)
+        # a retried or restored trial continues its own run: from its checkpoint, or (stopped
+        # before its first checkpoint) found by its tags
+        self.run_id = run_id or self._existing(exp.experiment_id, ctx, trial_id)
+        if self.run_id:
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
         tags = {"head": cfg.head, "fold": "all" if not cfg.has_validation else str(cfg.fold),
                 "study": ctx.study, "trial_id": trial_id, "phase": ctx.phase, "role": "trial",
                 "stage": "full" if ctx.phase == "full" else "tune", "config_json": json.dumps(cfg.to_dict())}
@@ -32,6 +35,12 @@ class TrialLogger:
         self.run_id = self.client.create_run(exp.experiment_id, run_name=trial_name, tags=tags).info.run_id
         from mlflow.entities import Param
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
+
+    def _existing(self, experiment_id: str, ctx, trial_id: str) -> str:
+        found = self.client.search_runs([experiment_id], filter_string=(
+            f"tags.role = 'trial' and tags.study = '{ctx.study}' and tags.phase = '{ctx.phase}' "
+            f"and tags.trial_id = '{trial_id}'"), max_results=1)
+        return found[0].info.run_id if found else ""
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.client is None:
