@@ -241,10 +241,9 @@ def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, c
 
 
 @pytest.mark.slow
-def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path, monkeypatch):
+def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path):
     """One Ray task per model (a real local Ray, 1 CPU) gives the same submission."""
     pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
-    monkeypatch.setenv("RAY_ADDRESS", "local")   # a new private Ray, never a `ray start` cluster on this machine
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick
