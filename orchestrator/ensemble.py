@@ -238,7 +238,7 @@ def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, c
 
 def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
     exp = client.get_experiment_by_name(opts.experiment)
-    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble"})
+    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble", "role": "ensemble"})
     rid = run.info.run_id
     try:
         params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
