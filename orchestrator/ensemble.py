@@ -188,28 +188,39 @@ def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Pat
 
 
 # -- the stage ---------------------------------------------------------------------------
-def calibrate(oof: Oof | None, opts: EnsembleOptions) -> tuple[Calibration | None, float, str]:
-    """(offsets to apply or None, held-out calibrated F1, what happened in words).
+@dataclass(frozen=True)
+class CalibrationOutcome:
+    fitted: Calibration | None        # None when off or without OOF
+    applied: bool                     # offsets used on the eval predictions
+    heldout_f1: float                 # calibrated F1 with offsets fitted on other persons
+    status: str                       # what happened, in words (report, log)
+
+    @property
+    def offsets(self) -> np.ndarray | None:
+        return self.fitted.offsets if self.applied else None
+
+
+def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
+    """Fit per-class offsets on the OOF predictions and decide whether to use them.
 
     Offsets whose held-out F1 (fitted on other persons) falls below the uncalibrated OOF F1
     overfit the OOF predictions; they are reported but not applied.
     """
     if not opts.calibrate:
-        return None, float("nan"), "off (--no-calibrate)"
+        return CalibrationOutcome(None, False, float("nan"), "off (--no-calibrate)")
     if oof is None:
-        return None, float("nan"), "off (no out-of-fold predictions)"
+        return CalibrationOutcome(None, False, float("nan"), "off (no out-of-fold predictions)")
     cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
     held = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
     words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data, {held:.4f} held out by person"
     if held < cal.f1_before:
         log.warning("calibration overfits (%s): offsets not applied", words)
-        return None, held, f"fitted, not applied (overfits): {words}"
-    return cal, held, f"applied: {words}"
+        return CalibrationOutcome(cal, False, held, f"fitted, not applied (overfits): {words}")
+    return CalibrationOutcome(cal, True, held, f"applied: {words}")
 
 
-def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, cal_status: str, train,
-                   eval_pred, chosen, opts) -> ReportInputs:
-    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal_status,
+def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, chosen, opts) -> ReportInputs:
+    settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal.status,
                 "include_full": opts.include_full, "study": opts.study or "(newest)",
                 "runs": " ".join(opts.runs) or "(default)"}
     empty = np.zeros(0, dtype=int)
@@ -218,16 +229,16 @@ def _report_inputs(oof: Oof | None, cal: Calibration | None, heldout: float, cal
         return ReportInputs(empty, empty, empty, heads0, heads0, train["label"].to_numpy(), eval_pred,
                             None, models_table(chosen), settings)
     before = predict_classes(oof.log_probs)
-    after = cal.apply(oof.log_probs) if cal else before
+    after = predict_classes(oof.log_probs, cal.offsets)
     truth = dict(zip(("mask", "gender", "age"), decode(oof.y)))
     return ReportInputs(oof.y, before, after, truth, {h: p.argmax(1) for h, p in oof.heads.items()},
-                        train["label"].to_numpy(), eval_pred, None if cal is None else cal.offsets,
-                        models_table(chosen), settings, heldout)
+                        train["label"].to_numpy(), eval_pred, cal.offsets, models_table(chosen), settings,
+                        cal.heldout_f1)
 
 
 def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
     exp = client.get_experiment_by_name(opts.experiment)
-    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble"})
+    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble", "role": "ensemble"})
     rid = run.info.run_id
     try:
         params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
@@ -236,7 +247,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         params.update({f"models_{h}": len(m) for h, m in chosen.items()})
         for k, v in params.items():
             client.log_param(rid, k, v)
-        client.log_metric(rid, "calibration_applied", float(cal is not None))
+        client.log_metric(rid, "calibration_applied", float(cal.applied))
         for k, v in metrics.items():
             if np.isfinite(v):
                 client.log_metric(rid, k, float(v))
@@ -244,8 +255,9 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         for f in files:
             client.log_artifact(rid, str(f), "report")
         client.log_artifact(rid, str(submission))
-        if cal is not None:
-            client.log_dict(rid, {"offsets": cal.offsets.tolist()}, "calibration.json")
+        client.log_dict(rid, {"status": cal.status, "applied": cal.applied,
+                              "fitted_offsets": None if cal.fitted is None else cal.fitted.offsets.tolist()},
+                        "calibration.json")
         client.set_terminated(rid)
     except BaseException:
         client.set_terminated(rid, "FAILED")
@@ -280,15 +292,14 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
-    cal, heldout, cal_status = calibrate(oof, opts)
+    cal = calibrate(oof, opts)
     eval_heads = predict_eval(uri, chosen, crops, opts)
-    eval_pred = predict_classes(joint_log_probs(eval_heads), None if cal is None else cal.offsets)
+    eval_pred = predict_classes(joint_log_probs(eval_heads), cal.offsets)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = ws.results / "ensemble"
-    metrics, files = write_report(_report_inputs(oof, cal, heldout, cal_status, train, eval_pred, chosen, opts),
-                                  report_dir)
+    metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
     rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
-    log.info("calibration %s", cal_status)
-    return EnsembleResult(Path(submission), report_dir, metrics, None if cal is None else cal.offsets,
+    log.info("calibration %s", cal.status)
+    return EnsembleResult(Path(submission), report_dir, metrics, cal.offsets,
                           models_table(chosen), rid)

@@ -1,4 +1,7 @@
 """The ensemble's run selection, OOF assembly and error paths on a real MLflow SQLite store."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,7 +153,7 @@ def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
     assert f"eval image {no_file}: crop file" in text and "re-run `python -m orchestrator preprocess`" in text
 
 
-def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir):
+def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     """Real model files (trainables' format) and OOF artifacts -> submission, report, MLflow run."""
     pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
     from orchestrator.ensemble import EnsembleOptions, ensemble
@@ -174,6 +177,9 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir):
     assert run.data.metrics["oof_f1_after"] == pytest.approx(m["oof_f1_after"])
     arts = {a.path for a in client.list_artifacts(res.mlflow_run_id)}
     assert {"submission.csv", "report", "calibration.json"} <= arts
+    cal = json.loads(Path(client.download_artifacts(res.mlflow_run_id, "calibration.json", str(tmp_path))).read_text())
+    assert len(cal["fitted_offsets"]) == 18 and cal["applied"] == bool(run.data.metrics["calibration_applied"])
+    assert (res.offsets is not None) == cal["applied"]
     # the ensemble run itself never votes in a later ensemble
     assert len(choose_models(client)["age"]) == 3
 
@@ -210,18 +216,20 @@ def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
     y = rng.integers(0, 18, n)
     noise = rng.normal(0, 1, (n, 18))
     noise[np.arange(n), y] += 0.8
-    cal, held, status = calibrate(Oof(np.arange(n), noise, y, np.arange(n) // 7, {}), EnsembleOptions())
-    assert cal is None and status.startswith("fitted, not applied (overfits)")
+    out = calibrate(Oof(np.arange(n), noise, y, np.arange(n) // 7, {}), EnsembleOptions())
+    assert not out.applied and out.offsets is None and out.fitted.f1_after > out.fitted.f1_before
+    assert out.status.startswith("fitted, not applied (overfits)")
     # rare classes under-predicted by a shared bias: offsets that generalise
     rare = np.isin(y, [2, 5, 8, 11, 14, 17])
     logp = rng.normal(0, 0.5, (n, 18))
     logp[np.arange(n), y] += 2.0
     logp[:, [2, 5, 8, 11, 14, 17]] -= 2.5
     assert rare.any()
-    cal, held, status = calibrate(Oof(np.arange(n), logp, y, np.arange(n) // 7, {}), EnsembleOptions())
-    assert cal is not None and status.startswith("applied") and held >= cal.f1_before
-    assert calibrate(None, EnsembleOptions())[2] == "off (no out-of-fold predictions)"
-    assert calibrate(None, EnsembleOptions(calibrate=False))[2] == "off (--no-calibrate)"
+    out = calibrate(Oof(np.arange(n), logp, y, np.arange(n) // 7, {}), EnsembleOptions())
+    assert out.applied and out.status.startswith("applied") and out.heldout_f1 >= out.fitted.f1_before
+    assert np.array_equal(out.offsets, out.fitted.offsets)
+    assert calibrate(None, EnsembleOptions()).status == "off (no out-of-fold predictions)"
+    assert calibrate(None, EnsembleOptions(calibrate=False)).status == "off (--no-calibrate)"
 
 
 def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, capsys):
