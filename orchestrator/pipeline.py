@@ -57,8 +57,9 @@ class HeadPlan:
     num_samples: int
     epochs: int                   # per search / cv trial
     full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
-    search_s: float | None        # Tune time budget of the search
-    cv_end: float = 0.0           # unix deadlines (0 = none)
+    search_s: float | None        # seconds for the search
+    search_end: float = 0.0       # unix deadlines (0 = none)
+    cv_end: float = 0.0
     full_end: float = 0.0
 
 
@@ -87,7 +88,7 @@ def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: flo
     samples = max(1, min(o.num_samples, math.floor(share.search_s / max(trial_cost, 1e-9))))
     full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * images_per_s / n_train)))
     search_end = start + share.search_s
-    return HeadPlan(samples, epochs, full_epochs, share.search_s,
+    return HeadPlan(samples, epochs, full_epochs, share.search_s, search_end=search_end,
                     cv_end=search_end + share.cv_s, full_end=search_end + share.cv_s + share.full_s)
 
 
@@ -98,11 +99,15 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     ws.make()
     train = load_train(data)
     write_eda(train, ws.results / "eda")
+    plans = {}
     with ray_session(o.address, o.num_cpus):
         crops = preprocess(data, ws, progress=False)
         print(crops.attrs["summary"].line())
-        plans = plan_heads(o, ws, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()), clock)
-        for head in o.heads:
+        sizer = Sizer.measure(o, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()))
+        for i, head in enumerate(o.heads):
+            # planned when the head starts, from the time really left: an earlier head's
+            # overrun is taken from the later ones, never from the ensemble's reserve
+            plans[head] = sizer.plan(head, o.heads[i:], clock)
             train_head_models(data, ws, head, o, plans[head])
     result = run_ensemble(data, ws, o)
     print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
@@ -111,33 +116,46 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
 
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
 ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
+MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 
 
-def plan_heads(o: RunOptions, ws: Workspace, n_train: int, n_eval: int, clock: Clock) -> dict[str, HeadPlan]:
-    if o.budget_s is None or o.smoke_test:
-        return {h: fixed_plan(o) for h in o.heads}
-    from search_spaces import recipe_config
-    from trainables.speed import train_images_per_s
-    speed = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
-                                             batch_size=o.batch_size))
-    models = len(o.heads) * (o.folds + 1)
-    # prediction (2 TTA views) runs ~3x faster than training; the OOF table is already made
-    reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)
-    overhead = len(o.heads) * (o.num_samples + o.folds + 1) * TRIAL_OVERHEAD_S
-    train_s = clock.left() - reserve - overhead
-    if train_s < 30 * len(o.heads):
-        raise ValueError(f"budget too small: {clock.left():.0f} s left after preprocessing, "
-                         f"{reserve + overhead:.0f} s needed for trial start-up and the ensemble; "
-                         "raise --budget or use a smaller --model / --img-size")
-    print(f"budget: {clock.left():.0f} s left; {speed:.0f} training images/s; {train_s:.0f} s for "
-          f"training, {reserve:.0f} s reserved for the ensemble")
-    start, plans = time.time(), {}
-    for head, share in share_out(train_s, o.heads).items():
-        plans[head] = budget_plan(o, share, n_train, speed, start)
-        start = plans[head].full_end
-        print(f"  {head}: {plans[head].num_samples} search trial(s) of {plans[head].epochs} epochs, "
-              f"{o.folds} folds, full-data retrain <= {plans[head].full_epochs} epochs")
-    return plans
+@dataclass(frozen=True)
+class Sizer:
+    """Turns the time left into a head's plan, at this machine's measured training speed."""
+    options: RunOptions
+    n_train: int
+    images_per_s: float = 0.0     # 0 = no budget: fixed settings
+    reserve_s: float = 0.0        # kept for the ensemble
+
+    @classmethod
+    def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
+        if o.budget_s is None or o.smoke_test:
+            return cls(o, n_train)
+        from search_spaces import recipe_config
+        from trainables.speed import train_images_per_s
+        speed = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
+                                                 batch_size=o.batch_size))
+        models = len(o.heads) * (o.folds + 1)
+        # prediction (2 TTA views) runs ~3x faster than training; the OOF table is already made
+        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)
+        print(f"budget: {speed:.0f} training images/s measured; {reserve:.0f} s reserved for the ensemble")
+        return cls(o, n_train, speed, reserve)
+
+    def plan(self, head: str, heads_left: tuple[str, ...], clock: Clock) -> HeadPlan:
+        o = self.options
+        if not self.images_per_s:
+            return fixed_plan(o)
+        overhead = (o.num_samples + o.folds + 1) * TRIAL_OVERHEAD_S
+        train_s = clock.left() - self.reserve_s - overhead * len(heads_left)
+        if train_s < MIN_HEAD_S * len(heads_left):
+            raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(heads_left)} head(s), "
+                             f"{self.reserve_s + overhead * len(heads_left):.0f} s of it needed for trial "
+                             "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
+        share = share_out(train_s, heads_left)[head]
+        plan = budget_plan(o, share, self.n_train, self.images_per_s, time.time())
+        print(f"{head}: {share.total_s:.0f} s: {plan.num_samples} search trial(s) of {plan.epochs} epoch(s), "
+              f"{o.folds} folds, full-data retrain <= {plan.full_epochs} epoch(s)")
+        return plan
 
 
 def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan: HeadPlan) -> None:
@@ -147,11 +165,14 @@ def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan:
     sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size,
                                          epochs=plan.epochs)
     opts = TuneOptions(num_samples=1 if o.smoke_test else plan.num_samples, folds=o.folds,
-                       smoke_test=o.smoke_test, time_budget_s=plan.search_s, deadline=plan.cv_end,
-                       study=f"{o.study}-{head}", tracking_uri=o.tracking_uri, address=o.address,
-                       gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
+                       smoke_test=o.smoke_test, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
+                       address=o.address, gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
                        resume=True, verbose=0, **sized)
-    best = tune_head(data, ws, head, opts)
+    # search trials stop themselves at the search deadline (after at least one epoch, so the
+    # cv phase always has a best config); Tune's time budget only stops launching new ones
+    search_budget = None if plan.search_s is None else plan.search_s + 2 * TRIAL_OVERHEAD_S
+    tune_head(data, ws, head, replace(opts, phase="search", time_budget_s=search_budget, deadline=plan.search_end))
+    best = tune_head(data, ws, head, replace(opts, phase="cv", deadline=plan.cv_end))
     print(f"{head}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, head, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
