@@ -113,6 +113,9 @@ def _preprocess(a) -> int:
         print(f"error: {s.failed} of {s.images} images could not be read (more than --max-failed "
               f"{a.max_failed:g}); first ones:\n{bad}", file=sys.stderr)
         return 1
+    return 0
+
+
 # -- ensemble ----------------------------------------------------------------------------
 def _ensemble_args(p):
     p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",

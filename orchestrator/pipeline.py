@@ -148,9 +148,15 @@ class Sizer:
         overhead = (o.num_samples + o.folds + 1) * TRIAL_OVERHEAD_S
         train_s = clock.left() - self.reserve_s - overhead * len(heads_left)
         if train_s < MIN_HEAD_S * len(heads_left):
-            raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(heads_left)} head(s), "
-                             f"{self.reserve_s + overhead * len(heads_left):.0f} s of it needed for trial "
-                             "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
+            if heads_left == o.heads:   # nothing trained yet: say so rather than overrun
+                raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(heads_left)} head(s), "
+                                 f"{self.reserve_s + overhead * len(heads_left):.0f} s of it needed for trial "
+                                 "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
+            # earlier heads overran (a loaded machine): this one still gets its models, one
+            # epoch per trial, rather than failing the whole run at the end
+            log.warning("%s: %.0f s left, less than planned: one search trial, one epoch per trial", head, clock.left())
+            now = time.time()
+            return HeadPlan(1, 1, 1, 0.0, search_end=now, cv_end=now, full_end=now)
         share = share_out(train_s, heads_left)[head]
         plan = budget_plan(o, share, self.n_train, self.images_per_s, time.time())
         print(f"{head}: {share.total_s:.0f} s: {plan.num_samples} search trial(s) of {plan.epochs} epoch(s), "

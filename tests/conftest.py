@@ -55,7 +55,6 @@ def crops_ws(demo_dir, tmp_path_factory):
     The real preprocessing stage (MTCNN on Ray; the drawn demo faces mostly fall back to
     the prior box), run once per session on a small local Ray that is shut down after.
     """
-    import ray
 
     from orchestrator.faces import CropSettings
     from orchestrator.preprocess import preprocess
