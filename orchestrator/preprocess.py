@@ -231,8 +231,15 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     """Crop every train and eval image (skipping what earlier runs finished); returns the
     manifest (also written to ``ws.manifest``), with the run's Summary in ``.attrs["summary"]``.
 
-    ``num_gpus_per_worker``: GPUs each worker asks Ray for (0: CPU workers; None: GPU_SHARE of a
-    GPU where the cluster has GPUs, else CPU). ``_kill_once`` (tests only): the first batch to reach it SIGKILLs its own worker mid-batch."""
+    Args:
+        address: Ray cluster ("auto": the running one); None starts Ray locally.
+        workers: batches in flight at once (default: every CPU, or GPUs / num_gpus_per_worker).
+        num_gpus_per_worker: GPUs each worker asks Ray for; 0: CPU workers; None: GPU_SHARE of a
+            GPU where the cluster has GPUs, else CPU. MTCNN runs on CUDA wherever torch sees it.
+        batch_size: images per Ray task.
+        _kill_once: tests only: the first batch to find this file missing creates it and
+            SIGKILLs its own worker mid-batch.
+    """
     t0 = time.time()
     data = Path(data).resolve()
     images = image_table(data)
