@@ -156,16 +156,17 @@ def run_command(data: Path, ws_dir: Path, s: CropSettings, workers: int | None):
     return time.time() - t0, tree_cpu(os.getpid()) - c0, m
 
 
+NO_WEAK = 2.0   # weak_min_prob above any probability: no below-threshold face is kept
 LEVERS = [  # (name, settings): each adds one lever to the one above
-    ("recipe settings on Ray", CropSettings(detect_scale=1.0, min_face_size=20, second_pass=False,
-                                            fallback="centre", prob_threshold=0.0)),
-    ("+ detect on 1/2-size copy", CropSettings(min_face_size=20, second_pass=False, fallback="centre",
-                                               prob_threshold=0.0)),
-    ("+ min_face_size 120", CropSettings(second_pass=False, fallback="centre", prob_threshold=0.0)),
-    ("+ prior fallback (global)", CropSettings(second_pass=False, person_prior=False, prob_threshold=0.0)),
-    ("+ person prior (train)", CropSettings(second_pass=False, prob_threshold=0.0)),
-    ("+ prob threshold 0.9", CropSettings(second_pass=False)),
-    ("+ second pass (default)", CropSettings()),
+    ("recipe settings on Ray", CropSettings(detect_scale=1.0, min_face_size=20, fallback="centre",
+                                            prob_threshold=0.0)),
+    ("+ detect on 1/2-size copy", CropSettings(min_face_size=20, fallback="centre", prob_threshold=0.0)),
+    ("+ min_face_size 120", CropSettings(fallback="centre", prob_threshold=0.0)),
+    ("+ prior fallback (global)", CropSettings(person_prior=False, prob_threshold=0.0)),
+    ("+ prob threshold 0.9", CropSettings(person_prior=False, weak_min_prob=NO_WEAK)),
+    ("+ weak faces near the prior", CropSettings(person_prior=False)),
+    ("+ person prior k=10 (default)", CropSettings()),
+    ("+ second pass (off by default)", CropSettings(second_pass=True)),
 ]
 
 

@@ -78,7 +78,7 @@ def _preprocess_args(p):
     d = CropSettings()
     p.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster); default: start Ray locally")
     p.add_argument("--workers", type=int, default=None, help="batches in flight at once (default: every CPU, or GPUs / --gpus-per-worker)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker, e.g. 0.25 packs 4 workers on a GPU (default 0: CPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker, e.g. 0.25 packs 4 workers on a GPU; 0: CPU workers (default: 0.25 where the cluster has GPUs, else 0)")
     p.add_argument("--batch-size", type=int, default=BATCH, help=f"images per Ray task (default {BATCH})")
     p.add_argument("--max-failed", type=float, default=MAX_FAILED, help=f"exit 1 when more than this share of images cannot be read (default {MAX_FAILED})")
     p.add_argument("--size", type=int, default=d.size, help=f"crop side in pixels (default {d.size})")
@@ -87,7 +87,7 @@ def _preprocess_args(p):
     p.add_argument("--min-face-size", type=int, default=d.min_face_size, help=f"smallest face in source pixels (default {d.min_face_size}; MTCNN's own: 20)")
     p.add_argument("--thresholds", type=lambda t: tuple(float(x) for x in t.split(",")), default=d.thresholds, help="MTCNN P,R,O-net thresholds (default %s)" % ",".join(map(str, d.thresholds)))
     p.add_argument("--detect-scale", type=float, default=d.detect_scale, help=f"detect on a copy this much smaller (default {d.detect_scale})")
-    p.add_argument("--no-second-pass", action="store_true", help="no low-threshold re-detection of misses")
+    p.add_argument("--second-pass", action="store_true", help="re-detect misses at low thresholds (slower; no gain on the real-face benchmark)")
     p.add_argument("--fallback", choices=("prior", "centre"), default=d.fallback, help="box for a miss: where faces usually are (default) or the recipe's centre crop")
     p.add_argument("--no-person-prior", action="store_true", help="misses in train use the global prior, not the person's own photos")
     p.add_argument("--no-progress", action="store_true")
@@ -97,7 +97,7 @@ def _crop_settings(a):
     from .faces import CropSettings
     return CropSettings(size=a.size, margin=a.margin, prob_threshold=a.prob_threshold,
                         min_face_size=a.min_face_size, thresholds=a.thresholds,
-                        detect_scale=a.detect_scale, second_pass=not a.no_second_pass,
+                        detect_scale=a.detect_scale, second_pass=a.second_pass,
                         fallback=a.fallback, person_prior=not a.no_person_prior)
 
 

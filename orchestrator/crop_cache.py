@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # one record: the manifest's geometry plus what the cache and the fallback step need
 RECORD_COLUMNS = ("path", "src_size", "src_mtime", "w", "h", "status", "method",
                   "fx1", "fy1", "fx2", "fy2", "x1", "y1", "x2", "y2", "prob",
-                  "candidates", "error", "note", "crop")
+                  "candidates", "error", "note", "crop", "device")
 # status: "crop" (crop written) | "pending" (no face yet: the fallback step decides) | "error"
 
 
@@ -50,7 +50,8 @@ class CropCache:
         if meta.is_file():
             old = json.loads(meta.read_text())
             if old.get("key") != self.key:
-                changed = {k: (old["settings"].get(k), v) for k, v in self.settings.as_dict().items()
+                new = json.loads(json.dumps(self.settings.as_dict()))   # tuples -> lists, as stored
+                changed = {k: (old["settings"].get(k), v) for k, v in new.items()
                            if old["settings"].get(k) != v}
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 log.warning("crop settings changed (%s): the cached crops in %s were made with the "
@@ -59,7 +60,7 @@ class CropCache:
                 shutil.rmtree(self.root / old["key"], ignore_errors=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json.dumps({"key": self.key, "settings": self.settings.as_dict()},
-                                     indent=1, default=list), meta)
+                                     indent=1), meta)
         return self
 
     def load(self, stats: pd.DataFrame) -> dict[str, dict]:
@@ -94,7 +95,7 @@ class CropCache:
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
-    for c in ("path", "status", "method", "candidates", "error", "note", "crop"):
+    for c in ("path", "status", "method", "candidates", "error", "note", "crop", "device"):
         df[c] = df[c].fillna("").astype(str)
     for c in ("src_size", "src_mtime", "w", "h"):
         df[c] = df[c].fillna(-1).astype("int64")

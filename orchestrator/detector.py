@@ -72,6 +72,7 @@ class Detector:
     def __init__(self, s: CropSettings, device: str = "cpu"):
         from facenet_pytorch import MTCNN   # weights ship in the wheel: nothing downloads
         self.s = s
+        self.device = device
         # MTCNN's min_face_size is in the pixels it sees, i.e. of the downscaled copy
         mfs = max(12, int(round(s.min_face_size * s.detect_scale)))
         common = dict(min_face_size=mfs, factor=s.factor, device=device)

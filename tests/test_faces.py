@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.detector import decode
-from orchestrator.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, pick_second
+from orchestrator.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, pick_weak
 
 
 def test_iou():
@@ -53,19 +53,19 @@ def test_priors_person_leans_on_the_global_median():
     assert pri.box("b", 384, 512, CropSettings(fallback="centre"))[1] == "centre"
 
 
-def test_second_pass_face_must_be_probable_and_near_the_prior():
-    s = CropSettings(second_min_prob=0.8, second_min_iou=0.3)
+def test_weak_face_must_be_probable_and_near_the_prior():
+    s = CropSettings(weak_min_prob=0.8, weak_min_iou=0.3)
     prior = (100, 100, 200, 200)
     far = (300, 300, 400, 400, 0.99)
     weak = (100, 100, 200, 200, 0.5)
     good = (110, 105, 205, 210, 0.9)
     better = (95, 100, 195, 205, 0.95)
-    assert pick_second([far, weak], prior, s) is None
-    assert pick_second([far, weak, good, better], prior, s) == better
+    assert pick_weak([far, weak], prior, s) is None
+    assert pick_weak([far, weak, good, better], prior, s) == better
 
 
 def test_settings_key_changes_with_any_setting():
-    assert CropSettings().key == CropSettings().key
+    assert CropSettings().key == CropSettings(margin=0, thresholds=[0.6, 0.7, 0.7]).key
     assert len({CropSettings().key, CropSettings(margin=1).key, CropSettings(size=160).key,
                 CropSettings(thresholds=(0.5, 0.6, 0.7)).key}) == 4
     with pytest.raises(ValueError, match="fallback"):

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+    # one logical GPU (no CUDA needed): lets a test see that workers ask for the GPUs they get
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=128 * 1024**2,
              log_to_driver=False)
     yield
     ray.shutdown()
@@ -57,8 +58,9 @@ def _check_complete(m: pd.DataFrame, data: Path, ws: Workspace) -> None:
 
 def test_demo_end_to_end_then_rerun_skips_everything(data, tmp_path):
     ws = Workspace(tmp_path / "ws")
-    m = preprocess(data, ws, progress=False)
+    m = preprocess(data, ws, CropSettings(second_pass=True), progress=False)
     _check_complete(m, data, ws)
+    assert m["device"].str.startswith("cpu").all()
     s = m.attrs["summary"]
     assert s.failed == 0 and s.fallback > 0 and s.detected + s.fallback == s.images
     assert set(m["split"]) == {"train", "eval"}
@@ -66,11 +68,12 @@ def test_demo_end_to_end_then_rerun_skips_everything(data, tmp_path):
     assert (ev["person"] == "").all() and (ev["label"] == -1).all() and (ev["image_id"] != "").all()
     tr = m[m["split"] == "train"]
     assert (tr["label"].between(0, 17)).all() and (tr["image_id"] == "").all()
+    assert m["method"].isin(["detect", "weak_detect", "person_prior", "global_prior", "centre"]).all()
     fb = m[m["fallback"]]
     assert fb["prob"].isna().all() and fb["method"].isin(["person_prior", "global_prior", "centre"]).all()
     mtimes = {c: (ws.crops / c).stat().st_mtime_ns for c in m["crop"]}
 
-    again = preprocess(data, ws, progress=False)
+    again = preprocess(data, ws, CropSettings(second_pass=True), progress=False)
     assert again.attrs["summary"].skipped == len(m)
     assert {c: (ws.crops / c).stat().st_mtime_ns for c in again["crop"]} == mtimes
     pd.testing.assert_frame_equal(again, m, check_like=True)
@@ -78,17 +81,17 @@ def test_demo_end_to_end_then_rerun_skips_everything(data, tmp_path):
     # a changed source image is redone, alone
     img = data / m.loc[0, "path"]
     Image.open(img).transpose(Image.FLIP_LEFT_RIGHT).save(img, quality=90)
-    third = preprocess(data, ws, progress=False)
+    third = preprocess(data, ws, CropSettings(second_pass=True), progress=False)
     assert third.attrs["summary"].skipped >= len(m) - 8      # the image plus misses whose prior moved
     assert third.attrs["summary"].skipped < len(m)
 
 
 def test_changed_settings_invalidate_the_cache(data, tmp_path, caplog):
     ws = Workspace(tmp_path / "ws")
-    old = preprocess(data, ws, CropSettings(second_pass=False), progress=False)
-    new = preprocess(data, ws, CropSettings(second_pass=False, margin=20, size=96), progress=False)
+    old = preprocess(data, ws, CropSettings(), progress=False)
+    new = preprocess(data, ws, CropSettings(margin=20, size=96), progress=False)
     assert new.attrs["summary"].skipped == 0
-    assert "crop settings changed" in caplog.text and "margin 0.0 -> 20" in caplog.text
+    assert "crop settings changed (margin 0.0 -> 20.0, size 224 -> 96)" in caplog.text
     old_key, new_key = old["crop"][0].split("/")[0], new["crop"][0].split("/")[0]
     assert old_key != new_key and not (ws.crops / old_key).exists()
     with Image.open(ws.crops / new["crop"][0]) as im:
@@ -142,10 +145,19 @@ def test_bad_images_never_crash_the_job(data, tmp_path, capsys):
 def test_killed_worker_is_retried_and_nothing_is_lost(data, tmp_path):
     ws = Workspace(tmp_path / "ws")
     marker = tmp_path / "killed"
-    m = preprocess(data, ws, CropSettings(second_pass=False), progress=False, batch_size=8,
+    m = preprocess(data, ws, CropSettings(), progress=False, batch_size=8,
                    _kill_once=marker)
     assert marker.exists()                       # a worker really died mid-batch ...
     _check_complete(m, data, ws)                 # ... and every image is there exactly once
+    assert m.attrs["summary"].failed == 0
+
+
+def test_workers_take_a_gpu_share_where_the_cluster_has_gpus(data, tmp_path):
+    import ray
+    assert ray.cluster_resources()["GPU"] == 1
+    m = preprocess(data, Workspace(tmp_path / "ws"), num_gpus_per_worker=None, progress=False)
+    # each task got a share of logical GPU 0 (no CUDA here, so MTCNN ran on the CPU)
+    assert m["device"].str.fullmatch(r"cpu, Ray GPUs \[.?0.?\]").all(), m["device"].unique()
     assert m.attrs["summary"].failed == 0
 
 
@@ -161,5 +173,5 @@ def test_real_faces_are_cropped_on_the_face(utkmask_dir, tmp_path):
     by_split = j.groupby("split")["on_face"].mean()
     assert by_split["train"] >= 0.97 and by_split["eval"] >= 0.97, by_split.to_dict()
     normal = j[j["kind"] == "normal"]
-    assert not normal["fallback"].any() and (normal["prob"] >= 0.9).all()
+    assert not normal["fallback"].any() and (normal["prob"] >= 0.5).all()
     assert os.path.isfile(ws.manifest)
