@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m orchestrator run --data data --workspace workspace
+	$(BIN)/python -m orchestrator run --data data --workspace workspace --budget 4m
 
 test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
