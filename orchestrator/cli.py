@@ -78,6 +78,75 @@ def _run(a) -> int:
     return 0
 
 
+# -- tune --------------------------------------------------------------------------------
+def _tune_args(p):
+    p.add_argument("--head", required=True, choices=("mask", "gender", "age"))
+    p.add_argument("--study", default=None, help="study name (default: the head's name; smoke: HEAD-smoke)")
+    p.add_argument("--phase", choices=("search", "cv", "both"), default="both")
+    p.add_argument("--folds", type=int, default=None, help="K person-level folds (default 5; smoke 2)")
+    p.add_argument("--fold", default="all", help="'all' (search on fold 0, cv on every fold) or one fold K")
+    p.add_argument("--search-folds", type=int, default=1, help="folds a search trial averages over")
+    p.add_argument("--num-samples", type=int, default=None, help="search trials (default 20; smoke 2)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.5, help="fractional GPUs per trial (0.5 = 2 per GPU)")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
+    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 trials on CPU")
+    p.add_argument("--model", default=None, help="timm model name (default efficientnet_b3)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the recipe's per head)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--pretrained", default="", help="'' none, 'hub' (needs internet) or a local weights file")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per trial")
+    p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    p.add_argument("--experiment", default="orchestrator", help="MLflow experiment name")
+
+
+def _tune(a) -> int:
+    from .study import StudyInterrupted, TuneOptions, tune_head
+    from results.tracking import TrackingError
+    opts = TuneOptions(
+        num_samples=a.num_samples, folds=a.folds, fold=a.fold, search_folds=a.search_folds, phase=a.phase,
+        gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, max_concurrent=a.max_concurrent,
+        resume=a.resume, smoke_test=a.smoke_test, model=a.model, img_size=a.img_size, epochs=a.epochs,
+        batch_size=a.batch_size, pretrained=a.pretrained, num_workers=a.num_workers,
+        time_budget_s=a.time_budget_s, study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
+        address=a.address, max_failures=a.max_failures)
+    try:
+        tune_head(a.data, Workspace(a.workspace), a.head, opts)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StudyInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    return 0
+
+
+# -- retrain -----------------------------------------------------------------------------
+def _retrain_args(p):
+    p.add_argument("--head", required=True, choices=("mask", "gender", "age"))
+    p.add_argument("--study", default=None, help="study whose cv runs to use (default: the head's newest)")
+    p.add_argument("--gpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
+    p.add_argument("--experiment", default="orchestrator", help="MLflow experiment name")
+
+
+def _retrain(a) -> int:
+    from .retrain import retrain_head
+    from results.tracking import TrackingError
+    try:
+        retrain_head(a.data, Workspace(a.workspace), a.head, a.study, a.tracking_uri, experiment=a.experiment,
+                     gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _later(issue: int):
     def run(a) -> int:
         print(f"'{a.command}' is not built yet (issue #{issue})", file=sys.stderr)
@@ -95,8 +164,8 @@ COMMANDS = {
     "eda": ("plots and tables of the label distributions", _train_options, _eda),
     "folds": ("make (or show) the saved person-level fold assignment", lambda p: (_train_options(p), _folds_args(p)), _folds),
     "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", lambda p: None, _later(3)),
-    "tune": ("Ray Tune + Optuna study for one head", lambda p: None, _later(4)),
-    "retrain": ("retrain a head's best config on all data", lambda p: None, _later(5)),
+    "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
+    "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
     "ensemble": ("fold + full-data vote with TTA; writes the submission and report", lambda p: None, _later(5)),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", lambda p: None, _run),
 }

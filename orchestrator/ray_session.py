@@ -1,7 +1,10 @@
-"""Connect to Ray the same way in every stage: a running cluster for "auto", else a local one."""
+"""Connecting to Ray the same way in every stage (a running cluster for "auto", else a local
+one) and sizing trials (shared by `preprocess`, `tune` and `retrain`)."""
 from __future__ import annotations
 
 import logging
+import math
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -24,3 +27,39 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # log_to_driver=False: worker chatter (facenet warnings) would break the progress bar
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     log.info("started a local Ray: %s", ray.cluster_resources())
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None):
+    """Use a running Ray session, connect to ``address`` ('auto' = a `ray up` cluster) or
+    start a local one; only what was started here is shut down."""
+    import ray
+    if ray.is_initialized():
+        yield
+        return
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def trial_resources(gpus_per_trial: float, cpus_per_trial: float) -> dict:
+    """{"cpu", "gpu"} per trial; GPUs only where the cluster has some (else trials would
+    wait forever for a GPU that never comes)."""
+    import ray
+    have_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if gpus_per_trial > 0 and not have_gpu:
+        log.warning("no GPU in the Ray cluster: trials run on CPU (%s CPU each)", cpus_per_trial)
+    return {"cpu": cpus_per_trial, "gpu": gpus_per_trial if have_gpu else 0}
+
+
+def auto_concurrency(resources: dict) -> int:
+    """How many trials fit the cluster at once (at least 1)."""
+    import ray
+    total = ray.cluster_resources()
+    slots = [math.floor(total.get("CPU", 1) / resources["cpu"])] if resources["cpu"] else []
+    if resources.get("gpu"):
+        slots.append(math.floor(total.get("GPU", 0) / resources["gpu"]))
+    return max(1, min(slots) if slots else 1)

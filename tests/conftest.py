@@ -46,3 +46,37 @@ def utkmask_dir(tmp_path_factory) -> Path:
                         str(UTKMASK / "landmarks.csv"), str(out / lst), str(out / "data")],
                        check=True, capture_output=True)
     return out / "data"
+
+
+@pytest.fixture(scope="session")
+def crops_ws(demo_dir, tmp_path_factory):
+    """(data_dir, Workspace) whose manifest + crops follow orchestrator/manifest.py.
+
+    # TEMP until issue 3 lands: replace with orchestrator.preprocess.preprocess
+    Plain PIL centre crops (no MTCNN), every row usable (error == "").
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from orchestrator.dataset import load_eval, load_train
+    from orchestrator.workspace import Workspace
+    ws = Workspace(tmp_path_factory.mktemp("ws")).make()
+    train, ev = load_train(demo_dir), load_eval(demo_dir)
+    rows = []
+    for split, df in (("train", train), ("eval", ev)):
+        for r in df.to_dict("records"):
+            with Image.open(demo_dir / r["path"]) as im:
+                w, h = im.size
+                s = min(w, h)
+                box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+                crop = f"{split}/{r['path'].replace('/', '__')}.png"
+                (ws.crops / crop).parent.mkdir(parents=True, exist_ok=True)
+                im.convert("RGB").crop(box).resize((96, 96)).save(ws.crops / crop)
+            labels = ({k: r[k] for k in ("kind", "mask", "gender", "age", "label")} if split == "train"
+                      else {"kind": "", "mask": -1, "gender": -1, "age": -1, "label": -1})
+            rows.append({"path": r["path"], "person": r.get("person", ""), "split": split,
+                         "image_id": r.get("image_id", ""), **labels,
+                         "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "prob": float("nan"),
+                         "fallback": True, "error": "", "crop": crop})
+    pd.DataFrame(rows).to_parquet(ws.manifest, index=False)
+    return demo_dir, ws

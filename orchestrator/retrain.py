@@ -1,0 +1,85 @@
+"""`retrain --head H`: the study's best config on ALL training persons, for the median of
+the epochs at which its person-level cv folds peaked (the recipe's key trick).
+
+Runs as one Ray Tune trial (so it gets a GPU on a cluster, retries from checkpoints and
+logs like every trial): an MLflow run tagged phase=full, stage=full, fold=all with its model.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from results.tracking import (check_tracking, ensure_experiment, find_runs, parent_run,
+                              resolve_tracking_uri, run_config)
+from trainables.config import FULL_DATA, RunContext, TrialConfig
+
+from .errors import DataError
+from .ray_session import ray_session, trial_resources
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def cv_runs(uri: str, head: str, study: str | None, experiment: str = "orchestrator"):
+    """(study, its finished cv runs); ``study=None`` takes the head's newest study with cv runs."""
+    runs = find_runs(uri, head=head, study=study, phase="cv", experiment=experiment)
+    if "metrics.best_epoch" in runs:
+        runs = runs[(runs["status"] == "FINISHED") & runs["metrics.best_epoch"].notna()]
+    else:
+        runs = runs.iloc[:0]
+    if runs.empty:
+        which = f"study {study!r}" if study else "any study"
+        raise DataError(f"no finished cv runs for head {head!r} in {which} ({uri}); run "
+                        f"`python -m orchestrator tune --head {head}` (phase cv) first")
+    study = study or runs.iloc[0]["tags.study"]
+    return study, runs[runs["tags.study"] == study]
+
+
+def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
+    """The cv config on all data, for the median of the folds' best epochs."""
+    best_epochs = sorted(int(e) for e in runs["metrics.best_epoch"])
+    epochs = max(1, int(round(float(np.median(best_epochs)))))
+    cfg = TrialConfig.from_dict(run_config(runs.iloc[0]))
+    return replace(cfg, fold=FULL_DATA, epochs=epochs), best_epochs
+
+
+def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
+                 tracking_uri: str | None = None, *, experiment: str = "orchestrator",
+                 gpus_per_trial: float = 1.0, cpus_per_trial: float = 1, address: str | None = None,
+                 num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1) -> str:
+    """Train the full-data model; returns its MLflow run id."""
+    from ray import tune
+
+    from trainables.trainable import train_head
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    uri = resolve_tracking_uri(ws, tracking_uri)
+    check_tracking(uri)
+    study, runs = cv_runs(uri, head, study, experiment)
+    cfg, best_epochs = full_data_config(runs)
+    print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
+          f"{cfg.epochs} epochs on all training persons")
+    exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts")
+    parent = parent_run(uri, exp_id, study=study, phase="full", head=head)
+    ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
+                     experiment=experiment, study=study, phase="full", parent_run_id=parent)
+    with ray_session(address, num_cpus):
+        trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
+        tuner = tune.Tuner(trainable, param_space=cfg.to_dict() | {"run": ctx.to_dict()},
+                           run_config=tune.RunConfig(
+                               name=f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(ws.tune),
+                               failure_config=tune.FailureConfig(max_failures=max_failures),
+                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose))
+        result = tuner.fit()[0]
+    if result.error:
+        raise RuntimeError(f"retrain of {head} failed: {result.error}")
+    run_id = result.metrics["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(uri)
+    client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
+    client.set_terminated(parent, "FINISHED")
+    print(f"full-data model: MLflow run {run_id} (artifact model/model.pt) in {uri}")
+    return run_id

@@ -1,0 +1,281 @@
+"""`tune --head H`: one Ray Tune study for one head, in two phases.
+
+search: OptunaSearch (seeded, the recipe evaluated first) + ASHA on the head's val macro F1,
+        each trial on the search fold;
+cv:     the best config trained on every fold as parallel trials; each fold's best model and
+        best epoch are what the ensemble votes with and what the full-data retrain uses.
+Every trial logs to MLflow from inside (results/trial_log.py); selection reads MLflow.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from results.tables import markdown_table
+from results.tracking import (check_tracking, ensure_experiment, find_runs, parent_run,
+                              resolve_tracking_uri, run_config)
+from search_spaces import SMOKE, recipe_config, recipe_point, search_space
+from trainables.config import RunContext, TrialConfig
+
+from .dataset import load_train
+from .errors import DataError
+from .folds import FoldSpec, ensure_folds
+from .labels import get_head
+from .ray_session import auto_concurrency, ray_session, trial_resources
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+METRIC, MODE = "val_f1", "max"
+SEARCHED = ("lr", "loss", "gamma", "smoothing", "strength", "old_from")  # may come from the space
+PHASES = ("search", "cv", "both")
+
+
+class StudyInterrupted(RuntimeError):
+    """The study stopped before its trials finished (Ctrl-C); resume with --resume."""
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    num_samples: int | None = None   # search trials (default 20; smoke 2)
+    folds: int | None = None         # K person-level folds (default 5; smoke 2)
+    fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
+    search_folds: int = 1            # search trials on fold 0 only (averaging over more: not yet)
+    phase: str = "both"              # search | cv | both
+    gpus_per_trial: float = 0.5      # fractional GPUs pack trials onto one GPU
+    cpus_per_trial: float = 1
+    max_concurrent: int = 0          # 0 = as many trials as the cluster fits
+    resume: bool = False             # continue an interrupted study (Tuner.restore)
+    smoke_test: bool = False         # tiny model, small images, 1 epoch, 2 trials, CPU
+    model: str | None = None         # timm model (default: the recipe's efficientnet_b3)
+    img_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    pretrained: str = ""             # "" | "hub" | a local weights file
+    num_workers: int = 0             # DataLoader workers per trial
+    max_batches: int = 0             # cap batches per epoch (0 = all)
+    time_budget_s: float | None = None  # stop the search when exceeded
+    study: str | None = None         # study name (default: the head's name)
+    tracking_uri: str | None = None
+    experiment: str = "orchestrator"
+    address: str | None = None       # Ray address ("auto" on a `ray up` cluster)
+    num_cpus: int | None = None      # CPUs of a local Ray started here
+    seed: int = 777
+    max_failures: int = 2            # retries of a crashed trial (from its checkpoint)
+    grace_period: int = 1            # ASHA: epochs before a trial may be stopped
+    verbose: int = 1
+    fault_marker: str = ""           # test hook (RunContext.fault_marker)
+
+    def __post_init__(self):
+        if self.phase not in PHASES:
+            raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
+        if self.fold != "all" and not str(self.fold).isdigit():
+            raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
+        if self.search_folds != 1:
+            raise ValueError("--search-folds > 1 is not implemented yet: search on one fold")
+
+    @property
+    def k(self) -> int:
+        return self.folds or (2 if self.smoke_test else 5)
+
+    @property
+    def samples(self) -> int:
+        return self.num_samples or (2 if self.smoke_test else 20)
+
+    def study_name(self, head: str) -> str:
+        return self.study or (f"{head}-smoke" if self.smoke_test else head)
+
+
+def base_config(head: str, o: TuneOptions) -> TrialConfig:
+    """The recipe's config for ``head`` with the options' overrides (smoke: tiny and fast)."""
+    over = dict(SMOKE) if o.smoke_test else {}
+    over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
+                                       batch_size=o.batch_size).items() if v is not None})
+    fold = 0 if o.fold == "all" else int(o.fold)
+    return recipe_config(head, folds=o.k, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
+                         num_workers=o.num_workers, max_batches=o.max_batches, **over)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What every phase of one study shares."""
+    head: str
+    study: str
+    ws: Workspace
+    data: Path
+    uri: str
+    experiment_id: str
+    base: TrialConfig
+    options: TuneOptions
+
+    def context(self, phase: str, parent: str) -> RunContext:
+        return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
+                          experiment=self.options.experiment, study=self.study, phase=phase,
+                          parent_run_id=parent, fault_marker=self.options.fault_marker)
+
+    def exp_path(self, phase: str) -> Path:
+        return self.ws.tune / f"{self.study}-{phase}"
+
+
+def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
+    """Everything checked and made before Ray starts: MLflow reachable, folds, crop cache."""
+    from trainables.data import crop_cache, usable_train_rows
+    get_head(head)
+    ws = Workspace(ws.root if isinstance(ws, Workspace) else ws).make()
+    uri = resolve_tracking_uri(ws, o.tracking_uri)
+    check_tracking(uri)
+    exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts")
+    ensure_folds(load_train(data), ws.root, FoldSpec(o.k, o.seed))
+    base = base_config(head, o)
+    crop_cache(ws, usable_train_rows(ws)["crop"].tolist(), base.img_size)  # decode once, before trials
+    return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o)
+
+
+def _run_config(plan: StudyPlan, phase: str):
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+    return RunConfig(name=plan.exp_path(phase).name, storage_path=str(plan.ws.tune),
+                     failure_config=FailureConfig(max_failures=plan.options.max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=plan.options.verbose)
+
+
+def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
+    from ray.tune import Tuner
+    path = plan.exp_path(phase)
+    if Tuner.can_restore(str(path)):
+        if not plan.options.resume:
+            raise DataError(f"study {plan.study!r} already has a {phase} phase in {path}; pass --resume "
+                            "to continue it, or --study NEW_NAME to start another")
+        # resume_errored=False: a trial that failed for good stays failed (OptunaSearch has
+        # already told Optuna so and would ignore any new result); unfinished trials continue
+        # from their checkpoints and finished ones are not rerun.
+        return Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                             resume_errored=False, restart_errored=False)
+    return make_new()
+
+
+def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.trainable import train_head
+    parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head)
+    ctx = plan.context("search", parent)
+    trainable = tune.with_resources(train_head, resources)
+
+    def new():
+        searcher = OptunaSearch(search_space(plan.head), metric=METRIC, mode=MODE, seed=plan.options.seed,
+                                points_to_evaluate=[recipe_point(plan.head)])
+        epochs = plan.base.epochs
+        asha = ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, reduction_factor=3,
+                             grace_period=min(plan.options.grace_period, epochs))
+        space = {k: v for k, v in plan.base.to_dict().items() if k not in SEARCHED} | {"run": ctx.to_dict()}
+        return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "search"),
+                          tune_config=tune.TuneConfig(
+                              search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+                              scheduler=asha, num_samples=plan.options.samples,
+                              time_budget_s=plan.options.time_budget_s, reuse_actors=True))
+    return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
+
+
+def best_search_config(uri: str, head: str, study: str, experiment: str = "orchestrator") -> TrialConfig:
+    """The config of the study's search trial with the highest best_val_f1 (from MLflow)."""
+    runs = find_runs(uri, head=head, study=study, phase="search", experiment=experiment)
+    if runs.empty or "metrics.best_val_f1" not in runs or runs["metrics.best_val_f1"].isna().all():
+        raise DataError(f"no search trial with a validation F1 for head {head!r}, study {study!r} in {uri}; "
+                        f"run `python -m orchestrator tune --head {head} --phase search` first")
+    best = runs.sort_values(["metrics.best_val_f1", "start_time"], ascending=[False, True]).iloc[0]
+    return TrialConfig.from_dict(run_config(best))
+
+
+def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
+    from ray import tune
+
+    from trainables.trainable import train_head
+    best = best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment)
+    folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
+    parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
+    trainable = tune.with_resources(train_head, resources)
+
+    def new():
+        space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
+        return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "cv"),
+                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True))
+    return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
+
+
+def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
+    """Fit; an interrupted fit (Ctrl-C: Tune saves its state and returns) raises StudyInterrupted."""
+    t0 = time.time()
+    grid = tuner.fit()
+    statuses = _close_runs(plan, phase, grid)
+    from mlflow.tracking import MlflowClient
+    unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+    budget = plan.options.time_budget_s
+    out_of_time = phase == "search" and budget is not None and time.time() - t0 >= budget
+    if unfinished or (len(statuses) < expected and not out_of_time):
+        raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
+                               f"{expected} trials; continue it with `python -m orchestrator tune --head "
+                               f"{plan.head} --study {plan.study} --phase {phase} --resume`")
+    MlflowClient(plan.uri).set_terminated(parent, "FINISHED")
+    return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
+
+
+def _close_runs(plan: StudyPlan, phase: str, grid) -> dict[str, str]:
+    """Tune status of every trial; MLflow runs left RUNNING (trials ASHA stopped, or an
+    interrupted study) get FINISHED / FAILED / KILLED accordingly."""
+    from mlflow.tracking import MlflowClient
+    trials = grid._experiment_analysis.trials   # Tune status is not on the public Result
+    statuses = {t.trial_id: t.status for t in trials}
+    runs = find_runs(plan.uri, head=plan.head, study=plan.study, phase=phase, experiment=plan.options.experiment)
+    client = MlflowClient(plan.uri)
+    mlflow_status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+    running = runs[runs["status"] == "RUNNING"] if len(runs) else runs
+    for _, r in running.iterrows():
+        status = statuses.get(r.get("tags.trial_id", ""), "")
+        client.set_terminated(r["run_id"], mlflow_status.get(status, "KILLED"))
+    return statuses
+
+
+BEST_COLUMNS = ["head", "phase", "fold", "trial_id", "best_val_f1", "best_epoch", "lr", "loss",
+                "strength", "old_from", "run_id"]
+
+
+def best_trials(uri: str, head: str, study: str, phase: str, experiment: str = "orchestrator",
+                top: int = 5) -> pd.DataFrame:
+    """search: the ``top`` trials by best val F1; cv: every fold."""
+    runs = find_runs(uri, head=head, study=study, phase=phase, experiment=experiment)
+    if runs.empty:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    cfgs = [run_config(r) for _, r in runs.iterrows()]
+    table = pd.DataFrame({
+        "head": head, "phase": phase, "fold": runs["tags.fold"], "trial_id": runs["tags.trial_id"],
+        "best_val_f1": runs.get("metrics.best_val_f1"), "best_epoch": runs.get("metrics.best_epoch"),
+        "lr": [f"{c['lr']:.2g}" for c in cfgs], "loss": [c["loss"] for c in cfgs],
+        "strength": [round(c["strength"], 3) for c in cfgs], "old_from": [c["old_from"] for c in cfgs],
+        "run_id": runs["run_id"]})
+    table = table.sort_values("best_val_f1", ascending=False, na_position="last")
+    return (table.head(top) if phase == "search" else table.sort_values("fold")).reset_index(drop=True)
+
+
+def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
+              options: TuneOptions = TuneOptions()) -> pd.DataFrame:
+    """Run the study's phases; returns the best trials (search top 5 + every cv fold)."""
+    plan = prepare(Path(data), ws if isinstance(ws, Workspace) else Workspace(ws), head, options)
+    tables = []
+    with ray_session(options.address, options.num_cpus):
+        resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
+        concurrent = options.max_concurrent or auto_concurrency(resources)
+        if options.phase in ("search", "both"):
+            tables.append(run_search(plan, resources, concurrent))
+        if options.phase in ("cv", "both"):
+            tables.append(run_cv(plan, resources, concurrent))
+    table = pd.concat(tables, ignore_index=True)
+    print(f"\nbest trials of study {plan.study!r} (head {head}):\n{markdown_table(table)}\n"
+          f"MLflow: {plan.uri}, experiment {options.experiment!r}, runs tagged study={plan.study!r}"
+          f" (UI: mlflow ui --backend-store-uri {plan.uri})")
+    return table

@@ -1,0 +1,65 @@
+"""MLflow logging from inside a trial (not a driver callback: after Tuner.restore a callback
+opens a second run per resumed trial). The run id travels in the trial's checkpoint."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+class TrialLogger:
+    """One MLflow run per trial; a no-op when the context has no tracking URI."""
+
+    def __init__(self, ctx, cfg, *, trial_id: str, trial_name: str, run_id: str = ""):
+        self.run_id = run_id
+        self.client = None
+        if not ctx.tracking_uri:
+            return
+        from mlflow.tracking import MlflowClient
+        self.client = MlflowClient(tracking_uri=ctx.tracking_uri)
+        exp = self.client.get_experiment_by_name(ctx.experiment)
+        # a retried or restored trial continues its own run: from its checkpoint, or (stopped
+        # before its first checkpoint) found by its tags
+        self.run_id = run_id or self._existing(exp.experiment_id, ctx, trial_id)
+        if self.run_id:
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        tags = {"head": cfg.head, "fold": "all" if not cfg.has_validation else str(cfg.fold),
+                "study": ctx.study, "trial_id": trial_id, "phase": ctx.phase, "role": "trial",
+                "stage": "full" if ctx.phase == "full" else "tune", "config_json": json.dumps(cfg.to_dict())}
+        if ctx.parent_run_id:
+            tags["mlflow.parentRunId"] = ctx.parent_run_id
+        self.run_id = self.client.create_run(exp.experiment_id, run_name=trial_name, tags=tags).info.run_id
+        from mlflow.entities import Param
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
+
+    def _existing(self, experiment_id: str, ctx, trial_id: str) -> str:
+        found = self.client.search_runs([experiment_id], filter_string=(
+            f"tags.role = 'trial' and tags.study = '{ctx.study}' and tags.phase = '{ctx.phase}' "
+            f"and tags.trial_id = '{trial_id}'"), max_results=1)
+        return found[0].info.run_id if found else ""
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_model(self, model_file: Path, oof: pd.DataFrame | None = None) -> None:
+        """The best model as model/model.pt (+ oof/predictions.parquet), replacing earlier ones."""
+        if self.client is None:
+            return
+        self.client.log_artifact(self.run_id, str(model_file), artifact_path="model")
+        if oof is not None:
+            with tempfile.TemporaryDirectory() as d:
+                p = Path(d) / "predictions.parquet"
+                oof.to_parquet(p, index=False)
+                self.client.log_artifact(self.run_id, str(p), artifact_path="oof")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.client is not None:
+            self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,182 @@
+"""trainables/ and search_spaces/ without Ray: losses, presets, config, loop, model files."""
+import logging
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.dataset import load_train
+from orchestrator.folds import FoldSpec, ensure_folds
+from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_space
+from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
+from trainables.config import FULL_DATA, TrialConfig
+from trainables.data import build_loaders, load_head_data
+from trainables.loop import evaluate, train_one_epoch
+from trainables.losses import LOSSES, build_loss
+from trainables.models import build_model, load_model_file, read_model_extra, save_model_file
+from trainables.predict import predict_probs
+from trainables.trainer import build_parts, fit
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def ws2(crops_ws):
+    data, ws = crops_ws
+    ensure_folds(load_train(data), ws.root, FoldSpec(2, 777))
+    return data, ws
+
+
+def smoke(head="mask", **kw) -> TrialConfig:
+    return recipe_config(head, folds=2, **{**SMOKE, **kw})
+
+
+# -- losses ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_prefers_the_right_class_and_has_gradients(name, weighted):
+    y = torch.tensor([0, 1, 2, 1])
+    w = torch.tensor([1.0, 2.0, 0.5]) if weighted else None
+    loss = build_loss(name, 3, weight=w, gamma=2.0, smoothing=0.1)
+    right = torch.nn.functional.one_hot(y, 3).float() * 6 - 3
+    wrong = right.roll(1, dims=1)
+    logits = wrong.clone().requires_grad_(True)
+    bad = loss(logits, y)
+    bad.backward()
+    assert torch.isfinite(bad) and logits.grad.abs().sum() > 0
+    assert loss(right, y) < bad
+
+
+def test_unknown_loss_lists_valid_names():
+    with pytest.raises(ValueError, match="valid losses: ce, f1, focal, label_smoothing"):
+        build_loss("hinge", 3)
+
+
+# -- augmentation ------------------------------------------------------------------------
+@pytest.mark.parametrize("head", sorted(PRESETS))
+def test_strength_zero_is_the_eval_transform(head):
+    img = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    a = train_transform(head, 0.0, 32, MEAN, STD)(image=img)["image"]
+    b = eval_transform(32, MEAN, STD)(image=img)["image"]
+    assert a.shape == (3, 32, 32) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("head", sorted(PRESETS))
+def test_max_strength_changes_images(head):
+    img = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    t, e = train_transform(head, MAX_STRENGTH, 32, MEAN, STD), eval_transform(32, MEAN, STD)
+    outs = [t(image=img)["image"] for _ in range(5)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert any(not torch.equal(o, e(image=img)["image"]) for o in outs)
+
+
+def test_strength_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="strength"):
+        train_transform("age", 3.0, 32, MEAN, STD)
+
+
+# -- config ------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,match", [
+    ("loss", "hinge", "unknown loss 'hinge'; valid losses: ce, f1, focal"),
+    ("model", "no_such_net", "unknown timm model 'no_such_net'"),
+    ("head", "hair", "unknown head 'hair'; valid heads: mask, gender, age"),
+    ("optimizer", "sgd", "valid optimizers: adam, adamw"),
+    ("fold", 7, "fold 7 is outside 0..4"),
+])
+def test_config_validation_names_valid_choices(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrialConfig.from_dict(recipe_config("age").to_dict() | {field: value})
+
+
+def test_config_round_trip_and_recipe_table():
+    cfg = recipe_config("age")
+    assert TrialConfig.from_dict(cfg.to_dict() | {"run": {}, "epochs": 4.0}) == cfg
+    assert (cfg.lr, cfg.loss, cfg.epochs, cfg.old_from, cfg.model, cfg.img_size) == \
+        (1e-4, "focal", 4, 59, "efficientnet_b3", 224)
+    assert set(RECIPE) == {"mask", "gender", "age"}
+    assert recipe_config("mask").lr == 3e-4 and recipe_config("gender").loss == "ce"
+
+
+@pytest.mark.parametrize("head", sorted(RECIPE))
+def test_recipe_is_the_first_trial_of_the_search_space(head):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=777))
+    study.enqueue_trial(recipe_point(head))
+    trial = study.ask()
+    search_space(head)(trial)
+    assert trial.params == recipe_point(head)
+    assert ("old_from" in trial.params) == (head == "age")
+
+
+# -- data, loop, model files ---------------------------------------------------------------
+def test_age_head_trains_on_moved_boundary_and_scores_on_60(ws2):
+    data = load_head_data(smoke("age", old_from=57), ws2[1])
+    ages = pd.read_parquet(ws2[1].manifest).query("split == 'train'")["age"].to_numpy()
+    assert (data.target == 2).sum() == (ages >= 57).sum() and (data.score == 2).sum() == (ages >= 60).sum()
+
+
+def test_manifest_rows_with_errors_are_skipped(ws2, tmp_path, caplog):
+    from orchestrator.workspace import Workspace
+    import shutil
+    ws = Workspace(tmp_path / "ws").make()
+    shutil.copytree(ws2[1].root / "folds", ws.root / "folds")
+    (ws.root / "crops").rmdir()
+    (ws.root / "crops").symlink_to(ws2[1].crops)
+    man = pd.read_parquet(ws2[1].manifest)
+    bad = man.index[man["split"] == "train"][0]
+    man.loc[bad, ["error", "crop"]] = ["unreadable JPEG", ""]
+    ws_manifest = tmp_path / "manifest.parquet"
+    man.to_parquet(ws_manifest)
+    import trainables.data as td
+    with caplog.at_level(logging.WARNING):
+        rows = td.usable_train_rows(type("W", (), {"manifest": ws_manifest, "crops": ws.crops})())
+    assert len(rows) == (man["split"] == "train").sum() - 1
+    assert man.loc[bad, "path"] in caplog.text and "unreadable JPEG" in caplog.text
+
+
+def test_loaders_split_by_fold_and_full_data(ws2):
+    data = load_head_data(smoke(), ws2[1])
+    train, val = build_loaders(smoke(fold=1), data, MEAN, STD)
+    assert len(train.dataset) + len(val.dataset) == len(data.fold)
+    assert set(data.fold[val.dataset.index]) == {1}
+    train_all, none = build_loaders(smoke(fold=FULL_DATA), data, MEAN, STD)
+    assert none is None and len(train_all.dataset) == len(data.fold)
+
+
+def test_train_one_epoch_learns_and_evaluate_reports(ws2):
+    cfg = smoke("mask", lr=3e-3, batch_size=16)
+    parts = build_parts(cfg, ws2[1])
+    before = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, 3)
+    losses = [train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer, None,
+                              parts.device) for _ in range(3)]
+    after = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, 3)
+    assert losses[-1] < losses[0]
+    assert after.probs.shape == (len(parts.val_paths), 3)
+    assert np.allclose(after.probs.sum(1), 1, atol=1e-5)
+    assert 0 <= after.f1 <= 1 and after.acc > before.acc
+
+
+def test_model_file_round_trip_and_predict_probs(ws2, tmp_path):
+    cfg, ws = smoke("gender"), ws2[1]
+    parts, state, history = fit(cfg, ws)
+    assert state.epoch == 1 and set(history[0]) == {"train_loss", "val_f1", "val_loss", "val_acc"}
+    path = save_model_file(tmp_path / "m.pt", parts.model, cfg, best_epoch=1, val_f1=0.5)
+    model, cfg2 = load_model_file(path)
+    assert cfg2 == cfg and read_model_extra(path) == {"best_epoch": 1, "val_f1": 0.5}
+    crops = [ws.crops / c for c in pd.read_parquet(ws.manifest)["crop"][:5]]
+    p1 = predict_probs(model, cfg2, crops)
+    p0 = predict_probs(parts.model.cpu(), cfg, crops, tta=())
+    assert p1.shape == (5, 2) and np.allclose(p1.sum(1), 1, atol=1e-5)
+    assert not np.allclose(p0, p1)   # hflip TTA changes the average
+
+
+def test_local_pretrained_weights_file(tmp_path):
+    cfg = smoke()
+    donor = build_model(cfg, pretrained="")
+    torch.save(donor.state_dict(), tmp_path / "w.pth")
+    model = build_model(cfg, pretrained=str(tmp_path / "w.pth"))
+    k = next(k for k in donor.state_dict() if k.startswith("conv_stem"))
+    assert torch.equal(model.state_dict()[k], donor.state_dict()[k])
+    with pytest.raises(FileNotFoundError, match="pretrained weights"):
+        build_model(cfg, pretrained=str(tmp_path / "missing.pth"))

@@ -1,0 +1,160 @@
+"""tune / retrain on real Ray + Optuna + MLflow (SQLite in a tmp dir), tiny models on CPU."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.errors import DataError
+from orchestrator.retrain import retrain_head
+from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
+from orchestrator.workspace import Workspace
+from results.tracking import TrackingError, check_tracking, download_artifact, find_runs
+from trainables.models import load_model_file, read_model_extra
+from trainables.predict import predict_probs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tws(crops_ws, tmp_path_factory):
+    """A private workspace (own MLflow SQLite and Tune storage) sharing the session's crops."""
+    data, src = crops_ws
+    ws = Workspace(tmp_path_factory.mktemp("tune_ws"))
+    ws.root.mkdir(parents=True, exist_ok=True)
+    (ws.root / "crops").symlink_to(src.crops)
+    return data, ws.make()
+
+
+def uri(ws):
+    return ws.tracking_uri()
+
+
+def smoke(**kw) -> TuneOptions:
+    return TuneOptions(smoke_test=True, verbose=0, **kw)
+
+
+def metric_steps(ws, run_id, key="val_f1"):
+    return [m.step for m in MlflowClient(uri(ws)).get_metric_history(run_id, key)]
+
+
+@pytest.mark.parametrize("head,extra", [
+    ("mask", []),                                           # search + cv (retrain uses it)
+    ("gender", ["--phase", "search", "--num-samples", "1"]),
+    ("age", ["--phase", "search", "--num-samples", "1"]),
+])
+def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws, head, extra):
+    data, ws = tws
+    rc = main(["tune", "--head", head, "--smoke-test", "--data", str(data), "--workspace", str(ws.root),
+               "--log-level", "WARNING"] + extra)
+    assert rc == 0
+    runs = find_runs(uri(ws), head=head, study=f"{head}-smoke")
+    search = runs[runs["tags.phase"] == "search"]
+    assert len(search) == (2 if head == "mask" else 1) and set(search["status"]) == {"FINISHED"}
+    assert search["tags.trial_id"].is_unique and set(search["tags.stage"]) == {"tune"}
+    parent = find_runs(uri(ws), head=head, study=f"{head}-smoke", phase="search", role="study")
+    assert len(parent) == 1 and set(search["tags.mlflow.parentRunId"]) == {parent["run_id"][0]}
+    run = search.iloc[0]
+    assert metric_steps(ws, run["run_id"]) == [1]
+    assert {"metrics.val_f1", "metrics.val_loss", "metrics.val_acc", "metrics.train_loss",
+            "metrics.best_val_f1", "metrics.best_epoch"} <= set(run.dropna().index)
+    model, cfg = load_model_file(download_artifact(uri(ws), run["run_id"], "model/model.pt"))
+    assert cfg.head == head and cfg.fold == int(run["tags.fold"])
+    oof = pd.read_parquet(download_artifact(uri(ws), run["run_id"], "oof/predictions.parquet"))
+    n_cls = {"mask": 3, "gender": 2, "age": 3}[head]
+    assert list(oof.columns) == ["path"] + [f"p{i}" for i in range(n_cls)]
+    assert np.allclose(oof.iloc[:, 1:].sum(1), 1, atol=1e-5)
+    man = pd.read_parquet(ws.manifest).set_index("path")
+    probs = predict_probs(model, cfg, [ws.crops / c for c in man.loc[oof["path"][:4], "crop"]])
+    assert np.allclose(probs, oof.iloc[:4, 1:].to_numpy(), atol=1e-4)   # OOF = predict_probs with TTA
+    if head == "mask":
+        cv = runs[runs["tags.phase"] == "cv"].sort_values("tags.fold")
+        assert list(cv["tags.fold"]) == ["0", "1"] and set(cv["status"]) == {"FINISHED"}
+        assert cv["tags.config_json"].nunique() == 2   # the same config except the fold
+
+
+def test_retrain_uses_median_cv_epoch_on_all_data(ray_local, tws):
+    data, ws = tws
+    run_id = retrain_head(data, ws, "mask", study="mask-smoke", verbose=0)
+    run = MlflowClient(uri(ws)).get_run(run_id)
+    tags = run.data.tags
+    assert (tags["phase"], tags["stage"], tags["fold"], tags["study"]) == ("full", "full", "all", "mask-smoke")
+    assert tags["cv_best_epochs"] == "1,1" and run.info.status == "FINISHED"
+    assert "train_loss" in run.data.metrics and "val_f1" not in run.data.metrics
+    path = download_artifact(uri(ws), run_id, "model/model.pt")
+    model, cfg = load_model_file(path)
+    assert cfg.fold == -1 and cfg.epochs == 1 and read_model_extra(path)["best_epoch"] == 1
+    with pytest.raises(DataError, match="no finished cv runs for head 'age'"):
+        retrain_head(data, ws, "age", study="age-smoke", verbose=0)
+
+
+def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path):
+    data, ws = tws
+    marker = tmp_path / "crashed"
+    tune_head(data, ws, "gender", smoke(phase="search", num_samples=1, epochs=2, study="crash",
+                                        fault_marker=str(marker)))
+    assert marker.exists()   # the worker process did exit mid-trial
+    runs = find_runs(uri(ws), study="crash")
+    assert len(runs) == 1 and runs["status"][0] == "FINISHED"   # the retry continued its own run
+    assert metric_steps(ws, runs["run_id"][0]) == [1, 2]        # epoch 1 was not trained again
+
+
+def _interrupt_after_first_finished(ws, study, epochs):
+    """Ctrl-C (Tune's SIGUSR1 twin) as soon as one trial wrote its last checkpoint."""
+    last = f"checkpoint_{epochs - 1:06d}"
+
+    def watch():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if any((ws.tune / f"{study}-search").glob(f"*/{last}")):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_interrupted_study_resumes_without_redoing_finished_trials(ray_local, tws):
+    data, ws = tws
+    opts = smoke(phase="search", num_samples=4, epochs=3, max_concurrent=1, study="resume")
+    watcher = _interrupt_after_first_finished(ws, "resume", 3)
+    with pytest.raises(StudyInterrupted, match="--resume"):
+        tune_head(data, ws, "mask", opts)
+    watcher.join()
+    before = find_runs(uri(ws), study="resume")
+    done = before[before["status"] == "FINISHED"]
+    assert len(before) < 4 or len(done) < 4
+    with pytest.raises(DataError, match="pass --resume"):
+        tune_head(data, ws, "mask", opts)
+    tune_head(data, ws, "mask", TuneOptions(**{**opts.__dict__, "resume": True}))
+    after = find_runs(uri(ws), study="resume")
+    assert len(after) == 4 and after["tags.trial_id"].is_unique and set(after["status"]) == {"FINISHED"}
+    for _, r in after.iterrows():   # interrupted trials continued from their checkpoints, in their own run
+        assert sorted(set(metric_steps(ws, r["run_id"]))) == [1, 2, 3]
+    for _, r in done.iterrows():    # finished trials were not run again
+        assert metric_steps(ws, r["run_id"]) == [1, 2, 3]
+
+
+def test_unreachable_tracking_server_is_reported_before_training(tmp_path, crops_ws):
+    t0 = time.time()
+    with pytest.raises(TrackingError, match="unreachable.*--tracking-uri"):
+        check_tracking("http://127.0.0.1:9")
+    assert time.time() - t0 < 30
+    data, _ = crops_ws
+    rc = main(["tune", "--head", "age", "--smoke-test", "--data", str(data), "--workspace", str(tmp_path / "ws"),
+               "--tracking-uri", "http://127.0.0.1:9"])
+    assert rc == 2 and not (tmp_path / "ws" / "tune" / "age-smoke-search").exists()

@@ -1,0 +1,62 @@
+"""Albumentations presets per head (the recipe's), scaled by one strength knob.
+
+strength 0 = no augmentation, 1 = the recipe's magnitudes, 2 = the maximum the search
+uses. Every pipeline ends with resize + normalise from the model's own data config.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+
+def _p(s: float) -> float:
+    return min(1.0, 0.5 * s)   # the recipe applies each transform half of the time
+
+
+def mask_preset(s: float) -> list:
+    return [A.Perspective(scale=(0.02 * s, 0.05 * s), p=_p(s)),
+            A.Rotate(limit=10 * s, p=_p(s)),
+            A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=_p(s)),
+            A.HueSaturationValue(hue_shift_limit=10 * s, sat_shift_limit=20 * s, val_shift_limit=0, p=_p(s))]
+
+
+def age_preset(s: float) -> list:
+    return [A.Rotate(limit=10 * s, p=_p(s)),
+            A.RandomGridShuffle(grid=(2, 2), p=min(1.0, 0.25 * s)),
+            A.Perspective(scale=(0.02 * s, 0.05 * s), p=_p(s)),
+            A.GaussNoise(std_range=(0.02 * s, 0.05 * s), p=_p(s))]
+
+
+def gender_preset(s: float) -> list:
+    return [A.Rotate(limit=10 * s, p=_p(s)),
+            A.Perspective(scale=(0.02 * s, 0.05 * s), p=_p(s)),
+            A.GaussNoise(std_range=(0.02 * s, 0.05 * s), p=_p(s))]
+
+
+PRESETS: dict[str, Callable[[float], list]] = {"mask": mask_preset, "age": age_preset, "gender": gender_preset}
+MAX_STRENGTH = 2.0
+
+
+def finish(img_size: int, mean, std) -> list:
+    return [A.Resize(img_size, img_size), A.Normalize(mean=mean, std=std), ToTensorV2()]
+
+
+def train_transform(head: str, strength: float, img_size: int, mean, std) -> A.Compose:
+    """Args:
+        head: a key of PRESETS.
+        strength: 0..MAX_STRENGTH; 0 gives exactly the eval transform.
+        img_size: output side in pixels.
+        mean, std: normalisation of the model's data config (timm.data.resolve_data_config).
+    """
+    if head not in PRESETS:
+        raise ValueError(f"no augmentation preset for head {head!r}; valid: {', '.join(PRESETS)}")
+    if not 0 <= strength <= MAX_STRENGTH:
+        raise ValueError(f"augmentation strength must lie in 0..{MAX_STRENGTH}, got {strength}")
+    aug = PRESETS[head](strength) if strength > 0 else []
+    return A.Compose(aug + finish(img_size, mean, std))
+
+
+def eval_transform(img_size: int, mean, std) -> A.Compose:
+    return A.Compose(finish(img_size, mean, std))

@@ -1,0 +1,105 @@
+"""The typed configs built at the top of the trainable from Tune's ``config`` dict.
+
+``TrialConfig`` is what defines a model and how it is trained (saved with every model file);
+``RunContext`` is where the trial reads and logs (paths, MLflow), never saved with a model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    head: str                       # mask | gender | age (orchestrator.labels.HEADS)
+    fold: int = 0                   # validation fold, or FULL_DATA (-1) to train on everything
+    folds: int = 5                  # K of the person-level fold assignment
+    fold_seed: int = 777            # seed of the fold assignment
+    model: str = "efficientnet_b3"  # any timm model name
+    pretrained: str = ""            # "" off | "hub" (timm download) | path to a local weights file
+    img_size: int = 224             # square input size in pixels
+    batch_size: int = 64
+    epochs: int = 10
+    lr: float = 1e-4
+    optimizer: str = "adam"         # adam | adamw
+    weight_decay: float = 0.0
+    loss: str = "ce"                # trainables.losses.LOSSES
+    gamma: float = 2.0              # focal loss focusing parameter
+    smoothing: float = 0.1          # label smoothing amount
+    class_weights: bool = False     # weight the loss by inverse class frequency
+    strength: float = 1.0           # augmentation strength: 0 none, 1 the recipe, 2 max
+    old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
+    seed: int = 777
+    num_workers: int = 0            # DataLoader worker processes
+    max_batches: int = 0            # cap batches per epoch (0 = all; smoke runs and benchmarks)
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        """Build from a dict that may hold other keys too (Tune's config); unknown keys are ignored."""
+        names = {f.name: f.type for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        for k, v in kwargs.items():  # Optuna/JSON may turn ints into floats and back
+            if names[k] == "int" and isinstance(v, float) and v.is_integer():
+                kwargs[k] = int(v)
+            elif names[k] == "float" and isinstance(v, int) and not isinstance(v, bool):
+                kwargs[k] = float(v)
+        return cls(**kwargs)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.fold != FULL_DATA
+
+
+def _choice(what: str, value: str, valid, plural: str = "") -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid {plural or what + 's'}: {', '.join(valid)}")
+
+
+def validate(cfg: TrialConfig) -> None:
+    """Clear errors for names and ranges, before any model is built."""
+    from orchestrator.labels import HEADS
+
+    from .losses import LOSSES
+    from .models import check_model_name
+    _choice("head", cfg.head, HEADS)
+    _choice("loss", cfg.loss, sorted(LOSSES), "losses")
+    _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
+    check_model_name(cfg.model)
+    if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
+        raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")
+    for name in ("img_size", "batch_size", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.strength <= 2:
+        raise ValueError(f"augmentation strength must lie in 0..2, got {cfg.strength}")
+    if not 30 < cfg.old_from <= 100:
+        raise ValueError(f"old_from {cfg.old_from}: the old boundary must lie in 31..100")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a trial reads data and logs; absolute paths because trials chdir."""
+    data: str                       # DATA directory
+    workspace: str                  # workspace root
+    tracking_uri: str = ""          # "" = no MLflow logging (plain loops, benchmarks)
+    experiment: str = "orchestrator"
+    study: str = ""
+    phase: str = "search"           # search | cv | full
+    parent_run_id: str = ""
+    fault_marker: str = ""          # test hook: hard-exit once after the first checkpoint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunContext":
+        return cls(**d)

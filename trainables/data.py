@@ -1,0 +1,143 @@
+"""Training data of one head: manifest rows + folds + a decoded crop cache.
+
+Crops are decoded once into a uint8 memmap in the workspace (keyed by the crop list and
+size), so every trial on a node shares the page cache and the loader only augments.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from orchestrator.errors import DataError
+from orchestrator.folds import FoldSpec, fold_file
+from orchestrator.labels import COMPETITION_OLD_AGE, age_group, get_head
+from orchestrator.manifest import read_manifest
+from orchestrator.workspace import Workspace
+
+from .augment import eval_transform, train_transform
+from .config import FULL_DATA, TrialConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadData:
+    paths: np.ndarray    # manifest `path` of every usable training image
+    images: np.ndarray   # [N, S, S, 3] uint8 (memmap)
+    target: np.ndarray   # training label (age: the training boundary old_from)
+    score: np.ndarray    # label scored by F1 (age: always the competition boundary)
+    fold: np.ndarray     # person-level fold
+
+
+def usable_train_rows(ws: Workspace) -> pd.DataFrame:
+    """Training rows of the manifest that have a crop; the others are skipped with a warning."""
+    man = read_manifest(ws.manifest)
+    train = man[man["split"] == "train"]
+    bad = train[train["error"] != ""]
+    for row in bad.itertuples():
+        log.warning("%s: skipping %s (no crop: %s)", ws.manifest, row.path, row.error)
+    return train[train["error"] == ""].reset_index(drop=True)
+
+
+def head_labels(rows: pd.DataFrame, head: str, old_from: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training target, scored label) of a head; they differ only for age."""
+    h = get_head(head)
+    if h.name == "age":
+        ages = rows["age"].to_numpy()
+        return age_group(ages, old_from), age_group(ages, COMPETITION_OLD_AGE)
+    y = rows[h.column].to_numpy().astype(np.int64)
+    return y, y
+
+
+def read_folds(ws: Workspace, k: int, seed: int) -> pd.DataFrame:
+    path = fold_file(ws.root, FoldSpec(k, seed))
+    if not path.is_file():
+        raise DataError(f"{path}: no fold assignment; run `python -m orchestrator folds --folds {k}` "
+                        "(tune makes it before starting trials)")
+    return pd.read_csv(path, dtype={"person": str})
+
+
+def load_head_data(cfg: TrialConfig, ws: Workspace) -> HeadData:
+    rows = usable_train_rows(ws)
+    folds = read_folds(ws, cfg.folds, cfg.fold_seed)
+    rows = rows.merge(folds[["path", "fold"]], on="path", how="left")
+    if rows["fold"].isna().any():
+        missing = rows.loc[rows["fold"].isna(), "path"].iloc[0]
+        raise DataError(f"{fold_file(ws.root, FoldSpec(cfg.folds, cfg.fold_seed))}: no fold for {missing}; "
+                        "the data changed since the folds were made: delete the file and re-run")
+    target, score = head_labels(rows, cfg.head, cfg.old_from)
+    images = crop_cache(ws, rows["crop"].tolist(), cfg.img_size)
+    return HeadData(rows["path"].to_numpy(), images, target.astype(np.int64),
+                    score.astype(np.int64), rows["fold"].to_numpy().astype(int))
+
+
+def decode_crop(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def crop_cache(ws: Workspace, crops: list[str], size: int) -> np.ndarray:
+    """The crops decoded at ``size``×``size`` into one memmap, built once (under a file lock)."""
+    key = hashlib.sha1(("\n".join(crops) + f"\n{size}").encode()).hexdigest()[:16]
+    path = ws.root / "cache" / f"crops_{size}_{key}.npy"
+    shape = (len(crops), size, size, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # concurrent trials: one decodes, the others wait
+        if not path.is_file():
+            tmp = path.with_name(path.name + ".tmp")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            for i, c in enumerate(crops):
+                arr[i] = decode_crop(ws.crops / c, size)
+            arr.flush()
+            del arr
+            tmp.rename(path)
+    return np.load(path, mmap_mode="r")
+
+
+class CropDataset(Dataset):
+    def __init__(self, data: HeadData, index: np.ndarray, transform):
+        self.data, self.index, self.transform = data, index, transform
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        j = self.index[i]
+        x = self.transform(image=np.asarray(self.data.images[j]))["image"]
+        return x, int(self.data.target[j]), int(self.data.score[j])
+
+
+def split_index(data: HeadData, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows); FULL_DATA trains on everything."""
+    if fold == FULL_DATA:
+        return np.arange(len(data.fold)), np.array([], dtype=int)
+    return np.flatnonzero(data.fold != fold), np.flatnonzero(data.fold == fold)
+
+
+def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bool = False
+                  ) -> tuple[DataLoader, DataLoader | None]:
+    """(train loader, validation loader or None for full-data training).
+
+    The train loader draws its shuffle from ``loader.generator``; seed it per epoch
+    (``seed + epoch``) so a trial resumed from a checkpoint sees the same batches.
+    """
+    tr, va = split_index(data, cfg.fold)
+    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory,
+                  persistent_workers=cfg.num_workers > 0)
+    train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std)),
+                       shuffle=True, drop_last=len(tr) > cfg.batch_size,
+                       generator=torch.Generator().manual_seed(cfg.seed), **common)
+    if not len(va):
+        return train, None
+    val = DataLoader(CropDataset(data, va, eval_transform(cfg.img_size, mean, std)), shuffle=False, **common)
+    return train, val

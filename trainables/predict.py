@@ -1,0 +1,41 @@
+"""Softmax probabilities of a trained model on crop files, with TTA (used by the ensemble)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from orchestrator.labels import get_head
+
+from .augment import eval_transform
+from .config import TrialConfig
+from .data import decode_crop
+from .loop import device_of, predict_batch
+from .models import data_config
+
+
+class _Files(Dataset):
+    def __init__(self, paths: list[Path], size: int, transform):
+        self.paths, self.size, self.transform = paths, size, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        # decoded exactly like the training cache, so OOF and eval predictions match
+        return self.transform(image=decode_crop(self.paths[i], self.size))["image"]
+
+
+def predict_probs(model: nn.Module, cfg: TrialConfig, crop_paths: list[Path], *,
+                  tta: tuple[str, ...] = ("hflip",), batch_size: int = 64) -> np.ndarray:
+    """[N, num_classes] softmax probabilities averaged over the original view and ``tta`` views."""
+    dc = data_config(model, cfg.img_size)
+    loader = DataLoader(_Files([Path(p) for p in crop_paths], cfg.img_size, eval_transform(cfg.img_size, dc["mean"], dc["std"])),
+                        batch_size=batch_size, shuffle=False)
+    device = device_of()
+    model = model.to(device).eval()
+    out = [predict_batch(model, x.to(device), tta)[1].cpu().numpy() for x in loader]
+    return np.concatenate(out) if out else np.zeros((0, get_head(cfg.head).num_classes), dtype=np.float32)

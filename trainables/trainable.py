@@ -1,0 +1,80 @@
+"""The Ray Tune function trainable: one head, one fold (or all data), reported every epoch.
+
+Tune's ``config`` holds TrialConfig fields plus ``run`` (a RunContext dict). Every epoch it
+reports val_f1 (the metric Tune optimises), val_loss, val_acc and train_loss with a
+checkpoint; a restarted trial resumes from ``tune.get_checkpoint()`` and continues its own
+MLflow run. The best epoch's model (and its OOF predictions) is logged as soon as it
+appears, because ASHA may stop the trial after any report.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator.workspace import Workspace
+from results.trial_log import TrialLogger
+
+from .config import RunContext, TrialConfig
+from .models import save_model_file
+from .trainer import TrialState, build_parts, load_state, oof_table, run_epoch, save_state
+
+STATE_FILE = "state.pt"
+
+
+def _restore(parts) -> TrialState:
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return TrialState()
+    with ckpt.as_directory() as d:
+        return load_state(parts, Path(d) / STATE_FILE)
+
+
+def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
+    # test hook: simulate a killed worker once, after a checkpoint the driver has received
+    if ctx.fault_marker and state.epoch >= 1 and not Path(ctx.fault_marker).exists():
+        Path(ctx.fault_marker).write_text("crashed once\n")
+        os._exit(1)
+
+
+def train_head(config: dict) -> None:
+    cfg, ctx = TrialConfig.from_dict(config), RunContext.from_dict(config["run"])
+    parts = build_parts(cfg, Workspace(ctx.workspace))
+    state = _restore(parts)
+    tc = tune.get_context()
+    log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)
+    state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
+    best_dir = Path(tempfile.mkdtemp(prefix="best-"))
+    try:
+        while state.epoch < cfg.epochs:
+            _maybe_fault(ctx, state)
+            res = run_epoch(parts, state)
+            state = res.state
+            log.log_metrics(res.metrics, step=state.epoch)
+            # full-data runs have no best epoch: log their model once, at the end
+            if res.improved and (res.val is not None or state.epoch == cfg.epochs):
+                _log_best(log, parts, res, best_dir)
+            _report(parts, state, res.metrics)
+        log.finish("FINISHED")
+    except Exception:
+        log.finish("FAILED")
+        raise
+
+
+def _log_best(log: TrialLogger, parts, res, best_dir: Path) -> None:
+    s = res.state
+    model_file = save_model_file(best_dir / "model.pt", parts.model, parts.cfg, best_epoch=s.best_epoch,
+                                 val_f1=max(s.best_f1, 0.0))
+    log.log_model(model_file, None if res.val is None else oof_table(parts, res.val))
+    best = {"best_epoch": s.best_epoch} | ({"best_val_f1": s.best_f1} if res.val is not None else {})
+    log.log_metrics(best, step=s.epoch)
+
+
+def _report(parts, state: TrialState, metrics: dict) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        save_state(parts, state, Path(d) / STATE_FILE)
+        tune.report({**metrics, "epoch": state.epoch, "best_val_f1": state.best_f1,
+                     "best_epoch": state.best_epoch, "mlflow_run_id": state.run_id},
+                    checkpoint=tune.Checkpoint.from_directory(d))

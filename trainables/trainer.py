@@ -1,0 +1,127 @@
+"""One head on one fold: the parts a trial builds, one epoch step, and its resumable state.
+
+Shared by the Tune trainable (``trainables.trainable``) and plain loops (``fit``), so a
+benchmark's "plain loop" runs exactly what a trial runs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from orchestrator.labels import get_head
+from orchestrator.workspace import Workspace
+
+from .config import TrialConfig
+from .data import HeadData, build_loaders, load_head_data, split_index
+from .loop import EvalResult, device_of, evaluate, train_one_epoch
+from .losses import build_loss, inverse_frequency
+from .models import build_model, data_config
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass
+class Parts:
+    cfg: TrialConfig
+    data: HeadData
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: object
+    val_loader: object | None
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return get_head(self.cfg.head).num_classes
+
+    @property
+    def val_paths(self) -> np.ndarray:
+        return self.data.paths[split_index(self.data, self.cfg.fold)[1]]
+
+
+@dataclass(frozen=True)
+class TrialState:
+    epoch: int = 0           # epochs completed
+    best_f1: float = -1.0    # best validation macro F1 so far
+    best_epoch: int = 0      # epoch (1-based) of best_f1; full-data runs: the last epoch
+    run_id: str = ""         # the trial's MLflow run, so a resumed trial continues it
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    state: TrialState
+    metrics: dict            # train_loss (+ val_f1, val_loss, val_acc with validation)
+    improved: bool           # this epoch is the new best (always true without validation)
+    val: EvalResult | None
+
+
+def build_parts(cfg: TrialConfig, ws: Workspace) -> Parts:
+    torch.manual_seed(cfg.seed)
+    data = load_head_data(cfg, ws)
+    model = build_model(cfg)
+    dc = data_config(model, cfg.img_size)
+    device = device_of()
+    train, val = build_loaders(cfg, data, dc["mean"], dc["std"], pin_memory=device.type == "cuda")
+    n_cls = get_head(cfg.head).num_classes
+    weight = inverse_frequency(data.target[split_index(data, cfg.fold)[0]], n_cls) if cfg.class_weights else None
+    loss_fn = build_loss(cfg.loss, n_cls, weight=weight, gamma=cfg.gamma, smoothing=cfg.smoothing).to(device)
+    model = model.to(device)
+    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = len(train) if not cfg.max_batches else min(len(train), cfg.max_batches)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps))
+    return Parts(cfg, data, model, loss_fn, optimizer, scheduler, train, val, device)
+
+
+def run_epoch(parts: Parts, state: TrialState) -> EpochResult:
+    cfg = parts.cfg
+    parts.train_loader.generator.manual_seed(cfg.seed + state.epoch)  # same batches after a resume
+    train_loss = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
+                                 parts.scheduler, parts.device, max_batches=cfg.max_batches)
+    epoch = state.epoch + 1
+    metrics = {"train_loss": train_loss}
+    if parts.val_loader is None:
+        new = replace(state, epoch=epoch, best_epoch=epoch)
+        return EpochResult(new, metrics, True, None)
+    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, parts.num_classes)
+    metrics.update(val_f1=val.f1, val_loss=val.loss, val_acc=val.acc)
+    improved = val.f1 > state.best_f1
+    new = replace(state, epoch=epoch, best_f1=val.f1 if improved else state.best_f1,
+                  best_epoch=epoch if improved else state.best_epoch)
+    return EpochResult(new, metrics, improved, val)
+
+
+def oof_table(parts: Parts, val: EvalResult) -> pd.DataFrame:
+    """Validation-fold probabilities: `path` + p0..p{C-1} (the ensemble's OOF input)."""
+    df = pd.DataFrame(val.probs, columns=[f"p{i}" for i in range(val.probs.shape[1])])
+    df.insert(0, "path", parts.val_paths)
+    return df
+
+
+def save_state(parts: Parts, state: TrialState, path: Path) -> None:
+    torch.save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(), "state": asdict(state)}, path)
+
+
+def load_state(parts: Parts, path: Path) -> TrialState:
+    blob = torch.load(path, map_location=parts.device, weights_only=True)
+    parts.model.load_state_dict(blob["model"])
+    parts.optimizer.load_state_dict(blob["optimizer"])
+    parts.scheduler.load_state_dict(blob["scheduler"])
+    return TrialState(**blob["state"])
+
+
+def fit(cfg: TrialConfig, ws: Workspace) -> tuple[Parts, TrialState, list[dict]]:
+    """Train without Ray or MLflow (plain loop): (parts, final state, per-epoch metrics)."""
+    parts, state, history = build_parts(cfg, ws), TrialState(), []
+    for _ in range(cfg.epochs):
+        res = run_epoch(parts, state)
+        state = res.state
+        history.append(res.metrics)
+    return parts, state, history
