@@ -38,6 +38,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         yield
         return
     kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    if address:
+        # workers on other nodes were not started from this shell: hand them MLflow's HTTP
+        # retry budget, so a trial whose server is gone fails in seconds, not minutes
+        from .storage import forwarded_env
+        if forwarded_env():
+            kwargs["runtime_env"] = {"env_vars": forwarded_env()}
     ray.init(**kwargs)
     try:
         yield
