@@ -37,14 +37,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     if ray.is_initialized():
         yield
         return
+    from .storage import trial_env
     kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-    if address:
-        # workers on other nodes were not started from this shell: hand them MLflow's HTTP
-        # retry budget, so a trial whose server is gone fails in seconds, not minutes
-        from .storage import forwarded_env
-        if forwarded_env():
-            kwargs["runtime_env"] = {"env_vars": forwarded_env()}
-    ray.init(**kwargs)
+    # trials get MLflow's HTTP budget from here, also on nodes not started from this shell
+    ray.init(**kwargs, runtime_env={"env_vars": trial_env()})
     try:
         yield
     finally:

@@ -109,8 +109,17 @@ def warn_if_not_shared(ws, tracking_uri: str | None = None) -> list[str]:
     return msgs
 
 
-def forwarded_env() -> dict[str, str]:
-    """Driver settings that trials on other nodes need too (MLflow's HTTP retry budget)."""
-    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_TRACKING_TOKEN")
-    return {k: os.environ[k] for k in keys if k in os.environ}
+# MLflow's HTTP budget inside trials: a stopped server fails a trial in ~5 s (then Tune retries
+# it from its checkpoint) instead of MLflow's default minutes of back-off; a slow but live server
+# gets 60 s per call, because a POST that timed out after the server stored it would be sent
+# again and log the metric twice.
+TRIAL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def trial_env() -> dict[str, str]:
+    """Environment for every Ray worker of a study: TRIAL_HTTP, where the driver's own
+    environment does not say otherwise, and the tracking token (workers on other nodes were
+    not started from the driver's shell)."""
+    keys = tuple(TRIAL_HTTP) + ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    return TRIAL_HTTP | {k: os.environ[k] for k in keys if k in os.environ}

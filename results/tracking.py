@@ -36,10 +36,13 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # fail fast instead of MLflow's minutes of retries, for this check only (later calls, and
+    # trials, keep a retry budget that a slow but live server survives)
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
+    saved = {k: os.environ.get(k) for k in fast}
     if scheme in ("http", "https"):
-        # fail fast instead of MLflow's minutes of retries
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+        for k, v in fast.items():
+            os.environ.setdefault(k, v)
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types (connection, DB, permission)
@@ -47,6 +50,12 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); start the server "
                             "(`mlflow server ...`), fix --tracking-uri / $MLFLOW_TRACKING_URI, "
                             "or drop them to use the workspace's SQLite file") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ensure_experiment(uri: str, name: str = EXPERIMENT, artifact_root: Path | None = None,

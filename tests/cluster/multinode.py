@@ -114,13 +114,20 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self.artifacts = self.root / "artifacts"
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        return self.launch().wait(timeout)
+
+    def launch(self) -> "MlflowServer":
+        """Start the process; ``wait`` for it to answer (start the cluster in between)."""
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--artifacts-destination", str(self.artifacts)]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 120) -> "MlflowServer":
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -30,9 +30,17 @@ TRIAL = "ImplicitFunc"          # the process title of a function trainable's tr
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def server(shared):
+    s = MlflowServer(shared / "mlflow").launch()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(server):
     import ray
-    c, workers = start_cluster(head_cpus=0, worker_cpus=[1, 1])
+    c, workers = start_cluster(head_cpus=0, worker_cpus=[1, 1])   # while the server starts
+    server.wait()
     nodes = {"w1": workers[0], "w2": workers[1]}
     yield c, nodes
     ray.shutdown()
@@ -42,13 +50,6 @@ def cluster():
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     return tmp_path_factory.mktemp("shared")
-
-
-@pytest.fixture(scope="module")
-def server(shared):
-    s = MlflowServer(shared / "mlflow").start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +94,17 @@ def test_study_runs_trials_on_both_nodes_and_logs_over_http(cluster, server, tws
     data, ws = tws
     t0 = time.time()
     with NodeWatch(nodes) as watch:
-        table = tune_head(data, ws, "gender", opts(c, server, study="multi", max_concurrent=2))
+        table = tune_head(data, ws, "gender", opts(c, server, study="multi", phase="search", max_concurrent=2))
     assert watch.ran("w1", TRIAL) and watch.ran("w2", TRIAL), watch.seen
-    assert set(table["phase"]) == {"search", "cv"}
+    assert len(table) == 2
     # Tune's results on the shared storage (--storage), not in the workspace
-    for phase in ("search", "cv"):
-        assert len(_ckpts(ws, "multi", phase, 0)) == 2
+    assert len(_ckpts(ws, "multi", "search", 0)) == 2
     assert not (ws.root / "tune" / "multi-search").exists()
     # MLflow over HTTP: every trial FINISHED, model files in the server's artifact store
     runs = find_runs(server.uri, study="multi")
-    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    assert len(list(server.artifacts.rglob("model.pt"))) == 4
-    for _, r in runs[runs["tags.phase"] == "cv"].iterrows():    # fold models load back over HTTP
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert len(list(server.artifacts.rglob("model.pt"))) == 2
+    for _, r in runs.iterrows():      # the (fold 0) models load back over HTTP
         model, cfg = load_model_file(download_artifact(server.uri, r["run_id"], "model/model.pt"))
         assert cfg.head == "gender" and cfg.fold == int(r["tags.fold"]) and r["artifact_uri"].startswith("mlflow-artifacts:")
     record("tune_two_nodes", seconds=round(time.time() - t0, 1), trials=len(runs),
@@ -120,19 +120,20 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
         victim = (watch.running(TRIAL) or ["?"])[0]
         info.update(killed=victim, at_s=round(time.time() - t0, 1))
         c.remove_node(nodes.pop(victim), allow_graceful=False)
-        nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement
-        watch.add("w3", nodes["w3"])
 
     with NodeWatch(dict(nodes)) as watch:
         t0 = time.time()
         killer = _when(lambda: _ckpts(ws, "nodeloss", "search", 0) and watch.running(TRIAL), kill)
-        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=3))
+        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=2))
         killer.join()
+    nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement, for the next tests
     assert info.get("killed") in ("w1", "w2"), info
+    survivor = ({"w1", "w2"} - {info["killed"]}).pop()
+    assert watch.ran(survivor, TRIAL)                 # the trial moved to the surviving node
     runs = find_runs(server.uri, study="nodeloss")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"        # the retry continued its own run
     seen = steps(server.uri, runs["run_id"][0])
-    assert sorted(set(seen)) == [1, 2, 3] and seen.count(1) == 1     # epoch 1 was not trained again
+    assert sorted(set(seen)) == [1, 2] and seen.count(1) == 1     # epoch 1 was not trained again
     record("tune_node_loss", seconds=round(time.time() - t0, 1), steps=seen, **info)
 
 
@@ -140,18 +141,19 @@ def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
     c, _ = cluster
     data, ws = tws
     cmd = [sys.executable, "-m", "orchestrator", "tune", "--head", "mask", "--smoke-test", "--phase", "search",
-           "--num-samples", "3", "--epochs", "2", "--max-concurrent", "2", "--gpus-per-trial", "0",
+           "--num-samples", "3", "--epochs", "2", "--max-concurrent", "1", "--gpus-per-trial", "0",
            "--study", "sigint", "--address", c.address, "--tracking-uri", server.uri, "--data", str(data),
            "--workspace", str(ws.root), "--storage", ws.storage, "--log-level", "WARNING"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sent = {}
+    # one trial at a time: SIGINT as soon as the first has finished, the others still to run
     killer = _when(lambda: _ckpts(ws, "sigint", "search", 1),
                    lambda: (sent.update(at_s=round(time.time() - t0, 1)), proc.send_signal(signal.SIGINT)))
     out, err = proc.communicate(timeout=300)
     killer.join()
-    assert proc.returncode == 130 and "--resume" in err, (proc.returncode, err[-3000:])
+    assert proc.returncode == 130 and "--resume" in err, (proc.returncode, sent, err[-3000:])
     before = find_runs(server.uri, study="sigint")
     done = before[before["status"] == "FINISHED"]
     assert 1 <= len(done) and (len(before) < 3 or len(done) < 3)
@@ -169,7 +171,7 @@ def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
 def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, server, tws):
     c, _ = cluster
     data, ws = tws
-    o = opts(c, server, study="outage", phase="search", num_samples=2, epochs=3, max_concurrent=2, max_failures=1)
+    o = opts(c, server, study="outage", phase="search", num_samples=2, epochs=2, max_concurrent=2, max_failures=0)
     info = {}
     t0 = time.time()
     stopper = _when(lambda: _ckpts(ws, "outage", "search", 0),
@@ -185,5 +187,5 @@ def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, ser
     runs = find_runs(server.uri, study="outage")
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"} and runs["tags.trial_id"].is_unique
     for _, r in runs.iterrows():      # logging completed: every epoch, in the trial's own run
-        assert sorted(set(steps(server.uri, r["run_id"]))) == [1, 2, 3]
+        assert sorted(set(steps(server.uri, r["run_id"]))) == [1, 2]
     record("tune_mlflow_outage", checkpoints_kept=len(kept), seconds=round(time.time() - t0, 1), **info)
