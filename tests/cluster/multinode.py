@@ -41,6 +41,20 @@ def start_cluster(head_cpus: int, worker_cpus: list[int]):
     return c, workers
 
 
+def kill_node(c, node) -> list[int]:
+    """Lose a node as a machine loses it: its raylet and every process it started die at once
+    (removing only the raylet lets a busy worker finish its task before it notices)."""
+    import psutil
+    procs = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+    c.remove_node(node, allow_graceful=False)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return [p.pid for p in procs]
+
+
 class NodeWatch:
     """Which Ray task/actor names each node's worker processes ran (from their process titles,
     sampled every 0.1 s): proof of where work ran, from outside Ray."""

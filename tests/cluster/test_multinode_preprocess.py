@@ -10,7 +10,7 @@ from PIL import Image
 from orchestrator.preprocess import image_table, preprocess
 from orchestrator.workspace import Workspace
 
-from multinode import NodeWatch, record, start_cluster
+from multinode import NodeWatch, kill_node, record, start_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def small_data(tmp_path_factory):
 
 
 def _kill_worker_when_busy(c, worker, watch: NodeWatch, parts: Path, out: dict):
-    """Remove the worker node (raylet and its workers die) once it has run a batch and at least
+    """Kill the worker node (raylet and its workers) once it has run a batch and at least
     one batch is in the cache, i.e. mid-run with batches still in flight on it."""
     import threading
 
@@ -41,7 +41,7 @@ def _kill_worker_when_busy(c, worker, watch: NodeWatch, parts: Path, out: dict):
             if watch.ran("worker", "detect_batch") and len(list(parts.glob("*/_parts/detect-*.parquet"))) >= 1:
                 out.update(killed_at_s=round(time.time() - t0, 1), batches_done_before=len(list(parts.glob("*/_parts/*.parquet"))),
                            worker_busy=watch.running("detect_batch"))
-                c.remove_node(worker, allow_graceful=False)
+                kill_node(c, worker)
                 return
             time.sleep(0.05)
     t = threading.Thread(target=run, daemon=True)

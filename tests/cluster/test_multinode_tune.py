@@ -22,7 +22,7 @@ from orchestrator.workspace import Workspace
 from results.tracking import TrackingError, download_artifact, find_runs
 from trainables.models import load_model_file
 
-from multinode import NODE, MlflowServer, NodeWatch, record, start_cluster
+from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
     def kill():
         victim = (watch.running(TRIAL) or ["?"])[0]
         info.update(killed=victim, at_s=round(time.time() - t0, 1))
-        c.remove_node(nodes.pop(victim), allow_graceful=False)
+        kill_node(c, nodes.pop(victim))
 
     with NodeWatch(dict(nodes)) as watch:
         t0 = time.time()
