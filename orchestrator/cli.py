@@ -76,6 +76,51 @@ def _folds(a) -> int:
     return 0
 
 
+# -- preprocess --------------------------------------------------------------------------
+def _preprocess_args(p):
+    from .faces import CropSettings
+    from .preprocess import BATCH, MAX_FAILED
+    d = CropSettings()
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster); default: start Ray locally")
+    p.add_argument("--workers", type=int, default=None, help="batches in flight at once (default: every CPU, or GPUs / --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker, e.g. 0.25 packs 4 workers on a GPU; 0: CPU workers (default: 0.25 where the cluster has GPUs, else 0)")
+    p.add_argument("--batch-size", type=int, default=BATCH, help=f"images per Ray task (default {BATCH})")
+    p.add_argument("--max-failed", type=float, default=MAX_FAILED, help=f"exit 1 when more than this share of images cannot be read (default {MAX_FAILED})")
+    p.add_argument("--size", type=int, default=d.size, help=f"crop side in pixels (default {d.size})")
+    p.add_argument("--margin", type=float, default=d.margin, help=f"pixels around the face box, at 384 px width (default {d.margin:g})")
+    p.add_argument("--prob-threshold", type=float, default=d.prob_threshold, help=f"faces below this probability count as missed (default {d.prob_threshold})")
+    p.add_argument("--min-face-size", type=int, default=d.min_face_size, help=f"smallest face in source pixels (default {d.min_face_size}; MTCNN's own: 20)")
+    p.add_argument("--thresholds", type=lambda t: tuple(float(x) for x in t.split(",")), default=d.thresholds, help="MTCNN P,R,O-net thresholds (default %s)" % ",".join(map(str, d.thresholds)))
+    p.add_argument("--detect-scale", type=float, default=d.detect_scale, help=f"detect on a copy this much smaller (default {d.detect_scale})")
+    p.add_argument("--second-pass", action="store_true", help="re-detect misses at low thresholds (slower; no gain on the real-face benchmark)")
+    p.add_argument("--fallback", choices=("prior", "centre"), default=d.fallback, help="box for a miss: where faces usually are (default) or the recipe's centre crop")
+    p.add_argument("--no-person-prior", action="store_true", help="misses in train use the global prior, not the person's own photos")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _crop_settings(a):
+    from .faces import CropSettings
+    return CropSettings(size=a.size, margin=a.margin, prob_threshold=a.prob_threshold,
+                        min_face_size=a.min_face_size, thresholds=a.thresholds,
+                        detect_scale=a.detect_scale, second_pass=a.second_pass,
+                        fallback=a.fallback, person_prior=not a.no_person_prior)
+
+
+def _preprocess(a) -> int:
+    from .preprocess import preprocess
+    m = preprocess(a.data, Workspace(a.workspace).make(), _crop_settings(a), address=a.address,
+                   workers=a.workers, num_gpus_per_worker=a.gpus_per_worker,
+                   progress=not a.no_progress, batch_size=a.batch_size)
+    s = m.attrs["summary"]
+    print(s.line())
+    if s.failed > a.max_failed * s.images:
+        bad = m.loc[m["error"] != "", ["path", "error"]].head(10).to_string(index=False)
+        print(f"error: {s.failed} of {s.images} images could not be read (more than --max-failed "
+              f"{a.max_failed:g}); first ones:\n{bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- run ---------------------------------------------------------------------------------
 def _run(a) -> int:
     from .pipeline import run_all
@@ -168,7 +213,7 @@ COMMANDS = {
     "demo-data": ("write the built-in synthetic data set in the competition layout", _demo_args, _demo),
     "eda": ("plots and tables of the label distributions", _train_options, _eda),
     "folds": ("make (or show) the saved person-level fold assignment", lambda p: (_train_options(p), _folds_args(p)), _folds),
-    "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", lambda p: None, _later(3)),
+    "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", _preprocess_args, _preprocess),
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
     "ensemble": ("fold + full-data vote with TTA; writes the submission and report", lambda p: None, _later(5)),

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # one record: the manifest's geometry plus what the cache and the fallback step need
 RECORD_COLUMNS = ("path", "src_size", "src_mtime", "w", "h", "status", "method",
                   "fx1", "fy1", "fx2", "fy2", "x1", "y1", "x2", "y2", "prob",
-                  "candidates", "error", "note", "crop")
+                  "candidates", "error", "note", "crop", "device")
 # status: "crop" (crop written) | "pending" (no face yet: the fallback step decides) | "error"
 
 
@@ -94,7 +94,7 @@ class CropCache:
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
-    for c in ("path", "status", "method", "candidates", "error", "note", "crop"):
+    for c in ("path", "status", "method", "candidates", "error", "note", "crop", "device"):
         df[c] = df[c].fillna("").astype(str)
     for c in ("src_size", "src_mtime", "w", "h"):
         df[c] = df[c].fillna(-1).astype("int64")

@@ -28,13 +28,14 @@ class CropSettings:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)   # P/R/O-net thresholds (MTCNN default)
     factor: float = 0.709                 # image pyramid step (MTCNN default)
     detect_scale: float = 0.5             # detect on a copy this much smaller (JPEG draft decode)
-    second_pass: bool = True              # re-detect misses with low thresholds, keep a face near the prior
+    weak_min_prob: float = 0.5            # a face below prob_threshold still counts if this probable ...
+    weak_min_iou: float = 0.3             # ... and overlapping the prior box this much ("weak_detect")
+    second_pass: bool = False             # re-detect misses at low thresholds for more weak faces
+    #                                       (off: on real faces the prior did as well, and cheaper)
     second_thresholds: tuple[float, float, float] = (0.05, 0.05, 0.05)
-    second_min_prob: float = 0.8          # a second-pass face must reach this probability ...
-    second_min_iou: float = 0.3           # ... and overlap the prior box this much
     fallback: str = "prior"               # "prior" (median of detected boxes) or "centre" (recipe)
     person_prior: bool = True             # train images: lean the prior towards the person's own photos
-    prior_strength: float = 3.0           # person prior = (n * person + k * global) / (n + k)
+    prior_strength: float = 10.0          # person prior = (n * person + k * global) / (n + k)
     centre_frac: float = 300 / 384        # recipe's blind crop: 300x300 on 384x512, side / short side
     min_side: int = 32                    # smaller images skip detection and get the fallback box
     jpeg_quality: int = 95
@@ -126,9 +127,10 @@ class Priors:
         return denormalise(self.global_box, w, h), "global_prior"
 
 
-def pick_second(candidates, prior, s: CropSettings):
-    """The most probable low-threshold face that agrees with the prior, or None.
+def pick_weak(candidates, prior, s: CropSettings):
+    """The most probable below-threshold face that agrees with the prior, or None.
 
-    candidates: [(x1, y1, x2, y2, prob), ...] from the second pass, in source px."""
-    ok = [c for c in candidates if c[4] >= s.second_min_prob and iou(c[:4], prior) >= s.second_min_iou]
+    candidates: [(x1, y1, x2, y2, prob), ...] in source px: the main pass's best face, if any,
+    and the second pass's faces."""
+    ok = [c for c in candidates if c[4] >= s.weak_min_prob and iou(c[:4], prior) >= s.weak_min_iou]
     return max(ok, key=lambda c: c[4]) if ok else None

@@ -8,6 +8,7 @@ from .dataset import load_train
 from .demo_data import write_demo_data
 from .eda import write_eda
 from .folds import FoldSpec, ensure_folds
+from .preprocess import preprocess
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,10 @@ def ensure_data(data: Path) -> Path:
 def run_all(data: Path, ws: Workspace) -> dict:
     data = ensure_data(data)
     ws.make()
+    crops = preprocess(data, ws)
+    print(crops.attrs["summary"].line())
     train = load_train(data)
     eda = write_eda(train, ws.results / "eda")
     folds = ensure_folds(train, ws.root, FoldSpec())
     print(f"EDA in {ws.results / 'eda'}; {folds['fold'].nunique()} person-level folds saved")
-    return {"eda": eda}
+    return {"eda": eda, "manifest": crops}

@@ -2,9 +2,10 @@
 
 Two steps, both Ray tasks over batches of images:
   1. detect: decode, MTCNN on a downscaled copy (same-size images batched), crop the faces
-     found; a miss is re-detected with low thresholds and its candidates kept, no crop yet.
-  2. fallback: with every detection known, each miss gets the most probable low-threshold face
-     that agrees with the prior (where faces usually are: the person's photos and all photos),
+     found; a miss keeps its weak face (below the threshold) as a candidate, no crop yet
+     (with second_pass, also the faces of a low-threshold re-detection).
+  2. fallback: with every detection known, each miss gets the most probable candidate that
+     agrees with the prior (where faces usually are: the person's photos and all photos),
      else the prior box itself; then its crop.
 Why tasks and not Ray Data or an actor pool: a task whose worker process dies is retried by
 Ray (max_retries) with no pool to wedge; Ray Data's actor pools hang on 2 cores when they hold
@@ -29,7 +30,7 @@ import pandas as pd
 from .atomic import write_bytes_atomic, write_parquet_atomic
 from .crop_cache import CropCache, crop_name
 from .dataset import load_eval, load_train
-from .faces import CropSettings, Priors, crop_box, cut, iou, normalise, pick_second
+from .faces import CropSettings, Priors, crop_box, cut, iou, normalise, pick_weak
 from .manifest import COLUMNS
 from .ray_session import init_ray
 from .workspace import Workspace
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 32                     # images per task: big enough to batch MTCNN, small enough to retry
 MAX_FAILED = 0.01              # the CLI exits non-zero when more than this share cannot be read
+GPU_SHARE = 0.25               # MTCNN is small: four workers share one GPU by default
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, k
         x1, y1, x2, y2 = box
         return dict(rec, status="crop", method="detect", prob=found[1], crop=name, fx1=fx1,
                     fy1=fy1, fx2=fx2, fy2=fy2, x1=x1, y1=y1, x2=x2, y2=y2)
-    cands = det.candidates(dec.img) if (s.second_pass and min(w, h) >= s.min_side) else []
+    cands = [] if found is None else [(*(float(v) for v in found[0]), found[1])]
+    if s.second_pass and min(w, h) >= s.min_side:
+        cands += det.candidates(dec.img)
     return dict(rec, status="pending", candidates=json.dumps(cands))
 
 
@@ -101,13 +105,15 @@ def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
     """Step 1 for one batch; writes its crops and a cache part, returns the records."""
     from .crop_cache import CropCache
     from .detector import decode
+    import ray
     det = _detector(s)
+    where = f"{det.device}, Ray GPUs {ray.get_gpu_ids()}"
     decs = [decode(Path(data) / it["path"]) for it in items]
     ok = [i for i, d in enumerate(decs) if d.img is not None and min(d.img.size) >= s.min_side]
     found = dict(zip(ok, det.detect([decs[i].img for i in ok])))
     recs = []
     for i, (it, dec) in enumerate(zip(items, decs)):
-        recs.append(_detect_one(it, dec, found.get(i), det, s, Path(crops_dir), s.key))
+        recs.append(dict(_detect_one(it, dec, found.get(i), det, s, Path(crops_dir), s.key), device=where))
         if kill_once and i == len(items) // 2 and not Path(kill_once).exists():
             Path(kill_once).touch()               # fault injection for tests: die mid-batch, once
             os.kill(os.getpid(), signal.SIGKILL)
@@ -187,12 +193,12 @@ def _priors(recs: dict[str, dict], persons: dict[str, str]) -> Priors:
 
 
 def _choose(rec: dict, person: str, priors: Priors, s: CropSettings) -> dict:
-    """The box of a miss: a second-pass face near the prior, else the prior (or centre) box."""
+    """The box of a miss: a weak face near the prior, else the prior (or centre) box."""
     w, h = rec["w"], rec["h"]
     prior, how = priors.box(person, w, h, s)
     cands = json.loads(rec["candidates"]) if rec["candidates"] else []
-    face = pick_second(cands, prior, s) if s.fallback == "prior" else None
-    fbox, prob, method = (face[:4], face[4], "second") if face else (prior, float("nan"), how)
+    face = pick_weak(cands, prior, s) if s.fallback == "prior" else None
+    fbox, prob, method = (face[:4], face[4], "weak_detect") if face else (prior, float("nan"), how)
     x1, y1, x2, y2 = crop_box(fbox, w, h, s)
     fx1, fy1, fx2, fy2 = (float(v) for v in fbox)
     return dict(rec, method=method, prob=prob, fx1=fx1, fy1=fy1, fx2=fx2, fy2=fy2,
@@ -205,12 +211,13 @@ def _same_box(a: dict, b: dict) -> bool:
 
 def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(), *,
                address: str | None = None, workers: int | None = None,
-               num_gpus_per_worker: float = 0.0, progress: bool = True, batch_size: int = BATCH,
+               num_gpus_per_worker: float | None = 0.0, progress: bool = True, batch_size: int = BATCH,
                _kill_once: Path | None = None) -> pd.DataFrame:
     """Crop every train and eval image (skipping what earlier runs finished); returns the
     manifest (also written to ``ws.manifest``), with the run's Summary in ``.attrs["summary"]``.
 
-    ``_kill_once`` (tests only): the first batch to reach it SIGKILLs its own worker mid-batch."""
+    ``num_gpus_per_worker``: GPUs each worker asks Ray for (0: CPU workers; None: GPU_SHARE of a
+    GPU where the cluster has GPUs, else CPU). ``_kill_once`` (tests only): the first batch to reach it SIGKILLs its own worker mid-batch."""
     t0 = time.time()
     data = Path(data).resolve()
     images = image_table(data)
@@ -219,8 +226,10 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     recs = cache.load(stats)
     todo = [it for it in stats.to_dict("records") if it["path"] not in recs]
     init_ray(address)
-    workers = workers or _default_workers(num_gpus_per_worker)
-    resources = {"num_cpus": 0 if num_gpus_per_worker else 1, "num_gpus": num_gpus_per_worker}
+    gpus = _gpus_per_worker(num_gpus_per_worker)
+    workers = workers or _default_workers(gpus)
+    # one CPU each even on a GPU: decoding and cropping are CPU work
+    resources = {"num_cpus": 1, "num_gpus": gpus}
     args = (str(data), str(ws.crops), settings)
     kill = str(_kill_once) if _kill_once else None
     for r in _run_tasks(detect_batch, _batches(todo, batch_size), args + (kill,), resources,
@@ -252,27 +261,37 @@ def _fallback_todo(recs: dict[str, dict], persons: dict[str, str], s: CropSettin
     return redo
 
 
+def _gpus_per_worker(asked: float | None) -> float:
+    import ray
+    if asked is not None:
+        return asked
+    return GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 def _default_workers(num_gpus: float) -> int:
     import ray
     res = ray.cluster_resources()
+    slots = int(res.get("CPU", 1))
     if num_gpus:
-        return max(1, int(res.get("GPU", 0) / num_gpus))
-    return max(1, int(res.get("CPU", 1)))
+        slots = min(slots, int(res.get("GPU", 0) / num_gpus))
+    return max(1, slots)
 
 
 def build_manifest(images: pd.DataFrame, recs: dict[str, dict]) -> pd.DataFrame:
-    """The manifest (orchestrator.manifest.COLUMNS) in image_table order, plus method and note."""
+    """The manifest (orchestrator.manifest.COLUMNS) in image_table order, plus how each box was
+    found (method), decoding notes and where it was detected (device)."""
     r = pd.DataFrame([recs[p] for p in images["path"]])
     out = images.reset_index(drop=True).copy()
     for c in ("x1", "y1", "x2", "y2", "prob"):
         out[c] = r[c].astype(float).to_numpy()
-    out["fallback"] = (r["status"].eq("crop") & ~r["method"].isin(["detect", "second"])).to_numpy()
+    out["fallback"] = (r["status"].eq("crop") & ~r["method"].isin(["detect", "weak_detect"])).to_numpy()
     out["error"] = r["error"].fillna("").astype(str).to_numpy()
     out["error"] = np.where(r["status"].eq("error"), out["error"], "")
     out["crop"] = np.where(r["status"].eq("crop"), r["crop"], "")
     out["method"] = np.where(r["status"].eq("error"), "", r["method"])
     out["note"] = r["note"].fillna("").astype(str).to_numpy()
-    return out[list(COLUMNS) + ["method", "note"]]
+    out["device"] = r["device"].fillna("").astype(str).to_numpy()
+    return out[list(COLUMNS) + ["method", "note", "device"]]
 
 
 def summarise(manifest: pd.DataFrame, skipped: int = 0, seconds: float = 0.0) -> Summary:

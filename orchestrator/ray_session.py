@@ -24,8 +24,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                                   "to run Ray locally") from exc
         log.info("connected to Ray cluster at %s: %s", address, ray.cluster_resources())
         return
-    # log_to_driver=False: worker chatter (facenet warnings) would break the progress bar
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # address="local": always a new local Ray; plain ray.init() would join any cluster another
+    # process started on this machine. log_to_driver=False: worker chatter breaks the progress bar
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     log.info("started a local Ray: %s", ray.cluster_resources())
 
 
