@@ -39,7 +39,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         yield
         return
     from .storage import trial_env
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
     # trials get MLflow's HTTP budget from here, also on nodes not started from this shell
     ray.init(**kwargs, runtime_env={"env_vars": trial_env()})
     try:

@@ -37,7 +37,12 @@ PHASES = ("search", "cv", "both")
 
 
 class StudyInterrupted(RuntimeError):
-    """The study stopped before its trials finished (Ctrl-C); resume with --resume."""
+    """The study stopped before its trials finished (Ctrl-C); resume with --resume.
+    ``finished``: ids of the trials Tune recorded as done (a resume does not rerun them)."""
+
+    def __init__(self, message: str, finished: list[str] = ()):
+        super().__init__(message)
+        self.finished = list(finished)
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class TuneOptions:
     num_samples: int | None = None   # search trials (default 20; smoke 2)
     folds: int | None = None         # K person-level folds (default 5; smoke 2)
     fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
-    search_folds: int = 1            # search trials on fold 0 only (averaging over more: not yet)
+    search_folds: int = 1            # folds a search trial trains side by side (F1 averaged)
     phase: str = "both"              # search | cv | both
     gpus_per_trial: float = 0.5      # fractional GPUs pack trials onto one GPU
     cpus_per_trial: float = 1
@@ -76,8 +81,6 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
-        if self.search_folds != 1:
-            raise ValueError("--search-folds > 1 is not implemented yet: search on one fold")
 
     @property
     def k(self) -> int:
@@ -97,7 +100,7 @@ def base_config(head: str, o: TuneOptions) -> TrialConfig:
     over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
                                        batch_size=o.batch_size).items() if v is not None})
     fold = 0 if o.fold == "all" else int(o.fold)
-    return recipe_config(head, folds=o.k, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
+    return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
                          num_workers=o.num_workers, max_batches=o.max_batches, **over)
 
 
@@ -200,7 +203,7 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray import tune
 
     from trainables.trainable import train_head
-    best = best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment)
+    best = replace(best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment), search_folds=1)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
     parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
     trainable = tune.with_resources(train_head, resources)
@@ -218,7 +221,8 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
     grid = tuner.fit()
     check_after_fit(plan.uri, plan.exp_path(phase), grid, f"python -m orchestrator tune --head {plan.head} "
                     f"--study {plan.study} --phase {phase} --resume")
-    statuses = _close_runs(plan, phase, grid)
+    statuses = saved_statuses(plan.exp_path(phase))
+    _close_runs(plan, phase, statuses)
     from mlflow.tracking import MlflowClient
     unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
     budget = plan.options.time_budget_s
@@ -226,25 +230,36 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
     if unfinished or (len(statuses) < expected and not out_of_time):
         raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
                                f"{expected} trials; continue it with `python -m orchestrator tune --head "
-                               f"{plan.head} --study {plan.study} --phase {phase} --resume`")
+                               f"{plan.head} --study {plan.study} --phase {phase} --resume`",
+                               [t for t, s in statuses.items() if s == "TERMINATED"])
     MlflowClient(plan.uri).set_terminated(parent, "FINISHED")
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
 
 
-def _close_runs(plan: StudyPlan, phase: str, grid) -> dict[str, str]:
-    """Tune status of every trial; MLflow runs left RUNNING (trials ASHA stopped, or an
-    interrupted study) get FINISHED / FAILED / KILLED accordingly."""
+def saved_statuses(exp_path: Path) -> dict[str, str]:
+    """Trial id -> status as Tune *saved* it. After Ctrl-C the in-memory statuses call the
+    stopped trials TERMINATED, but a restore resumes what the saved state says."""
+    from ray.tune import ExperimentAnalysis
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # it warns about result files it does not need here
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp_path)).trials}
+    finally:
+        quiet.setLevel(level)
+
+
+def _close_runs(plan: StudyPlan, phase: str, statuses: dict[str, str]) -> None:
+    """MLflow runs left RUNNING (trials ASHA stopped, or an interrupted study) get
+    FINISHED / FAILED / KILLED from the trial's saved Tune status."""
     from mlflow.tracking import MlflowClient
-    trials = grid._experiment_analysis.trials   # Tune status is not on the public Result
-    statuses = {t.trial_id: t.status for t in trials}
     runs = find_runs(plan.uri, head=plan.head, study=plan.study, phase=phase, experiment=plan.options.experiment)
     client = MlflowClient(plan.uri)
     mlflow_status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
-    running = runs[runs["status"] == "RUNNING"] if len(runs) else runs
-    for _, r in running.iterrows():
-        status = statuses.get(r.get("tags.trial_id", ""), "")
-        client.set_terminated(r["run_id"], mlflow_status.get(status, "KILLED"))
-    return statuses
+    for _, r in runs.iterrows():
+        status = mlflow_status.get(statuses.get(r.get("tags.trial_id", ""), ""), "KILLED")
+        if r["status"] != status:
+            client.set_terminated(r["run_id"], status)
 
 
 BEST_COLUMNS = ["head", "phase", "fold", "trial_id", "best_val_f1", "best_epoch", "lr", "loss",

@@ -180,3 +180,17 @@ def test_local_pretrained_weights_file(tmp_path):
     assert torch.equal(model.state_dict()[k], donor.state_dict()[k])
     with pytest.raises(FileNotFoundError, match="pretrained weights"):
         build_model(cfg, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_search_folds_average_fold_models_and_cover_every_fold(ws2):
+    from trainables.trainer import TrialState, build_fold_parts, oof_of, run_folds_epoch
+    cfg = smoke("gender", fold=1, search_folds=2)
+    parts = build_fold_parts(cfg, ws2[1])
+    assert [p.cfg.fold for p in parts] == [1, 0] and all(p.cfg.search_folds == 1 for p in parts)
+    res = run_folds_epoch(parts, TrialState())
+    assert len(res.val) == 2 and res.state.best_epoch == 1
+    assert res.metrics["val_f1"] == pytest.approx(np.mean([v.f1 for v in res.val]))
+    oof = oof_of(parts, res)
+    assert len(oof) == len(parts[0].data.paths) and oof["path"].is_unique
+    with pytest.raises(ValueError, match="search_folds 3 must lie in 1..2"):
+        smoke(search_folds=3)

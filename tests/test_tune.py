@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=128 * 1024**2)   # "local": never join another cluster on this machine
     yield
     ray.shutdown()
 
@@ -105,11 +106,13 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path):
     data, ws = tws
     marker = tmp_path / "crashed"
     tune_head(data, ws, "gender", smoke(phase="search", num_samples=1, epochs=2, study="crash",
-                                        fault_marker=str(marker)))
+                                        search_folds=2, fault_marker=str(marker)))
     assert marker.exists()   # the worker process did exit mid-trial
     runs = find_runs(uri(ws), study="crash")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"   # the retry continued its own run
     assert metric_steps(ws, runs["run_id"][0]) == [1, 2]        # epoch 1 was not trained again
+    oof = pd.read_parquet(download_artifact(uri(ws), runs["run_id"][0], "oof/predictions.parquet"))
+    assert len(oof) == 30 * 7 and oof["path"].is_unique         # --search-folds 2: both folds' OOF
 
 
 def _interrupt_after_first_finished(ws, study, epochs):
@@ -132,12 +135,12 @@ def test_interrupted_study_resumes_without_redoing_finished_trials(ray_local, tw
     data, ws = tws
     opts = smoke(phase="search", num_samples=4, epochs=3, max_concurrent=1, study="resume")
     watcher = _interrupt_after_first_finished(ws, "resume", 3)
-    with pytest.raises(StudyInterrupted, match="--resume"):
+    with pytest.raises(StudyInterrupted, match="--resume") as stop:
         tune_head(data, ws, "mask", opts)
     watcher.join()
     before = find_runs(uri(ws), study="resume")
-    done = before[before["status"] == "FINISHED"]
-    assert len(before) < 4 or len(done) < 4
+    done = before[before["tags.trial_id"].isin(stop.value.finished)]
+    assert len(done) == len(stop.value.finished) < 4
     with pytest.raises(DataError, match="pass --resume"):
         tune_head(data, ws, "mask", opts)
     tune_head(data, ws, "mask", TuneOptions(**{**opts.__dict__, "resume": True}))

@@ -43,19 +43,20 @@ def finish(img_size: int, mean, std) -> list:
     return [A.Resize(img_size, img_size), A.Normalize(mean=mean, std=std), ToTensorV2()]
 
 
-def train_transform(head: str, strength: float, img_size: int, mean, std) -> A.Compose:
+def train_transform(head: str, strength: float, img_size: int, mean, std, seed: int | None = None) -> A.Compose:
     """Args:
         head: a key of PRESETS.
         strength: 0..MAX_STRENGTH; 0 gives exactly the eval transform.
         img_size: output side in pixels.
         mean, std: normalisation of the model's data config (timm.data.resolve_data_config).
+        seed: seeds the augmentation draws (reproducible runs; None = random).
     """
     if head not in PRESETS:
         raise ValueError(f"no augmentation preset for head {head!r}; valid: {', '.join(PRESETS)}")
     if not 0 <= strength <= MAX_STRENGTH:
         raise ValueError(f"augmentation strength must lie in 0..{MAX_STRENGTH}, got {strength}")
     aug = PRESETS[head](strength) if strength > 0 else []
-    return A.Compose(aug + finish(img_size, mean, std))
+    return A.Compose(aug + finish(img_size, mean, std), seed=seed)
 
 
 def eval_transform(img_size: int, mean, std) -> A.Compose:

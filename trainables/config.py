@@ -15,6 +15,7 @@ class TrialConfig:
     head: str                       # mask | gender | age (orchestrator.labels.HEADS)
     fold: int = 0                   # validation fold, or FULL_DATA (-1) to train on everything
     folds: int = 5                  # K of the person-level fold assignment
+    search_folds: int = 1           # folds fold, fold+1, ... trained side by side; metrics averaged
     fold_seed: int = 777            # seed of the fold assignment
     model: str = "efficientnet_b3"  # any timm model name
     pretrained: str = ""            # "" off | "hub" (timm download) | path to a local weights file
@@ -74,6 +75,8 @@ def validate(cfg: TrialConfig) -> None:
     check_model_name(cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")
+    if not 1 <= cfg.search_folds <= cfg.folds:
+        raise ValueError(f"search_folds {cfg.search_folds} must lie in 1..{cfg.folds} (the number of folds)")
     for name in ("img_size", "batch_size", "epochs"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")

@@ -134,7 +134,7 @@ def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bo
     tr, va = split_index(data, cfg.fold)
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory,
                   persistent_workers=cfg.num_workers > 0)
-    train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std)),
+    train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std, seed=cfg.seed)),
                        shuffle=True, drop_last=len(tr) > cfg.batch_size,
                        generator=torch.Generator().manual_seed(cfg.seed), **common)
     if not len(va):

@@ -19,17 +19,18 @@ from results.trial_log import TrialLogger
 
 from .config import RunContext, TrialConfig
 from .models import save_model_file
-from .trainer import TrialState, build_parts, load_state, oof_table, run_epoch, save_state
+from .trainer import TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state
 
-STATE_FILE = "state.pt"
+def _state_file(i: int) -> str:
+    return f"state_{i}.pt"   # one per fold model of the trial
 
 
-def _restore(parts) -> TrialState:
+def _restore(parts: list) -> TrialState:
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return TrialState()
     with ckpt.as_directory() as d:
-        return load_state(parts, Path(d) / STATE_FILE)
+        return [load_state(p, Path(d) / _state_file(i)) for i, p in enumerate(parts)][0]
 
 
 def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
@@ -41,7 +42,7 @@ def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
 
 def train_head(config: dict) -> None:
     cfg, ctx = TrialConfig.from_dict(config), RunContext.from_dict(config["run"])
-    parts = build_parts(cfg, Workspace(ctx.workspace))
+    parts = build_fold_parts(cfg, Workspace(ctx.workspace))
     state = _restore(parts)
     tc = tune.get_context()
     log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)
@@ -50,7 +51,7 @@ def train_head(config: dict) -> None:
     try:
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
-            res = run_epoch(parts, state)
+            res = run_folds_epoch(parts, state)
             state = res.state
             log.log_metrics(res.metrics, step=state.epoch)
             # full-data runs have no best epoch: log their model once, at the end
@@ -63,18 +64,20 @@ def train_head(config: dict) -> None:
         raise
 
 
-def _log_best(log: TrialLogger, parts, res, best_dir: Path) -> None:
+def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:
+    # a trial over several folds logs its first fold's model, and the OOF rows of every fold
     s = res.state
-    model_file = save_model_file(best_dir / "model.pt", parts.model, parts.cfg, best_epoch=s.best_epoch,
+    model_file = save_model_file(best_dir / "model.pt", parts[0].model, parts[0].cfg, best_epoch=s.best_epoch,
                                  val_f1=max(s.best_f1, 0.0))
-    log.log_model(model_file, None if res.val is None else oof_table(parts, res.val))
+    log.log_model(model_file, oof_of(parts, res))
     best = {"best_epoch": s.best_epoch} | ({"best_val_f1": s.best_f1} if res.val is not None else {})
     log.log_metrics(best, step=s.epoch)
 
 
-def _report(parts, state: TrialState, metrics: dict) -> None:
+def _report(parts: list, state: TrialState, metrics: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
-        save_state(parts, state, Path(d) / STATE_FILE)
+        for i, p in enumerate(parts):
+            save_state(p, state, Path(d) / _state_file(i))
         tune.report({**metrics, "epoch": state.epoch, "best_val_f1": state.best_f1,
                      "best_epoch": state.best_epoch, "mlflow_run_id": state.run_id},
                     checkpoint=tune.Checkpoint.from_directory(d))

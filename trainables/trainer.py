@@ -59,7 +59,7 @@ class EpochResult:
     state: TrialState
     metrics: dict            # train_loss (+ val_f1, val_loss, val_acc with validation)
     improved: bool           # this epoch is the new best (always true without validation)
-    val: EvalResult | None
+    val: EvalResult | list[EvalResult] | None   # a list when a trial averages several folds
 
 
 def build_parts(cfg: TrialConfig, ws: Workspace) -> Parts:
@@ -95,6 +95,37 @@ def run_epoch(parts: Parts, state: TrialState) -> EpochResult:
     new = replace(state, epoch=epoch, best_f1=val.f1 if improved else state.best_f1,
                   best_epoch=epoch if improved else state.best_epoch)
     return EpochResult(new, metrics, improved, val)
+
+
+def fold_list(cfg: TrialConfig) -> list[int]:
+    """The validation folds a trial trains: ``fold`` and the next ``search_folds - 1``."""
+    if not cfg.has_validation:
+        return [cfg.fold]
+    return [(cfg.fold + i) % cfg.folds for i in range(cfg.search_folds)]
+
+
+def build_fold_parts(cfg: TrialConfig, ws: Workspace) -> list[Parts]:
+    return [build_parts(replace(cfg, fold=f, search_folds=1), ws) for f in fold_list(cfg)]
+
+
+def run_folds_epoch(parts: list[Parts], state: TrialState) -> EpochResult:
+    """One epoch of every fold model; metrics (and the best epoch) are the folds' means."""
+    if len(parts) == 1:
+        return run_epoch(parts[0], state)
+    results = [run_epoch(p, state) for p in parts]
+    metrics = {k: float(np.mean([r.metrics[k] for r in results])) for k in results[0].metrics}
+    improved = metrics["val_f1"] > state.best_f1
+    epoch = state.epoch + 1
+    new = replace(state, epoch=epoch, best_f1=metrics["val_f1"] if improved else state.best_f1,
+                  best_epoch=epoch if improved else state.best_epoch)
+    return EpochResult(new, metrics, improved, [r.val for r in results])
+
+
+def oof_of(parts: list[Parts], res: EpochResult) -> pd.DataFrame | None:
+    if res.val is None:
+        return None
+    vals = res.val if isinstance(res.val, list) else [res.val]
+    return pd.concat([oof_table(p, v) for p, v in zip(parts, vals)], ignore_index=True)
 
 
 def oof_table(parts: Parts, val: EvalResult) -> pd.DataFrame:
