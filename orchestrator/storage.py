@@ -90,9 +90,12 @@ def cluster_hosts() -> int:
     return len({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
 
 
-def stage_locations(ws, tracking_uri: str | None = None) -> dict[str, str]:
-    """Everything the stages write, by what it is (for the warning)."""
-    locs = {"the workspace (crop cache, folds)": str(ws.root), "Tune storage": ws.tune_storage}
+def stage_locations(ws, tracking_uri: str | None = None, tune: bool = True) -> dict[str, str]:
+    """Everything the stages write, by what it is (for the warning); ``tune=False`` for
+    preprocessing, which writes only the crop cache."""
+    locs = {"the workspace (crop cache, folds)": str(ws.root)}
+    if tune:
+        locs["Tune storage"] = ws.tune_storage
     if ws.artifact_location:
         locs["the MLflow artifact location"] = ws.artifact_location
     if tracking_uri and urlparse(tracking_uri).scheme in ("sqlite", "file", ""):
@@ -101,9 +104,9 @@ def stage_locations(ws, tracking_uri: str | None = None) -> dict[str, str]:
     return locs
 
 
-def warn_if_not_shared(ws, tracking_uri: str | None = None) -> list[str]:
+def warn_if_not_shared(ws, tracking_uri: str | None = None, tune: bool = True) -> list[str]:
     """Log (and return) a warning for each place a multi-host cluster cannot share."""
-    msgs = unshared(stage_locations(ws, tracking_uri), cluster_hosts())
+    msgs = unshared(stage_locations(ws, tracking_uri, tune), cluster_hosts())
     for m in msgs:
         log.warning(m)
     return msgs

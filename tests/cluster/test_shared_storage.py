@@ -24,6 +24,7 @@ def test_local_paths_warn_only_with_nodes_on_several_hosts(tmp_path):
     assert len(msgs) == 2                                        # workspace + SQLite store, not s3
     assert "is /home/ubuntu/ws," in msgs[0] and "(ext4)" in msgs[0] and "3 hosts" in msgs[0]
     assert "--storage s3://" in msgs[0] and "the MLflow store" in msgs[1]
+    assert list(stage_locations(ws, tune=False)) == ["the workspace (crop cache, folds)"]   # preprocess
     ok = Workspace("/mnt/shared/ws", storage="/mnt/bucket/tune")
     assert unshared(stage_locations(ok, "http://10.0.0.5:5000"), hosts=3, mounts=MOUNTS) == []
     # the innermost mount decides: a tmpfs inside the NFS mount is local
