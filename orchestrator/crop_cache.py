@@ -50,7 +50,8 @@ class CropCache:
         if meta.is_file():
             old = json.loads(meta.read_text())
             if old.get("key") != self.key:
-                changed = {k: (old["settings"].get(k), v) for k, v in self.settings.as_dict().items()
+                new = json.loads(json.dumps(self.settings.as_dict()))   # tuples -> lists, as stored
+                changed = {k: (old["settings"].get(k), v) for k, v in new.items()
                            if old["settings"].get(k) != v}
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 log.warning("crop settings changed (%s): the cached crops in %s were made with the "
@@ -59,7 +60,7 @@ class CropCache:
                 shutil.rmtree(self.root / old["key"], ignore_errors=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         write_text_atomic(json.dumps({"key": self.key, "settings": self.settings.as_dict()},
-                                     indent=1, default=list), meta)
+                                     indent=1), meta)
         return self
 
     def load(self, stats: pd.DataFrame) -> dict[str, dict]:

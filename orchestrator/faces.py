@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from PIL import Image
@@ -45,8 +45,13 @@ class CropSettings:
             raise ValueError(f"CropSettings.fallback {self.fallback!r}: use 'prior' or 'centre'")
         if not 0 < self.detect_scale <= 1:
             raise ValueError(f"CropSettings.detect_scale {self.detect_scale}: use a value in (0, 1]")
-        object.__setattr__(self, "thresholds", tuple(self.thresholds))
-        object.__setattr__(self, "second_thresholds", tuple(self.second_thresholds))
+        # one spelling per value (20 == 20.0, list == tuple), so equal settings share one key
+        for f in fields(self):
+            cast = {"float": float, "int": int, "bool": bool}.get(f.type)
+            if f.type.startswith("tuple"):
+                cast = lambda v: tuple(float(x) for x in v)  # noqa: E731
+            if cast:
+                object.__setattr__(self, f.name, cast(getattr(self, f.name)))
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -91,7 +91,7 @@ def test_changed_settings_invalidate_the_cache(data, tmp_path, caplog):
     old = preprocess(data, ws, CropSettings(), progress=False)
     new = preprocess(data, ws, CropSettings(margin=20, size=96), progress=False)
     assert new.attrs["summary"].skipped == 0
-    assert "crop settings changed" in caplog.text and "margin 0.0 -> 20" in caplog.text
+    assert "crop settings changed (margin 0.0 -> 20.0, size 224 -> 96)" in caplog.text
     old_key, new_key = old["crop"][0].split("/")[0], new["crop"][0].split("/")[0]
     assert old_key != new_key and not (ws.crops / old_key).exists()
     with Image.open(ws.crops / new["crop"][0]) as im:
