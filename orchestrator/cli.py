@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="data directory in the competition layout (default ./data)")
     p.add_argument("--workspace", type=Path, default=Path("workspace"), help="where stages leave crops, folds, Tune and MLflow state (default ./workspace)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///WS/mlflow.db)")
+    p.add_argument("--storage", default=None, help="Tune storage shared by every node: an NFS path or s3://BUCKET/PREFIX "
+                   "(default $ORCHESTRATOR_STORAGE or WS/tune)")
+    p.add_argument("--artifact-location", default=None, help="MLflow artifact root of a new experiment: a shared path "
+                   "or s3://... (default $ORCHESTRATOR_ARTIFACT_LOCATION or the store's default)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -277,6 +282,15 @@ COMMANDS = {
 }
 
 
+def _export_storage(a) -> None:
+    """--storage / --artifact-location win over the environment; every Workspace made by this
+    command (there are several) then picks them up (orchestrator/workspace.py)."""
+    from .workspace import ARTIFACTS_ENV, STORAGE_ENV
+    for value, env in ((a.storage, STORAGE_ENV), (a.artifact_location, ARTIFACTS_ENV)):
+        if value:
+            os.environ[env] = value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -290,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

@@ -33,6 +33,7 @@ from .dataset import load_eval, load_train
 from .faces import CropSettings, Priors, crop_box, cut, iou, normalise, pick_weak
 from .manifest import COLUMNS
 from .ray_session import init_ray
+from .storage import warn_if_not_shared
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     recs = cache.load(stats)
     todo = [it for it in stats.to_dict("records") if it["path"] not in recs]
     init_ray(address)
+    warn_if_not_shared(ws, tune=False)   # workers on other hosts must see the crop folder
     gpus = _gpus_per_worker(num_gpus_per_worker)
     workers = workers or _default_workers(gpus)
     # one CPU each even on a GPU: decoding and cropping are CPU work

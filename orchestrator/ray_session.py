@@ -9,6 +9,12 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 
+def _runtime_env() -> dict:
+    # trials get MLflow's HTTP budget from here, also on nodes not started from this shell
+    from .storage import trial_env
+    return {"env_vars": trial_env()}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Use the cluster at ``address`` ("auto": the one `ray start`/`ray up` runs here), or start a
     local Ray with ``num_cpus`` logical CPUs (None: every core). Reuses an already-open session."""
@@ -17,7 +23,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())
         except ConnectionError as exc:
             raise ConnectionError(f"no Ray cluster at {address!r} ({exc}); start one with "
                                   "`ray start --head` or `ray up cluster.yaml`, or leave out --address "
@@ -26,7 +32,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # address="local": always a new local Ray; plain ray.init() would join any cluster another
     # process started on this machine. log_to_driver=False: worker chatter breaks the progress bar
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env=_runtime_env())
     log.info("started a local Ray: %s", ray.cluster_resources())
 
 

@@ -19,6 +19,7 @@ from trainables.config import FULL_DATA, RunContext, TrialConfig
 
 from .errors import DataError
 from .ray_session import ray_session, trial_resources
+from .storage import warn_if_not_shared
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -65,16 +66,17 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
-    exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts")
+    exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     parent = parent_run(uri, exp_id, study=study, phase="full", head=head)
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
                      deadline=deadline)
     with ray_session(address, num_cpus):
+        warn_if_not_shared(ws, uri)
         trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
         tuner = tune.Tuner(trainable, param_space=cfg.to_dict() | {"run": ctx.to_dict()},
                            run_config=tune.RunConfig(
-                               name=f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(ws.tune),
+                               name=f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=ws.tune_storage,
                                failure_config=tune.FailureConfig(max_failures=max_failures),
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose))
         result = tuner.fit()[0]

@@ -26,6 +26,8 @@ from .errors import DataError
 from .folds import FoldSpec, ensure_folds
 from .labels import get_head
 from .ray_session import auto_concurrency, ray_session, trial_resources
+from .storage import warn_if_not_shared
+from .tracking_outage import check_after_fit, outage_recorded
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -121,18 +123,19 @@ class StudyPlan:
                           parent_run_id=parent, fault_marker=self.options.fault_marker,
                           deadline=self.options.deadline)
 
-    def exp_path(self, phase: str) -> Path:
-        return self.ws.tune / f"{self.study}-{phase}"
+    def exp_path(self, phase: str) -> str:
+        """The phase's Tune experiment: a path, or a URI with --storage s3://..."""
+        return self.ws.tune_experiment(f"{self.study}-{phase}")
 
 
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: MLflow reachable, folds, crop cache."""
     from trainables.data import crop_cache, usable_train_rows
     get_head(head)
-    ws = Workspace(ws.root if isinstance(ws, Workspace) else ws).make()
+    ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
-    exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts")
+    exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     ensure_folds(load_train(data), ws.root, FoldSpec(o.k, o.seed))
     base = base_config(head, o)
     crop_cache(ws, usable_train_rows(ws)["crop"].tolist(), base.img_size)  # decode once, before trials
@@ -141,7 +144,7 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
 
 def _run_config(plan: StudyPlan, phase: str):
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
-    return RunConfig(name=plan.exp_path(phase).name, storage_path=str(plan.ws.tune),
+    return RunConfig(name=f"{plan.study}-{phase}", storage_path=plan.ws.tune_storage,
                      failure_config=FailureConfig(max_failures=plan.options.max_failures),
                      checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=plan.options.verbose)
 
@@ -149,15 +152,16 @@ def _run_config(plan: StudyPlan, phase: str):
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
     from ray.tune import Tuner
     path = plan.exp_path(phase)
-    if Tuner.can_restore(str(path)):
+    if Tuner.can_restore(path):
         if not plan.options.resume:
             raise DataError(f"study {plan.study!r} already has a {phase} phase in {path}; pass --resume "
                             "to continue it, or --study NEW_NAME to start another")
         # resume_errored=False: a trial that failed for good stays failed (OptunaSearch has
         # already told Optuna so and would ignore any new result); unfinished trials continue
-        # from their checkpoints and finished ones are not rerun.
-        return Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                             resume_errored=False, restart_errored=False)
+        # from their checkpoints and finished ones are not rerun. After an MLflow outage
+        # (orchestrator/tracking_outage.py) the failed trials continue too, to finish logging.
+        return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                             resume_errored=outage_recorded(path), restart_errored=False)
     return make_new()
 
 
@@ -216,7 +220,9 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
 def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
     """Fit; an interrupted fit (Ctrl-C: Tune saves its state and returns) raises StudyInterrupted."""
     t0 = time.time()
-    tuner.fit()
+    grid = tuner.fit()
+    check_after_fit(plan.uri, plan.exp_path(phase), grid, f"python -m orchestrator tune --head {plan.head} "
+                    f"--study {plan.study} --phase {phase} --resume")
     statuses = saved_statuses(plan.exp_path(phase))
     _close_runs(plan, phase, statuses)
     from mlflow.tracking import MlflowClient
@@ -285,6 +291,7 @@ def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
     plan = prepare(Path(data), ws if isinstance(ws, Workspace) else Workspace(ws), head, options)
     tables = []
     with ray_session(options.address, options.num_cpus):
+        warn_if_not_shared(plan.ws, plan.uri)
         resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
         concurrent = options.max_concurrent or auto_concurrency(resources)
         if options.phase in ("search", "both"):

@@ -6,6 +6,7 @@ Runs of a study: one parent per study+phase (tag role=study) and one child per t
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +14,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 EXPERIMENT = "orchestrator"
+log = logging.getLogger(__name__)
 
 
 class TrackingError(RuntimeError):
@@ -34,10 +36,13 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # fail fast instead of MLflow's minutes of retries, for this check only (later calls, and
+    # trials, keep a retry budget that a slow but live server survives)
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
+    saved = {k: os.environ.get(k) for k in fast}
     if scheme in ("http", "https"):
-        # fail fast instead of MLflow's minutes of retries
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+        for k, v in fast.items():
+            os.environ.setdefault(k, v)
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types (connection, DB, permission)
@@ -45,18 +50,40 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); start the server "
                             "(`mlflow server ...`), fix --tracking-uri / $MLFLOW_TRACKING_URI, "
                             "or drop them to use the workspace's SQLite file") from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def ensure_experiment(uri: str, name: str = EXPERIMENT, artifact_root: Path | None = None) -> str:
-    """The experiment id, created if missing. Local stores get an absolute artifact root:
-    MLflow's default './mlruns' is relative to the cwd, and Tune trials chdir."""
+def ensure_experiment(uri: str, name: str = EXPERIMENT, artifact_root: Path | None = None,
+                      location: str | None = None) -> str:
+    """The experiment id, created if missing. ``location`` (--artifact-location: a shared path or
+    s3://...) is where a new experiment keeps its artifacts; else local stores get an absolute
+    ``artifact_root`` (MLflow's default './mlruns' is relative to the cwd, and Tune trials chdir)
+    and a server its own default (--artifacts-destination)."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if location and exp.artifact_location.rstrip("/") != _as_location(location).rstrip("/"):
+            log.warning("MLflow experiment %r keeps its artifact location %s (fixed when it was created); "
+                        "--artifact-location %s applies to new experiments: pass --experiment NEW_NAME",
+                        name, exp.artifact_location, location)
         return exp.experiment_id
     local = urlparse(uri).scheme in ("sqlite", "file", "")
-    location = Path(artifact_root).resolve().as_uri() if (local and artifact_root) else None
+    if location:
+        location = _as_location(location)
+    elif local and artifact_root:
+        location = Path(artifact_root).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def _as_location(location: str) -> str:
+    """A plain path as an absolute file:// URI (trials chdir); URIs as given."""
+    return location if "://" in location or location.startswith("mlflow-artifacts:") \
+        else Path(location).expanduser().resolve().as_uri()
 
 
 def parent_run(uri: str, experiment_id: str, *, study: str, phase: str, head: str) -> str:

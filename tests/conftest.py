@@ -10,6 +10,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # tests must not write ~/.ray/auth_token
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Ray nodes and drivers use 127.0.0.1, not the machine's network address (tests/cluster/ starts
+# multi-node clusters on this machine; nothing may listen beyond loopback)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 UTKMASK = ROOT.parent / "shared" / "utkmask"

@@ -1,0 +1,66 @@
+"""Run the simulated-cluster fault tests and print what was killed, when, and what survived.
+
+    PYTHONPATH=. python benchmarks/faults_table.py        # ~5-8 min on 2 cores
+
+The tests (tests/cluster/test_multinode_*.py) start real multi-node Ray clusters and a real
+`mlflow server` on 127.0.0.1; with $FAULTS_RECORD set each fault test leaves a JSON record,
+turned here into the table in benchmarks/README.md "Faults on a simulated cluster".
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from results.tables import markdown_table  # noqa: E402
+
+ROWS = {   # record name: (fault, what was killed, what must survive)
+    "preprocess_node_loss": ("worker node lost during preprocessing", "the worker node's raylet and workers (SIGKILL)",
+                             "every image exactly once, whole crops; a rerun finds all cached"),
+    "tune_node_loss": ("worker node lost mid-trial", "the node running the trial (after its 1st checkpoint)",
+                       "trial resumed from the checkpoint on the other node, same MLflow run, epoch 1 not retrained"),
+    "tune_sigint": ("driver interrupted (CLI)", "SIGINT to `tune` after the 1st trial finished",
+                    "exit 130 + resume hint; `--resume` reran no finished trial and printed the best"),
+    "tune_mlflow_outage": ("MLflow server stopped mid-study", "`mlflow server` (SIGTERM) after the 1st checkpoint",
+                           "checkpoints kept, TrackingError naming the server; after restart `--resume` completed every run"),
+}
+
+
+def describe(name: str, rec: dict) -> str:
+    if name == "preprocess_node_loss":
+        return (f"{rec['images']} images in {rec['batches']} batches: killed at {rec['killed_at_s']} s with "
+                f"{rec['batches_done_before']} batches in the cache, batches then running on {rec['worker_busy']}; "
+                f"finished in {rec['seconds']} s; rerun: {rec['rerun_cached']} cached")
+    if name == "tune_node_loss":
+        return f"killed {rec['killed']} at {rec['at_s']} s; MLflow val_f1 steps {rec['steps']}; {rec['seconds']} s"
+    if name == "tune_sigint":
+        return (f"SIGINT at {rec['interrupted_at_s']} s: {rec['finished_before']} of {rec['started_before']} started "
+                f"trials finished; resumed to 3/3; {rec['seconds']} s in all")
+    if name == "tune_mlflow_outage":
+        return (f"server stopped at {rec['stopped_at_s']} s, restarted at {rec['restarted_at_s']} s; "
+                f"{rec['checkpoints_kept']} trial checkpoint(s) kept; {rec['seconds']} s in all")
+    return json.dumps(rec)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, FAULTS_RECORD=d, PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "tests/cluster/test_multinode_preprocess.py", "tests/cluster/test_multinode_tune.py"],
+                              cwd=ROOT, env=env)
+        recs = {p.stem: json.loads(p.read_text()) for p in Path(d).glob("*.json")}
+    rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(test failed)",
+             "survived": s} for n, (f, k, s) in ROWS.items()]
+    print(markdown_table(pd.DataFrame(rows)))
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
