@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .budget import Clock, HeadShare, share_out
+from .budget import PHASE_SHARES, Clock, HeadShare, share_out
 from .dataset import load_train
 from .demo_data import write_demo_data
 from .eda import write_eda
@@ -75,7 +75,8 @@ def fixed_plan(o: RunOptions) -> HeadPlan:
     return HeadPlan(num_samples=o.num_samples, epochs=o.epochs, full_epochs=None, search_s=None)
 
 
-def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: float, start: float) -> HeadPlan:
+def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: float, start: float,
+                full_images_per_s: float | None = None) -> HeadPlan:
     """Epochs and trial counts that fit ``share`` at the measured speed.
 
     cv trains K fold models on (K-1)/K of the data each; the machine's measured speed is
@@ -86,7 +87,8 @@ def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: flo
     epochs = max(1, min(o.max_epochs, epochs))
     trial_cost = epochs * per_epoch_fold / images_per_s
     samples = max(1, min(o.num_samples, math.floor(share.search_s / max(trial_cost, 1e-9))))
-    full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * images_per_s / n_train)))
+    full_speed = full_images_per_s or images_per_s
+    full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * full_speed / n_train)))
     search_end = start + share.search_s
     return HeadPlan(samples, epochs, full_epochs, share.search_s, search_end=search_end,
                     cv_end=search_end + share.cv_s, full_end=search_end + share.cv_s + share.full_s)
@@ -109,7 +111,7 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
             # overrun is taken from the later ones, never from the ensemble's reserve
             plans[head] = sizer.plan(head, o.heads[i:], clock)
             train_head_models(data, ws, head, o, plans[head])
-    result = run_ensemble(data, ws, o)
+        result = run_ensemble(data, ws, o)
     print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
     return {"plans": plans, "ensemble": result, "seconds": clock.elapsed()}
 
@@ -126,6 +128,7 @@ class Sizer:
     n_train: int
     images_per_s: float = 0.0     # 0 = no budget: fixed settings
     reserve_s: float = 0.0        # kept for the ensemble
+    trial_images_per_s: float = 0.0  # one trial alone (the full-data retrain is one trial)
 
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
@@ -133,13 +136,20 @@ class Sizer:
             return cls(o, n_train)
         from search_spaces import recipe_config
         from trainables.speed import train_images_per_s
-        speed = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
-                                                 batch_size=o.batch_size))
+        import ray
+        # one trial's speed with the threads it will have (Ray gives a trial OMP threads = its
+        # CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one), times the
+        # trials that run side by side
+        threads = max(1, int(o.cpus_per_trial))
+        parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // max(o.cpus_per_trial, 1e-9)))
+        one = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
+                                               batch_size=o.batch_size), threads=threads)
+        speed = parallel * one
         models = len(o.heads) * (o.folds + 1)
         # prediction (2 TTA views) runs ~3x faster than training; the OOF table is already made
-        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)
-        print(f"budget: {speed:.0f} training images/s measured; {reserve:.0f} s reserved for the ensemble")
-        return cls(o, n_train, speed, reserve)
+        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)   # models predict side by side
+        print(f"budget: {speed:.0f} training images/s measured ({parallel} trial(s) at once); {reserve:.0f} s reserved for the ensemble")
+        return cls(o, n_train, speed, reserve, one)
 
     def plan(self, head: str, heads_left: tuple[str, ...], clock: Clock) -> HeadPlan:
         o = self.options
@@ -157,8 +167,10 @@ class Sizer:
             log.warning("%s: %.0f s left, less than planned: one search trial, one epoch per trial", head, clock.left())
             now = time.time()
             return HeadPlan(1, 1, 1, 0.0, search_end=now, cv_end=now, full_end=now)
-        share = share_out(train_s, heads_left)[head]
-        plan = budget_plan(o, share, self.n_train, self.images_per_s, time.time())
+        # a search of one trial only picks the recipe's config: give its time to cv and full
+        phases = PHASE_SHARES if o.num_samples > 1 else (0.1, 0.6, 0.3)
+        share = share_out(train_s, heads_left, phases=phases)[head]
+        plan = budget_plan(o, share, self.n_train, self.images_per_s, time.time(), self.trial_images_per_s)
         print(f"{head}: {share.total_s:.0f} s: {plan.num_samples} search trial(s) of {plan.epochs} epoch(s), "
               f"{o.folds} folds, full-data retrain <= {plan.full_epochs} epoch(s)")
         return plan
@@ -188,7 +200,10 @@ def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan:
 
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     from .ensemble import EnsembleOptions, ensemble
-    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate))
+    # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
+    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate,
+                                             use_ray=o.budget_s is not None and not o.smoke_test,
+                                             gpus_per_model=o.gpus_per_trial, cpus_per_model=o.cpus_per_trial))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
           f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
           f"{ws.tracking_uri(o.tracking_uri)})")
