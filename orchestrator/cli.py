@@ -91,7 +91,7 @@ def _preprocess_args(p):
     p.add_argument("--prob-threshold", type=float, default=d.prob_threshold, help=f"faces below this probability count as missed (default {d.prob_threshold})")
     p.add_argument("--min-face-size", type=int, default=d.min_face_size, help=f"smallest face in source pixels (default {d.min_face_size}; MTCNN's own: 20)")
     p.add_argument("--thresholds", type=lambda t: tuple(float(x) for x in t.split(",")), default=d.thresholds, help="MTCNN P,R,O-net thresholds (default %s)" % ",".join(map(str, d.thresholds)))
-    p.add_argument("--detect-scale", type=float, default=d.detect_scale, help=f"detect on a copy this much smaller (default {d.detect_scale})")
+    p.add_argument("--detect-scale", type=float, default=d.detect_scale, help=f"detect on a copy this much smaller (default {d.detect_scale:.3g})")
     p.add_argument("--second-pass", action="store_true", help="re-detect misses at low thresholds (slower; no gain on the real-face benchmark)")
     p.add_argument("--fallback", choices=("prior", "centre"), default=d.fallback, help="box for a miss: where faces usually are (default) or the recipe's centre crop")
     p.add_argument("--no-person-prior", action="store_true", help="misses in train use the global prior, not the person's own photos")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .faces import CropSettings
+from .faces import REF_SIDE, CropSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ class Detector:
         from facenet_pytorch import MTCNN   # weights ship in the wheel: nothing downloads
         self.s = s
         self.device = device
-        # MTCNN's min_face_size is in the pixels it sees, i.e. of the downscaled copy
-        mfs = max(12, int(round(s.min_face_size * s.detect_scale)))
-        common = dict(min_face_size=mfs, factor=s.factor, device=device)
+        common = dict(factor=s.factor, device=device)   # min_face_size: set per image size
         self.main = _channels_last(MTCNN(thresholds=list(s.thresholds), select_largest=True, **common))
         self.second = _channels_last(MTCNN(thresholds=list(s.second_thresholds), keep_all=True, **common))
 
@@ -95,11 +93,16 @@ class Detector:
         by_size: dict[tuple, list[int]] = {}
         for i, img in enumerate(imgs):
             by_size.setdefault(img.size, []).append(i)
-        for idx in by_size.values():
+        for size, idx in by_size.items():
+            self._min_face(self.main, size)
             smalls = [self.small(imgs[i]) for i in idx]
             for i, small, res in zip(idx, smalls, self._batch(smalls)):
                 out[i] = _scale_best(res, imgs[i].size[0] / small.size[0])
         return out
+
+    def _min_face(self, mtcnn, size: tuple[int, int]) -> None:
+        """min_face_size is in source px of a 384-wide image; MTCNN wants px of the copy it sees."""
+        mtcnn.min_face_size = max(12, round(self.s.min_face_size * min(size) / REF_SIDE * self.s.detect_scale))
 
     def _batch(self, smalls: list[Image.Image]) -> list:
         try:
@@ -120,6 +123,7 @@ class Detector:
     def candidates(self, img: Image.Image) -> list[tuple[float, float, float, float, float]]:
         """Every face the low-threshold pass sees: (x1, y1, x2, y2, prob) in source px."""
         small = self.small(img)
+        self._min_face(self.second, img.size)
         boxes, probs = self._one(self.second, small)
         if boxes is None:
             return []

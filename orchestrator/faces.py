@@ -23,11 +23,11 @@ class CropSettings:
     #                                       (recipe: default MTCNN, margin 0; 30 px costs IoU, see benchmarks)
     square: bool = True                   # widen the face box to a square, so the crop is not stretched
     prob_threshold: float = 0.9           # a face below this probability counts as not found
-    min_face_size: int = 120              # smallest face MTCNN looks for, source px (MTCNN default 20;
+    min_face_size: int = 160              # smallest face MTCNN looks for, px at 384 px width (MTCNN: 20;
     #                                       portraits hold faces of 190-250 px, so the pyramid stays small)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)   # P/R/O-net thresholds (MTCNN default)
     factor: float = 0.709                 # image pyramid step (MTCNN default)
-    detect_scale: float = 0.5             # detect on a copy this much smaller (JPEG draft decode)
+    detect_scale: float = 1 / 3           # detect on a copy this much smaller (a 3x3 box reduction)
     weak_min_prob: float = 0.5            # a face below prob_threshold still counts if this probable ...
     weak_min_iou: float = 0.3             # ... and overlapping the prior box this much ("weak_detect")
     second_pass: bool = False             # re-detect misses at low thresholds for more weak faces
