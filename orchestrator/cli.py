@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .workspace import ARTIFACTS_ENV, STORAGE_ENV
+    saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -311,3 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:   # the options hold for this command only (main() is also called in-process)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -32,8 +32,9 @@ def test_local_paths_warn_only_with_nodes_on_several_hosts(tmp_path):
 
 
 def test_storage_options_reach_every_workspace(tmp_path, monkeypatch):
-    monkeypatch.delenv(STORAGE_ENV, raising=False)
-    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    for env in (STORAGE_ENV, ARTIFACTS_ENV):   # setenv first: monkeypatch then restores "unset"
+        monkeypatch.setenv(env, "")
+        monkeypatch.delenv(env)
     assert Workspace(tmp_path).tune_storage == str(tmp_path / "tune")
     args = build_parser().parse_args(["tune", "--head", "age", "--workspace", str(tmp_path),
                                       "--storage", "s3://bucket/tune", "--artifact-location", str(tmp_path / "art")])
