@@ -186,10 +186,10 @@ def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan:
                        smoke_test=o.smoke_test, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
                        address=o.address, gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
                        resume=True, verbose=0, **sized)
-    # search trials stop themselves at the search deadline (after at least one epoch, so the
-    # cv phase always has a best config); Tune's time budget only stops launching new ones
-    search_budget = None if plan.search_s is None else plan.search_s + 2 * TRIAL_OVERHEAD_S
-    tune_head(data, ws, head, replace(opts, phase="search", time_budget_s=search_budget, deadline=plan.search_end))
+    # search trials stop themselves at the search deadline, after at least one epoch, so the
+    # cv phase always has a best config; no Tune time budget, which could kill the first trial
+    # before it reports (a busy machine) and leave cv nothing to train
+    tune_head(data, ws, head, replace(opts, phase="search", deadline=plan.search_end))
     best = tune_head(data, ws, head, replace(opts, phase="cv", deadline=plan.cv_end))
     print(f"{head}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
