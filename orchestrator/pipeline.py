@@ -57,7 +57,6 @@ class HeadPlan:
     num_samples: int
     epochs: int                   # per search / cv trial
     full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
-    search_s: float | None        # seconds for the search
     search_end: float = 0.0       # unix deadlines (0 = none)
     cv_end: float = 0.0
     full_end: float = 0.0
@@ -72,7 +71,7 @@ def ensure_data(data: Path) -> Path:
 
 
 def fixed_plan(o: RunOptions) -> HeadPlan:
-    return HeadPlan(num_samples=o.num_samples, epochs=o.epochs, full_epochs=None, search_s=None)
+    return HeadPlan(num_samples=o.num_samples, epochs=o.epochs, full_epochs=None)
 
 
 def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: float, start: float,
@@ -90,7 +89,7 @@ def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: flo
     full_speed = full_images_per_s or images_per_s
     full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * full_speed / n_train)))
     search_end = start + share.search_s
-    return HeadPlan(samples, epochs, full_epochs, share.search_s, search_end=search_end,
+    return HeadPlan(samples, epochs, full_epochs, search_end=search_end,
                     cv_end=search_end + share.cv_s, full_end=search_end + share.cv_s + share.full_s)
 
 
@@ -166,7 +165,7 @@ class Sizer:
             # epoch per trial, rather than failing the whole run at the end
             log.warning("%s: %.0f s left, less than planned: one search trial, one epoch per trial", head, clock.left())
             now = time.time()
-            return HeadPlan(1, 1, 1, 0.0, search_end=now, cv_end=now, full_end=now)
+            return HeadPlan(1, 1, 1, search_end=now, cv_end=now, full_end=now)
         # a search of one trial only picks the recipe's config: give its time to cv and full
         phases = PHASE_SHARES if o.num_samples > 1 else (0.1, 0.6, 0.3)
         share = share_out(train_s, heads_left, phases=phases)[head]
