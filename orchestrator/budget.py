@@ -56,7 +56,7 @@ class HeadShare:
 
 
 # the age head is the hard one (rare >=60 class, from-scratch features): it gets the most
-HEAD_WEIGHTS = {"mask": 0.25, "gender": 0.25, "age": 0.5}
+HEAD_WEIGHTS = {"mask": 0.25, "gender": 0.25, "age": 0.5, "all": 1.0}
 PHASE_SHARES = (0.3, 0.5, 0.2)   # search, cv, full-data retrain
 
 

@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 
 from .errors import DataError
+from .labels import TARGETS
 from .workspace import Workspace
 
 log = logging.getLogger("orchestrator")
+
+
+HEAD_HELP = "mask, gender, age, or all: one model with a classifier per head (one backbone for all three)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -167,13 +171,18 @@ def _run_args(p):
     from .pipeline import RunOptions
     d = RunOptions()
     p.add_argument("--budget", default=None, help="wall-clock budget of the whole chain, e.g. 23m (the orchestrator sizes the trials)")
-    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated heads to train (default all three)")
+    p.add_argument("--per-head", action="store_true", help="one model per head, as the competition recipe "
+                   "(default: one model with a classifier per head, which gives every head every epoch)")
+    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated heads to train with --per-head (default all three)")
+    p.add_argument("--full-seeds", type=int, default=d.full_seeds, help="full-data models per study, trained side by side "
+                   "(default: one per trial slot of the cluster)")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 folds (CI)")
     p.add_argument("--model", default=d.model, help=f"timm model of every head (default {d.model})")
     p.add_argument("--img-size", type=int, default=d.img_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--folds", type=int, default=d.folds)
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per head (at most, under a budget)")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per study (at most, under a budget); "
+                   "1: no search, the cv folds train the recipe's config")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial without a budget")
     p.add_argument("--study", default=d.study, help="study name prefix (<study>-<head>); a rerun resumes it")
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
@@ -187,7 +196,8 @@ def _run(a) -> int:
     from .pipeline import RunOptions, run_all
     folds = 2 if a.smoke_test and a.folds == RunOptions().folds else a.folds
     opts = RunOptions(budget_s=None if a.budget is None else parse_duration(a.budget),
-                      heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), smoke_test=a.smoke_test,
+                      heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), joint=not a.per_head,
+                      full_seeds=a.full_seeds, smoke_test=a.smoke_test,
                       model=a.model, img_size=a.img_size, batch_size=a.batch_size, folds=folds,
                       num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
@@ -198,7 +208,7 @@ def _run(a) -> int:
 
 # -- tune --------------------------------------------------------------------------------
 def _tune_args(p):
-    p.add_argument("--head", required=True, choices=("mask", "gender", "age"))
+    p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
     p.add_argument("--study", default=None, help="study name (default: the head's name; smoke: HEAD-smoke)")
     p.add_argument("--phase", choices=("search", "cv", "both"), default="both")
     p.add_argument("--folds", type=int, default=None, help="K person-level folds (default 5; smoke 2)")
@@ -245,7 +255,8 @@ def _tune(a) -> int:
 
 # -- retrain -----------------------------------------------------------------------------
 def _retrain_args(p):
-    p.add_argument("--head", required=True, choices=("mask", "gender", "age"))
+    p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
+    p.add_argument("--seeds", type=int, default=1, help="full-data models to train side by side, seeds seed, seed+1, ... (all vote)")
     p.add_argument("--study", default=None, help="study whose cv runs to use (default: the head's newest)")
     p.add_argument("--gpus-per-trial", type=float, default=1.0)
     p.add_argument("--cpus-per-trial", type=float, default=1)
@@ -258,7 +269,8 @@ def _retrain(a) -> int:
     from results.tracking import TrackingError
     try:
         retrain_head(a.data, Workspace(a.workspace), a.head, a.study, a.tracking_uri, experiment=a.experiment,
-                     gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address)
+                     gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
+                     seeds=a.seeds)
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

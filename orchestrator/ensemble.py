@@ -29,7 +29,7 @@ from results.voting import VOTES, joint_log_probs, predict_classes, vote, vote_b
 
 from .dataset import EVAL_COLUMNS, read_csv
 from .errors import DataError
-from .labels import HEADS, decode
+from .labels import HEADS, decode, num_outputs, output_slices
 from .manifest import read_manifest
 from .workspace import Workspace
 
@@ -86,7 +86,9 @@ def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[
 
 
 # -- out-of-fold -------------------------------------------------------------------------
-def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, num_classes: int) -> pd.DataFrame:
+def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path) -> pd.DataFrame:
+    """``path`` + p0..p{C-1} of head ``c.head`` (a joint model's OOF table holds every head's
+    columns side by side: its head's slice is renumbered from p0)."""
     try:
         local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
     except (MlflowException, OSError) as exc:
@@ -94,18 +96,18 @@ def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, num_classes: int)
                         f"artifact {OOF_FILE}; pick fold runs that finished, or full-data models only "
                         "(then there is no OOF estimate)") from exc
     df = pd.read_parquet(local)
-    cols = [f"p{k}" for k in range(num_classes)]
+    cols = [f"p{k}" for k in range(num_outputs(c.model_target))]
     missing = [k for k in ["path", *cols] if k not in df.columns]
     if missing:
         raise DataError(f"MLflow run {c.run_id}: {OOF_FILE} lacks column(s) {', '.join(missing)} "
-                        f"(head {c.head} needs path, {cols[0]}..{cols[-1]})")
-    return df[["path", *cols]]
+                        f"(a {c.model_target} model needs path, {cols[0]}..{cols[-1]})")
+    mine = cols[output_slices(c.model_target)[c.head]]
+    return df[["path", *mine]].set_axis(["path", *(f"p{k}" for k in range(len(mine)))], axis=1)
 
 
 def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: str) -> pd.DataFrame | None:
     """One voted OOF row per training image of one head (None when no fold model has OOF)."""
-    head = HEADS[models[0].head]
-    frames = [_read_oof(client, c, tmp, head.num_classes) for c in models if c.has_oof]
+    frames = [_read_oof(client, c, tmp) for c in models if c.has_oof]
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
@@ -153,13 +155,13 @@ def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...]
     from trainables.predict import predict_probs
     with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
         model, cfg = load_model_file(Path(MlflowClient(uri).download_artifacts(c.run_id, MODEL_FILE, tmp)))
-    if cfg.head != c.head:
-        raise DataError(f"MLflow run {c.run_id} is tagged head={c.head} but holds a {cfg.head} model; fix the tag")
+    if cfg.head != c.model_target:
+        raise DataError(f"MLflow run {c.run_id} is tagged head={c.model_target} but holds a {cfg.head} model; fix the tag")
     p = np.asarray(predict_probs(model, cfg, crops, tta=tta, batch_size=batch_size))
-    if p.shape != (len(crops), HEADS[c.head].num_classes):
+    if p.shape != (len(crops), num_outputs(cfg.head)):
         raise DataError(f"MLflow run {c.run_id}: predicted shape {p.shape}, expected "
-                        f"({len(crops)}, {HEADS[c.head].num_classes})")
-    log.info("head %s: run %s (%s fold %s) predicted %d eval images", c.head, c.run_id, c.phase, c.fold or "-", len(crops))
+                        f"({len(crops)}, {num_outputs(cfg.head)})")
+    log.info("%s model: run %s (%s fold %s) predicted %d eval images", cfg.head, c.run_id, c.phase, c.fold or "-", len(crops))
     return p
 
 
@@ -177,14 +179,17 @@ def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts:
 
 def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Path],
                  opts: EnsembleOptions) -> dict[str, np.ndarray]:
-    """head -> [N, C] eval probabilities voted over the head's models."""
-    models = [c for ms in chosen.values() for c in ms]
+    """head -> [N, C] eval probabilities voted over the head's models. A joint model votes in
+    every head but predicts once."""
+    models = list({c.run_id: c for ms in chosen.values() for c in ms}.values())
     paths = [str(p) for p in crops]
     if opts.use_ray or opts.address:
         probs = _predict_on_ray(uri, models, paths, opts)
     else:
         probs = [predict_run(uri, c, paths, opts.tta, opts.batch_size) for c in models]
-    return {h: vote([p for c, p in zip(models, probs) if c.head == h], opts.vote) for h in chosen}
+    by_run = {c.run_id: p for c, p in zip(models, probs)}
+    return {h: vote([by_run[c.run_id][:, output_slices(c.model_target)[h]] for c in ms], opts.vote)
+            for h, ms in chosen.items()}
 
 
 # -- the stage ---------------------------------------------------------------------------

@@ -44,6 +44,39 @@ def get_head(name: str) -> Head:
     return HEADS[name]
 
 
+# A study target is one head, or ALL: one model with a shared backbone and one classifier per
+# head (multi-task). Every head then learns from every epoch, which is what a small CPU budget
+# needs; the heads' outputs are still separate distributions, so voting and the 18-class join
+# treat a joint model's slice exactly like a one-head model.
+ALL = "all"
+TARGETS = (*HEADS, ALL)
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown head {target!r}; valid: {', '.join(TARGETS)} "
+                         f"({ALL} = one model with a classifier per head)")
+
+
+def target_heads(target: str) -> tuple[Head, ...]:
+    """The heads a model of ``target`` predicts, in output order."""
+    check_target(target)
+    return tuple(HEADS.values()) if target == ALL else (HEADS[target],)
+
+
+def output_slices(target: str) -> dict[str, slice]:
+    """head name -> its columns in the model's output (a one-head model: all of them)."""
+    out, start = {}, 0
+    for h in target_heads(target):
+        out[h.name] = slice(start, start + h.num_classes)
+        start += h.num_classes
+    return out
+
+
+def num_outputs(target: str) -> int:
+    return sum(h.num_classes for h in target_heads(target))
+
+
 def age_group(age, old_from: int = COMPETITION_OLD_AGE):
     """0 (<30), 1 (30..old_from-1), 2 (>=old_from); works on ints and arrays."""
     age = np.asarray(age)

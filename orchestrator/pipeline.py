@@ -17,7 +17,7 @@ from .budget import PHASE_SHARES, Clock, HeadShare, share_out
 from .dataset import load_train
 from .demo_data import write_demo_data
 from .eda import write_eda
-from .labels import HEADS
+from .labels import ALL, HEADS
 from .preprocess import preprocess
 from .ray_session import ray_session
 from .workspace import Workspace
@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 class RunOptions:
     budget_s: float | None = None        # wall-clock seconds for the whole chain (None: fixed settings)
     heads: tuple[str, ...] = tuple(HEADS)
+    joint: bool = True                   # one model for every head (labels.ALL); False: one per head (the recipe)
     smoke_test: bool = False             # CI: tiny model, 32 px, 1 epoch, 2 folds
     model: str = "resnet10t"             # timm model of every head (the recipe: efficientnet_b3 on GPU)
     img_size: int = 64                   # input side in pixels
     batch_size: int = 64
-    folds: int = 3                       # person-level folds (cv models vote in the ensemble)
-    num_samples: int = 2                 # search trials per head (the recipe's point is the first)
+    folds: int = 2                       # person-level folds (cv models vote in the ensemble)
+    num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
     epochs: int = 4                      # epochs per trial (a budget replaces this)
-    max_epochs: int = 30                 # cap on what a budget may give one trial
+    max_epochs: int = 60                 # cap on what a budget may give one trial
+    full_seeds: int = 0                  # full-data models per target (0: one per trial slot of the cluster)
     study: str = "run"                   # study name prefix: <study>-<head>
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1
@@ -49,14 +51,24 @@ class RunOptions:
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
+        if self.joint and set(self.heads) != set(HEADS):
+            raise ValueError("a joint model predicts every head; use --per-head to train only "
+                             f"{', '.join(self.heads)}")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """What the studies train: one joint model, or each head on its own."""
+        return (ALL,) if self.joint else self.heads
 
 
 @dataclass(frozen=True)
 class HeadPlan:
-    """What one head's study gets: trials, epochs and, under a budget, deadlines."""
-    num_samples: int
+    """What one target's study gets: trials, epochs and, under a budget, deadlines."""
+    num_samples: int              # search trials; 0: no search (cv trains the recipe's config)
     epochs: int                   # per search / cv trial
     full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
+    full_seeds: int = 1           # full-data models trained side by side
+    val_from: int = 1             # first validated epoch of a cv trial
     search_end: float = 0.0       # unix deadlines (0 = none)
     cv_end: float = 0.0
     full_end: float = 0.0
@@ -68,29 +80,6 @@ def ensure_data(data: Path) -> Path:
         print(f"no data set in {data}: writing the built-in demo data there")
         write_demo_data(data)
     return Path(data)
-
-
-def fixed_plan(o: RunOptions) -> HeadPlan:
-    return HeadPlan(num_samples=o.num_samples, epochs=o.epochs, full_epochs=None)
-
-
-def budget_plan(o: RunOptions, share: HeadShare, n_train: int, images_per_s: float, start: float,
-                full_images_per_s: float | None = None) -> HeadPlan:
-    """Epochs and trial counts that fit ``share`` at the measured speed.
-
-    cv trains K fold models on (K-1)/K of the data each; the machine's measured speed is
-    shared by the trials running at once, so cost = images / speed whatever the concurrency.
-    """
-    per_epoch_fold = n_train * (o.folds - 1) / o.folds
-    epochs = math.floor(share.cv_s * images_per_s / (o.folds * per_epoch_fold))
-    epochs = max(1, min(o.max_epochs, epochs))
-    trial_cost = epochs * per_epoch_fold / images_per_s
-    samples = max(1, min(o.num_samples, math.floor(share.search_s / max(trial_cost, 1e-9))))
-    full_speed = full_images_per_s or images_per_s
-    full_epochs = max(1, min(o.max_epochs, math.floor(share.full_s * full_speed / n_train)))
-    search_end = start + share.search_s
-    return HeadPlan(samples, epochs, full_epochs, search_end=search_end,
-                    cv_end=search_end + share.cv_s, full_end=search_end + share.cv_s + share.full_s)
 
 
 def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
@@ -105,11 +94,11 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
         crops = preprocess(data, ws, progress=False)
         print(crops.attrs["summary"].line())
         sizer = Sizer.measure(o, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()))
-        for i, head in enumerate(o.heads):
-            # planned when the head starts, from the time really left: an earlier head's
+        for i, target in enumerate(o.targets):
+            # planned when the target starts, from the time really left: an earlier head's
             # overrun is taken from the later ones, never from the ensemble's reserve
-            plans[head] = sizer.plan(head, o.heads[i:], clock)
-            train_head_models(data, ws, head, o, plans[head])
+            plans[target] = sizer.plan(target, o.targets[i:], clock)
+            train_head_models(data, ws, target, o, plans[target])
         result = run_ensemble(data, ws, o)
     print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
     return {"plans": plans, "ensemble": result, "seconds": clock.elapsed()}
@@ -118,83 +107,115 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
 ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
+VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
+FORWARD_COST = 1 / 3        # an image's forward pass (prediction) as a share of a training step
 
 
 @dataclass(frozen=True)
 class Sizer:
-    """Turns the time left into a head's plan, at this machine's measured training speed."""
+    """Turns the time left into a target's plan, at this machine's measured training speed."""
     options: RunOptions
     n_train: int
-    images_per_s: float = 0.0     # 0 = no budget: fixed settings
+    parallel: int = 1             # trials that run side by side
+    one_images_per_s: float = 0.0  # one trial's training speed (0 = no budget: fixed settings)
     reserve_s: float = 0.0        # kept for the ensemble
-    trial_images_per_s: float = 0.0  # one trial alone (the full-data retrain is one trial)
+
+    @property
+    def seeds(self) -> int:
+        return self.options.full_seeds or self.parallel
 
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
+        import ray
+        parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // max(o.cpus_per_trial, 1e-9)))
         if o.budget_s is None or o.smoke_test:
-            return cls(o, n_train)
+            return cls(o, n_train, parallel)
         from search_spaces import recipe_config
         from trainables.speed import train_images_per_s
-        import ray
         # one trial's speed with the threads it will have (Ray gives a trial OMP threads = its
-        # CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one), times the
-        # trials that run side by side
+        # CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one)
         threads = max(1, int(o.cpus_per_trial))
-        parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // max(o.cpus_per_trial, 1e-9)))
-        one = train_images_per_s(recipe_config(o.heads[0], model=o.model, img_size=o.img_size,
+        one = train_images_per_s(recipe_config(o.targets[0], model=o.model, img_size=o.img_size,
                                                batch_size=o.batch_size), threads=threads)
-        speed = parallel * one
-        models = len(o.heads) * (o.folds + 1)
-        # prediction (2 TTA views) runs ~3x faster than training; the OOF table is already made
-        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 / (3 * speed)   # models predict side by side
-        print(f"budget: {speed:.0f} training images/s measured ({parallel} trial(s) at once); {reserve:.0f} s reserved for the ensemble")
-        return cls(o, n_train, speed, reserve, one)
+        sizer = cls(o, n_train, parallel, one)
+        models = len(o.targets) * (o.folds + sizer.seeds)
+        # prediction with 2 TTA views, models side by side; the OOF table is already made
+        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
+        print(f"budget: {one:.0f} training images/s per trial, {parallel} trial(s) at once; "
+              f"{reserve:.0f} s reserved for the ensemble")
+        return replace(sizer, reserve_s=reserve)
 
-    def plan(self, head: str, heads_left: tuple[str, ...], clock: Clock) -> HeadPlan:
+    def rounds(self, trials: int) -> int:
+        """Waves of ``trials`` on the cluster's trial slots (3 folds on 2 slots: 2 waves)."""
+        return math.ceil(trials / self.parallel)
+
+    def plan(self, target: str, left: tuple[str, ...], clock: Clock) -> HeadPlan:
         o = self.options
-        if not self.images_per_s:
-            return fixed_plan(o)
-        overhead = (o.num_samples + o.folds + 1) * TRIAL_OVERHEAD_S
-        train_s = clock.left() - self.reserve_s - overhead * len(heads_left)
-        if train_s < MIN_HEAD_S * len(heads_left):
-            if heads_left == o.heads:   # nothing trained yet: say so rather than overrun
-                raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(heads_left)} head(s), "
-                                 f"{self.reserve_s + overhead * len(heads_left):.0f} s of it needed for trial "
+        samples = o.num_samples if o.num_samples > 1 else 0
+        if not self.one_images_per_s:
+            return HeadPlan(samples, o.epochs, None, self.seeds)
+        overhead = (samples + o.folds + self.seeds) * TRIAL_OVERHEAD_S
+        train_s = clock.left() - self.reserve_s - overhead * len(left)
+        if train_s < MIN_HEAD_S * len(left):
+            if left == o.targets:   # nothing trained yet: say so rather than overrun
+                raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(left)} model(s), "
+                                 f"{self.reserve_s + overhead * len(left):.0f} s of it needed for trial "
                                  "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
             # earlier heads overran (a loaded machine): this one still gets its models, one
             # epoch per trial, rather than failing the whole run at the end
-            log.warning("%s: %.0f s left, less than planned: one search trial, one epoch per trial", head, clock.left())
+            log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, clock.left())
             now = time.time()
-            return HeadPlan(1, 1, 1, search_end=now, cv_end=now, full_end=now)
-        # a search of one trial only picks the recipe's config: give its time to cv and full
-        phases = PHASE_SHARES if o.num_samples > 1 else (0.1, 0.6, 0.3)
-        share = share_out(train_s, heads_left, phases=phases)[head]
-        plan = budget_plan(o, share, self.n_train, self.images_per_s, time.time(), self.trial_images_per_s)
-        print(f"{head}: {share.total_s:.0f} s: {plan.num_samples} search trial(s) of {plan.epochs} epoch(s), "
-              f"{o.folds} folds, full-data retrain <= {plan.full_epochs} epoch(s)")
+            return HeadPlan(0, 1, 1, 1, 1, search_end=now, cv_end=now, full_end=now)
+        share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
+        plan = self.budget_plan(share, samples, time.time())
+        print(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds of "
+              f"{plan.epochs} epoch(s), {plan.full_seeds} full-data model(s) of <= {plan.full_epochs} epoch(s)")
         return plan
 
+    def budget_plan(self, share: HeadShare, samples: int, start: float) -> HeadPlan:
+        """Epochs that fit ``share``: cv and the full-data retrain get the same number of epochs
+        (the retrain repeats the folds' best epoch), so their time splits by their cost."""
+        o, one = self.options, self.one_images_per_s
+        per_fold = self.n_train * (o.folds - 1) / o.folds
+        val = VALIDATED_EPOCHS * (self.n_train / o.folds) * 2 * FORWARD_COST   # 2 TTA views
+        cv_epoch = self.rounds(o.folds) * per_fold / one
+        full_epoch = self.rounds(self.seeds) * self.n_train / one
+        cv_val = self.rounds(o.folds) * val / one
+        time_s = share.cv_s + share.full_s
+        epochs = max(1, min(o.max_epochs, math.floor((time_s - cv_val) / (cv_epoch + full_epoch))))
+        search_epochs = max(1, min(epochs, math.floor(share.search_s * self.parallel / max(samples, 1)
+                                                       / (per_fold / one)))) if samples else epochs
+        cv_s = epochs * cv_epoch + cv_val
+        search_end = start + share.search_s
+        return HeadPlan(samples, epochs if not samples else search_epochs, epochs, self.seeds,
+                        val_from=max(1, epochs - VALIDATED_EPOCHS + 1),
+                        search_end=search_end, cv_end=search_end + cv_s, full_end=search_end + time_s)
 
-def train_head_models(data: Path, ws: Workspace, head: str, o: RunOptions, plan: HeadPlan) -> None:
-    """search + cv (tune) and the full-data retrain of one head."""
+
+def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
+    """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
     from .retrain import retrain_head
     from .study import TuneOptions, tune_head
     sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size,
                                          epochs=plan.epochs)
-    opts = TuneOptions(num_samples=1 if o.smoke_test else plan.num_samples, folds=o.folds,
-                       smoke_test=o.smoke_test, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
-                       address=o.address, gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
-                       resume=True, verbose=0, **sized)
-    # search trials stop themselves at the search deadline, after at least one epoch, so the
-    # cv phase always has a best config; no Tune time budget, which could kill the first trial
-    # before it reports (a busy machine) and leave cv nothing to train
-    tune_head(data, ws, head, replace(opts, phase="search", deadline=plan.search_end))
-    best = tune_head(data, ws, head, replace(opts, phase="cv", deadline=plan.cv_end))
-    print(f"{head}: cv folds best val F1 " + ", ".join(
+    opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
+                       study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
+                       gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
+                       resume=True, verbose=0, val_from=plan.val_from, **sized)
+    if plan.num_samples:
+        # search trials stop themselves at the search deadline, after at least one epoch, so the
+        # cv phase always has a best config; no Tune time budget, which could kill the first trial
+        # before it reports (a busy machine) and leave cv nothing to train
+        tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end))
+    # under a budget cv trains the epochs that fit (a search trial may have had fewer)
+    cv_opts = replace(opts, phase="cv", deadline=plan.cv_end,
+                      epochs=None if o.smoke_test else plan.full_epochs or plan.epochs)
+    best = tune_head(data, ws, target, cv_opts)
+    print(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
-    retrain_head(data, ws, head, study=f"{o.study}-{head}", tracking_uri=o.tracking_uri,
+    retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
-                 verbose=0, deadline=plan.full_end, epochs=plan.full_epochs)
+                 verbose=0, deadline=plan.full_end, epochs=plan.full_epochs, seeds=plan.full_seeds)
 
 
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):

@@ -52,8 +52,15 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
                  tracking_uri: str | None = None, *, experiment: str = "orchestrator",
                  gpus_per_trial: float = 1.0, cpus_per_trial: float = 1, address: str | None = None,
                  num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,
-                 deadline: float = 0.0, epochs: int | None = None) -> str:
-    """Train the full-data model; returns its MLflow run id."""
+                 deadline: float = 0.0, epochs: int | None = None, seeds: int = 1) -> list[str]:
+    """Train the full-data model(s); returns their MLflow run ids.
+
+    ``seeds`` > 1 trains that many full-data models side by side (seeds seed, seed+1, ...), as
+    parallel trials: on a cluster with free slots they cost no extra time, and every one of
+    them votes in the default ensemble (they share the run tag ``retrain``).
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     from ray import tune
 
     from trainables.trainable import train_head
@@ -71,21 +78,29 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
                      deadline=deadline)
+    name = f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = cfg.to_dict() | {"run": ctx.to_dict()}
+    if seeds > 1:
+        space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
     with ray_session(address, num_cpus):
         warn_if_not_shared(ws, uri)
         trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
-        tuner = tune.Tuner(trainable, param_space=cfg.to_dict() | {"run": ctx.to_dict()},
+        tuner = tune.Tuner(trainable, param_space=space,
+                           tune_config=tune.TuneConfig(reuse_actors=True),
                            run_config=tune.RunConfig(
-                               name=f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=ws.tune_storage,
+                               name=name, storage_path=ws.tune_storage,
                                failure_config=tune.FailureConfig(max_failures=max_failures),
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose))
-        result = tuner.fit()[0]
-    if result.error:
-        raise RuntimeError(f"retrain of {head} failed: {result.error}")
-    run_id = result.metrics["mlflow_run_id"]
+        results = list(tuner.fit())
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise RuntimeError(f"retrain of {head} failed: {failed[0]}")
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
-    client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
+    run_ids = [r.metrics["mlflow_run_id"] for r in results]
+    for run_id in run_ids:
+        client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
+        client.set_tag(run_id, "retrain", name)   # the models of one retrain vote together
     client.set_terminated(parent, "FINISHED")
-    print(f"full-data model: MLflow run {run_id} (artifact model/model.pt) in {uri}")
-    return run_id
+    print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (artifact model/model.pt) in {uri}")
+    return run_ids

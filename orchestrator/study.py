@@ -24,7 +24,7 @@ from trainables.config import RunContext, TrialConfig
 from .dataset import load_train
 from .errors import DataError
 from .folds import FoldSpec, ensure_folds
-from .labels import get_head
+from .labels import check_target
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
 from .tracking_outage import check_after_fit, outage_recorded
@@ -47,7 +47,7 @@ class StudyInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class TuneOptions:
-    num_samples: int | None = None   # search trials (default 20; smoke 2)
+    num_samples: int | None = None   # search trials (default 20; smoke 2); 0: no search, cv trains the recipe
     folds: int | None = None         # K person-level folds (default 5; smoke 2)
     fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
     search_folds: int = 1            # folds a search trial trains side by side (F1 averaged)
@@ -64,6 +64,7 @@ class TuneOptions:
     pretrained: str = ""             # "" | "hub" | a local weights file
     num_workers: int = 0             # DataLoader workers per trial
     max_batches: int = 0             # cap batches per epoch (0 = all)
+    val_from: int | None = None      # first validated epoch of a cv trial (default 1: every epoch)
     time_budget_s: float | None = None  # stop the search when exceeded
     deadline: float = 0.0            # unix time by which every trial must end (run --budget)
     study: str | None = None         # study name (default: the head's name)
@@ -89,7 +90,9 @@ class TuneOptions:
 
     @property
     def samples(self) -> int:
-        return self.num_samples or (2 if self.smoke_test else 20)
+        if self.num_samples is not None:
+            return self.num_samples
+        return 2 if self.smoke_test else 20
 
     def study_name(self, head: str) -> str:
         return self.study or (f"{head}-smoke" if self.smoke_test else head)
@@ -131,7 +134,7 @@ class StudyPlan:
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: MLflow reachable, folds, crop cache."""
     from trainables.data import crop_cache, usable_train_rows
-    get_head(head)
+    check_target(head)
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
@@ -201,11 +204,22 @@ def best_search_config(uri: str, head: str, study: str, experiment: str = "orche
     return TrialConfig.from_dict(run_config(best))
 
 
+def cv_config(plan: StudyPlan) -> TrialConfig:
+    """What the cv folds train: the search's best config, or the recipe's without a search."""
+    o = plan.options
+    if o.samples == 0:
+        best = plan.base
+    else:
+        best = best_search_config(plan.uri, plan.head, plan.study, o.experiment)
+    epochs = {} if o.epochs is None else {"epochs": o.epochs}   # a budget may give cv more than a search trial
+    return replace(best, search_folds=1, val_from=o.val_from or 1, **epochs)
+
+
 def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray import tune
 
     from trainables.trainable import train_head
-    best = replace(best_search_config(plan.uri, plan.head, plan.study, plan.options.experiment), search_folds=1)
+    best = cv_config(plan)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
     parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
     trainable = tune.with_resources(train_head, resources)
@@ -294,7 +308,7 @@ def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
         warn_if_not_shared(plan.ws, plan.uri)
         resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
         concurrent = options.max_concurrent or auto_concurrency(resources)
-        if options.phase in ("search", "both"):
+        if options.phase in ("search", "both") and options.samples > 0:
             tables.append(run_search(plan, resources, concurrent))
         if options.phase in ("cv", "both"):
             tables.append(run_cv(plan, resources, concurrent))

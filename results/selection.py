@@ -12,7 +12,7 @@ ensemble. Every problem is named: the run id, filter or alias, the experiment an
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import pandas as pd
@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import DataError
-from orchestrator.labels import HEADS
+from orchestrator.labels import ALL, HEADS, TARGETS
 
 EXPERIMENT = "orchestrator"
 MODEL_FILE = "model/model.pt"
@@ -32,12 +32,18 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<vers
 
 @dataclass(frozen=True)
 class ChosenModel:
-    head: str
+    head: str      # the head this model votes for
     run_id: str
     phase: str     # search | cv | full ("" when the run has no phase tag)
     fold: str      # the fold tag ("" for none)
     study: str
     source: str    # "default", "run id", "filter: ...", "models:/..."
+    target: str = ""   # what the model predicts, its head tag: the head, or ``all`` (a joint
+                       # model votes for every head with its head's slice of its outputs)
+
+    @property
+    def model_target(self) -> str:
+        return self.target or self.head
 
     @property
     def has_oof(self) -> bool:
@@ -61,7 +67,14 @@ def _is_model_run(run) -> bool:
 def _chosen(run, source: str) -> ChosenModel:
     t = run.data.tags
     return ChosenModel(t.get("head", ""), run.info.run_id, t.get("phase", ""), t.get("fold", ""),
-                       t.get("study", ""), source)
+                       t.get("study", ""), source, t.get("head", ""))
+
+
+def _votes_for(c: ChosenModel, head: str) -> ChosenModel | None:
+    """``c`` as a voter of ``head``: its own head, or a joint model's slice; None otherwise."""
+    if c.model_target == head or c.model_target == ALL:
+        return replace(c, head=head)
+    return None
 
 
 def _by_run_ids(client: MlflowClient, ids: Sequence[str]) -> list[ChosenModel]:
@@ -115,11 +128,15 @@ def _newest_per_fold(runs: list) -> list:
 
 
 def _search(client, exp_id, head: str, phase: str, study: str | None) -> list:
-    flt = f"tags.head = '{head}' and tags.phase = '{phase}' and attributes.status = 'FINISHED'"
-    if study:
-        flt += f" and tags.study = '{study}'"
-    runs = client.search_runs([exp_id], filter_string=flt, max_results=10_000,
-                              order_by=["attributes.start_time DESC"])
+    """Finished model runs of ``phase`` that predict ``head``: its own and joint (all) models,
+    newest first."""
+    runs = []
+    for target in (head, ALL):
+        flt = f"tags.head = '{target}' and tags.phase = '{phase}' and attributes.status = 'FINISHED'"
+        if study:
+            flt += f" and tags.study = '{study}'"
+        runs += client.search_runs([exp_id], filter_string=flt, max_results=10_000)
+    runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     return [r for r in runs if _is_model_run(r)]
 
 
@@ -132,10 +149,13 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
                         f"of experiment {experiment!r} at {client.tracking_uri}; run "
                         f"`python -m orchestrator tune --head {head}` (and retrain), or pick runs with --runs")
     study = study or cv[0].data.tags.get("study", "")   # newest study when none is named
-    chosen = [_chosen(r, "default") for r in _newest_per_fold(
+    chosen = [_votes_for(_chosen(r, "default"), head) for r in _newest_per_fold(
         [r for r in cv if r.data.tags.get("study", "") == study])]
     full = _search(client, exp_id, head, "full", study or None) if include_full else []
-    return chosen + [_chosen(full[0], "default")] if full else chosen
+    # every full-data model of the newest retrain (one per seed when it trained several)
+    key = full[0].data.tags.get("retrain") if full else None
+    newest = [r for r in full if key is not None and r.data.tags.get("retrain") == key] or full[:1]
+    return chosen + [_votes_for(_chosen(r, "default"), head) for r in newest]
 
 
 def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study: str | None = None,
@@ -149,16 +169,17 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
             picked.append(_by_model_uri(client, s.strip()))
         elif not RUN_ID.match(s.strip()):
             picked += _by_filter(client, exp_id, experiment, s)
-    untagged = [c.run_id for c in picked if c.head not in HEADS]
+    untagged = [c.run_id for c in picked if c.head not in TARGETS]
     if untagged:
-        raise DataError([f"MLflow run {r} has no valid head tag (mask/gender/age); tag it or pick another run"
+        raise DataError([f"MLflow run {r} has no valid head tag ({'/'.join(TARGETS)}); tag it or pick another run"
                          for r in untagged])
     out: dict[str, list[ChosenModel]] = {}
     for head in HEADS:
         mine = []
         for c in picked:   # a run picked twice (id and alias) votes once, as first named
-            if c.head == head and c.run_id not in {m.run_id for m in mine}:
-                mine.append(c)
+            voter = _votes_for(c, head)
+            if voter is not None and c.run_id not in {m.run_id for m in mine}:
+                mine.append(voter)
         out[head] = mine or default_models(client, exp_id, experiment, head, study, include_full)
     return out
 

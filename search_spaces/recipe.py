@@ -13,19 +13,24 @@ from trainables.config import TrialConfig
 
 @dataclass(frozen=True)
 class HeadRecipe:
-    lr: float          # Adam learning rate
+    lr: float          # learning rate
     loss: str          # loss name (trainables.losses.LOSSES)
     epochs: int        # epochs per fold (the recipe's cv budget)
     old_from: int = 60  # training age boundary (age head only; scoring always uses 60)
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
 
 
 RECIPE: dict[str, HeadRecipe] = {
     "age": HeadRecipe(lr=1e-4, loss="focal", epochs=4, old_from=59),
     "mask": HeadRecipe(lr=3e-4, loss="ce", epochs=10),
     "gender": HeadRecipe(lr=1e-4, loss="ce", epochs=10),
+    # not the competition's (its heads fine-tuned pretrained models one by one): one backbone
+    # from scratch for every head, so the learning rate of training from scratch and AdamW
+    "all": HeadRecipe(lr=1e-3, loss="ce", epochs=10, old_from=59, optimizer="adamw", weight_decay=0.05),
 }
-# shared by every head: the recipe's model, size, batch, optimiser and seed
-BASE = dict(model="efficientnet_b3", img_size=224, batch_size=64, optimizer="adam", seed=777,
+# shared by every head: the recipe's model, size, batch and seed
+BASE = dict(model="efficientnet_b3", img_size=224, batch_size=64, seed=777,
             gamma=2.0, smoothing=0.1, strength=1.0)
 # CPU smoke runs: a tiny timm model that has no weights to download, small images, 1 epoch
 SMOKE = dict(model="test_efficientnet", img_size=32, batch_size=32, epochs=1)
@@ -36,7 +41,8 @@ def recipe_config(head: str, **overrides) -> TrialConfig:
     if head not in RECIPE:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(RECIPE)}")
     r = RECIPE[head]
-    cfg = TrialConfig(head=head, lr=r.lr, loss=r.loss, epochs=r.epochs, old_from=r.old_from, **BASE)
+    cfg = TrialConfig(head=head, lr=r.lr, loss=r.loss, epochs=r.epochs, old_from=r.old_from,
+                      optimizer=r.optimizer, weight_decay=r.weight_decay, **BASE)
     return replace(cfg, **overrides) if overrides else cfg
 
 
@@ -48,6 +54,6 @@ def recipe_point(head: str) -> dict:
         point["gamma"] = BASE["gamma"]
     if r.loss == "label_smoothing":
         point["smoothing"] = BASE["smoothing"]
-    if head == "age":
+    if head in ("age", "all"):
         point["old_from"] = r.old_from
     return point

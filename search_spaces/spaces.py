@@ -37,7 +37,8 @@ def age_space(trial) -> None:
     trial.suggest_int("old_from", *OLD_FROM_RANGE)
 
 
-SPACES: dict[str, Callable] = {"mask": mask_space, "gender": gender_space, "age": age_space}
+# a joint model (every head in one) searches what any head does, the age boundary included
+SPACES: dict[str, Callable] = {"mask": mask_space, "gender": gender_space, "age": age_space, "all": age_space}
 
 
 def search_space(head: str) -> Callable:

@@ -95,7 +95,7 @@ def test_config_round_trip_and_recipe_table():
     assert TrialConfig.from_dict(cfg.to_dict() | {"run": {}, "epochs": 4.0}) == cfg
     assert (cfg.lr, cfg.loss, cfg.epochs, cfg.old_from, cfg.model, cfg.img_size) == \
         (1e-4, "focal", 4, 59, "efficientnet_b3", 224)
-    assert set(RECIPE) == {"mask", "gender", "age"}
+    assert set(RECIPE) == {"mask", "gender", "age", "all"}
     assert recipe_config("mask").lr == 3e-4 and recipe_config("gender").loss == "ce"
 
 
@@ -106,7 +106,7 @@ def test_recipe_is_the_first_trial_of_the_search_space(head):
     trial = study.ask()
     search_space(head)(trial)
     assert trial.params == recipe_point(head)
-    assert ("old_from" in trial.params) == (head == "age")
+    assert ("old_from" in trial.params) == (head in ("age", "all"))   # every model with an age head
 
 
 # -- data, loop, model files ---------------------------------------------------------------
@@ -147,10 +147,10 @@ def test_loaders_split_by_fold_and_full_data(ws2):
 def test_train_one_epoch_learns_and_evaluate_reports(ws2):
     cfg = smoke("mask", lr=3e-3, batch_size=16)
     parts = build_parts(cfg, ws2[1])
-    before = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, 3)
+    before = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask")
     losses = [train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer, None,
                               parts.device) for _ in range(3)]
-    after = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, 3)
+    after = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask")
     assert losses[-1] < losses[0]
     assert after.probs.shape == (len(parts.val_paths), 3)
     assert np.allclose(after.probs.sum(1), 1, atol=1e-5)

@@ -89,7 +89,7 @@ def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws,
 
 def test_retrain_uses_median_cv_epoch_on_all_data(ray_local, tws):
     data, ws = tws
-    run_id = retrain_head(data, ws, "mask", study="mask-smoke", verbose=0)
+    [run_id] = retrain_head(data, ws, "mask", study="mask-smoke", verbose=0)
     run = MlflowClient(uri(ws)).get_run(run_id)
     tags = run.data.tags
     assert (tags["phase"], tags["stage"], tags["fold"], tags["study"]) == ("full", "full", "all", "mask-smoke")

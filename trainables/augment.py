@@ -35,7 +35,18 @@ def gender_preset(s: float) -> list:
             A.GaussNoise(std_range=(0.02 * s, 0.05 * s), p=_p(s))]
 
 
-PRESETS: dict[str, Callable[[float], list]] = {"mask": mask_preset, "age": age_preset, "gender": gender_preset}
+def all_preset(s: float) -> list:
+    """One backbone for every head (ours, not the recipe's): flips, small shifts and zooms, light
+    and noise; no grid shuffle (it moves the mask) and no hue shift (mask colours carry meaning)."""
+    return [A.HorizontalFlip(p=0.5),
+            A.Affine(rotate=(-10 * s, 10 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s),
+                     translate_percent=(-0.05 * s, 0.05 * s), p=_p(s)),
+            A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=_p(s)),
+            A.GaussNoise(std_range=(0.02 * s, 0.05 * s), p=_p(s))]
+
+
+PRESETS: dict[str, Callable[[float], list]] = {"mask": mask_preset, "age": age_preset, "gender": gender_preset,
+                                                "all": all_preset}
 MAX_STRENGTH = 2.0
 
 

@@ -12,7 +12,7 @@ FULL_DATA = -1   # fold value of a model trained on all training persons (no val
 
 @dataclass(frozen=True)
 class TrialConfig:
-    head: str                       # mask | gender | age (orchestrator.labels.HEADS)
+    head: str                       # mask | gender | age | all (orchestrator.labels.TARGETS)
     fold: int = 0                   # validation fold, or FULL_DATA (-1) to train on everything
     folds: int = 5                  # K of the person-level fold assignment
     search_folds: int = 1           # folds fold, fold+1, ... trained side by side; metrics averaged
@@ -34,6 +34,8 @@ class TrialConfig:
     seed: int = 777
     num_workers: int = 0            # DataLoader worker processes
     max_batches: int = 0            # cap batches per epoch (0 = all; smoke runs and benchmarks)
+    val_from: int = 1               # first epoch validated (with TTA); earlier ones only train. The
+                                    # last epoch, and one a deadline makes the last, always are
 
     def __post_init__(self):
         validate(self)
@@ -65,11 +67,11 @@ def _choice(what: str, value: str, valid, plural: str = "") -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Clear errors for names and ranges, before any model is built."""
-    from orchestrator.labels import HEADS
+    from orchestrator.labels import TARGETS
 
     from .losses import LOSSES
     from .models import check_model_name
-    _choice("head", cfg.head, HEADS)
+    _choice("head", cfg.head, TARGETS)
     _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
     check_model_name(cfg.model)
@@ -77,7 +79,7 @@ def validate(cfg: TrialConfig) -> None:
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")
     if not 1 <= cfg.search_folds <= cfg.folds:
         raise ValueError(f"search_folds {cfg.search_folds} must lie in 1..{cfg.folds} (the number of folds)")
-    for name in ("img_size", "batch_size", "epochs"):
+    for name in ("img_size", "batch_size", "epochs", "val_from"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from orchestrator.errors import DataError
 from orchestrator.folds import FoldSpec, fold_file
-from orchestrator.labels import COMPETITION_OLD_AGE, age_group, get_head
+from orchestrator.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
 from orchestrator.manifest import read_manifest
 from orchestrator.workspace import Workspace
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 class HeadData:
     paths: np.ndarray    # manifest `path` of every usable training image
     images: np.ndarray   # [N, S, S, 3] uint8 (memmap)
-    target: np.ndarray   # training label (age: the training boundary old_from)
-    score: np.ndarray    # label scored by F1 (age: always the competition boundary)
+    target: np.ndarray   # training label (age: the training boundary old_from); [N, 3] for all
+    score: np.ndarray    # label scored by F1 (age: always the competition boundary); [N, 3] for all
     fold: np.ndarray     # person-level fold
 
 
@@ -49,7 +49,11 @@ def usable_train_rows(ws: Workspace) -> pd.DataFrame:
 
 
 def head_labels(rows: pd.DataFrame, head: str, old_from: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training target, scored label) of a head; they differ only for age."""
+    """(training target, scored label) of a head; they differ only for age.
+    A joint target (``all``) gives [N, heads] arrays, one column per head in output order."""
+    if head == ALL:
+        pairs = [head_labels(rows, h.name, old_from) for h in target_heads(ALL)]
+        return np.stack([t for t, _ in pairs], 1), np.stack([s for _, s in pairs], 1)
     h = get_head(head)
     if h.name == "age":
         ages = rows["age"].to_numpy()
@@ -114,7 +118,7 @@ class CropDataset(Dataset):
     def __getitem__(self, i):
         j = self.index[i]
         x = self.transform(image=np.asarray(self.data.images[j]))["image"]
-        return x, int(self.data.target[j]), int(self.data.score[j])
+        return x, torch.as_tensor(self.data.target[j]), torch.as_tensor(self.data.score[j])
 
 
 def split_index(data: HeadData, fold: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,8 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
+from orchestrator.labels import ALL, NUM_CLASSES, encode, output_slices, target_heads
+
 # test-time augmentation views, applied to a normalised NCHW batch
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}
 
@@ -46,37 +48,61 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
 @dataclass(frozen=True)
 class EvalResult:
     loss: float          # mean loss against the training targets
-    f1: float            # macro F1 against the scored labels (age: competition boundary)
-    acc: float
-    probs: np.ndarray    # [N, C] softmax, averaged over the original view and TTA views
+    f1: float            # macro F1 against the scored labels (age: competition boundary;
+    acc: float           #   a joint model: the 18 classes)
+    probs: np.ndarray    # [N, C] softmax (per head), averaged over the original view and TTA views
+
+
+def softmax_by_head(logits: torch.Tensor, target: str) -> torch.Tensor:
+    """Softmax over each head's own columns (a one-head model: the plain softmax)."""
+    return torch.cat([logits[:, s].softmax(1) for s in output_slices(target).values()], 1)
 
 
 @torch.no_grad()
-def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the original view, softmax averaged over original + TTA views)."""
+def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...] = (), target: str = ""
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of the original view, softmax averaged over original + TTA views).
+    ``target``: the model's head or ``all`` (per-head softmax); "" = one softmax over every output."""
     for name in tta:
         if name not in TTA_VIEWS:
             raise ValueError(f"unknown TTA view {name!r}; valid: {', '.join(TTA_VIEWS)}")
+    soft = (lambda z: softmax_by_head(z, target)) if target else (lambda z: z.softmax(1))
     with _autocast(x.device):
         logits = model(x).float()
-        probs = logits.softmax(1)
+        probs = soft(logits)
         for name in tta:
-            probs = probs + model(TTA_VIEWS[name](x)).float().softmax(1)
+            probs = probs + soft(model(TTA_VIEWS[name](x)).float())
     return logits, probs / (1 + len(tta))
 
 
+def score(target: str, probs: np.ndarray, scored: np.ndarray) -> tuple[float, float]:
+    """(macro F1, accuracy) of ``probs`` against the scored labels: a head's own classes, or
+    for a joint model the 18 competition classes its heads combine into (the real metric)."""
+    heads = target_heads(target)
+    preds = np.stack([probs[:, s].argmax(1) for s in output_slices(target).values()], 1)
+    scored = scored.reshape(len(scored), -1)
+    if target == ALL:
+        by_name = {h.name: i for i, h in enumerate(heads)}
+        cols = [by_name[n] for n in ("mask", "gender", "age")]
+        pred, truth, n_cls = encode(*preds[:, cols].T), encode(*scored[:, cols].T), NUM_CLASSES
+    else:
+        pred, truth, n_cls = preds[:, 0], scored[:, 0], heads[0].num_classes
+    f1 = f1_score(truth, pred, average="macro", labels=list(range(n_cls)), zero_division=0)
+    return float(f1), float((pred == truth).mean())
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, num_classes: int,
+def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, target: str,
              *, tta: tuple[str, ...] = ("hflip",)) -> EvalResult:
+    """Validation of a model of ``target`` (a head, or ``all``) on ``loader``."""
     model.eval()
     losses, probs, scored = [], [], []
     for x, y, s in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, p = predict_batch(model, x, tta)
+        logits, p = predict_batch(model, x, tta, target)
         losses.append(loss_fn(logits, y).item() * len(y))
         probs.append(p.cpu().numpy())
         scored.append(s.numpy())
     probs_np, s_np = np.concatenate(probs), np.concatenate(scored)
-    pred = probs_np.argmax(1)
-    f1 = f1_score(s_np, pred, average="macro", labels=list(range(num_classes)), zero_division=0)
-    return EvalResult(sum(losses) / len(s_np), float(f1), float((pred == s_np).mean()), probs_np)
+    f1, acc = score(target, probs_np, s_np)
+    return EvalResult(sum(losses) / len(s_np), f1, acc, probs_np)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,6 +79,34 @@ def build_loss(name: str, num_classes: int, *, weight: torch.Tensor | None = Non
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[name](num_classes, weight, gamma, smoothing)
+
+
+class PerHeadLoss(nn.Module):
+    """A joint model's loss: each head's own loss on its output columns, summed.
+    ``target`` is [B, heads], one column per head in the order of ``slices``."""
+
+    def __init__(self, losses: dict[str, nn.Module], slices: dict[str, slice]):
+        super().__init__()
+        self.losses, self.slices = nn.ModuleDict(losses), dict(slices)
+
+    def forward(self, logits, target):
+        return sum(self.losses[h](logits[:, s], target[:, i]) for i, (h, s) in enumerate(self.slices.items()))
+
+
+def build_target_loss(cfg, train_targets) -> nn.Module:
+    """The loss of ``cfg.head`` (a TrialConfig); a joint model gets one per head, summed.
+    ``train_targets`` (the training rows' labels) give the class weights when they are on."""
+    from orchestrator.labels import ALL, output_slices, target_heads
+    heads = target_heads(cfg.head)
+    targets = np.asarray(train_targets).reshape(len(train_targets), -1)
+
+    def one(i: int) -> nn.Module:
+        n = heads[i].num_classes
+        weight = inverse_frequency(targets[:, i], n) if cfg.class_weights else None
+        return build_loss(cfg.loss, n, weight=weight, gamma=cfg.gamma, smoothing=cfg.smoothing)
+    if cfg.head != ALL:
+        return one(0)
+    return PerHeadLoss({h.name: one(i) for i, h in enumerate(heads)}, output_slices(ALL))
 
 
 def inverse_frequency(labels, num_classes: int) -> torch.Tensor:

@@ -18,14 +18,14 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module:
-    """A timm model with the head's class count.
+    """A timm model with one output per class of the head(s).
 
     ``pretrained`` overrides ``cfg.pretrained``: "" none (loading a model file), "hub"
     (timm's download; needs internet) or a local weights file (its classifier is dropped).
     """
-    from orchestrator.labels import get_head
+    from orchestrator.labels import num_outputs
     source = cfg.pretrained if pretrained is None else pretrained
-    num_classes = get_head(cfg.head).num_classes
+    num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
     if source in ("", "hub"):
         return timm.create_model(cfg.model, pretrained=source == "hub", num_classes=num_classes)
     path = Path(source)

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from orchestrator.labels import get_head
+from orchestrator.labels import num_outputs
 
 from .augment import eval_transform
 from .config import TrialConfig
@@ -30,11 +30,11 @@ class _Files(Dataset):
 
 def predict_probs(model: nn.Module, cfg: TrialConfig, crop_paths: list[Path], *,
                   tta: tuple[str, ...] = ("hflip",), batch_size: int = 64) -> np.ndarray:
-    """[N, num_classes] softmax probabilities averaged over the original view and ``tta`` views."""
+    """[N, outputs] softmax probabilities (per head for a joint model) averaged over the original view and ``tta`` views."""
     dc = data_config(model, cfg.img_size)
     loader = DataLoader(_Files([Path(p) for p in crop_paths], cfg.img_size, eval_transform(cfg.img_size, dc["mean"], dc["std"])),
                         batch_size=batch_size, shuffle=False)
     device = device_of()
     model = model.to(device).eval()
-    out = [predict_batch(model, x.to(device), tta)[1].cpu().numpy() for x in loader]
-    return np.concatenate(out) if out else np.zeros((0, get_head(cfg.head).num_classes), dtype=np.float32)
+    out = [predict_batch(model, x.to(device), tta, cfg.head)[1].cpu().numpy() for x in loader]
+    return np.concatenate(out) if out else np.zeros((0, num_outputs(cfg.head)), dtype=np.float32)

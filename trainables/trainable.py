@@ -20,7 +20,8 @@ from results.trial_log import TrialLogger
 
 from .config import RunContext, TrialConfig
 from .models import save_model_file
-from .trainer import TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state
+from .trainer import (TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state,
+                      validate_folds)
 
 def _state_file(i: int) -> str:
     return f"state_{i}.pt"   # one per fold model of the trial
@@ -54,11 +55,13 @@ def train_head(config: dict) -> None:
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
             t0 = time.time()
-            res = run_folds_epoch(parts, state)
+            res = run_folds_epoch(parts, state, validate=state.epoch + 1 >= cfg.val_from)
             epoch_s = time.time() - t0
+            last = res.state.epoch == cfg.epochs or _out_of_time(ctx, epoch_s)
+            if last:   # a trial always ends validated: its best model and OOF rows are logged
+                res = validate_folds(parts, res)
             state = res.state
             log.log_metrics(res.metrics, step=state.epoch)
-            last = state.epoch == cfg.epochs or _out_of_time(ctx, epoch_s)
             # full-data runs have no best epoch: log their model once, at the end
             if res.improved and (res.val is not None or last):
                 _log_best(log, parts, res, best_dir)

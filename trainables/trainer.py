@@ -13,13 +13,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.labels import get_head
 from orchestrator.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index
 from .loop import EvalResult, device_of, evaluate, train_one_epoch
-from .losses import build_loss, inverse_frequency
+from .losses import build_target_loss
 from .models import build_model, data_config
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -36,10 +35,6 @@ class Parts:
     train_loader: object
     val_loader: object | None
     device: torch.device
-
-    @property
-    def num_classes(self) -> int:
-        return get_head(self.cfg.head).num_classes
 
     @property
     def val_paths(self) -> np.ndarray:
@@ -69,9 +64,7 @@ def build_parts(cfg: TrialConfig, ws: Workspace) -> Parts:
     dc = data_config(model, cfg.img_size)
     device = device_of()
     train, val = build_loaders(cfg, data, dc["mean"], dc["std"], pin_memory=device.type == "cuda")
-    n_cls = get_head(cfg.head).num_classes
-    weight = inverse_frequency(data.target[split_index(data, cfg.fold)[0]], n_cls) if cfg.class_weights else None
-    loss_fn = build_loss(cfg.loss, n_cls, weight=weight, gamma=cfg.gamma, smoothing=cfg.smoothing).to(device)
+    loss_fn = build_target_loss(cfg, data.target[split_index(data, cfg.fold)[0]]).to(device)
     model = model.to(device)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train) if not cfg.max_batches else min(len(train), cfg.max_batches)
@@ -79,22 +72,28 @@ def build_parts(cfg: TrialConfig, ws: Workspace) -> Parts:
     return Parts(cfg, data, model, loss_fn, optimizer, scheduler, train, val, device)
 
 
-def run_epoch(parts: Parts, state: TrialState) -> EpochResult:
+def run_epoch(parts: Parts, state: TrialState, validate: bool = True) -> EpochResult:
+    """Train one epoch; validate it when there is a validation fold and ``validate``."""
     cfg = parts.cfg
     parts.train_loader.generator.manual_seed(cfg.seed + state.epoch)  # same batches after a resume
     train_loss = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
                                  parts.scheduler, parts.device, max_batches=cfg.max_batches)
-    epoch = state.epoch + 1
+    trained = replace(state, epoch=state.epoch + 1)
     metrics = {"train_loss": train_loss}
     if parts.val_loader is None:
-        new = replace(state, epoch=epoch, best_epoch=epoch)
-        return EpochResult(new, metrics, True, None)
-    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, parts.num_classes)
-    metrics.update(val_f1=val.f1, val_loss=val.loss, val_acc=val.acc)
+        return EpochResult(replace(trained, best_epoch=trained.epoch), metrics, True, None)
+    if not validate:
+        return EpochResult(trained, metrics, False, None)
+    return validate_epoch(parts, trained, metrics)
+
+
+def validate_epoch(parts: Parts, state: TrialState, metrics: dict) -> EpochResult:
+    """Score the model as it is now, as epoch ``state.epoch`` (already trained)."""
+    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, parts.cfg.head)
     improved = val.f1 > state.best_f1
-    new = replace(state, epoch=epoch, best_f1=val.f1 if improved else state.best_f1,
-                  best_epoch=epoch if improved else state.best_epoch)
-    return EpochResult(new, metrics, improved, val)
+    new = replace(state, best_f1=val.f1 if improved else state.best_f1,
+                  best_epoch=state.epoch if improved else state.best_epoch)
+    return EpochResult(new, metrics | dict(val_f1=val.f1, val_loss=val.loss, val_acc=val.acc), improved, val)
 
 
 def fold_list(cfg: TrialConfig) -> list[int]:
@@ -108,17 +107,31 @@ def build_fold_parts(cfg: TrialConfig, ws: Workspace) -> list[Parts]:
     return [build_parts(replace(cfg, fold=f, search_folds=1), ws) for f in fold_list(cfg)]
 
 
-def run_folds_epoch(parts: list[Parts], state: TrialState) -> EpochResult:
-    """One epoch of every fold model; metrics (and the best epoch) are the folds' means."""
-    if len(parts) == 1:
-        return run_epoch(parts[0], state)
-    results = [run_epoch(p, state) for p in parts]
+def _merge(results: list[EpochResult], state: TrialState) -> EpochResult:
+    """The fold models' results as one: metrics (and the best epoch) are the folds' means."""
+    if len(results) == 1:
+        return results[0]
     metrics = {k: float(np.mean([r.metrics[k] for r in results])) for k in results[0].metrics}
+    if results[0].val is None:
+        return replace(results[0], metrics=metrics)
+    epoch = results[0].state.epoch
     improved = metrics["val_f1"] > state.best_f1
-    epoch = state.epoch + 1
-    new = replace(state, epoch=epoch, best_f1=metrics["val_f1"] if improved else state.best_f1,
+    new = replace(results[0].state, best_f1=metrics["val_f1"] if improved else state.best_f1,
                   best_epoch=epoch if improved else state.best_epoch)
     return EpochResult(new, metrics, improved, [r.val for r in results])
+
+
+def run_folds_epoch(parts: list[Parts], state: TrialState, validate: bool = True) -> EpochResult:
+    """One epoch of every fold model of a trial."""
+    return _merge([run_epoch(p, state, validate) for p in parts], state)
+
+
+def validate_folds(parts: list[Parts], res: EpochResult) -> EpochResult:
+    """Validate an epoch that was trained without validation (a trial's unplanned last one)."""
+    if parts[0].val_loader is None or res.val is not None:
+        return res
+    state = res.state
+    return _merge([validate_epoch(p, state, res.metrics) for p in parts], state)
 
 
 def oof_of(parts: list[Parts], res: EpochResult) -> pd.DataFrame | None:
