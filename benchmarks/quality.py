@@ -5,7 +5,7 @@ persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv
 whole chain with `python -m orchestrator run --budget B`, and scores the submission:
 
   python benchmarks/quality.py --budget 23m                       # the full study
-  python benchmarks/quality.py --budget 23m --variant recipe      # one recipe run, no search/vote tricks
+  python benchmarks/quality.py --budget 23m --variant recipe      # one model per head, no calibration
 
 Prints 18-class macro F1, accuracy and per-head macro F1 on the eval persons, and the wall time.
 """
@@ -27,8 +27,12 @@ from results.scoring import score_submission  # noqa: E402
 UTK = ROOT.parent / "shared" / "utkmask"
 # the variants compared: extra `run` flags
 VARIANTS = {
-    "study": [],                                                  # search + cv vote + full + calibration
-    "recipe": ["--num-samples", "1", "--no-calibrate"],           # the recipe's point only, no calibration
+    # run's defaults: one joint model (a classifier per head), cv folds + full-data models
+    # (one per trial slot) voting with hflip TTA, macro-F1 calibration
+    "study": [],
+    # the competition recipe's structure: one model per head with its own lr / loss /
+    # augmentation, cv folds + one full-data model each, no calibration
+    "recipe": ["--per-head", "--num-samples", "1", "--full-seeds", "1", "--no-calibrate"],
 }
 
 

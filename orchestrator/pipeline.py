@@ -108,7 +108,8 @@ TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measure
 ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
-FORWARD_COST = 1 / 3        # an image's forward pass (prediction) as a share of a training step
+FORWARD_COST = 0.5          # predicting an image (decode, forward, logging) as a share of a training step
+SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Sizer:
         samples = o.num_samples if o.num_samples > 1 else 0
         if not self.one_images_per_s:
             return HeadPlan(samples, o.epochs, None, self.seeds)
-        overhead = (samples + o.folds + self.seeds) * TRIAL_OVERHEAD_S
+        overhead = sum(map(self.rounds, (samples, o.folds, self.seeds))) * TRIAL_OVERHEAD_S
         train_s = clock.left() - self.reserve_s - overhead * len(left)
         if train_s < MIN_HEAD_S * len(left):
             if left == o.targets:   # nothing trained yet: say so rather than overrun
@@ -175,7 +176,7 @@ class Sizer:
     def budget_plan(self, share: HeadShare, samples: int, start: float) -> HeadPlan:
         """Epochs that fit ``share``: cv and the full-data retrain get the same number of epochs
         (the retrain repeats the folds' best epoch), so their time splits by their cost."""
-        o, one = self.options, self.one_images_per_s
+        o, one = self.options, self.one_images_per_s * SPEED_MARGIN
         per_fold = self.n_train * (o.folds - 1) / o.folds
         val = VALIDATED_EPOCHS * (self.n_train / o.folds) * 2 * FORWARD_COST   # 2 TTA views
         cv_epoch = self.rounds(o.folds) * per_fold / one
@@ -185,11 +186,13 @@ class Sizer:
         epochs = max(1, min(o.max_epochs, math.floor((time_s - cv_val) / (cv_epoch + full_epoch))))
         search_epochs = max(1, min(epochs, math.floor(share.search_s * self.parallel / max(samples, 1)
                                                        / (per_fold / one)))) if samples else epochs
-        cv_s = epochs * cv_epoch + cv_val
-        search_end = start + share.search_s
+        # deadlines: each phase's trials first start (plan() set that time aside), then train
+        start_s = {n: self.rounds(n) * TRIAL_OVERHEAD_S for n in (samples, o.folds, self.seeds)}
+        search_end = start + start_s[samples] + share.search_s
+        cv_end = search_end + start_s[o.folds] + epochs * cv_epoch + cv_val
         return HeadPlan(samples, epochs if not samples else search_epochs, epochs, self.seeds,
-                        val_from=max(1, epochs - VALIDATED_EPOCHS + 1),
-                        search_end=search_end, cv_end=search_end + cv_s, full_end=search_end + time_s)
+                        val_from=max(1, epochs - VALIDATED_EPOCHS + 1), search_end=search_end,
+                        cv_end=cv_end, full_end=search_end + start_s[o.folds] + start_s[self.seeds] + time_s)
 
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:

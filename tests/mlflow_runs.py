@@ -59,10 +59,10 @@ def save_model(path: Path, head: str) -> None:
 
 def log_model_run(client: MlflowClient, tmp: Path, *, head: str, phase: str, fold: int | str = "",
                   study: str = "s1", oof: pd.DataFrame | None = None, model: bool = True,
-                  status: str = "FINISHED") -> str:
+                  status: str = "FINISHED", tags: dict | None = None) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     tags = {"head": head, "phase": phase, "fold": str(fold), "study": study, "role": "trial",
-            "stage": "full" if phase == "full" else "tune", "trial_id": f"t{fold}"}
+            "stage": "full" if phase == "full" else "tune", "trial_id": f"t{fold}", **(tags or {})}
     run = client.create_run(exp.experiment_id, tags=tags, run_name=f"{head}-{phase}-{fold}")
     rid = run.info.run_id
     folder = tmp / rid
@@ -76,6 +76,13 @@ def log_model_run(client: MlflowClient, tmp: Path, *, head: str, phase: str, fol
         client.log_artifact(rid, str(folder / "oof" / "predictions.parquet"), "oof")
     client.set_terminated(rid, status)
     return rid
+
+
+def joint_oof_frame(train: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """A joint (all) model's OOF table: every head's columns side by side, p0..p7."""
+    parts = [oof_frame(train, h, rng).drop(columns="path").to_numpy() for h in HEADS]
+    p = np.concatenate(parts, 1)
+    return pd.DataFrame({"path": train["path"].to_numpy(), **{f"p{k}": p[:, k] for k in range(p.shape[1])}})
 
 
 def oof_frame(train: pd.DataFrame, head: str, rng: np.random.Generator, skill: float = 2.0) -> pd.DataFrame:

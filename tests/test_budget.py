@@ -29,3 +29,19 @@ def test_share_out_adds_up_and_favours_age():
     assert shares["age"].total_s > shares["mask"].total_s
     only = share_out(100, ("gender",))
     assert only["gender"].total_s == pytest.approx(100)
+
+
+def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
+    from orchestrator.budget import HeadShare
+    from orchestrator.pipeline import TRIAL_OVERHEAD_S, RunOptions, Sizer
+    sizer = Sizer(RunOptions(budget_s=1380, folds=2), n_train=7000, parallel=2, one_images_per_s=100.0)
+    plan = sizer.budget_plan(HeadShare(0.0, 900.0, 0.0), samples=0, start=0.0)
+    # 2 folds side by side: 3,500 images an epoch; 2 full-data seeds side by side: 7,000
+    assert plan.num_samples == 0 and plan.full_seeds == 2
+    assert plan.epochs == plan.full_epochs == 7
+    assert plan.val_from == 5                     # only the last 3 cv epochs are validated
+    # the trials' start-up comes on top of the training share (plan() set it aside)
+    assert 0 < plan.cv_end < plan.full_end <= 900 + 2 * TRIAL_OVERHEAD_S
+    three_folds = Sizer(RunOptions(budget_s=1380, folds=3), n_train=7000, parallel=2, one_images_per_s=100.0)
+    assert three_folds.rounds(3) == 2             # the third fold waits for a free slot
+    assert three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).epochs < plan.epochs

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow_runs import log_model_run, log_study, oof_frame, store, write_manifest
+from mlflow_runs import joint_oof_frame, log_model_run, log_study, oof_frame, store, write_manifest
 
 from orchestrator.dataset import load_train
 from orchestrator.ensemble import eval_crops, oof_predictions
@@ -133,6 +133,32 @@ def test_oof_of_two_runs_on_one_image_is_voted(tmp_path, demo_dir):
     order = np.argsort(train["path"].to_numpy())
     expected = (a.iloc[order, 1:].to_numpy() + b.iloc[order, 1:].to_numpy()) / 2
     assert np.allclose(oof.heads["age"], expected)
+
+
+def test_a_joint_model_votes_for_every_head_with_its_slice(tmp_path, demo_dir):
+    """Runs tagged head=all: each fold's OOF table holds p0..p7, and each head reads its slice;
+    every full-data model of the newest retrain votes, an older retrain's does not."""
+    train = load_train(demo_dir)
+    fold = np.arange(len(train)) % 2
+    client = store(tmp_path / "ws")
+    rng = np.random.default_rng(0)
+    frames = [joint_oof_frame(train[fold == f], rng) for f in range(2)]
+    cv = [log_model_run(client, tmp_path, head="all", phase="cv", fold=f, oof=frames[f]) for f in range(2)]
+    log_model_run(client, tmp_path, head="all", phase="full", fold=-1, tags={"retrain": "old"})
+    full = [log_model_run(client, tmp_path, head="all", phase="full", fold=-1, tags={"retrain": "new"})
+            for _ in range(2)]
+    chosen = choose_models(client)
+    for head, models in chosen.items():
+        assert [m.run_id for m in models] == cv + full and {m.head for m in models} == {head}
+        assert {m.model_target for m in models} == {"all"}
+    oof = oof_predictions(client, chosen, train.set_index("path"), tmp_path / "t", "soft")
+    both = pd.concat(frames).set_index("path").loc[oof.paths]
+    assert np.allclose(oof.heads["mask"], both[["p0", "p1", "p2"]].to_numpy())
+    assert np.allclose(oof.heads["gender"], both[["p3", "p4"]].to_numpy())
+    assert np.allclose(oof.heads["age"], both[["p5", "p6", "p7"]].to_numpy())
+    # a run id of a joint model picked by hand votes in every head too
+    picked = choose_models(client, [cv[0]])
+    assert all([m.run_id for m in ms] == [cv[0]] for ms in picked.values())
 
 
 def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):

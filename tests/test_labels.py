@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from orchestrator.labels import HEADS, NUM_CLASSES, age_group, class_names, decode, encode, get_head
+from orchestrator.labels import (ALL, HEADS, NUM_CLASSES, age_group, check_target, class_names, decode, encode,
+                                 get_head, num_outputs, output_slices, target_heads)
 
 
 def test_encode_decode_all_18_classes():
@@ -37,3 +38,12 @@ def test_heads_table():
     assert len(class_names()) == 18 and class_names()[17] == "not_wear/female/>=60"
     with pytest.raises(ValueError, match="valid heads: mask, gender, age"):
         get_head("hair")
+
+
+def test_a_joint_target_lays_every_head_side_by_side():
+    assert [h.name for h in target_heads(ALL)] == ["mask", "gender", "age"]
+    assert output_slices(ALL) == {"mask": slice(0, 3), "gender": slice(3, 5), "age": slice(5, 8)}
+    assert num_outputs(ALL) == 8 and num_outputs("gender") == 2
+    assert output_slices("age") == {"age": slice(0, 3)}
+    with pytest.raises(ValueError, match="valid: mask, gender, age, all"):
+        check_target("both")

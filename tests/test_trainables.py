@@ -9,6 +9,7 @@ import torch
 
 from orchestrator.dataset import load_train
 from orchestrator.folds import FoldSpec, ensure_folds
+from orchestrator.labels import encode
 from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_space
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
@@ -17,7 +18,7 @@ from trainables.loop import evaluate, train_one_epoch
 from trainables.losses import LOSSES, build_loss
 from trainables.models import build_model, load_model_file, read_model_extra, save_model_file
 from trainables.predict import predict_probs
-from trainables.trainer import build_parts, fit
+from trainables.trainer import TrialState, build_fold_parts, build_parts, fit, run_folds_epoch, validate_folds
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -169,6 +170,38 @@ def test_model_file_round_trip_and_predict_probs(ws2, tmp_path):
     p0 = predict_probs(parts.model.cpu(), cfg, crops, tta=())
     assert p1.shape == (5, 2) and np.allclose(p1.sum(1), 1, atol=1e-5)
     assert not np.allclose(p0, p1)   # hflip TTA changes the average
+
+
+def test_joint_model_learns_every_head_and_scores_the_18_classes(ws2, tmp_path):
+    """head=all: [N, 3] labels, one loss per head summed, per-head softmax, 18-class val F1."""
+    cfg, ws = smoke("all", lr=3e-3, batch_size=16, epochs=3, old_from=57), ws2[1]
+    data = load_head_data(cfg, ws)
+    ages = pd.read_parquet(ws.manifest).query("split == 'train'")["age"].to_numpy()
+    assert data.target.shape == (len(ages), 3)
+    assert (data.target[:, 2] == 2).sum() == (ages >= 57).sum() and (data.score[:, 2] == 2).sum() == (ages >= 60).sum()
+    parts, state, history = fit(cfg, ws)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "all")
+    assert val.probs.shape == (len(parts.val_paths), 8)
+    for cols in (slice(0, 3), slice(3, 5), slice(5, 8)):   # a distribution per head
+        assert np.allclose(val.probs[:, cols].sum(1), 1, atol=1e-5)
+    truth = encode(*data.score[parts.val_loader.dataset.index].T)
+    pred = encode(val.probs[:, :3].argmax(1), val.probs[:, 3:5].argmax(1), val.probs[:, 5:].argmax(1))
+    assert val.acc == pytest.approx(np.mean(pred == truth))
+    model, cfg2 = load_model_file(save_model_file(tmp_path / "m.pt", parts.model, cfg))
+    p = predict_probs(model, cfg2, [ws.crops / c for c in pd.read_parquet(ws.manifest)["crop"][:4]])
+    assert p.shape == (4, 8) and np.allclose(p[:, 3:5].sum(1), 1, atol=1e-5)
+
+
+def test_unvalidated_epochs_train_only_and_a_last_epoch_is_validated_after_all(ws2):
+    """val_from: earlier epochs report no validation; validate_folds scores one afterwards."""
+    parts = build_fold_parts(smoke("mask", epochs=2, val_from=2), ws2[1])
+    res = run_folds_epoch(parts, TrialState(), validate=False)
+    assert set(res.metrics) == {"train_loss"} and res.val is None and not res.improved
+    assert res.state.epoch == 1 and res.state.best_epoch == 0
+    done = validate_folds(parts, res)
+    assert done.val is not None and done.improved and done.state.best_epoch == 1
+    assert {"val_f1", "val_loss", "val_acc"} <= set(done.metrics)
 
 
 def test_local_pretrained_weights_file(tmp_path):

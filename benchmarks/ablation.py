@@ -1,0 +1,70 @@
+"""What each part of the ensemble adds, on one finished `run` (benchmarks/quality.py's workspace).
+
+Re-runs the real `ensemble` stage on the same trained models with parts switched off, and
+scores every submission against the eval persons' answers:
+
+  python benchmarks/ablation.py --workspace benchmarks/_work/ws-study-... --data benchmarks/_work/utk-1000-2001-3000
+
+Rows: one full-data model; + hflip TTA; all full-data seeds; the cv folds alone; cv + full;
++ macro-F1 calibration (the run's own default); hard instead of soft vote. Training parts
+(joint vs per-head model, image size, epochs) need whole runs: see benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlflow import MlflowClient  # noqa: E402
+
+from orchestrator.ensemble import EnsembleOptions, ensemble  # noqa: E402
+from orchestrator.ray_session import ray_session  # noqa: E402
+from orchestrator.workspace import Workspace  # noqa: E402
+from results.scoring import score_submission  # noqa: E402
+from results.selection import choose_models  # noqa: E402
+
+
+def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
+    chosen = choose_models(client)
+    full = sorted({m.run_id for ms in chosen.values() for m in ms if m.phase == "full"})
+    base = EnsembleOptions(use_ray=True, calibrate=False)
+    return [
+        ("one full-data model, no TTA", replace(base, runs=tuple(full[:1]), tta=())),
+        ("one full-data model + hflip TTA", replace(base, runs=tuple(full[:1]))),
+        (f"{len(full)} full-data models (seeds) + TTA", replace(base, runs=tuple(full))),
+        ("cv fold models only + TTA", replace(base, include_full=False)),
+        ("cv folds + full-data models + TTA (soft vote)", base),
+        ("... + macro-F1 calibration (run's default)", replace(base, calibrate=True)),
+        ("... with hard vote instead of soft", replace(base, calibrate=True, vote="hard")),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="the data set with eval/answers.csv")
+    a = ap.parse_args()
+    ws = Workspace(a.workspace)
+    out = ws.results / "ablation"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with ray_session():
+        for i, (name, opts) in enumerate(variants(MlflowClient(ws.tracking_uri()))):
+            res = ensemble(a.data, ws, replace(opts, submission=out / f"submission-{i}.csv"))
+            s = score_submission(res.submission, a.data / "eval" / "answers.csv")
+            rows.append({"variant": name, **{k: round(v, 4) for k, v in s.items()},
+                         "oof_f1": round(res.metrics.get("oof_f1_after", float("nan")), 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| variant | 18-class macro F1 | accuracy | mask F1 | gender F1 | age F1 | OOF F1 |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['f1']:.4f} | {r['accuracy']:.4f} | {r['mask_f1']:.4f} | "
+              f"{r['gender_f1']:.4f} | {r['age_f1']:.4f} | {r['oof_f1']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
