@@ -6,7 +6,8 @@ scores every submission against the eval persons' answers:
   python benchmarks/ablation.py --workspace benchmarks/_work/ws-study-... --data benchmarks/_work/utk-1000-2001-3000
 
 Rows: one full-data model; + hflip TTA; all full-data seeds; the cv folds alone; cv + full;
-+ macro-F1 calibration (the run's own default); hard instead of soft vote. Training parts
++ macro-F1 calibration; hard instead of soft vote; only the full-data models voting, calibrated
+on the folds' OOF (`--eval-vote full`, the run's default). Training parts
 (joint vs per-head model, image size, epochs) need whole runs: see benchmarks/README.md.
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
         ("cv folds + full-data models + TTA (soft vote)", base),
         ("... + macro-F1 calibration (run's default)", replace(base, calibrate=True)),
         ("... with hard vote instead of soft", replace(base, calibrate=True, vote="hard")),
+        ("full-data models vote, calibrated on the cv folds' OOF + TTA", replace(base, calibrate=True, eval_vote="full")),
+        ("full-data models vote, calibrated on the cv folds' OOF, no TTA",
+         replace(base, calibrate=True, eval_vote="full", tta=())),
     ]
 
 
@@ -48,13 +52,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="the data set with eval/answers.csv")
+    ap.add_argument("--rows", default="", help="comma-separated row numbers to run (default: all)")
     a = ap.parse_args()
+    rows_wanted = {int(r) for r in a.rows.split(",") if r.strip()}
     ws = Workspace(a.workspace)
     out = ws.results / "ablation"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     with ray_session():
         for i, (name, opts) in enumerate(variants(MlflowClient(ws.tracking_uri()))):
+            if rows_wanted and i not in rows_wanted:
+                continue
             res = ensemble(a.data, ws, replace(opts, submission=out / f"submission-{i}.csv"))
             s = score_submission(res.submission, a.data / "eval" / "answers.csv")
             rows.append({"variant": name, **{k: round(v, 4) for k, v in s.items()},

@@ -28,11 +28,11 @@ UTK = ROOT.parent / "shared" / "utkmask"
 # the variants compared: extra `run` flags
 VARIANTS = {
     # run's defaults: one joint model (a classifier per head), cv folds + full-data models
-    # (one per trial slot) voting with hflip TTA, macro-F1 calibration
+    # (one per trial slot); the full-data models vote with hflip TTA, calibrated on the folds' OOF
     "study": [],
     # the competition recipe's structure: one model per head with its own lr / loss /
     # augmentation, cv folds + one full-data model each, no calibration
-    "recipe": ["--per-head", "--num-samples", "1", "--full-seeds", "1", "--no-calibrate"],
+    "recipe": ["--per-head", "--num-samples", "1", "--full-seeds", "1", "--no-calibrate", "--eval-vote", "all"],
 }
 
 

@@ -137,6 +137,9 @@ def _ensemble_args(p):
                    help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
     p.add_argument("--study", default=None, help="default selection from this study (default: the newest)")
     p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
+    p.add_argument("--eval-vote", choices=("all", "full"), default="all", help="who votes on the eval images: every "
+                   "chosen model (default), or the full-data models only (the fold models still give the OOF "
+                   "estimate and the calibration)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--submission", type=Path, default=None, help="where to write the submission (default WS/results/submission.csv)")
     p.add_argument("--ray", dest="use_ray", action="store_true", help="predict with one Ray task per model (local Ray unless --address)")
@@ -149,7 +152,7 @@ def _ensemble(a) -> int:
     from .ensemble import EnsembleOptions, ensemble
     tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
     opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
-                           tracking_uri=a.tracking_uri, include_full=a.include_full,
+                           tracking_uri=a.tracking_uri, include_full=a.include_full, eval_vote=a.eval_vote,
                            batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
                            address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)
     from results.tracking import TrackingError
@@ -189,6 +192,8 @@ def _run_args(p):
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
     p.add_argument("--no-calibrate", action="store_true", help="no macro-F1 offsets in the ensemble")
+    p.add_argument("--eval-vote", choices=("all", "full"), default=d.eval_vote, help="who votes on the eval images: "
+                   "the full-data models (default; the cv folds give the OOF estimate and the calibration) or all models")
 
 
 def _run(a) -> int:
@@ -201,7 +206,7 @@ def _run(a) -> int:
                       model=a.model, img_size=a.img_size, batch_size=a.batch_size, folds=folds,
                       num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
-                      calibrate=not a.no_calibrate)
+                      calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
     run_all(a.data, Workspace(a.workspace), opts)
     return 0
 

@@ -45,6 +45,9 @@ class EnsembleOptions:
     study: str | None = None            # default selection: this study (else the newest)
     tracking_uri: str | None = None     # default: Workspace.tracking_uri()
     include_full: bool = True           # default selection: add the full-data model
+    eval_vote: str = "all"              # who votes on the eval images: all chosen models, or "full":
+                                        # the full-data ones only (fold models still give the OOF
+                                        # estimate and the calibration)
     batch_size: int = 64                # images per forward pass
     experiment: str = EXPERIMENT
     submission: Path | None = None      # default: WS/results/submission.csv
@@ -177,10 +180,26 @@ def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts:
         return ray.get([task.remote(uri, c, crops_ref, opts.tta, opts.batch_size) for c in models])
 
 
+EVAL_VOTES = ("all", "full")
+
+
+def eval_voters(chosen: dict[str, list[ChosenModel]], who: str) -> dict[str, list[ChosenModel]]:
+    """The models that vote on the eval images: all chosen, or the full-data ones only."""
+    if who == "all":
+        return chosen
+    out = {h: [c for c in ms if c.phase == "full"] for h, ms in chosen.items()}
+    missing = [h for h, ms in out.items() if not ms]
+    if missing:
+        raise DataError(f"--eval-vote full: head(s) {', '.join(missing)} have no full-data model among the chosen "
+                        "runs; run `python -m orchestrator retrain`, or use --eval-vote all")
+    return out
+
+
 def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Path],
                  opts: EnsembleOptions) -> dict[str, np.ndarray]:
     """head -> [N, C] eval probabilities voted over the head's models. A joint model votes in
     every head but predicts once."""
+    chosen = eval_voters(chosen, opts.eval_vote)
     models = list({c.run_id: c for ms in chosen.values() for c in ms}.values())
     paths = [str(p) for p in crops]
     if opts.use_ray or opts.address:
@@ -226,7 +245,7 @@ def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
 
 def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, chosen, opts) -> ReportInputs:
     settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal.status,
-                "include_full": opts.include_full, "study": opts.study or "(newest)",
+                "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": opts.study or "(newest)",
                 "runs": " ".join(opts.runs) or "(default)"}
     empty = np.zeros(0, dtype=int)
     if oof is None:
@@ -247,7 +266,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
     rid = run.info.run_id
     try:
         params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
-                  "include_full": opts.include_full, "study": opts.study or "",
+                  "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": opts.study or "",
                   "runs": " ".join(opts.runs)[:500]}
         params.update({f"models_{h}": len(m) for h, m in chosen.items()})
         for k, v in params.items():
@@ -277,6 +296,8 @@ def check_options(opts: EnsembleOptions) -> None:
                 for t in opts.tta if t not in TTA_VIEWS]
     if opts.vote not in VOTES:
         problems.append(f"--vote {opts.vote!r}: use one of {', '.join(VOTES)}")
+    if opts.eval_vote not in EVAL_VOTES:
+        problems.append(f"--eval-vote {opts.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
     if problems:
         raise DataError(problems)
 

@@ -46,6 +46,8 @@ class RunOptions:
     address: str | None = None
     num_cpus: int | None = None
     calibrate: bool = True               # macro-F1 offsets fitted on the OOF predictions
+    eval_vote: str = "full"              # who votes on the eval images: "full" (the full-data models,
+                                         # which saw every person; the folds give OOF + calibration) or "all"
 
     def __post_init__(self):
         unknown = [h for h in self.heads if h not in HEADS]
@@ -139,7 +141,7 @@ class Sizer:
         one = train_images_per_s(recipe_config(o.targets[0], model=o.model, img_size=o.img_size,
                                                batch_size=o.batch_size), threads=threads)
         sizer = cls(o, n_train, parallel, one)
-        models = len(o.targets) * (o.folds + sizer.seeds)
+        models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
         reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
         print(f"budget: {one:.0f} training images/s per trial, {parallel} trial(s) at once; "
@@ -224,7 +226,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     from .ensemble import EnsembleOptions, ensemble
     # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
-    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate,
+    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
                                              use_ray=o.budget_s is not None and not o.smoke_test,
                                              gpus_per_model=o.gpus_per_trial, cpus_per_model=o.cpus_per_trial))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
