@@ -161,6 +161,17 @@ def test_a_joint_model_votes_for_every_head_with_its_slice(tmp_path, demo_dir):
     assert all([m.run_id for m in ms] == [cv[0]] for ms in picked.values())
 
 
+def test_eval_vote_full_keeps_the_full_data_models_and_names_a_head_without_one(study_ws):
+    from orchestrator.ensemble import eval_voters
+    ws, client, ids = study_ws
+    chosen = choose_models(client)
+    assert eval_voters(chosen, "all") == chosen
+    full = eval_voters(chosen, "full")
+    assert all([m.run_id for m in ms] == ids[h][-1:] for h, ms in full.items())
+    with pytest.raises(DataError, match="head\\(s\\) mask, gender, age have no full-data model"):
+        eval_voters(choose_models(client, include_full=False), "full")
+
+
 def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
     ws = Workspace(tmp_path / "ws")
     df = write_manifest(demo_copy, ws.root)

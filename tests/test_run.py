@@ -1,5 +1,6 @@
 """`run` end to end on the demo data: real Ray, Tune + Optuna, MLflow (SQLite), ensemble."""
 import time
+from collections import Counter
 
 import mlflow
 import pandas as pd
@@ -43,7 +44,12 @@ def test_mlflow_has_every_stage(smoke_run):
     stages = {(r.data.tags.get("stage"), r.data.tags.get("head")) for r in runs}
     # the default run trains one joint model (a classifier per head)
     assert ("tune", "all") in stages and ("full", "all") in stages
-    assert any(s == "ensemble" for s, _ in stages)
+    ens = [r for r in runs if r.data.tags.get("stage") == "ensemble"]
+    # run's default: the full-data models (one per trial slot, 2 here) vote; the folds calibrate
+    assert ens and ens[0].data.params["eval_vote"] == "full"
+    full = [r for r in runs if r.data.tags.get("phase") == "full" and r.data.tags.get("role") == "trial"]
+    per_retrain = Counter(r.data.tags["retrain"] for r in full)
+    assert per_retrain and set(per_retrain.values()) == {2}
     tuned = [r for r in runs if r.data.tags.get("stage") == "tune" and r.data.tags.get("role") != "study"]
     assert all("val_f1" in r.data.metrics for r in tuned)
 
