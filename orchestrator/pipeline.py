@@ -180,12 +180,16 @@ class Sizer:
         (the retrain repeats the folds' best epoch), so their time splits by their cost."""
         o, one = self.options, self.one_images_per_s * SPEED_MARGIN
         per_fold = self.n_train * (o.folds - 1) / o.folds
-        val = VALIDATED_EPOCHS * (self.n_train / o.folds) * 2 * FORWARD_COST   # 2 TTA views
         cv_epoch = self.rounds(o.folds) * per_fold / one
         full_epoch = self.rounds(self.seeds) * self.n_train / one
-        cv_val = self.rounds(o.folds) * val / one
+        # validating one epoch of every fold: its held-out images, 2 TTA views
+        val_epoch = self.rounds(o.folds) * (self.n_train / o.folds) * 2 * FORWARD_COST / one
         time_s = share.cv_s + share.full_s
-        epochs = max(1, min(o.max_epochs, math.floor((time_s - cv_val) / (cv_epoch + full_epoch))))
+        epochs = math.floor((time_s - VALIDATED_EPOCHS * val_epoch) / (cv_epoch + full_epoch))
+        if epochs < VALIDATED_EPOCHS:   # so few epochs that every one of them is validated
+            epochs = math.floor(time_s / (cv_epoch + full_epoch + val_epoch))
+        epochs = max(1, min(o.max_epochs, epochs))
+        cv_val = min(epochs, VALIDATED_EPOCHS) * val_epoch
         search_epochs = max(1, min(epochs, math.floor(share.search_s * self.parallel / max(samples, 1)
                                                        / (per_fold / one)))) if samples else epochs
         # deadlines: each phase's trials first start (plan() set that time aside), then train

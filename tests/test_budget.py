@@ -45,3 +45,12 @@ def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
     three_folds = Sizer(RunOptions(budget_s=1380, folds=3), n_train=7000, parallel=2, one_images_per_s=100.0)
     assert three_folds.rounds(3) == 2             # the third fold waits for a free slot
     assert three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).epochs < plan.epochs
+
+
+def test_a_short_share_validates_every_epoch_and_still_trains_more_than_one():
+    """3 validated epochs cost more than a short share has: then every epoch is validated."""
+    from orchestrator.budget import HeadShare
+    from orchestrator.pipeline import RunOptions, Sizer
+    sizer = Sizer(RunOptions(budget_s=1380, folds=2, full_seeds=1), n_train=7000, parallel=2, one_images_per_s=103.0)
+    plan = sizer.budget_plan(HeadShare(0.0, 300.0, 0.0), samples=0, start=0.0)
+    assert plan.epochs == 2 and plan.val_from == 1
