@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from results.voting import EVAL_VOTES
+
 from .errors import DataError
 from .labels import TARGETS
 from .workspace import Workspace
@@ -137,7 +139,7 @@ def _ensemble_args(p):
                    help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
     p.add_argument("--study", default=None, help="default selection from this study (default: the newest)")
     p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
-    p.add_argument("--eval-vote", choices=("all", "full"), default="all", help="who votes on the eval images: every "
+    p.add_argument("--eval-vote", choices=EVAL_VOTES, default="all", help="who votes on the eval images: every "
                    "chosen model (default), or the full-data models only (the fold models still give the OOF "
                    "estimate and the calibration)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -192,7 +194,7 @@ def _run_args(p):
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
     p.add_argument("--no-calibrate", action="store_true", help="no macro-F1 offsets in the ensemble")
-    p.add_argument("--eval-vote", choices=("all", "full"), default=d.eval_vote, help="who votes on the eval images: "
+    p.add_argument("--eval-vote", choices=EVAL_VOTES, default=d.eval_vote, help="who votes on the eval images: "
                    "the full-data models (default; the cv folds give the OOF estimate and the calibration) or all models")
 
 

@@ -25,7 +25,7 @@ from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, ch
                                choose_models, models_table)
 from results.submission import write_submission
 from results.tracking import check_tracking
-from results.voting import VOTES, joint_log_probs, predict_classes, vote, vote_by_key
+from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
 
 from .dataset import EVAL_COLUMNS, read_csv
 from .errors import DataError
@@ -178,9 +178,6 @@ def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts:
         task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(predict_run)
         crops_ref = ray.put(crops)
         return ray.get([task.remote(uri, c, crops_ref, opts.tta, opts.batch_size) for c in models])
-
-
-EVAL_VOTES = ("all", "full")
 
 
 def eval_voters(chosen: dict[str, list[ChosenModel]], who: str) -> dict[str, list[ChosenModel]]:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from results.voting import EVAL_VOTES
+
 from .budget import PHASE_SHARES, Clock, HeadShare, share_out
 from .dataset import load_train
 from .demo_data import write_demo_data
@@ -53,6 +55,8 @@ class RunOptions:
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
+        if self.eval_vote not in EVAL_VOTES:   # checked here, not after the training
+            raise ValueError(f"eval_vote {self.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
         if self.joint and set(self.heads) != set(HEADS):
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
@@ -67,7 +71,8 @@ class RunOptions:
 class HeadPlan:
     """What one target's study gets: trials, epochs and, under a budget, deadlines."""
     num_samples: int              # search trials; 0: no search (cv trains the recipe's config)
-    epochs: int                   # per search / cv trial
+    search_epochs: int            # per search trial
+    epochs: int                   # per cv trial
     full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
     full_seeds: int = 1           # full-data models trained side by side
     val_from: int = 1             # first validated epoch of a cv trial
@@ -156,7 +161,7 @@ class Sizer:
         o = self.options
         samples = o.num_samples if o.num_samples > 1 else 0
         if not self.one_images_per_s:
-            return HeadPlan(samples, o.epochs, None, self.seeds)
+            return HeadPlan(samples, o.epochs, o.epochs, None, self.seeds)
         overhead = sum(map(self.rounds, (samples, o.folds, self.seeds))) * TRIAL_OVERHEAD_S
         train_s = clock.left() - self.reserve_s - overhead * len(left)
         if train_s < MIN_HEAD_S * len(left):
@@ -168,7 +173,7 @@ class Sizer:
             # epoch per trial, rather than failing the whole run at the end
             log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, clock.left())
             now = time.time()
-            return HeadPlan(0, 1, 1, 1, 1, search_end=now, cv_end=now, full_end=now)
+            return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
         share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
         plan = self.budget_plan(share, samples, time.time())
         print(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds of "
@@ -196,7 +201,7 @@ class Sizer:
         start_s = {n: self.rounds(n) * TRIAL_OVERHEAD_S for n in (samples, o.folds, self.seeds)}
         search_end = start + start_s[samples] + share.search_s
         cv_end = search_end + start_s[o.folds] + epochs * cv_epoch + cv_val
-        return HeadPlan(samples, epochs if not samples else search_epochs, epochs, self.seeds,
+        return HeadPlan(samples, search_epochs, epochs, epochs, self.seeds,
                         val_from=max(1, epochs - VALIDATED_EPOCHS + 1), search_end=search_end,
                         cv_end=cv_end, full_end=search_end + start_s[o.folds] + start_s[self.seeds] + time_s)
 
@@ -205,8 +210,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
     from .retrain import retrain_head
     from .study import TuneOptions, tune_head
-    sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size,
-                                         epochs=plan.epochs)
+    sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size)
     opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
                        gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
@@ -215,11 +219,11 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
         # before it reports (a busy machine) and leave cv nothing to train
-        tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end))
+        tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end,
+                                            epochs=None if o.smoke_test else plan.search_epochs))
     # under a budget cv trains the epochs that fit (a search trial may have had fewer)
-    cv_opts = replace(opts, phase="cv", deadline=plan.cv_end,
-                      epochs=None if o.smoke_test else plan.full_epochs or plan.epochs)
-    best = tune_head(data, ws, target, cv_opts)
+    best = tune_head(data, ws, target, replace(opts, phase="cv", deadline=plan.cv_end,
+                                               epochs=None if o.smoke_test else plan.epochs))
     print(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,

@@ -30,7 +30,7 @@ import pandas as pd
 from .atomic import write_bytes_atomic, write_parquet_atomic
 from .crop_cache import CropCache, crop_name
 from .dataset import load_eval, load_train
-from .faces import CropSettings, Priors, crop_box, cut, iou, normalise, pick_weak
+from .faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
 from .manifest import COLUMNS
 from .ray_session import init_ray
 from .storage import warn_if_not_shared

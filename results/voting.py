@@ -12,6 +12,7 @@ import numpy as np
 from orchestrator.labels import HEADS, NUM_CLASSES, decode
 
 VOTES = ("soft", "hard")
+EVAL_VOTES = ("all", "full")   # who votes on the eval images: every chosen model, or the full-data ones
 LOG_FLOOR = 1e-6      # probabilities are floored here before the log (a hard vote has zeros)
 TIE_WEIGHT = 1e-3     # weight of the summed probability in a hard vote: breaks ties only
 

@@ -54,3 +54,24 @@ def test_a_short_share_validates_every_epoch_and_still_trains_more_than_one():
     sizer = Sizer(RunOptions(budget_s=1380, folds=2, full_seeds=1), n_train=7000, parallel=2, one_images_per_s=103.0)
     plan = sizer.budget_plan(HeadShare(0.0, 300.0, 0.0), samples=0, start=0.0)
     assert plan.epochs == 2 and plan.val_from == 1
+
+
+def test_run_options_name_a_bad_vote_or_head_choice_before_any_training():
+    from orchestrator.pipeline import RunOptions
+    with pytest.raises(ValueError, match="eval_vote 'folds': use one of all, full"):
+        RunOptions(eval_vote="folds")
+    with pytest.raises(ValueError, match="use --per-head to train only mask"):
+        RunOptions(heads=("mask",))
+    assert RunOptions(heads=("mask",), joint=False).targets == ("mask",)
+    assert RunOptions().targets == ("all",)
+
+
+def test_a_search_gets_its_own_epochs_and_cv_the_epochs_that_fit_after_it():
+    from orchestrator.budget import HeadShare
+    from orchestrator.pipeline import RunOptions, Sizer
+    sizer = Sizer(RunOptions(budget_s=1380, folds=2, num_samples=4), n_train=7000, parallel=2, one_images_per_s=100.0)
+    plan = sizer.budget_plan(HeadShare(200.0, 700.0, 0.0), samples=4, start=0.0)
+    # 4 search trials on 2 slots in 200 s: 100 s each, ~2.7 epochs of 3,500 images at 95 images/s
+    assert plan.num_samples == 4 and plan.search_epochs == 2
+    assert plan.epochs == plan.full_epochs > plan.search_epochs
+    assert 0 < plan.search_end < plan.cv_end < plan.full_end

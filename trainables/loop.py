@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from orchestrator.labels import ALL, NUM_CLASSES, encode, output_slices, target_heads
+from orchestrator.labels import ALL, NUM_CLASSES, output_slices, target_heads
 
 # test-time augmentation views, applied to a normalised NCHW batch
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}
@@ -59,19 +59,18 @@ def softmax_by_head(logits: torch.Tensor, target: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...] = (), target: str = ""
+def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the original view, softmax averaged over original + TTA views).
-    ``target``: the model's head or ``all`` (per-head softmax); "" = one softmax over every output."""
+    """(logits of the original view, per-head softmax averaged over original + TTA views);
+    ``target`` is the model's head, or ``all``."""
     for name in tta:
         if name not in TTA_VIEWS:
             raise ValueError(f"unknown TTA view {name!r}; valid: {', '.join(TTA_VIEWS)}")
-    soft = (lambda z: softmax_by_head(z, target)) if target else (lambda z: z.softmax(1))
     with _autocast(x.device):
         logits = model(x).float()
-        probs = soft(logits)
+        probs = softmax_by_head(logits, target)
         for name in tta:
-            probs = probs + soft(model(TTA_VIEWS[name](x)).float())
+            probs = probs + softmax_by_head(model(TTA_VIEWS[name](x)).float(), target)
     return logits, probs / (1 + len(tta))
 
 
@@ -81,10 +80,9 @@ def score(target: str, probs: np.ndarray, scored: np.ndarray) -> tuple[float, fl
     heads = target_heads(target)
     preds = np.stack([probs[:, s].argmax(1) for s in output_slices(target).values()], 1)
     scored = scored.reshape(len(scored), -1)
-    if target == ALL:
-        by_name = {h.name: i for i, h in enumerate(heads)}
-        cols = [by_name[n] for n in ("mask", "gender", "age")]
-        pred, truth, n_cls = encode(*preds[:, cols].T), encode(*scored[:, cols].T), NUM_CLASSES
+    if target == ALL:   # class = sum of head label x the head's weight in the code (6, 3, 1)
+        weights = np.array([h.weight for h in heads])
+        pred, truth, n_cls = preds @ weights, scored @ weights, NUM_CLASSES
     else:
         pred, truth, n_cls = preds[:, 0], scored[:, 0], heads[0].num_classes
     f1 = f1_score(truth, pred, average="macro", labels=list(range(n_cls)), zero_division=0)
