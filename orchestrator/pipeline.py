@@ -36,6 +36,7 @@ class RunOptions:
     model: str = "resnet10t"             # timm model of every head (the recipe: efficientnet_b3 on GPU)
     img_size: int = 64                   # input side in pixels
     batch_size: int = 64
+    precision: str = "auto"              # auto | bf16 | fp32 (auto: bf16 where the CPU/GPU runs it fast)
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
     epochs: int = 4                      # epochs per trial (a budget replaces this)
@@ -144,7 +145,7 @@ class Sizer:
         # CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one)
         threads = max(1, int(o.cpus_per_trial))
         one = train_images_per_s(recipe_config(o.targets[0], model=o.model, img_size=o.img_size,
-                                               batch_size=o.batch_size), threads=threads)
+                                               batch_size=o.batch_size, precision=o.precision), threads=threads)
         sizer = cls(o, n_train, parallel, one)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
@@ -211,7 +212,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     from .retrain import retrain_head
     from .study import TuneOptions, tune_head
     sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size)
-    opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
+    opts = TuneOptions(precision=o.precision, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
                        gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
                        resume=True, verbose=0, val_from=plan.val_from, **sized)

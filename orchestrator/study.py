@@ -62,6 +62,7 @@ class TuneOptions:
     epochs: int | None = None
     batch_size: int | None = None
     pretrained: str = ""             # "" | "hub" | a local weights file
+    precision: str = "auto"          # auto | bf16 | fp32 (TrialConfig.precision)
     num_workers: int = 0             # DataLoader workers per trial
     max_batches: int = 0             # cap batches per epoch (0 = all)
     val_from: int | None = None      # first validated epoch of a cv trial (default 1: every epoch)
@@ -105,7 +106,7 @@ def base_config(head: str, o: TuneOptions) -> TrialConfig:
                                        batch_size=o.batch_size).items() if v is not None})
     fold = 0 if o.fold == "all" else int(o.fold)
     return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
-                         num_workers=o.num_workers, max_batches=o.max_batches, **over)
+                         precision=o.precision, num_workers=o.num_workers, max_batches=o.max_batches, **over)
 
 
 @dataclass(frozen=True)

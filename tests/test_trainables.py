@@ -14,7 +14,8 @@ from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_spa
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
 from trainables.data import build_loaders, load_head_data
-from trainables.loop import evaluate, train_one_epoch
+from trainables import loop
+from trainables.loop import autocast, evaluate, train_one_epoch, uses_bf16
 from trainables.losses import LOSSES, build_loss
 from trainables.models import build_model, load_model_file, read_model_extra, save_model_file
 from trainables.predict import predict_probs
@@ -85,6 +86,7 @@ def test_strength_out_of_range_is_rejected():
     ("head", "hair", "unknown head 'hair'; valid heads: mask, gender, age"),
     ("optimizer", "sgd", "valid optimizers: adam, adamw"),
     ("fold", 7, "fold 7 is outside 0..4"),
+    ("precision", "fp16", "unknown precision 'fp16'; valid precisions: auto, bf16, fp32"),
 ])
 def test_config_validation_names_valid_choices(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -145,17 +147,28 @@ def test_loaders_split_by_fold_and_full_data(ws2):
     assert none is None and len(train_all.dataset) == len(data.fold)
 
 
-def test_train_one_epoch_learns_and_evaluate_reports(ws2):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_train_one_epoch_learns_and_evaluate_reports(ws2, precision):
     cfg = smoke("mask", lr=3e-3, batch_size=16)
     parts = build_parts(cfg, ws2[1])
-    before = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask")
+    before = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask", precision=precision)
     losses = [train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer, None,
-                              parts.device) for _ in range(3)]
-    after = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask")
+                              parts.device, precision=precision) for _ in range(3)]
+    after = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, "mask", precision=precision)
     assert losses[-1] < losses[0]
     assert after.probs.shape == (len(parts.val_paths), 3)
     assert np.allclose(after.probs.sum(1), 1, atol=1e-5)
     assert 0 <= after.f1 <= 1 and after.acc > before.acc
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, "bf16") and not uses_bf16(cpu, "fp32")
+    for native in (True, False):   # auto: bf16 only where the CPU computes it natively
+        monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native)
+        assert uses_bf16(cpu, "auto") is native
+        with autocast(cpu, "auto"):
+            assert torch.is_autocast_enabled("cpu") is native
 
 
 def test_model_file_round_trip_and_predict_probs(ws2, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class TrialConfig:
     old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
     seed: int = 777
     num_workers: int = 0            # DataLoader worker processes
+    precision: str = "auto"         # auto | bf16 | fp32: bf16 autocast where the hardware runs it
+                                    # fast (trainables.loop.uses_bf16), else fp32
     max_batches: int = 0            # cap batches per epoch (0 = all; smoke runs and benchmarks)
     val_from: int = 1               # first epoch validated (with TTA); earlier ones only train. The
                                     # last epoch, and one a deadline makes the last, always are
@@ -74,6 +77,7 @@ def validate(cfg: TrialConfig) -> None:
     _choice("head", cfg.head, TARGETS)
     _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
+    _choice("precision", cfg.precision, PRECISIONS)
     check_model_name(cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,13 +20,32 @@ def device_of() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device):
-    # bf16 on GPU roughly doubles throughput; CPU stays fp32 (bf16 is slow on most CPUs)
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+@cache
+def cpu_has_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates bf16 and
+    autocast is slower than fp32; with it, a step takes ~half the time (benchmarks/README.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:   # not Linux: stay on fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast (weights, optimizer and loss stay fp32) where ``precision`` asks for it."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
-                    device: torch.device, *, max_batches: int = 0) -> float:
+                    device: torch.device, *, max_batches: int = 0, precision: str = "auto") -> float:
     """One pass over ``loader`` (at most ``max_batches`` batches if > 0); mean training loss.
     The scheduler steps per batch (cosine over the whole run)."""
     model.train()
@@ -33,7 +54,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
         if max_batches and i >= max_batches:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast(device, precision):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,14 +80,14 @@ def softmax_by_head(logits: torch.Tensor, target: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str,
+                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits of the original view, per-head softmax averaged over original + TTA views);
     ``target`` is the model's head, or ``all``."""
     for name in tta:
         if name not in TTA_VIEWS:
             raise ValueError(f"unknown TTA view {name!r}; valid: {', '.join(TTA_VIEWS)}")
-    with _autocast(x.device):
+    with autocast(x.device, precision):
         logits = model(x).float()
         probs = softmax_by_head(logits, target)
         for name in tta:
@@ -91,13 +112,13 @@ def score(target: str, probs: np.ndarray, scored: np.ndarray) -> tuple[float, fl
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device, target: str,
-             *, tta: tuple[str, ...] = ("hflip",)) -> EvalResult:
+             *, tta: tuple[str, ...] = ("hflip",), precision: str = "auto") -> EvalResult:
     """Validation of a model of ``target`` (a head, or ``all``) on ``loader``."""
     model.eval()
     losses, probs, scored = [], [], []
     for x, y, s in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, p = predict_batch(model, x, tta, target)
+        logits, p = predict_batch(model, x, tta, target, precision)
         losses.append(loss_fn(logits, y).item() * len(y))
         probs.append(p.cpu().numpy())
         scored.append(s.numpy())

@@ -36,5 +36,5 @@ def predict_probs(model: nn.Module, cfg: TrialConfig, crop_paths: list[Path], *,
                         batch_size=batch_size, shuffle=False)
     device = device_of()
     model = model.to(device).eval()
-    out = [predict_batch(model, x.to(device), tta, cfg.head)[1].cpu().numpy() for x in loader]
+    out = [predict_batch(model, x.to(device), tta, cfg.head, cfg.precision)[1].cpu().numpy() for x in loader]
     return np.concatenate(out) if out else np.zeros((0, num_outputs(cfg.head)), dtype=np.float32)

@@ -6,6 +6,7 @@ import time
 import torch
 
 from .config import TrialConfig
+from .loop import autocast
 from .models import build_model
 
 
@@ -20,7 +21,8 @@ def train_images_per_s(cfg: TrialConfig, *, batches: int = 3, threads: int | Non
     for i in range(batches + 1):
         if i == 1:
             t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(x.device, cfg.precision):   # the precision the trial will train in
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -77,7 +77,8 @@ def run_epoch(parts: Parts, state: TrialState, validate: bool = True) -> EpochRe
     cfg = parts.cfg
     parts.train_loader.generator.manual_seed(cfg.seed + state.epoch)  # same batches after a resume
     train_loss = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
-                                 parts.scheduler, parts.device, max_batches=cfg.max_batches)
+                                 parts.scheduler, parts.device, max_batches=cfg.max_batches,
+                                 precision=cfg.precision)
     trained = replace(state, epoch=state.epoch + 1)
     metrics = {"train_loss": train_loss}
     if parts.val_loader is None:
@@ -89,7 +90,8 @@ def run_epoch(parts: Parts, state: TrialState, validate: bool = True) -> EpochRe
 
 def validate_epoch(parts: Parts, state: TrialState, metrics: dict) -> EpochResult:
     """Score the model as it is now, as epoch ``state.epoch`` (already trained)."""
-    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, parts.cfg.head)
+    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, parts.device, parts.cfg.head,
+                   precision=parts.cfg.precision)
     improved = val.f1 > state.best_f1
     new = replace(state, best_f1=val.f1 if improved else state.best_f1,
                   best_epoch=state.epoch if improved else state.best_epoch)
