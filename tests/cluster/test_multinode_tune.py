@@ -89,6 +89,11 @@ def _ckpts(ws, study, phase, n):
     return list(Path(ws.tune_storage, f"{study}-{phase}").glob(f"*/checkpoint_{n:06d}"))
 
 
+def _trials_with_checkpoints(ws, study, phase):
+    # any checkpoint: Tune keeps only the newest (num_to_keep), so a given number comes and goes
+    return {p.parent for p in Path(ws.tune_storage, f"{study}-{phase}").glob("*/checkpoint_*")}
+
+
 def test_study_runs_trials_on_both_nodes_and_logs_over_http(cluster, server, tws):
     c, nodes = cluster
     data, ws = tws
@@ -148,8 +153,10 @@ def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sent = {}
-    # one trial at a time: SIGINT as soon as the first has finished, the others still to run
-    killer = _when(lambda: _ckpts(ws, "sigint", "search", 1),
+    # one trial at a time: SIGINT once a second trial has a checkpoint. The first trial has then
+    # returned (its MLflow run closed FINISHED; its own last checkpoint comes a moment before
+    # that, too early a trigger) and the third has not started
+    killer = _when(lambda: len(_trials_with_checkpoints(ws, "sigint", "search")) >= 2,
                    lambda: (sent.update(at_s=round(time.time() - t0, 1)), proc.send_signal(signal.SIGINT)))
     out, err = proc.communicate(timeout=300)
     killer.join()
