@@ -120,6 +120,15 @@ FORWARD_COST = 0.5          # predicting an image (decode, forward, logging) as 
 SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
 
 
+def trial_slots(resources: dict, cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials the cluster runs side by side: its CPUs per trial's CPUs and, for GPU trials, its
+    GPUs per trial's GPU share (4 GPUs at 0.5 a trial: 8), whichever is fewer."""
+    slots = resources.get("CPU", 1) // max(cpus_per_trial, 1e-9)
+    if gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) // gpus_per_trial)
+    return max(1, int(slots))
+
+
 @dataclass(frozen=True)
 class Sizer:
     """Turns the time left into a target's plan, at this machine's measured training speed."""
@@ -136,7 +145,7 @@ class Sizer:
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
         import ray
-        parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // max(o.cpus_per_trial, 1e-9)))
+        parallel = trial_slots(ray.cluster_resources(), o.cpus_per_trial, o.gpus_per_trial)
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
         from search_spaces import recipe_config

@@ -75,3 +75,10 @@ def test_a_search_gets_its_own_epochs_and_cv_the_epochs_that_fit_after_it():
     assert plan.num_samples == 4 and plan.search_epochs == 2
     assert plan.epochs == plan.full_epochs > plan.search_epochs
     assert 0 < plan.search_end < plan.cv_end < plan.full_end
+
+
+def test_trial_slots_are_bounded_by_cpus_and_gpus():
+    from orchestrator.pipeline import trial_slots
+    assert trial_slots({"CPU": 2.0}, 1, 0) == 2
+    assert trial_slots({"CPU": 64.0, "GPU": 4.0}, 1, 0.5) == 8        # GPUs bound GPU trials
+    assert trial_slots({"CPU": 6.0, "GPU": 4.0}, 2, 0.5) == 3         # ... and CPUs still do
