@@ -44,6 +44,18 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
+# NHWC: oneDNN's convolutions run faster on it (with bf16 ~1.3x on the dev CPU), as on GPUs
+MEMORY_FORMAT = torch.channels_last
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    return model.to(device, memory_format=MEMORY_FORMAT)
+
+
+def batch_to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True, memory_format=MEMORY_FORMAT)
+
+
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
                     device: torch.device, *, max_batches: int = 0, precision: str = "auto") -> float:
     """One pass over ``loader`` (at most ``max_batches`` batches if > 0); mean training loss.
@@ -53,7 +65,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     for i, (x, y, _) in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = batch_to(x, device), y.to(device, non_blocking=True)
         with autocast(device, precision):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -117,7 +129,7 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
     model.eval()
     losses, probs, scored = [], [], []
     for x, y, s in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = batch_to(x, device), y.to(device, non_blocking=True)
         logits, p = predict_batch(model, x, tta, target, precision)
         losses.append(loss_fn(logits, y).item() * len(y))
         probs.append(p.cpu().numpy())

@@ -12,7 +12,7 @@ from orchestrator.labels import num_outputs
 from .augment import eval_transform
 from .config import TrialConfig
 from .data import decode_crop
-from .loop import device_of, predict_batch
+from .loop import batch_to, device_of, predict_batch, to_device
 from .models import data_config
 
 
@@ -35,6 +35,6 @@ def predict_probs(model: nn.Module, cfg: TrialConfig, crop_paths: list[Path], *,
     loader = DataLoader(_Files([Path(p) for p in crop_paths], cfg.img_size, eval_transform(cfg.img_size, dc["mean"], dc["std"])),
                         batch_size=batch_size, shuffle=False)
     device = device_of()
-    model = model.to(device).eval()
-    out = [predict_batch(model, x.to(device), tta, cfg.head, cfg.precision)[1].cpu().numpy() for x in loader]
+    model = to_device(model, device).eval()
+    out = [predict_batch(model, batch_to(x, device), tta, cfg.head, cfg.precision)[1].cpu().numpy() for x in loader]
     return np.concatenate(out) if out else np.zeros((0, num_outputs(cfg.head)), dtype=np.float32)

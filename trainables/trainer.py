@@ -17,7 +17,7 @@ from orchestrator.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index
-from .loop import EvalResult, device_of, evaluate, train_one_epoch
+from .loop import EvalResult, device_of, evaluate, to_device, train_one_epoch
 from .losses import build_target_loss
 from .models import build_model, data_config
 
@@ -65,7 +65,7 @@ def build_parts(cfg: TrialConfig, ws: Workspace) -> Parts:
     device = device_of()
     train, val = build_loaders(cfg, data, dc["mean"], dc["std"], pin_memory=device.type == "cuda")
     loss_fn = build_target_loss(cfg, data.target[split_index(data, cfg.fold)[0]]).to(device)
-    model = model.to(device)
+    model = to_device(model, device)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train) if not cfg.max_batches else min(len(train), cfg.max_batches)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps))
