@@ -89,6 +89,17 @@ def _ckpts(ws, study, phase, n):
     return list(Path(ws.tune_storage, f"{study}-{phase}").glob(f"*/checkpoint_{n:06d}"))
 
 
+def _driver_knows(ws, study, phase, name):
+    """The driver's experiment state (snapshotted after every checkpoint) mentions ``name``."""
+    for p in Path(ws.tune_storage, f"{study}-{phase}").glob("experiment_state-*.json"):
+        try:
+            if name in p.read_text():
+                return True
+        except OSError:   # being replaced
+            pass
+    return False
+
+
 def _trials_with_checkpoints(ws, study, phase):
     # any checkpoint: Tune keeps only the newest (num_to_keep), so a given number comes and goes
     return {p.parent for p in Path(ws.tune_storage, f"{study}-{phase}").glob("*/checkpoint_*")}
@@ -128,8 +139,12 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
 
     with NodeWatch(dict(nodes)) as watch:
         t0 = time.time()
-        killer = _when(lambda: _ckpts(ws, "nodeloss", "search", 0) and watch.running(TRIAL), kill)
-        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=2))
+        # kill once the driver has registered the first checkpoint (its experiment state names it):
+        # a checkpoint folder alone may still be unknown to the driver, and a retry then rightly
+        # starts from scratch. Three epochs leave time to kill before the trial ends
+        killer = _when(lambda: _driver_knows(ws, "nodeloss", "search", "checkpoint_000000") and watch.running(TRIAL),
+                       kill)
+        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=3))
         killer.join()
     nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement, for the next tests
     assert info.get("killed") in ("w1", "w2"), info
@@ -138,7 +153,7 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
     runs = find_runs(server.uri, study="nodeloss")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"        # the retry continued its own run
     seen = steps(server.uri, runs["run_id"][0])
-    assert sorted(set(seen)) == [1, 2] and seen.count(1) == 1     # epoch 1 was not trained again
+    assert sorted(set(seen)) == [1, 2, 3] and seen.count(1) == 1  # epoch 1 was not trained again
     record("tune_node_loss", seconds=round(time.time() - t0, 1), steps=seen, **info)
 
 
