@@ -14,8 +14,8 @@ from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_spa
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
 from trainables.data import build_loaders, load_head_data
-from trainables import loop
-from trainables.loop import autocast, evaluate, train_one_epoch, uses_bf16
+from trainables import loop, speed
+from trainables.loop import autocast, batch_to, evaluate, to_device, train_one_epoch, uses_bf16
 from trainables.losses import LOSSES, build_loss
 from trainables.models import build_model, load_model_file, read_model_extra, save_model_file
 from trainables.predict import predict_probs
@@ -169,6 +169,41 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
         assert uses_bf16(cpu, "auto") is native
         with autocast(cpu, "auto"):
             assert torch.is_autocast_enabled("cpu") is native
+
+
+def test_trials_run_channels_last_with_the_same_predictions(ws2):
+    parts = build_parts(smoke("mask"), ws2[1])
+    convs = [m.weight for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.randn(4, 3, 32, 32)
+    assert batch_to(x, torch.device("cpu")).is_contiguous(memory_format=torch.channels_last)
+    nchw = build_model(parts.cfg, pretrained="").eval()   # same weights, the default layout
+    nchw.load_state_dict(parts.model.state_dict())
+    with torch.no_grad():
+        a = nchw(x)
+        b = to_device(parts.model, torch.device("cpu")).eval()(batch_to(x, torch.device("cpu")))
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_speed_probe_augments_every_batch_in_the_trials_precision(monkeypatch):
+    calls = {"augment": 0, "precision": set()}
+
+    def counting_transform(*args, **kw):
+        real = train_transform(*args, **kw)
+
+        def augment(**x):
+            calls["augment"] += 1
+            return real(**x)
+        return augment
+
+    def recording_autocast(device, precision):
+        calls["precision"].add(precision)
+        return autocast(device, precision)
+    monkeypatch.setattr(speed, "train_transform", counting_transform)
+    monkeypatch.setattr(speed, "autocast", recording_autocast)
+    cfg = smoke("mask", precision="fp32")
+    assert speed.train_images_per_s(cfg, batches=2, warmup=1, threads=1) > 0
+    assert calls == {"augment": 3 * cfg.batch_size, "precision": {"fp32"}}
 
 
 def test_model_file_round_trip_and_predict_probs(ws2, tmp_path):
