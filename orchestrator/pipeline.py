@@ -149,18 +149,21 @@ class Sizer:
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
         from search_spaces import recipe_config
-        from trainables.speed import train_images_per_s
-        # one trial's speed with the threads it will have (Ray gives a trial OMP threads = its
-        # CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one)
-        threads = max(1, int(o.cpus_per_trial))
-        one = train_images_per_s(recipe_config(o.targets[0], model=o.model, img_size=o.img_size,
-                                               batch_size=o.batch_size, precision=o.precision), threads=threads)
+        from trainables.speed import probe_trial_slots
+        # every trial slot measures at once, with a trial's threads (Ray gives a trial OMP threads
+        # = its CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one) and GPUs;
+        # the slowest slot sets the pace of each wave
+        cfg = recipe_config(o.targets[0], model=o.model, img_size=o.img_size, batch_size=o.batch_size,
+                            precision=o.precision)
+        probes = probe_trial_slots(cfg, parallel, o.cpus_per_trial, o.gpus_per_trial)
+        one = min(p["images_per_s"] for p in probes)
         sizer = cls(o, n_train, parallel, one)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
         reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
-        print(f"budget: {one:.0f} training images/s per trial, {parallel} trial(s) at once; "
-              f"{reserve:.0f} s reserved for the ensemble")
+        reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
+        print(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
+              f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
         return replace(sizer, reserve_s=reserve)
 
     def rounds(self, trials: int) -> int:

@@ -3,6 +3,7 @@ import time
 import pytest
 
 from orchestrator.budget import Clock, parse_duration, share_out
+from search_spaces import SMOKE, recipe_config
 
 
 @pytest.mark.parametrize("text,seconds", [("23m", 1380), ("1h30m", 5400), ("90s", 90), ("90", 90),
@@ -82,3 +83,23 @@ def test_trial_slots_are_bounded_by_cpus_and_gpus():
     assert trial_slots({"CPU": 2.0}, 1, 0) == 2
     assert trial_slots({"CPU": 64.0, "GPU": 4.0}, 1, 0.5) == 8        # GPUs bound GPU trials
     assert trial_slots({"CPU": 6.0, "GPU": 4.0}, 2, 0.5) == 3         # ... and CPUs still do
+
+
+def test_the_speed_probe_runs_in_every_trial_slot_at_once_with_a_trials_threads():
+    """The budget's training speed is measured where trials run (Ray tasks holding a trial's CPUs,
+    one per slot, side by side), not in the driver; the slowest slot sizes the plan."""
+    import os
+
+    from orchestrator.pipeline import RunOptions, Sizer
+    from orchestrator.ray_session import ray_session
+    from trainables.speed import probe_trial_slots
+    cfg = recipe_config("all", **SMOKE, precision="fp32")
+    o = RunOptions(budget_s=600, model=SMOKE["model"], img_size=SMOKE["img_size"], batch_size=8, precision="fp32")
+    with ray_session(num_cpus=2):
+        probes = probe_trial_slots(cfg, 2, cpus_per_trial=1, batches=2)
+        sizer = Sizer.measure(o, n_train=100, n_eval=50)
+    assert len(probes) == 2 and all(p["images_per_s"] > 0 for p in probes)
+    assert {p["threads"] for p in probes} == {1} and {p["device"] for p in probes} == {"cpu"}
+    pids = {p["pid"] for p in probes}
+    assert len(pids) == 2 and os.getpid() not in pids      # two worker processes, not the driver
+    assert sizer.parallel == 2 and sizer.one_images_per_s > 0 and sizer.reserve_s > 0
