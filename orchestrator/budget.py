@@ -39,10 +39,6 @@ class Clock:
     def left(self) -> float:
         return float("inf") if self.total_s is None else self.total_s - self.elapsed()
 
-    def deadline(self, reserve_s: float = 0.0) -> float | None:
-        """Unix time by which work must end to leave ``reserve_s`` for later stages."""
-        return None if self.total_s is None else self.started + self.total_s - reserve_s
-
 
 @dataclass(frozen=True)
 class HeadShare:

@@ -20,8 +20,8 @@ def test_parse_duration_rejects(bad):
 
 def test_clock():
     c = Clock(10.0, started=time.time() - 4)
-    assert 5.5 < c.left() < 6.5 and c.deadline(2) == pytest.approx(c.started + 8)
-    assert Clock().left() == float("inf") and Clock().deadline() is None
+    assert 5.5 < c.left() < 6.5 and 3.9 < c.elapsed() < 4.5
+    assert Clock().left() == float("inf")
 
 
 def test_share_out_adds_up_and_favours_age():
