@@ -86,7 +86,7 @@ def test_trial_slots_are_bounded_by_cpus_and_gpus():
 
 
 def test_the_speed_probe_runs_in_every_trial_slot_at_once_with_a_trials_threads():
-    """The budget's training speed is measured where trials run (Ray tasks holding a trial's CPUs,
+    """The budget's training speed is measured where trials run (Ray actors holding a trial's CPUs,
     one per slot, side by side), not in the driver; the slowest slot sizes the plan."""
     import os
 

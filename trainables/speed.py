@@ -41,19 +41,30 @@ def train_images_per_s(cfg: TrialConfig, *, batches: int = 6, warmup: int = 2,
     return batches * cfg.batch_size / (time.perf_counter() - t0)
 
 
-def _probe_in_trial_slot(cfg: TrialConfig, threads: int, batches: int) -> dict:
-    return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device_of()),
-            "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device_of().type}
+class _TrialSlot:
+    """A Ray actor, as a Tune trial is: its own fresh process. A task could reuse a preprocessing
+    worker, whose allocator settings (mallopt, orchestrator/preprocess.py) cost ~20% of a step."""
+
+    def measure(self, cfg: TrialConfig, threads: int, batches: int) -> dict:
+        return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device_of()),
+                "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device_of().type}
 
 
 def probe_trial_slots(cfg: TrialConfig, slots: int, cpus_per_trial: float, gpus_per_trial: float = 0.0,
                       batches: int = 10) -> list[dict]:
-    """``train_images_per_s`` in ``slots`` Ray tasks at once, each holding one trial's CPUs and
+    """``train_images_per_s`` in ``slots`` Ray actors at once, each holding one trial's CPUs and
     GPUs: measured where and as the trials will run (on the workers' CPUs or GPUs, side by side,
     sharing memory bandwidth), not on the driver, which may be another machine (a 0-CPU head)
     and, on 2 cores right after preprocessing, read ~20% below what trials then ran."""
     import ray
     threads = max(1, int(cpus_per_trial))
-    task = ray.remote(_probe_in_trial_slot).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
-                                                    max_retries=2)
-    return ray.get([task.remote(cfg, threads, batches) for _ in range(slots)])
+    actor = ray.remote(_TrialSlot).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)
+    actors = [actor.remote() for _ in range(slots)]
+    try:
+        # a first round only starts them all (process, imports, oneDNN kernels): a slot measuring
+        # while another still imports torch reads half its speed
+        ray.get([a.measure.remote(cfg, threads, 1) for a in actors])
+        return ray.get([a.measure.remote(cfg, threads, batches) for a in actors])
+    finally:
+        for a in actors:
+            ray.kill(a)
