@@ -26,7 +26,7 @@ def train_images_per_s(cfg: TrialConfig, *, batches: int = 6, warmup: int = 2,
     dc = data_config(model, cfg.img_size)
     augment = train_transform(cfg.head, cfg.strength, cfg.img_size, dc["mean"], dc["std"], seed=0)
     crops = np.random.default_rng(0).integers(0, 256, (cfg.batch_size, cfg.img_size, cfg.img_size, 3), np.uint8)
-    y = torch.zeros(cfg.batch_size, dtype=torch.long)
+    y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
     for i in range(warmup + batches):
         if i == warmup:
             t0 = time.perf_counter()
@@ -46,16 +46,17 @@ class _TrialSlot:
     worker, whose allocator settings (mallopt, orchestrator/preprocess.py) cost ~20% of a step."""
 
     def measure(self, cfg: TrialConfig, threads: int, batches: int) -> dict:
-        return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device_of()),
-                "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device_of().type}
+        device = device_of()
+        return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device),
+                "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device.type}
 
 
 def probe_trial_slots(cfg: TrialConfig, slots: int, cpus_per_trial: float, gpus_per_trial: float = 0.0,
                       batches: int = 10) -> list[dict]:
     """``train_images_per_s`` in ``slots`` Ray actors at once, each holding one trial's CPUs and
     GPUs: measured where and as the trials will run (on the workers' CPUs or GPUs, side by side,
-    sharing memory bandwidth), not on the driver, which may be another machine (a 0-CPU head)
-    and, on 2 cores right after preprocessing, read ~20% below what trials then ran."""
+    sharing memory bandwidth), not on the driver, which may be another machine (a 0-CPU head,
+    no GPU). Still one snapshot: a machine whose speed drifts can be misread (benchmarks/README.md, B7)."""
     import ray
     threads = max(1, int(cpus_per_trial))
     actor = ray.remote(_TrialSlot).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)
