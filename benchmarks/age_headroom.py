@@ -31,8 +31,8 @@ KINDS = [f"mask{k}" for k in range(1, 6)] + ["incorrect_mask", "normal"]
 PER_PHOTO_SD = 1.0   # years: a person's photos differ only by the mask drawn on them
 
 
-def true_ages(persons_file: Path) -> pd.Series:
-    """Image ID -> true age, from the face files the eval set was made of."""
+def true_ages(persons_file: Path) -> pd.DataFrame:
+    """Image ID -> true age and person (face file), from the face files the eval set was made of."""
     ages = {}
     for name in persons_file.read_text().split():
         for kind in KINDS:
