@@ -25,7 +25,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from orchestrator.ensemble import EnsembleOptions, ensemble  # noqa: E402
 from orchestrator.ray_session import ray_session  # noqa: E402
-from orchestrator.workspace import Workspace  # noqa: E402
+from core.workspace import Workspace  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 from results.selection import choose_models  # noqa: E402
 

@@ -23,7 +23,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.labels import age_group, decode, encode  # noqa: E402
+from core.labels import age_group, decode, encode  # noqa: E402
 from results.metrics import macro_f1  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 

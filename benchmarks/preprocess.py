@@ -25,7 +25,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from orchestrator.faces import CropSettings, centre_box, iou  # noqa: E402
+from core.faces import CropSettings, centre_box, iou  # noqa: E402
 
 UTK = ROOT.parent / "shared" / "utkmask"
 WORK = ROOT / "benchmarks" / "_work"
@@ -147,7 +147,7 @@ def tree_cpu(root: int) -> float:
 def run_command(data: Path, ws_dir: Path, s: CropSettings, workers: int | None):
     """(wall s, CPU s of driver + Ray + workers, manifest) of one fresh run."""
     from orchestrator.preprocess import preprocess
-    from orchestrator.workspace import Workspace
+    from core.workspace import Workspace
     shutil.rmtree(ws_dir, ignore_errors=True)
     t0, c0 = time.time(), tree_cpu(os.getpid())
     m = preprocess(data, Workspace(ws_dir), s, workers=workers, progress=False)

@@ -21,9 +21,9 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from orchestrator.dataset import load_train  # noqa: E402
-from orchestrator.folds import FoldSpec, ensure_folds  # noqa: E402
-from orchestrator.workspace import Workspace  # noqa: E402
+from core.dataset import load_train  # noqa: E402
+from core.folds import FoldSpec, ensure_folds  # noqa: E402
+from core.workspace import Workspace  # noqa: E402
 from search_spaces import recipe_config  # noqa: E402
 from trainables.loop import device_of, train_one_epoch  # noqa: E402
 from trainables.trainer import build_parts, fit  # noqa: E402
@@ -35,7 +35,7 @@ def demo_workspace() -> tuple[Path, Workspace]:
     import pandas as pd
     from PIL import Image
 
-    from orchestrator.demo_data import DemoSpec, write_demo_data
+    from core.demo_data import DemoSpec, write_demo_data
     data, ws = WORK / "data", Workspace(WORK / "ws").make()
     if not ws.manifest.is_file():
         write_demo_data(data, DemoSpec(60, 4))

@@ -14,9 +14,9 @@ from pathlib import Path
 from results.voting import EVAL_VOTES
 from trainables.config import PRECISIONS
 
-from .errors import DataError
-from .labels import TARGETS
-from .workspace import Workspace
+from core.errors import DataError
+from core.labels import TARGETS
+from core.workspace import Workspace
 
 log = logging.getLogger("orchestrator")
 
@@ -51,7 +51,7 @@ def _demo_args(p):
 
 
 def _demo(a) -> int:
-    from .demo_data import DemoSpec, write_demo_data
+    from core.demo_data import DemoSpec, write_demo_data
     out = write_demo_data(a.out or a.data, DemoSpec(a.persons, a.eval_persons, a.seed))
     print(f"demo data written to {out} ({a.persons} train persons, {a.eval_persons} eval persons)")
     return 0
@@ -59,7 +59,7 @@ def _demo(a) -> int:
 
 # -- eda ---------------------------------------------------------------------------------
 def _eda(a) -> int:
-    from .dataset import load_train
+    from core.dataset import load_train
     from .eda import write_eda
     train = load_train(a.data, corrections=a.corrections, **_old_from(a))
     files = write_eda(train, Workspace(a.workspace).results / "eda")
@@ -75,8 +75,8 @@ def _folds_args(p):
 
 
 def _folds(a) -> int:
-    from .dataset import load_train
-    from .folds import FoldSpec, ensure_folds, fold_file
+    from core.dataset import load_train
+    from core.folds import FoldSpec, ensure_folds, fold_file
     spec = FoldSpec(a.folds, a.seed, a.fold_mode)
     train = load_train(a.data, corrections=a.corrections, **_old_from(a))
     folds = ensure_folds(train, Workspace(a.workspace).root, spec)
@@ -87,7 +87,7 @@ def _folds(a) -> int:
 
 # -- preprocess --------------------------------------------------------------------------
 def _preprocess_args(p):
-    from .faces import CropSettings
+    from core.faces import CropSettings
     from .preprocess import BATCH, MAX_FAILED
     d = CropSettings()
     p.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster); default: start Ray locally")
@@ -108,7 +108,7 @@ def _preprocess_args(p):
 
 
 def _crop_settings(a):
-    from .faces import CropSettings
+    from core.faces import CropSettings
     return CropSettings(size=a.size, margin=a.margin, prob_threshold=a.prob_threshold,
                         min_face_size=a.min_face_size, thresholds=a.thresholds,
                         detect_scale=a.detect_scale, second_pass=a.second_pass,
@@ -308,8 +308,8 @@ COMMANDS = {
 
 def _export_storage(a) -> None:
     """--storage / --artifact-location win over the environment; every Workspace made by this
-    command (there are several) then picks them up (orchestrator/workspace.py)."""
-    from .workspace import ARTIFACTS_ENV, STORAGE_ENV
+    command (there are several) then picks them up (core/workspace.py)."""
+    from core.workspace import ARTIFACTS_ENV, STORAGE_ENV
     for value, env in ((a.storage, STORAGE_ENV), (a.artifact_location, ARTIFACTS_ENV)):
         if value:
             os.environ[env] = value
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .workspace import ARTIFACTS_ENV, STORAGE_ENV
+    from core.workspace import ARTIFACTS_ENV, STORAGE_ENV
     saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

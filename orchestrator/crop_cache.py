@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import write_parquet_atomic, write_text_atomic
-from .faces import CropSettings
+from core.atomic import write_parquet_atomic, write_text_atomic
+from core.faces import CropSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .faces import REF_SIDE, CropSettings
+from core.faces import REF_SIDE, CropSettings
 
 log = logging.getLogger(__name__)
 

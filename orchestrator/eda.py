@@ -8,10 +8,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .atomic import write_csv_atomic, write_text_atomic
+from core.atomic import write_csv_atomic, write_text_atomic
 from results.tables import markdown_table
 
-from .labels import HEADS, NUM_CLASSES, class_names
+from core.labels import HEADS, NUM_CLASSES, class_names
 
 
 def class_counts(train: pd.DataFrame) -> pd.DataFrame:

@@ -27,11 +27,12 @@ from results.submission import write_submission
 from results.tracking import check_tracking
 from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
 
-from .dataset import EVAL_COLUMNS, read_csv
-from .errors import DataError
-from .labels import HEADS, decode, num_outputs, output_slices
-from .manifest import read_manifest
-from .workspace import Workspace
+from core.csv_input import read_csv
+from core.dataset import EVAL_COLUMNS
+from core.errors import DataError
+from core.labels import HEADS, decode, num_outputs, output_slices
+from core.manifest import read_manifest
+from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

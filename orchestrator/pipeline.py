@@ -16,13 +16,13 @@ from pathlib import Path
 from results.voting import EVAL_VOTES
 
 from .budget import PHASE_SHARES, Clock, HeadShare, share_out
-from .dataset import load_train
-from .demo_data import write_demo_data
+from core.dataset import load_train
+from core.demo_data import write_demo_data
 from .eda import write_eda
-from .labels import ALL, HEADS
+from core.labels import ALL, HEADS
 from .preprocess import preprocess
 from .ray_session import ray_session
-from .workspace import Workspace
+from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

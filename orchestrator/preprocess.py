@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_bytes_atomic, write_parquet_atomic
+from core.atomic import write_bytes_atomic, write_parquet_atomic
 from .crop_cache import CropCache, crop_name
-from .dataset import load_eval, load_train
-from .faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
-from .manifest import COLUMNS
+from core.dataset import load_eval, load_train
+from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
+from core.manifest import COLUMNS
 from .ray_session import init_ray
 from .storage import warn_if_not_shared
-from .workspace import Workspace
+from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _default_workers(num_gpus: float) -> int:
 
 
 def build_manifest(images: pd.DataFrame, recs: dict[str, dict]) -> pd.DataFrame:
-    """The manifest (orchestrator.manifest.COLUMNS) in image_table order, plus how each box was
+    """The manifest (core.manifest.COLUMNS) in image_table order, plus how each box was
     found (method), decoding notes and where it was detected (device)."""
     r = pd.DataFrame([recs[p] for p in images["path"]])
     out = images.reset_index(drop=True).copy()

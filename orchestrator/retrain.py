@@ -17,10 +17,10 @@ from results.tracking import (check_tracking, ensure_experiment, find_runs, pare
                               resolve_tracking_uri, run_config)
 from trainables.config import FULL_DATA, RunContext, TrialConfig
 
-from .errors import DataError
+from core.errors import DataError
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
-from .workspace import Workspace
+from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

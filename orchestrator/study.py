@@ -21,14 +21,14 @@ from results.tracking import (check_tracking, ensure_experiment, find_runs, pare
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
 
-from .dataset import load_train
-from .errors import DataError
-from .folds import FoldSpec, ensure_folds
-from .labels import check_target
+from core.dataset import load_train
+from core.errors import DataError
+from core.folds import FoldSpec, ensure_folds
+from core.labels import check_target
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
 from .tracking_outage import check_after_fit, outage_recorded
-from .workspace import Workspace
+from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 METRIC, MODE = "val_f1", "max"

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from orchestrator.atomic import write_csv_atomic, write_text_atomic
-from orchestrator.labels import HEADS, NUM_CLASSES, class_names
+from core.atomic import write_csv_atomic, write_text_atomic
+from core.labels import HEADS, NUM_CLASSES, class_names
 
 from .metrics import accuracy, confusion, macro_f1, per_class_f1
 from .tables import markdown_table

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.errors import DataError
-from orchestrator.labels import HEADS, NUM_CLASSES, decode
+from core.errors import DataError
+from core.labels import HEADS, NUM_CLASSES, decode
 
 from .metrics import accuracy, macro_f1
 

@@ -19,8 +19,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from orchestrator.errors import DataError
-from orchestrator.labels import ALL, HEADS, TARGETS
+from core.errors import DataError
+from core.labels import ALL, HEADS, TARGETS
 
 EXPERIMENT = "orchestrator"
 MODEL_FILE = "model/model.pt"

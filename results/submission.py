@@ -11,9 +11,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from orchestrator.atomic import write_csv_atomic
-from orchestrator.errors import DataError
-from orchestrator.labels import NUM_CLASSES
+from core.atomic import write_csv_atomic
+from core.errors import DataError
+from core.labels import NUM_CLASSES
 
 
 def _problems(order: Sequence[str], pred: pd.DataFrame, where: str) -> list[str]:

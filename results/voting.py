@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from orchestrator.labels import HEADS, NUM_CLASSES, decode
+from core.labels import HEADS, NUM_CLASSES, decode
 
 VOTES = ("soft", "hard")
 EVAL_VOTES = ("all", "full")   # who votes on the eval images: every chosen model, or the full-data ones

@@ -21,7 +21,7 @@ UTKMASK = ROOT.parent / "shared" / "utkmask"
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """The built-in demo data set, made once per session (read-only for tests)."""
-    from orchestrator.demo_data import DemoSpec, write_demo_data
+    from core.demo_data import DemoSpec, write_demo_data
     return write_demo_data(tmp_path_factory.mktemp("demo"), DemoSpec(train_persons=30, eval_persons=8))
 
 
@@ -53,16 +53,16 @@ def utkmask_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def crops_ws(demo_dir, tmp_path_factory):
-    """(data_dir, Workspace) whose manifest + crops follow orchestrator/manifest.py.
+    """(data_dir, Workspace) whose manifest + crops follow core/manifest.py.
 
     The real preprocessing stage (MTCNN on Ray; the drawn demo faces mostly fall back to
     the prior box), run once per session on a small local Ray that is shut down after.
     """
 
-    from orchestrator.faces import CropSettings
+    from core.faces import CropSettings
     from orchestrator.preprocess import preprocess
     from orchestrator.ray_session import ray_session
-    from orchestrator.workspace import Workspace
+    from core.workspace import Workspace
     ws = Workspace(tmp_path_factory.mktemp("ws")).make()
     with ray_session(num_cpus=2):
         preprocess(demo_dir, ws, CropSettings(size=96), progress=False)

@@ -1,6 +1,6 @@
 """Test helpers: a real MLflow SQLite store holding runs in the trainables' contract
 (tags head/fold/study/phase/stage, artifacts model/model.pt and oof/predictions.parquet),
-and a crop manifest in the contract of orchestrator.manifest.
+and a crop manifest in the contract of core.manifest.
 
 Model files are written with trainables.models.save_model_file when trainables is present,
 else as a plain torch state dict (enough for selection tests, which never load them).
@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from orchestrator.dataset import load_eval, load_train
-from orchestrator.folds import FoldSpec, assign_folds
-from orchestrator.labels import HEADS, decode
-from orchestrator.manifest import COLUMNS
-from orchestrator.workspace import Workspace
+from core.dataset import load_eval, load_train
+from core.folds import FoldSpec, assign_folds
+from core.labels import HEADS, decode
+from core.manifest import COLUMNS
+from core.workspace import Workspace
 
 EXPERIMENT = "orchestrator"
 _TEMPLATE: list[Path] = []

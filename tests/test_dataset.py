@@ -4,8 +4,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from orchestrator.dataset import load_eval, load_train
-from orchestrator.errors import DataError
+from core.dataset import load_eval, load_train
+from core.errors import DataError
 
 
 def _edit_train_csv(data, fn):

@@ -1,9 +1,9 @@
 import pandas as pd
 from PIL import Image
 
-from orchestrator.dataset import load_eval, load_train
-from orchestrator.demo_data import DemoSpec, write_demo_data
-from orchestrator.labels import IMAGE_KINDS
+from core.dataset import load_eval, load_train
+from core.demo_data import DemoSpec, write_demo_data
+from core.labels import IMAGE_KINDS
 
 
 def test_layout_and_labels_match_folders(demo_dir):

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from mlflow_runs import joint_oof_frame, log_model_run, log_study, oof_frame, store, write_manifest
 
-from orchestrator.dataset import load_train
+from core.dataset import load_train
 from orchestrator.ensemble import eval_crops, oof_predictions
-from orchestrator.errors import DataError
-from orchestrator.manifest import read_manifest
-from orchestrator.workspace import Workspace
+from core.errors import DataError
+from core.manifest import read_manifest
+from core.workspace import Workspace
 from results.selection import check_artifacts, choose_models
 
 

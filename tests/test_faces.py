@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.detector import decode
-from orchestrator.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, pick_weak
+from core.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, pick_weak
 
 
 def test_iou():

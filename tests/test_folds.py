@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.dataset import load_train
-from orchestrator.folds import FoldSpec, assign_folds, ensure_folds, fold_file
+from core.dataset import load_train
+from core.folds import FoldSpec, assign_folds, ensure_folds, fold_file
 
 
 @pytest.fixture(scope="module")

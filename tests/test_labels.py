@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.labels import (ALL, HEADS, NUM_CLASSES, age_group, check_target, class_names, decode, encode,
+from core.labels import (ALL, HEADS, NUM_CLASSES, age_group, check_target, class_names, decode, encode,
                                  get_head, num_outputs, output_slices, target_heads)
 
 

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from orchestrator.cli import main
-from orchestrator.demo_data import DemoSpec, write_demo_data
-from orchestrator.faces import CropSettings, iou
-from orchestrator.manifest import COLUMNS, read_manifest
+from core.demo_data import DemoSpec, write_demo_data
+from core.faces import CropSettings, iou
+from core.manifest import COLUMNS, read_manifest
 from orchestrator.preprocess import preprocess
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.demo_data import DemoSpec, write_demo_data
+from core.demo_data import DemoSpec, write_demo_data
 
 pytestmark = pytest.mark.slow
 

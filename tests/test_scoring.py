@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from orchestrator.errors import DataError
+from core.errors import DataError
 from results.scoring import score_submission
 
 

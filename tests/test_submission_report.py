@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from orchestrator.errors import DataError
-from orchestrator.labels import NUM_CLASSES, decode
+from core.errors import DataError
+from core.labels import NUM_CLASSES, decode
 from results.report import HONEST_NOTE, ReportInputs, write_report
 from results.submission import write_submission
 

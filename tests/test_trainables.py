@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.dataset import load_train
-from orchestrator.folds import FoldSpec, ensure_folds
-from orchestrator.labels import encode
+from core.dataset import load_train
+from core.folds import FoldSpec, ensure_folds
+from core.labels import encode
 from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_space
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
@@ -120,7 +120,7 @@ def test_age_head_trains_on_moved_boundary_and_scores_on_60(ws2):
 
 
 def test_manifest_rows_with_errors_are_skipped(ws2, tmp_path, caplog):
-    from orchestrator.workspace import Workspace
+    from core.workspace import Workspace
     import shutil
     ws = Workspace(tmp_path / "ws").make()
     shutil.copytree(ws2[1].root / "folds", ws.root / "folds")

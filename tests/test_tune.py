@@ -10,10 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.errors import DataError
+from core.errors import DataError
 from orchestrator.retrain import retrain_head
 from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 from results.tracking import TrackingError, check_tracking, download_artifact, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from orchestrator.dataset import load_eval, load_train
-from orchestrator.folds import FoldSpec, assign_folds
+from core.dataset import load_eval, load_train
+from core.folds import FoldSpec, assign_folds
 
 pytestmark = pytest.mark.utkmask
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from orchestrator.labels import NUM_CLASSES, decode, encode
+from core.labels import NUM_CLASSES, decode, encode
 from results.calibration import CalibrationSpec, fit_offsets
 from results.metrics import macro_f1
 from results.voting import hard_vote, joint_log_probs, predict_classes, soft_vote, vote, vote_by_key

@@ -13,7 +13,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass(frozen=True)
 class TrialConfig:
-    head: str                       # mask | gender | age | all (orchestrator.labels.TARGETS)
+    head: str                       # mask | gender | age | all (core.labels.TARGETS)
     fold: int = 0                   # validation fold, or FULL_DATA (-1) to train on everything
     folds: int = 5                  # K of the person-level fold assignment
     search_folds: int = 1           # folds fold, fold+1, ... trained side by side; metrics averaged
@@ -70,7 +70,7 @@ def _choice(what: str, value: str, valid, plural: str = "") -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Clear errors for names and ranges, before any model is built."""
-    from orchestrator.labels import TARGETS
+    from core.labels import TARGETS
 
     from .losses import LOSSES
     from .models import check_model_name

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from orchestrator.errors import DataError
-from orchestrator.folds import FoldSpec, fold_file
-from orchestrator.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
-from orchestrator.manifest import read_manifest
-from orchestrator.workspace import Workspace
+from core.errors import DataError
+from core.folds import FoldSpec, fold_file
+from core.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
+from core.manifest import read_manifest
+from core.workspace import Workspace
 
 from .augment import eval_transform, train_transform
 from .config import FULL_DATA, TrialConfig

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-from orchestrator.labels import ALL, NUM_CLASSES, output_slices, target_heads
+from core.labels import ALL, NUM_CLASSES, output_slices, target_heads
 
 # test-time augmentation views, applied to a normalised NCHW batch
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}

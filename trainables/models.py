@@ -23,7 +23,7 @@ def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module
     ``pretrained`` overrides ``cfg.pretrained``: "" none (loading a model file), "hub"
     (timm's download; needs internet) or a local weights file (its classifier is dropped).
     """
-    from orchestrator.labels import num_outputs
+    from core.labels import num_outputs
     source = cfg.pretrained if pretrained is None else pretrained
     num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
     if source in ("", "hub"):
@@ -42,7 +42,7 @@ def data_config(model: nn.Module, img_size: int) -> dict:
 
 
 def save_model_file(path: Path | str, model: nn.Module, cfg: TrialConfig, **extra) -> Path:
-    from orchestrator.atomic import write_bytes_atomic
+    from core.atomic import write_bytes_atomic
     import io
     buf = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from orchestrator.labels import num_outputs
+from core.labels import num_outputs
 
 from .augment import eval_transform
 from .config import TrialConfig

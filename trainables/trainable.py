@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray import tune
 
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
 from .config import RunContext, TrialConfig

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index

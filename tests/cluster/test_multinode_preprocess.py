@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.preprocess import image_table, preprocess
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 
 from multinode import NodeWatch, kill_node, record, start_cluster
 
@@ -26,7 +26,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from orchestrator.demo_data import DemoSpec, write_demo_data
+    from core.demo_data import DemoSpec, write_demo_data
     return write_demo_data(tmp_path_factory.mktemp("demo8"), DemoSpec(train_persons=8, eval_persons=2))
 
 

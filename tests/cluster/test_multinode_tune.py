@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.study import TuneOptions, tune_head
-from orchestrator.workspace import Workspace
+from core.workspace import Workspace
 from results.tracking import TrackingError, download_artifact, find_runs
 from trainables.models import load_model_file
 

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import build_parser, _export_storage
 from orchestrator.storage import is_shared, stage_locations, unshared
 from orchestrator.tracking_outage import _write_marker, check_after_fit, outage_recorded
-from orchestrator.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
+from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.tracking import ensure_experiment
 
 MOUNTS = """/dev/nvme0n1p1 / ext4 rw,relatime 0 0

@@ -12,27 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .corrections import apply_corrections
+from .csv_input import read_csv
 from .errors import DataError
 from .labels import COMPETITION_OLD_AGE, GENDERS, IMAGE_EXTS, IMAGE_KINDS, age_group, encode
 
 log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
-
-
-def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; {fix}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for unreadable CSVs
-        raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from exc
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: "
-                        f"{', '.join(df.columns)}); the header must be {','.join(required)}")
-    return df
 
 
 def _check_person_row(line: int, row, csv_path: Path, seen: dict, problems: list) -> None:
@@ -108,7 +95,6 @@ def load_train(data_dir: Path | str, *, old_from: int = COMPETITION_OLD_AGE,
     df["age"] = df["age_text"].astype(int)
     df = df.drop(columns=["gender_name", "age_text"])
     if corrections is not None:
-        from .corrections import apply_corrections
         df = apply_corrections(df, Path(corrections))
     return add_labels(df, old_from)
 

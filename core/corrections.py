@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .csv_input import read_csv
 from .errors import DataError
 from .labels import GENDERS, IMAGE_KINDS
 
@@ -47,7 +48,6 @@ def _apply_one(df: pd.DataFrame, person: str, field: str, value: str) -> str:
 
 def apply_corrections(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Return a corrected copy; the applied changes are logged and kept in df.attrs."""
-    from .dataset import read_csv
     table = read_csv(path, ("id", "field", "value"), "columns are id,field,value[,note]")
     df = df.copy()
     persons = set(df["person"])
