@@ -5,6 +5,7 @@ A split by image puts the same person's 7 photos on both sides and overstates F1
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,26 +46,35 @@ def assign_folds(train: pd.DataFrame, spec: FoldSpec = FoldSpec()) -> pd.Series:
     return pd.Series(fold, index=train.index, name="fold")
 
 
-def fold_file(workspace: Path, spec: FoldSpec) -> Path:
-    return Path(workspace) / "folds" / f"{spec.mode}_k{spec.k}_seed{spec.seed}.csv"
+def folds_key(train: pd.DataFrame) -> str:
+    """What a split is made from: every image's path, person and label (after corrections)."""
+    rows = sorted(f"{p}|{q}|{y}" for p, q, y in zip(train["path"], train["person"], train["label"]))
+    return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:12]
+
+
+def fold_file(workspace: Path, spec: FoldSpec, key: str | None = None) -> Path:
+    """The split of ``key`` (folds_key of the table it splits); without a key, the latest
+    split made for ``spec`` (what `folds` shows and plain training loops read)."""
+    name = f"{spec.mode}_k{spec.k}_seed{spec.seed}"
+    return Path(workspace) / "folds" / (f"{name}-{key}.csv" if key else f"{name}.csv")
 
 
 def ensure_folds(train: pd.DataFrame, workspace: Path, spec: FoldSpec = FoldSpec()) -> pd.DataFrame:
-    """Load the saved assignment for ``spec`` or make and save it.
+    """The saved split of exactly this table for ``spec``, made (and saved) only when none is.
 
-    A saved file that does not cover exactly the current images (data changed) is made
-    anew rather than silently reused.
+    Splits are addressed by the table they split: a changed table (an image more, a corrected
+    label) gets a new file, and the split an earlier study trained on stays as it was.
     """
-    path = fold_file(workspace, spec)
+    path = fold_file(workspace, spec, folds_key(train))
     if path.is_file():
-        saved = pd.read_csv(path, dtype={"person": str})
-        if set(saved["path"]) == set(train["path"]):
-            return saved
-    folds = train[["path", "person"]].assign(fold=assign_folds(train, spec).to_numpy())
-    write_csv_atomic(folds, path)
-    path.with_suffix(".json").write_text(json.dumps(asdict(spec)))
+        folds = pd.read_csv(path, dtype={"person": str})
+    else:
+        folds = train[["path", "person"]].assign(fold=assign_folds(train, spec).to_numpy())
+        write_csv_atomic(folds, path)
+    latest = fold_file(workspace, spec)
+    if not latest.is_file() or latest.read_bytes() != path.read_bytes():
+        write_csv_atomic(folds, latest)
+        latest.with_suffix(".json").write_text(json.dumps(asdict(spec) | {"key": folds_key(train)}))
     return folds
-
-
 def with_folds(train: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     return train.merge(folds[["path", "fold"]], on="path", how="left", validate="one_to_one")

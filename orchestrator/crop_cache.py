@@ -2,14 +2,17 @@
 
 Layout under ``Workspace.crops``:
   settings.json           the CropSettings (and their key) the crops below were made with
-  <key>/<path>.jpg        one crop per image (path relative to DATA)
+  <key>/<path>.<h>.jpg    one crop per image (path relative to DATA; h: hash of the source's
+                          content and the crop box, so a changed crop is a new file)
   <key>/_state.parquet    one record per finished image (consolidated at the end of a run)
   <key>/_parts/*.parquet  records written by workers batch by batch (merged into _state next run)
 Every file is written atomically, so a killed run leaves whole files or none. A record counts
-only while its source file is unchanged (same size and mtime) and its crop file exists.
+only while its source file is unchanged (same size and mtime as recorded with its content
+hash) and its crop file exists.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -23,15 +26,18 @@ from core.faces import CropSettings
 log = logging.getLogger(__name__)
 
 # one record: the manifest's geometry plus what the cache and the fallback step need
-RECORD_COLUMNS = ("path", "src_size", "src_mtime", "w", "h", "status", "method",
+RECORD_COLUMNS = ("path", "src_size", "src_mtime", "src_hash", "w", "h", "status", "method",
                   "fx1", "fy1", "fx2", "fy2", "x1", "y1", "x2", "y2", "prob",
                   "candidates", "error", "note", "crop", "device")
 # status: "crop" (crop written) | "pending" (no face yet: the fallback step decides) | "error"
 
 
-def crop_name(key: str, path: str) -> str:
-    """Crop file relative to Workspace.crops; the full source name keeps a.jpg and a.png apart."""
-    return f"{key}/{path}.jpg"
+def crop_name(key: str, path: str, src_hash: str, box) -> str:
+    """Crop file relative to Workspace.crops, addressed by what it is made from: the settings
+    (key), the source (its name keeps a.jpg and a.png apart; its content hash) and the box. A
+    changed source or box gets a new file, so a decoded-crop cache never serves the old pixels."""
+    made_from = f"{src_hash}|" + ",".join(f"{float(v):.1f}" for v in box)
+    return f"{key}/{path}.{hashlib.sha1(made_from.encode()).hexdigest()[:12]}.jpg"
 
 
 class CropCache:
@@ -95,7 +101,7 @@ class CropCache:
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
-    for c in ("path", "status", "method", "candidates", "error", "note", "crop", "device"):
+    for c in ("path", "src_hash", "status", "method", "candidates", "error", "note", "crop", "device"):
         df[c] = df[c].fillna("").astype(str)
     for c in ("src_size", "src_mtime", "w", "h"):
         df[c] = df[c].fillna(-1).astype("int64")

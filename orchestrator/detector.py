@@ -4,6 +4,7 @@ Both never raise on a bad image: decoding returns an error string, detection ret
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Decoded:
     img: Image.Image | None     # RGB, full size
     error: str = ""             # why it could not be decoded at all
     note: str = ""              # decodable but odd (truncated, greyscale, CMYK, alpha)
+    digest: str = ""            # sha1 of the file's bytes (names the crop made from it)
 
 
 def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
@@ -43,6 +45,12 @@ def decode(path: Path) -> Decoded:
         return Decoded(None, f"unreadable file: {exc}")
     if not data:
         return Decoded(None, "empty file (0 bytes)")
+    dec = _decode_bytes(data)
+    dec.digest = hashlib.sha1(data).hexdigest()
+    return dec
+
+
+def _decode_bytes(data: bytes) -> Decoded:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()

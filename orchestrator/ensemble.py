@@ -235,6 +235,10 @@ def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
     cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
     held = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
     words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data, {held:.4f} held out by person"
+    if not np.isfinite(held):   # too few persons to hold any out: an unchecked fit is not used
+        log.warning("calibration not checked (%s): offsets not applied", words)
+        return CalibrationOutcome(cal, False, held, f"fitted, not applied (not checked: too few persons "
+                                                    f"to hold out): {words}")
     if held < cal.f1_before:
         log.warning("calibration overfits (%s): offsets not applied", words)
         return CalibrationOutcome(cal, False, held, f"fitted, not applied (overfits): {words}")

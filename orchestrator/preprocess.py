@@ -97,14 +97,15 @@ def _save_crop(img, box, s: CropSettings, crops_dir: Path, name: str) -> None:
 
 
 def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, key: str) -> dict:
-    rec = dict(item, status="error", method="", error=dec.error, note=dec.note, crop="", candidates="")
+    rec = dict(item, status="error", method="", error=dec.error, note=dec.note, crop="", candidates="",
+               src_hash=dec.digest)
     if dec.img is None:
         return rec
     w, h = dec.img.size
     rec.update(w=w, h=h)
     if found is not None and found[1] >= s.prob_threshold:
         box = crop_box(found[0], w, h, s)
-        name = crop_name(key, item["path"])
+        name = crop_name(key, item["path"], dec.digest, box)
         _save_crop(dec.img, box, s, crops_dir, name)
         fx1, fy1, fx2, fy2 = (float(v) for v in found[0])
         x1, y1, x2, y2 = box
@@ -147,9 +148,10 @@ def crop_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings, pa
         if dec.img is None:   # the file changed under us since step 1
             recs.append(dict(it, status="error", error=dec.error, crop=""))
             continue
-        name = crop_name(s.key, it["path"])
-        _save_crop(dec.img, (it["x1"], it["y1"], it["x2"], it["y2"]), s, Path(crops_dir), name)
-        recs.append(dict(it, status="crop", crop=name))
+        box = (it["x1"], it["y1"], it["x2"], it["y2"])
+        name = crop_name(s.key, it["path"], dec.digest, box)
+        _save_crop(dec.img, box, s, Path(crops_dir), name)
+        recs.append(dict(it, status="crop", crop=name, src_hash=dec.digest))
     CropCache(Path(crops_dir), s).write_part(part, recs)
     return recs
 

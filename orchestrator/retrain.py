@@ -7,6 +7,7 @@ logs like every trial): an MLflow run tagged phase=full, stage=full, fold=all wi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,8 @@ def cv_runs(uri: str, head: str, study: str | None, experiment: str = "orchestra
 def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
     """The cv config on all data, for the median of the folds' best epochs."""
     best_epochs = sorted(int(e) for e in runs["metrics.best_epoch"])
-    epochs = max(1, int(round(float(np.median(best_epochs)))))
+    # half up, as a person would: round() goes to the even number ([2, 3] -> 2 but [3, 4] -> 4)
+    epochs = max(1, math.floor(float(np.median(best_epochs)) + 0.5))
     cfg = TrialConfig.from_dict(run_config(runs.iloc[0]))
     return replace(cfg, fold=FULL_DATA, epochs=epochs), best_epochs
 

@@ -88,6 +88,10 @@ def test_demo_end_to_end_then_rerun_skips_everything(data, tmp_path):
     third = preprocess(data, ws, CropSettings(second_pass=True), progress=False)
     assert third.attrs["summary"].skipped >= len(m) - 8      # the image plus misses whose prior moved
     assert third.attrs["summary"].skipped < len(m)
+    # ... into a new crop file (named by the source's content and box): whoever decoded the old
+    # crop, or pinned it, keeps it, and nobody reads old pixels under the new name
+    new_crop = third.set_index("path").at[m.loc[0, "path"], "crop"]
+    assert new_crop != m.loc[0, "crop"] and (ws.crops / m.loc[0, "crop"]).is_file()
 
 
 def test_changed_settings_invalidate_the_cache(data, tmp_path, caplog):

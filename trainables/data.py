@@ -1,7 +1,8 @@
 """Training data of one head: manifest rows + folds + a decoded crop cache.
 
-Crops are decoded once into a uint8 memmap in the workspace (keyed by the crop list and
-size), so every trial on a node shares the page cache and the loader only augments.
+Crops are decoded once into a uint8 memmap in the workspace (keyed by the crop files' names,
+sizes and mtimes and the side), so every trial on a node shares the page cache and the loader
+only augments.
 """
 from __future__ import annotations
 
@@ -89,9 +90,20 @@ def decode_crop(path: Path, size: int) -> np.ndarray:
         return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
 
 
+def crops_key(ws: Workspace, crops: list[str], size: int) -> str:
+    """What the decoded crops are made from: every crop file's name, size and mtime (a crop
+    rewritten under its old name is a new entry) and the decoded side."""
+    h = hashlib.sha1(f"{size}\n".encode())
+    for c in crops:
+        st = (ws.crops / c).stat()
+        h.update(f"{c}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def crop_cache(ws: Workspace, crops: list[str], size: int) -> np.ndarray:
-    """The crops decoded at ``size``×``size`` into one memmap, built once (under a file lock)."""
-    key = hashlib.sha1(("\n".join(crops) + f"\n{size}").encode()).hexdigest()[:16]
+    """The crops decoded at ``size``×``size`` into one memmap, built once per content (under a
+    file lock); an unchanged crop set is never decoded again."""
+    key = crops_key(ws, crops, size)
     path = ws.root / "cache" / f"crops_{size}_{key}.npy"
     shape = (len(crops), size, size, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
