@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from results.run_schema import EXPERIMENT
 from results.voting import EVAL_VOTES
 from trainables.config import PRECISIONS
 
@@ -241,7 +242,7 @@ def _tune_args(p):
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per trial")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
-    p.add_argument("--experiment", default="orchestrator", help="MLflow experiment name")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
 
 
 def _tune(a) -> int:
@@ -273,7 +274,7 @@ def _retrain_args(p):
     p.add_argument("--gpus-per-trial", type=float, default=1.0)
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
-    p.add_argument("--experiment", default="orchestrator", help="MLflow experiment name")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
 
 
 def _retrain(a) -> int:

@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 
 from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
 from results.report import ReportInputs, write_report
-from results.selection import (EXPERIMENT, MODEL_FILE, OOF_FILE, ChosenModel, check_artifacts,
-                               choose_models, models_table)
+from results.run_schema import ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE as MODEL_FILE, OOF_FILE, run_status, start_run
+from results.selection import ChosenModel, check_artifacts, choose_models, models_table
 from results.submission import write_submission
 from results.tracking import check_tracking
 from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
@@ -264,9 +264,9 @@ def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, c
 
 def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
     exp = client.get_experiment_by_name(opts.experiment)
-    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={"stage": "ensemble", "role": "ensemble"})
-    rid = run.info.run_id
-    try:
+    name = f"ensemble · {opts.vote} vote · {sum(len(m) for m in chosen.values())} models"
+    rid = start_run(client, exp.experiment_id, role=ENSEMBLE, name=name, tags={"stage": "ensemble"})
+    with run_status(client, rid):
         params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
                   "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": opts.study or "",
                   "runs": " ".join(opts.runs)[:500]}
@@ -284,10 +284,6 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         client.log_dict(rid, {"status": cal.status, "applied": cal.applied,
                               "fitted_offsets": None if cal.fitted is None else cal.fitted.offsets.tolist()},
                         "calibration.json")
-        client.set_terminated(rid)
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
-        raise
     return rid
 
 

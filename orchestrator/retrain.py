@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from results.tracking import (check_tracking, ensure_experiment, find_runs, parent_run,
-                              resolve_tracking_uri, run_config)
+from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
+from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from trainables.config import FULL_DATA, RunContext, TrialConfig
 
 from core.errors import DataError
@@ -26,7 +26,7 @@ from core.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def cv_runs(uri: str, head: str, study: str | None, experiment: str = "orchestrator"):
+def cv_runs(uri: str, head: str, study: str | None, experiment: str = EXPERIMENT):
     """(study, its finished cv runs); ``study=None`` takes the head's newest study with cv runs."""
     runs = find_runs(uri, head=head, study=study, phase="cv", experiment=experiment)
     if "metrics.best_epoch" in runs:
@@ -51,7 +51,7 @@ def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
 
 
 def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
-                 tracking_uri: str | None = None, *, experiment: str = "orchestrator",
+                 tracking_uri: str | None = None, *, experiment: str = EXPERIMENT,
                  gpus_per_trial: float = 1.0, cpus_per_trial: float = 1, address: str | None = None,
                  num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,
                  deadline: float = 0.0, epochs: int | None = None, seeds: int = 1) -> list[str]:
@@ -76,7 +76,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)
-    parent = parent_run(uri, exp_id, study=study, phase="full", head=head)
+    parent = open_parent(uri, exp_id, study=study, phase="full", head=head)
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
                      deadline=deadline)
@@ -103,6 +103,6 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     for run_id in run_ids:
         client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
         client.set_tag(run_id, "retrain", name)   # the models of one retrain vote together
-    client.set_terminated(parent, "FINISHED")
+    close_parent(uri, parent)
     print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (artifact model/model.pt) in {uri}")
     return run_ids

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from results.tables import markdown_table
-from results.tracking import (check_tracking, ensure_experiment, find_runs, parent_run,
-                              resolve_tracking_uri, run_config)
+from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
+from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
 
@@ -70,7 +70,7 @@ class TuneOptions:
     deadline: float = 0.0            # unix time by which every trial must end (run --budget)
     study: str | None = None         # study name (default: the head's name)
     tracking_uri: str | None = None
-    experiment: str = "orchestrator"
+    experiment: str = EXPERIMENT
     address: str | None = None       # Ray address ("auto" on a `ray up` cluster)
     num_cpus: int | None = None      # CPUs of a local Ray started here
     seed: int = 777
@@ -176,7 +176,7 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray.tune.search.optuna import OptunaSearch
 
     from trainables.trainable import train_head
-    parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head)
+    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head)
     ctx = plan.context("search", parent)
     trainable = tune.with_resources(train_head, resources)
 
@@ -195,7 +195,7 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
 
 
-def best_search_config(uri: str, head: str, study: str, experiment: str = "orchestrator") -> TrialConfig:
+def best_search_config(uri: str, head: str, study: str, experiment: str = EXPERIMENT) -> TrialConfig:
     """The config of the study's search trial with the highest best_val_f1 (from MLflow)."""
     runs = find_runs(uri, head=head, study=study, phase="search", experiment=experiment)
     if runs.empty or "metrics.best_val_f1" not in runs or runs["metrics.best_val_f1"].isna().all():
@@ -222,7 +222,7 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from trainables.trainable import train_head
     best = cv_config(plan)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
-    parent = parent_run(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
+    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
     trainable = tune.with_resources(train_head, resources)
 
     def new():
@@ -240,16 +240,16 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
                     f"--study {plan.study} --phase {phase} --resume")
     statuses = saved_statuses(plan.exp_path(phase))
     _close_runs(plan, phase, statuses)
-    from mlflow.tracking import MlflowClient
     unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
     budget = plan.options.time_budget_s
     out_of_time = phase == "search" and budget is not None and time.time() - t0 >= budget
     if unfinished or (len(statuses) < expected and not out_of_time):
+        close_parent(plan.uri, parent, "KILLED")   # a --resume reopens it
         raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
                                f"{expected} trials; continue it with `python -m orchestrator tune --head "
                                f"{plan.head} --study {plan.study} --phase {phase} --resume`",
                                [t for t, s in statuses.items() if s == "TERMINATED"])
-    MlflowClient(plan.uri).set_terminated(parent, "FINISHED")
+    close_parent(plan.uri, parent)
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
 
 
@@ -283,7 +283,7 @@ BEST_COLUMNS = ["head", "phase", "fold", "trial_id", "best_val_f1", "best_epoch"
                 "strength", "old_from", "run_id"]
 
 
-def best_trials(uri: str, head: str, study: str, phase: str, experiment: str = "orchestrator",
+def best_trials(uri: str, head: str, study: str, phase: str, experiment: str = EXPERIMENT,
                 top: int = 5) -> pd.DataFrame:
     """search: the ``top`` trials by best val F1; cv: every fold."""
     runs = find_runs(uri, head=head, study=study, phase=phase, experiment=experiment)

@@ -22,10 +22,9 @@ from mlflow.exceptions import MlflowException
 from core.errors import DataError
 from core.labels import ALL, HEADS, TARGETS
 
-EXPERIMENT = "orchestrator"
-MODEL_FILE = "model/model.pt"
-OOF_FILE = "oof/predictions.parquet"
-MODEL_PHASES = ("search", "cv", "full")
+from .run_schema import EXPERIMENT, LEGACY_MODEL_FILE, MODEL_PHASES, OOF_FILE, is_model_run  # noqa: F401
+
+MODEL_FILE = LEGACY_MODEL_FILE
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -60,8 +59,7 @@ def _experiment_id(client: MlflowClient, experiment: str) -> str:
 
 
 def _is_model_run(run) -> bool:
-    """Trial runs hold models; a study's parent run has the same head/phase tags but no model."""
-    return run.data.tags.get("phase") in MODEL_PHASES and run.data.tags.get("role") != "study"
+    return is_model_run(run.data.tags)
 
 
 def _chosen(run, source: str) -> ChosenModel:

@@ -1,7 +1,6 @@
-"""MLflow: where runs go, a reachability check before training, and run selection.
+"""MLflow: where runs go, a reachability check before training, and finding runs.
 
-Runs of a study: one parent per study+phase (tag role=study) and one child per trial
-(tag role=trial) tagged head, fold, study, trial_id, phase, stage; see README 'tune'.
+What the runs are (names, tags, artifacts, lifecycle) is results/run_schema.py.
 """
 from __future__ import annotations
 
@@ -13,7 +12,9 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-EXPERIMENT = "orchestrator"
+from .run_schema import EXPERIMENT, TRIAL, ensure_experiment, open_parent, quote, tag_filter  # noqa: F401 (re-exported)
+
+parent_run = open_parent   # the name the stages used before run_schema
 log = logging.getLogger(__name__)
 
 
@@ -58,62 +59,15 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                 os.environ[k] = v
 
 
-def ensure_experiment(uri: str, name: str = EXPERIMENT, artifact_root: Path | None = None,
-                      location: str | None = None) -> str:
-    """The experiment id, created if missing. ``location`` (--artifact-location: a shared path or
-    s3://...) is where a new experiment keeps its artifacts; else local stores get an absolute
-    ``artifact_root`` (MLflow's default './mlruns' is relative to the cwd, and Tune trials chdir)
-    and a server its own default (--artifacts-destination)."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if location and exp.artifact_location.rstrip("/") != _as_location(location).rstrip("/"):
-            log.warning("MLflow experiment %r keeps its artifact location %s (fixed when it was created); "
-                        "--artifact-location %s applies to new experiments: pass --experiment NEW_NAME",
-                        name, exp.artifact_location, location)
-        return exp.experiment_id
-    local = urlparse(uri).scheme in ("sqlite", "file", "")
-    if location:
-        location = _as_location(location)
-    elif local and artifact_root:
-        location = Path(artifact_root).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
-def _as_location(location: str) -> str:
-    """A plain path as an absolute file:// URI (trials chdir); URIs as given."""
-    return location if "://" in location or location.startswith("mlflow-artifacts:") \
-        else Path(location).expanduser().resolve().as_uri()
-
-
-def parent_run(uri: str, experiment_id: str, *, study: str, phase: str, head: str) -> str:
-    """The study+phase parent run (reused when a study resumes)."""
-    client = _client(uri)
-    found = client.search_runs([experiment_id], filter_string=(
-        f"tags.role = 'study' and tags.study = '{study}' and tags.phase = '{phase}' and tags.head = '{head}'"))
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    tags = {"role": "study", "study": study, "phase": phase, "head": head,
-            "stage": "full" if phase == "full" else "tune"}
-    return client.create_run(experiment_id, run_name=f"study-{study}-{phase}", tags=tags).info.run_id
-
-
-def _quote(v) -> str:
-    return "'" + str(v).replace("'", "\\'") + "'"
-
-
 def find_runs(uri: str, *, head: str | None = None, study: str | None = None, phase: str | None = None,
-              experiment: str = EXPERIMENT, role: str = "trial") -> pd.DataFrame:
+              experiment: str = EXPERIMENT, role: str = TRIAL) -> pd.DataFrame:
     """Runs as a table: run_id, status, start_time, artifact_uri, tags.*, metrics.*, params.*
     (newest first). ``role='trial'`` gives trial runs, 'study' the parent runs."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return pd.DataFrame(columns=["run_id", "status", "start_time", "artifact_uri"])
-    filters = [f"tags.role = {_quote(role)}"] + [
-        f"tags.{k} = {_quote(v)}" for k, v in (("head", head), ("study", study), ("phase", phase)) if v is not None]
-    runs = client.search_runs([exp.experiment_id], filter_string=" and ".join(filters),
+    runs = client.search_runs([exp.experiment_id], filter_string=tag_filter(role=role, head=head, study=study, phase=phase),
                               order_by=["attributes.start_time DESC"], max_results=50000)
     rows = []
     for r in runs:

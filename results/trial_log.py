@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .run_schema import TRIAL, tag_filter, trial_run_name, trial_tags
+
 
 class TrialLogger:
     """One MLflow run per trial; a no-op when the context has no tracking URI."""
@@ -27,19 +29,16 @@ class TrialLogger:
         if self.run_id:
             self.client.update_run(self.run_id, status="RUNNING")
             return
-        tags = {"head": cfg.head, "fold": "all" if not cfg.has_validation else str(cfg.fold),
-                "study": ctx.study, "trial_id": trial_id, "phase": ctx.phase, "role": "trial",
-                "stage": "full" if ctx.phase == "full" else "tune", "config_json": json.dumps(cfg.to_dict())}
-        if ctx.parent_run_id:
-            tags["mlflow.parentRunId"] = ctx.parent_run_id
-        self.run_id = self.client.create_run(exp.experiment_id, run_name=trial_name, tags=tags).info.run_id
+        tags = trial_tags(head=cfg.head, fold=cfg.fold, study=ctx.study, trial_id=trial_id, phase=ctx.phase,
+                          config_json=json.dumps(cfg.to_dict()), parent_run_id=ctx.parent_run_id)
+        name = trial_run_name(cfg.head, ctx.phase, cfg.fold, trial_id)
+        self.run_id = self.client.create_run(exp.experiment_id, run_name=name, tags=tags).info.run_id
         from mlflow.entities import Param
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in cfg.to_dict().items()])
 
     def _existing(self, experiment_id: str, ctx, trial_id: str) -> str:
-        found = self.client.search_runs([experiment_id], filter_string=(
-            f"tags.role = 'trial' and tags.study = '{ctx.study}' and tags.phase = '{ctx.phase}' "
-            f"and tags.trial_id = '{trial_id}'"), max_results=1)
+        found = self.client.search_runs([experiment_id], filter_string=tag_filter(
+            role=TRIAL, study=ctx.study, phase=ctx.phase, trial_id=trial_id), max_results=1)
         return found[0].info.run_id if found else ""
 
     def log_metrics(self, metrics: dict, step: int) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from results.run_schema import EXPERIMENT
+
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -100,7 +102,7 @@ class RunContext:
     data: str                       # DATA directory
     workspace: str                  # workspace root
     tracking_uri: str = ""          # "" = no MLflow logging (plain loops, benchmarks)
-    experiment: str = "orchestrator"
+    experiment: str = EXPERIMENT
     study: str = ""
     phase: str = "search"           # search | cv | full
     parent_run_id: str = ""
