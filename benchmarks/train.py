@@ -118,7 +118,7 @@ def main() -> None:
     a = p.parse_args()
     data, ws = (a.data, Workspace(a.workspace)) if a.workspace else demo_workspace()
     ensure_folds(load_train(data), ws.root, FoldSpec(5, 777))
-    cfg = recipe_config("mask", model=a.model, img_size=a.img_size, batch_size=a.batch_size,
+    cfg = recipe_config("mask", model=a.model, pretrained="none", img_size=a.img_size, batch_size=a.batch_size,
                         num_workers=a.num_workers, epochs=a.epochs)
     torch.set_num_threads(a.cpus_per_trial)
     trial, limit = images_per_s(cfg, ws, a.batches)

@@ -14,6 +14,7 @@ from pathlib import Path
 from results.run_schema import EXPERIMENT
 from results.voting import EVAL_VOTES
 from trainables.config import PRECISIONS
+from trainables.pretrained import PretrainedError
 
 from core.errors import DataError
 from core.labels import TARGETS
@@ -189,6 +190,8 @@ def _run_args(p):
     p.add_argument("--model", default=d.model, help=f"timm model of every head (default {d.model})")
     p.add_argument("--img-size", type=int, default=d.img_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--pretrained", default=d.pretrained, help="starting weights: none (from scratch, the default: "
+                   "nothing downloads), hub (timm's ImageNet weights; needs internet) or a local weights file")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
     p.add_argument("--folds", type=int, default=d.folds)
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per study (at most, under a budget); "
@@ -210,7 +213,8 @@ def _run(a) -> int:
     opts = RunOptions(budget_s=None if a.budget is None else parse_duration(a.budget),
                       heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), joint=not a.per_head,
                       full_seeds=a.full_seeds, smoke_test=a.smoke_test,
-                      model=a.model, img_size=a.img_size, batch_size=a.batch_size, precision=a.precision, folds=folds,
+                      model=a.model, img_size=a.img_size, batch_size=a.batch_size, pretrained=a.pretrained,
+                      precision=a.precision, folds=folds,
                       num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
                       calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
@@ -237,7 +241,8 @@ def _tune_args(p):
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the recipe's per head)")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--pretrained", default="", help="'' none, 'hub' (needs internet) or a local weights file")
+    p.add_argument("--pretrained", default=None, help="starting weights: hub (timm's ImageNet weights, the default; "
+                   "needs internet or timm's cache), a local weights file, or none (from scratch; the smoke test's default)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per trial")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except DataError as exc:
+    except (DataError, PretrainedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:   # the options hold for this command only (main() is also called in-process)

@@ -36,6 +36,7 @@ class RunOptions:
     model: str = "resnet10t"             # timm model of every head (the recipe: efficientnet_b3 on GPU)
     img_size: int = 64                   # input side in pixels
     batch_size: int = 64
+    pretrained: str = "none"             # none | hub | a local weights file: run trains from scratch unless told
     precision: str = "auto"              # auto | bf16 | fp32 (auto: bf16 where the CPU/GPU runs it fast)
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
@@ -97,6 +98,7 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     ws.make()
     train = load_train(data)
     write_eda(train, ws.results / "eda")
+    check_start_weights(o)
     plans = {}
     with ray_session(o.address, o.num_cpus):
         crops = preprocess(data, ws, progress=False)
@@ -110,6 +112,18 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
         result = run_ensemble(data, ws, o)
     print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
     return {"plans": plans, "ensemble": result, "seconds": clock.elapsed()}
+
+
+def check_start_weights(o: RunOptions) -> None:
+    """Say where the models start from; pretrained weights are checked before Ray starts."""
+    from trainables.pretrained import is_none
+    if o.smoke_test or is_none(o.pretrained):
+        print("models train from scratch (run's default, --pretrained none: nothing downloads; "
+              "--pretrained hub or FILE fine-tunes pretrained weights)")
+        return
+    from search_spaces import recipe_config
+    from .study import check_weights
+    check_weights(recipe_config(o.targets[0], model=o.model, img_size=o.img_size, pretrained=o.pretrained))
 
 
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
@@ -224,7 +238,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     from .retrain import retrain_head
     from .study import TuneOptions, tune_head
     sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size)
-    opts = TuneOptions(precision=o.precision, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
+    opts = TuneOptions(precision=o.precision, pretrained=o.pretrained, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
                        gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
                        resume=True, verbose=0, val_from=plan.val_from, **sized)

@@ -21,6 +21,7 @@ from trainables.config import FULL_DATA, RunContext, TrialConfig
 from core.errors import DataError
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
+from .study import check_weights
 from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     check_tracking(uri)
     study, runs = cv_runs(uri, head, study, experiment)
     cfg, best_epochs = full_data_config(runs)
+    check_weights(cfg)   # the cv trials' starting weights, before Ray (offline: stop here)
     if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at
         cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "

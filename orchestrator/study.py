@@ -61,7 +61,7 @@ class TuneOptions:
     img_size: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    pretrained: str = ""             # "" | "hub" | a local weights file
+    pretrained: str | None = None    # none | hub | a local weights file (None: the recipe's hub; smoke: none)
     precision: str = "auto"          # auto | bf16 | fp32 (TrialConfig.precision)
     num_workers: int = 0             # DataLoader workers per trial
     max_batches: int = 0             # cap batches per epoch (0 = all)
@@ -103,9 +103,9 @@ def base_config(head: str, o: TuneOptions) -> TrialConfig:
     """The recipe's config for ``head`` with the options' overrides (smoke: tiny and fast)."""
     over = dict(SMOKE) if o.smoke_test else {}
     over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
-                                       batch_size=o.batch_size).items() if v is not None})
+                                       batch_size=o.batch_size, pretrained=o.pretrained).items() if v is not None})
     fold = 0 if o.fold == "all" else int(o.fold)
-    return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold, pretrained=o.pretrained,
+    return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold,
                          precision=o.precision, num_workers=o.num_workers, max_batches=o.max_batches, **over)
 
 
@@ -133,17 +133,32 @@ class StudyPlan:
 
 
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
-    """Everything checked and made before Ray starts: MLflow reachable, folds, crop cache."""
+    """Everything checked and made before Ray starts: the weights, MLflow reachable, folds, crop cache."""
     from trainables.data import crop_cache, usable_train_rows
     check_target(head)
+    base = base_config(head, o)
+    check_weights(base)
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
     exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     ensure_folds(load_train(data), ws.root, FoldSpec(o.k, o.seed))
-    base = base_config(head, o)
     crop_cache(ws, usable_train_rows(ws)["crop"].tolist(), base.img_size)  # decode once, before trials
     return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o)
+
+
+def check_weights(cfg: TrialConfig) -> None:
+    """The starting weights can be had (hub reachable or cached; a file that fits the model),
+    checked here on the driver so an offline box stops before Ray, not in every trial."""
+    from trainables.models import build_model
+    from trainables.pretrained import HUB, check_source, is_none
+    if is_none(cfg.pretrained):
+        return
+    if cfg.pretrained == HUB:
+        check_source(cfg.model, HUB)
+    else:
+        build_model(cfg)   # loads the file: another architecture's is a clear error
+    log.info("%s starts from pretrained weights: %s", cfg.model, cfg.pretrained)
 
 
 def _run_config(plan: StudyPlan, phase: str):

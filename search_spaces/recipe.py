@@ -29,11 +29,11 @@ RECIPE: dict[str, HeadRecipe] = {
     # from scratch for every head, so the learning rate of training from scratch and AdamW
     "all": HeadRecipe(lr=1e-3, loss="ce", epochs=10, old_from=59, optimizer="adamw", weight_decay=0.05),
 }
-# shared by every head: the recipe's model, size, batch and seed
-BASE = dict(model="efficientnet_b3", img_size=224, batch_size=64, seed=777,
+# shared by every head: the recipe's model, fine-tuned from timm's ImageNet weights, size, batch, seed
+BASE = dict(model="efficientnet_b3", pretrained="hub", img_size=224, batch_size=64, seed=777,
             gamma=2.0, smoothing=0.1, strength=1.0)
-# CPU smoke runs: a tiny timm model that has no weights to download, small images, 1 epoch
-SMOKE = dict(model="test_efficientnet", img_size=32, batch_size=32, epochs=1)
+# CPU smoke runs: a tiny timm model from scratch (nothing downloads), small images, 1 epoch
+SMOKE = dict(model="test_efficientnet", pretrained="none", img_size=32, batch_size=32, epochs=1)
 
 
 def recipe_config(head: str, **overrides) -> TrialConfig:
@@ -41,9 +41,9 @@ def recipe_config(head: str, **overrides) -> TrialConfig:
     if head not in RECIPE:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(RECIPE)}")
     r = RECIPE[head]
-    cfg = TrialConfig(head=head, lr=r.lr, loss=r.loss, epochs=r.epochs, old_from=r.old_from,
-                      optimizer=r.optimizer, weight_decay=r.weight_decay, **BASE)
-    return replace(cfg, **overrides) if overrides else cfg
+    fields = dict(BASE, head=head, lr=r.lr, loss=r.loss, epochs=r.epochs, old_from=r.old_from,
+                  optimizer=r.optimizer, weight_decay=r.weight_decay)
+    return TrialConfig(**(fields | overrides))
 
 
 def recipe_point(head: str) -> dict:

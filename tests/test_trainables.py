@@ -9,7 +9,7 @@ import torch
 
 from core.dataset import load_train
 from core.folds import FoldSpec, ensure_folds
-from core.labels import encode
+from core.labels import TARGETS, encode, num_outputs
 from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_space
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
@@ -18,6 +18,7 @@ from trainables import loop, speed
 from trainables.loop import autocast, batch_to, evaluate, to_device, train_one_epoch, uses_bf16
 from trainables.losses import LOSSES, build_loss
 from trainables.models import build_model, load_model_file, read_model_extra, save_model_file
+from trainables.pretrained import PretrainedError
 from trainables.predict import predict_probs
 from trainables.trainer import TrialState, build_fold_parts, build_parts, fit, run_folds_epoch, validate_folds
 
@@ -252,15 +253,46 @@ def test_unvalidated_epochs_train_only_and_a_last_epoch_is_validated_after_all(w
     assert {"val_f1", "val_loss", "val_acc"} <= set(done.metrics)
 
 
-def test_local_pretrained_weights_file(tmp_path):
-    cfg = smoke()
-    donor = build_model(cfg, pretrained="")
-    torch.save(donor.state_dict(), tmp_path / "w.pth")
-    model = build_model(cfg, pretrained=str(tmp_path / "w.pth"))
-    k = next(k for k in donor.state_dict() if k.startswith("conv_stem"))
-    assert torch.equal(model.state_dict()[k], donor.state_dict()[k])
-    with pytest.raises(FileNotFoundError, match="pretrained weights"):
-        build_model(cfg, pretrained=str(tmp_path / "missing.pth"))
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    """(an ImageNet-shaped weights file of the smoke model, one of another architecture), as a
+    machine with internet would save them: torch.save(timm.create_model(...).state_dict())."""
+    import timm
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    donor = timm.create_model(SMOKE["model"])   # 1000 classes, like timm's own weights
+    torch.save(donor.state_dict(), d / "smoke.pth")
+    torch.save(timm.create_model("resnet10t").state_dict(), d / "resnet10t.pth")
+    return donor.state_dict(), d / "smoke.pth", d / "resnet10t.pth"
+
+
+@pytest.mark.parametrize("head", TARGETS)
+def test_local_pretrained_weights_file_loads_into_every_heads_model(weights_files, head):
+    donor, good, _ = weights_files
+    model = build_model(smoke(head, pretrained=str(good)))
+    ours = model.state_dict()
+    backbone = [k for k in ours if not k.startswith("classifier.")]
+    assert backbone and all(torch.equal(ours[k], donor[k]) for k in backbone)
+    assert ours["classifier.weight"].shape[0] == num_outputs(head)   # the head's classes, not 1000
+
+
+def test_a_weights_file_of_another_architecture_is_a_clear_error(weights_files, tmp_path):
+    _, _, other = weights_files
+    with pytest.raises(PretrainedError, match=r"not hold weights of timm model 'test_efficientnet'.*"
+                                              r"another architecture.*--pretrained none"):
+        build_model(smoke(pretrained=str(other)))
+    with pytest.raises(PretrainedError, match="no such weights file"):
+        build_model(smoke(), pretrained=str(tmp_path / "missing.pth"))
+    (tmp_path / "junk.pth").write_text("not weights")
+    with pytest.raises(PretrainedError, match="not a weights file"):
+        build_model(smoke(), pretrained=str(tmp_path / "junk.pth"))
+
+
+def test_the_recipe_starts_from_pretrained_weights_and_smoke_runs_from_scratch():
+    assert all(recipe_config(h).pretrained == "hub" for h in RECIPE)
+    assert recipe_config("age", **SMOKE).pretrained == "none" and TrialConfig("age").pretrained == "none"
+    # "" (model files saved before "none") still means from scratch
+    assert build_model(smoke(pretrained="")).state_dict().keys() == build_model(smoke()).state_dict().keys()
 
 
 def test_search_folds_average_fold_models_and_cover_every_fold(ws2):

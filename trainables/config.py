@@ -21,7 +21,8 @@ class TrialConfig:
     search_folds: int = 1           # folds fold, fold+1, ... trained side by side; metrics averaged
     fold_seed: int = 777            # seed of the fold assignment
     model: str = "efficientnet_b3"  # any timm model name
-    pretrained: str = ""            # "" off | "hub" (timm download) | path to a local weights file
+    pretrained: str = "none"        # none (from scratch; "" in older files) | hub (timm's download)
+                                    # | a local weights file (trainables/pretrained.py)
     img_size: int = 224             # square input size in pixels
     batch_size: int = 64
     epochs: int = 10

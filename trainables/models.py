@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import TrialConfig
+from .pretrained import HUB, PretrainedError, check_source, is_none, ways_out
 
 
 def check_model_name(name: str) -> None:
@@ -20,19 +21,41 @@ def check_model_name(name: str) -> None:
 def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module:
     """A timm model with one output per class of the head(s).
 
-    ``pretrained`` overrides ``cfg.pretrained``: "" none (loading a model file), "hub"
-    (timm's download; needs internet) or a local weights file (its classifier is dropped).
+    ``pretrained`` overrides ``cfg.pretrained``: "none" (or "": loading a model file), "hub"
+    (timm's download; needs internet or its cache) or a local weights file (its classifier
+    is dropped; a file of another architecture is a PretrainedError).
     """
     from core.labels import num_outputs
     source = cfg.pretrained if pretrained is None else pretrained
     num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
-    if source in ("", "hub"):
-        return timm.create_model(cfg.model, pretrained=source == "hub", num_classes=num_classes)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path} not found; pass an existing file or '' for none")
+    if is_none(source) or source == HUB:
+        return timm.create_model(cfg.model, pretrained=source == HUB, num_classes=num_classes)
+    check_source(cfg.model, source)
+    check_fits(timm.create_model(cfg.model, num_classes=num_classes), Path(source))
     return timm.create_model(cfg.model, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay={"file": str(path)})
+                             pretrained_cfg_overlay={"file": str(source)})
+
+
+def check_fits(model: nn.Module, path: Path) -> None:
+    """Every backbone tensor of ``model`` is in the weights file, with its shape. timm loads a
+    file non-strictly once the classifier differs (always, for our heads), so a file of another
+    architecture would load nothing, silently; here it is a PretrainedError."""
+    from timm.models import load_state_dict
+    name = model.pretrained_cfg.get("architecture", type(model).__name__)
+    try:
+        theirs = load_state_dict(str(path))
+    except Exception as exc:   # not a torch / safetensors file at all
+        raise PretrainedError(f"--pretrained {path}: not a weights file ({exc}); {ways_out(name)}") from exc
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith(heads)}
+    missing = [k for k in ours if k not in theirs]
+    shape = [k for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
+    if missing or shape:
+        raise PretrainedError(
+            f"--pretrained {path}: the file does not hold weights of timm model {name!r}: {len(missing)} of its "
+            f"{len(ours)} backbone tensors missing (e.g. {', '.join(missing[:2]) or '-'}), {len(shape)} of another "
+            f"shape (e.g. {', '.join(shape[:2]) or '-'}); it was saved from another architecture; {ways_out(name)}")
 
 
 def data_config(model: nn.Module, img_size: int) -> dict:
@@ -55,7 +78,7 @@ def load_model_file(path: Path | str, map_location="cpu") -> tuple[nn.Module, Tr
     """(model in eval mode, its config); the file's extra keys are in ``read_model_extra``."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     cfg = TrialConfig.from_dict(blob["config"])
-    model = build_model(cfg, pretrained="")
+    model = build_model(cfg, pretrained="none")
     model.load_state_dict(blob["state_dict"])
     return model.eval(), cfg
 

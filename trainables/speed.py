@@ -21,7 +21,7 @@ def train_images_per_s(cfg: TrialConfig, *, batches: int = 6, warmup: int = 2,
     if threads:
         torch.set_num_threads(threads)
     device = device or torch.device("cpu")
-    model = to_device(build_model(cfg, pretrained=""), device).train()
+    model = to_device(build_model(cfg, pretrained="none"), device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     dc = data_config(model, cfg.img_size)
     augment = train_transform(cfg.head, cfg.strength, cfg.img_size, dc["mean"], dc["std"], seed=0)

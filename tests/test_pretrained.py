@@ -1,0 +1,81 @@
+"""Starting weights: the recipe fine-tunes timm's hub weights; offline that stops before Ray with
+one message; a local weights file (what an offline cluster uses) trains end to end."""
+import time
+
+import pytest
+import torch
+
+from orchestrator.cli import main
+from results.tracking import download_artifact, find_runs
+from trainables.models import load_model_file
+from trainables.pretrained import PretrainedError, check_hub
+
+
+def hub_offline() -> bool:
+    """The real check, against the real hub: here (no internet) it fails."""
+    try:
+        check_hub("efficientnet_b3")
+    except PretrainedError:
+        return True
+    return False
+
+
+def test_offline_hub_is_one_fast_error_naming_the_model_and_both_ways_out():
+    if not hub_offline():
+        pytest.skip("the hub answers (or timm's cache holds efficientnet_b3): nothing offline to show")
+    t0 = time.time()
+    with pytest.raises(PretrainedError) as err:
+        check_hub("efficientnet_b3")
+    assert time.time() - t0 < 15   # no retries with back-off
+    msg = str(err.value)
+    assert "'efficientnet_b3'" in msg and "--pretrained FILE" in msg and "--pretrained none" in msg
+
+
+def test_tune_defaults_to_hub_weights_and_offline_stops_before_ray(crops_ws, tmp_path, capsys):
+    import ray
+    if not hub_offline():
+        pytest.skip("the hub answers here: tune would download efficientnet_b3")
+    data, _ = crops_ws
+    assert not ray.is_initialized()
+    rc = main(["tune", "--head", "age", "--data", str(data), "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1
+    assert "--pretrained hub" in err and "'efficientnet_b3'" in err
+    assert "--pretrained FILE" in err and "--pretrained none" in err
+    assert not ray.is_initialized() and not (tmp_path / "ws").exists()   # nothing started, nothing made
+
+
+@pytest.mark.slow
+def test_tune_with_a_local_weights_file_trains_from_it_end_to_end(crops_ws, tmp_path):
+    """--pretrained FILE on the joint model: the trial's logged model still carries the file's
+    backbone (a few smoke steps move it little), and the run records where it started."""
+    import timm
+    data, src = crops_ws
+    torch.manual_seed(1)
+    donor = timm.create_model("test_efficientnet").state_dict()
+    torch.save(donor, tmp_path / "w.pth")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "crops").symlink_to(src.crops)
+    rc = main(["tune", "--head", "all", "--smoke-test", "--phase", "search", "--num-samples", "1",
+               "--pretrained", str(tmp_path / "w.pth"), "--data", str(data), "--workspace", str(ws)])
+    assert rc == 0
+    uri = f"sqlite:///{ws.resolve()}/mlflow.db"
+    [run] = [r for _, r in find_runs(uri, head="all", phase="search").iterrows()]
+    assert run["params.pretrained"] == str(tmp_path / "w.pth")
+    model, cfg = load_model_file(download_artifact(uri, run["run_id"], "model/model.pt", tmp_path / "dl"))
+    w = model.state_dict()["conv_stem.weight"].flatten()
+    cos = torch.nn.functional.cosine_similarity(w, donor["conv_stem.weight"].flatten(), dim=0)
+    assert cfg.pretrained == str(tmp_path / "w.pth") and cos > 0.9   # a fresh init would be ~0
+
+
+def test_a_weights_file_of_another_architecture_stops_tune_before_ray(crops_ws, tmp_path, capsys):
+    import ray
+    import timm
+    data, _ = crops_ws
+    torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "resnet.pth")
+    rc = main(["tune", "--head", "mask", "--smoke-test", "--pretrained", str(tmp_path / "resnet.pth"),
+               "--data", str(data), "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another architecture" in err and "'test_efficientnet'" in err
+    assert not ray.is_initialized() and not (tmp_path / "ws").exists()

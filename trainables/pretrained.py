@@ -1,0 +1,92 @@
+"""Where a model's starting weights come from, and the check, made before Ray starts, that they
+can be had: ``none`` (from scratch), ``hub`` (timm's own download from the Hugging Face hub, or
+its cache) or a local weights file (what a cluster without internet uses).
+
+Offline, timm would fail inside every trial, after Ray, MLflow and the crop cache have started;
+``check_source`` fails first, in one message that names the model and the two ways out.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NONE = ("none", "")   # "" is the older spelling (model files saved before "none")
+HUB = "hub"
+HUB_TIMEOUT_S = 5.0   # one HEAD request, no retries: an offline box answers "no" at once
+SAFE_FILES = ("model.safetensors", "pytorch_model.bin")   # what timm fetches from a hub repo
+
+
+class PretrainedError(ValueError):
+    """The asked-for weights cannot be had; the message names the model and the ways out."""
+
+
+def is_none(source: str) -> bool:
+    return source in NONE
+
+
+def ways_out(model: str) -> str:
+    return (f"pass --pretrained FILE (a weights file of {model}: on a machine with internet, "
+            f"torch.save(timm.create_model({model!r}, pretrained=True).state_dict(), FILE)) or "
+            "--pretrained none to train from scratch")
+
+
+def check_source(model: str, source: str) -> None:
+    """Raise PretrainedError unless ``source``'s weights for timm ``model`` can be loaded here.
+    A file is checked by loading it (``trainables.models.build_model`` names a wrong one)."""
+    if is_none(source):
+        return
+    if source == HUB:
+        check_hub(model)
+    elif not Path(source).is_file():
+        raise PretrainedError(f"--pretrained {source}: no such weights file; {ways_out(model)}")
+
+
+def check_hub(model: str) -> None:
+    """timm's hub weights of ``model`` are in the local cache or the hub answers."""
+    import timm
+    cfg = timm.models.get_pretrained_cfg(model)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise PretrainedError(f"--pretrained hub: timm has no pretrained weights for {model!r}; "
+                              f"{ways_out(model)}")
+    if cfg.hf_hub_id:   # timm prefers the hub whenever huggingface_hub is installed
+        where, reason = f"the Hugging Face hub ({cfg.hf_hub_id})", _hf_unreachable(cfg.hf_hub_id, cfg.hf_hub_filename)
+    else:
+        where, reason = cfg.url, _url_unreachable(cfg.url)
+    if reason:
+        raise PretrainedError(f"--pretrained hub: the pretrained weights of {model!r} are not cached here and "
+                              f"{where} cannot be reached ({reason}); {ways_out(model)}")
+
+
+def _hf_unreachable(repo: str, filename: str | None) -> str:
+    """"" when cached or the hub answers (any HTTP status); else why not."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    repo, _, revision = repo.partition("@")
+    files = (filename,) if filename else SAFE_FILES
+    if any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
+        return ""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:   # retry_on_errors defaults to False: a network error answers at once
+        get_hf_file_metadata(hf_hub_url(repo, files[0], revision=revision or None), timeout=HUB_TIMEOUT_S)
+    except HfHubHTTPError:   # the hub answered (a missing file, a gated repo): it is reachable
+        return ""
+    except Exception as exc:   # DNS, refused, timeout, proxy: httpx's errors, not one base class
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _url_unreachable(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    import torch
+    if (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file():
+        return ""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S).close()
+    except urllib.error.HTTPError:   # an answer, so reachable
+        return ""
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
