@@ -176,6 +176,37 @@ def _ensemble(a) -> int:
     return 0
 
 
+# -- audit -------------------------------------------------------------------------------
+def _audit_args(p):
+    from .audit import AuditOptions
+    d = AuditOptions()
+    p.add_argument("--study", default=None, help="study whose cv folds give the evidence (default: each head's newest)")
+    p.add_argument("--min-score", type=float, default=d.min_score, help="list a suspect and suggest its fix when this "
+                   f"share of the out-of-fold probability contradicts the label (default {d.min_score})")
+    p.add_argument("--sheet-persons", type=int, default=d.sheet_persons, help=f"persons on the contact sheet (default {d.sheet_persons})")
+    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+
+
+def _audit(a) -> int:
+    from .audit import AuditOptions, audit
+    from results.tracking import TrackingError
+    if not 0 < a.min_score <= 1:
+        raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
+    opts = AuditOptions(study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
+                        min_score=a.min_score, sheet_persons=a.sheet_persons)
+    try:
+        res = audit(a.data, Workspace(a.workspace), opts)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"
+    print(f"audit: {len(res.suspects)} suspect(s) ({counts}); {len(res.corrections)} suggested correction(s)\n"
+          f"  {res.out_dir / 'suspects.csv'}\n  {res.out_dir / 'corrections_suggested.csv'} "
+          f"(edit, then: run --corrections FILE)\n  {res.sheet or '(no contact sheet: no suspect)'}\n"
+          f"  MLflow run {res.mlflow_run_id}")
+    return 0
+
+
 # -- run ---------------------------------------------------------------------------------
 def _run_args(p):
     from .pipeline import RunOptions
@@ -308,7 +339,8 @@ COMMANDS = {
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
     "ensemble": ("fold + full-data vote with TTA; writes the submission and report", _ensemble_args, _ensemble),
-    "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble", _run_args, _run),
+    "audit": ("suspect training labels from the folds' out-of-fold predictions (report only)", _audit_args, _audit),
+    "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble, audit", _run_args, _run),
 }
 
 

@@ -110,8 +110,9 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
             plans[target] = sizer.plan(target, o.targets[i:], clock)
             train_head_models(data, ws, target, o, plans[target])
         result = run_ensemble(data, ws, o)
+    audit = run_audit(data, ws, o)
     print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
-    return {"plans": plans, "ensemble": result, "seconds": clock.elapsed()}
+    return {"plans": plans, "ensemble": result, "audit": audit, "seconds": clock.elapsed()}
 
 
 def check_start_weights(o: RunOptions) -> None:
@@ -128,6 +129,7 @@ def check_start_weights(o: RunOptions) -> None:
 
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
 ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
+AUDIT_FIXED_S = 15.0        # the label audit after it: OOF downloads again, contact sheet, MLflow run
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
 FORWARD_COST = 0.5          # predicting an image (decode, forward, logging) as a share of a training step
@@ -174,7 +176,7 @@ class Sizer:
         sizer = cls(o, n_train, parallel, one)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
-        reserve = ENSEMBLE_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
+        reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         print(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
@@ -267,4 +269,20 @@ def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
           f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
           f"{ws.tracking_uri(o.tracking_uri)})")
+    return res
+
+
+def run_audit(data: Path, ws: Workspace, o: RunOptions):
+    """The label audit of the studies just trained: a report, never applied. Its failure (say,
+    --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
+    from core.errors import DataError
+    from .audit import AuditOptions, audit
+    study = f"{o.study}-{o.targets[0]}" if o.joint else None   # per head: each head's newest study
+    try:
+        res = audit(data, ws, AuditOptions(study=study, tracking_uri=o.tracking_uri))
+    except DataError as exc:
+        log.warning("label audit skipped: %s", exc)
+        return None
+    print(f"audit:      {len(res.suspects)} suspect label(s), {len(res.corrections)} suggested correction(s) "
+          f"in {res.out_dir} (apply with: run --corrections {res.out_dir / 'corrections_suggested.csv'})")
     return res

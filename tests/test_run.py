@@ -54,6 +54,20 @@ def test_mlflow_has_every_stage(smoke_run):
     assert all("val_f1" in r.data.metrics for r in tuned)
 
 
+def test_run_audits_the_labels_and_the_audit_command_repeats_it(smoke_run):
+    ws = smoke_run / "ws"
+    audit_dir = ws / "results" / "audit"
+    suspects = pd.read_csv(audit_dir / "suspects.csv")
+    assert list(suspects.columns[:6]) == ["person", "image", "field", "label", "evidence", "score"]
+    assert main(["audit", "--data", str(smoke_run / "data"), "--workspace", str(ws), "--study", "run-all"]) == 0
+    fixes = pd.read_csv(audit_dir / "corrections_suggested.csv")
+    assert list(fixes.columns) == ["id", "field", "value", "note"]
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("orchestrator")
+    audits = client.search_runs([exp.experiment_id], "tags.stage = 'audit'")
+    assert len(audits) >= 2 and {r.data.tags["study"] for r in audits} == {"run-all"}
+
+
 def test_rerun_resumes_instead_of_retraining(smoke_run):
     t0 = time.time()
     client = mlflow.MlflowClient(f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}")

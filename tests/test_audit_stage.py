@@ -1,0 +1,105 @@
+"""The `audit` stage on a real MLflow SQLite store: planted label errors in the manifest are found
+from the cv runs' out-of-fold predictions; bad studies get clear errors."""
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow_runs import log_model_run, oof_frame, store, write_manifest
+
+from core.corrections import apply_corrections
+from core.dataset import load_train
+from core.errors import DataError
+from core.folds import FoldSpec, assign_folds
+from core.labels import HEADS
+from core.workspace import Workspace
+from orchestrator.audit import AuditOptions, audit
+from orchestrator.cli import main
+
+SKILL = 6.0   # OOF logits this much above the truth: p(true class) ~ 0.99
+
+
+def _log_folds(client, data, art, *, k=2, folds=None, oof=True, persons=None, study="s1"):
+    """cv fold runs per head whose OOF predictions follow the *clean* labels of ``data``."""
+    train = load_train(data)
+    fold = assign_folds(train, FoldSpec(k=k)).to_numpy()
+    rng = np.random.default_rng(0)
+    for head in HEADS:
+        for f in (range(k) if folds is None else folds):
+            rows = train[(fold == f) & (train["person"].isin(persons) if persons is not None else True)]
+            log_model_run(client, art, head=head, phase="cv", fold=f, study=study,
+                          oof=oof_frame(rows, head, rng, skill=SKILL) if oof else None)
+
+
+def _plant(ws, person_gender, person_age, person_swap):
+    """Label errors in the manifest the models are audited against (the OOF saw the truth)."""
+    path = Workspace(ws).manifest
+    m = pd.read_parquet(path)
+    m.loc[m["person"] == person_gender, "gender"] = 1 - m.loc[m["person"] == person_gender, "gender"]
+    m.loc[m["person"] == person_age, "age"] = np.where(m.loc[m["person"] == person_age, "age"] < 30, 45, 22)
+    for a, b in (("incorrect_mask", 2), ("normal", 1)):
+        m.loc[(m["person"] == person_swap) & (m["kind"] == a), "mask"] = b
+    m.to_parquet(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def planted_ws(demo_dir, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    client = store(ws)
+    write_manifest(demo_dir, ws)
+    _log_folds(client, demo_dir, tmp_path_factory.mktemp("art"))
+    persons = sorted(load_train(demo_dir)["person"].unique())
+    planted = {"gender": persons[3], "age": persons[7], "swap": persons[11]}
+    _plant(ws, planted["gender"], planted["age"], planted["swap"])
+    return ws, client, planted
+
+
+def test_audit_finds_every_planted_error_and_writes_a_corrections_file(planted_ws, demo_dir):
+    ws, client, planted = planted_ws
+    res = audit(demo_dir, ws)
+    top = res.suspects[res.suspects["field"] != "mask"]
+    assert set(zip(top["person"], top["field"])) == {(p, f) for f, p in planted.items()}
+    assert (res.suspects["score"] > 0.9).all()
+    files = {p.name for p in res.out_dir.iterdir()}
+    assert {"suspects.csv", "corrections_suggested.csv", "suspects.png"} <= files
+    fixes = pd.read_csv(res.out_dir / "corrections_suggested.csv", dtype=str, keep_default_na=False)
+    assert list(fixes.columns) == ["id", "field", "value", "note"]
+    assert fixes.set_index("field").at["swap", "value"] == "incorrect_mask:normal"
+    # read back by the --corrections loader on the noisy labels, it undoes the planted errors
+    noisy = pd.read_parquet(Workspace(ws).manifest).query("split == 'train'")
+    fixed = apply_corrections(noisy, res.out_dir / "corrections_suggested.csv")
+    clean = load_train(demo_dir).set_index("path")
+    for col in ("gender", "mask"):
+        assert (fixed.set_index("path")[col] == clean.loc[fixed["path"], col]).all()
+    run = client.get_run(res.mlflow_run_id)
+    assert run.data.tags["stage"] == "audit" and run.info.status == "FINISHED"
+    assert run.data.metrics["corrections_suggested"] == 3
+    logged = {a.path for a in client.list_artifacts(res.mlflow_run_id, "audit")}
+    assert {"audit/suspects.csv", "audit/corrections_suggested.csv", "audit/suspects.png"} <= logged
+
+
+def test_audit_command_prints_where_it_wrote(planted_ws, demo_dir, capsys):
+    ws, _, planted = planted_ws
+    assert main(["audit", "--data", str(demo_dir), "--workspace", str(ws), "--study", "s1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 suggested correction(s)" in out and "corrections_suggested.csv" in out
+    assert main(["audit", "--data", str(demo_dir), "--workspace", str(ws), "--min-score", "2"]) == 2
+    assert "--min-score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("single fold", "single fold"),
+    ("no oof", "no cv fold run with out-of-fold predictions"),
+    ("missing person", "have no out-of-fold prediction"),
+    ("no study", "no finished cv runs"),
+])
+def test_bad_studies_are_named(case, message, demo_dir, tmp_path):
+    client = store(tmp_path / "ws")
+    write_manifest(demo_dir, tmp_path / "ws")
+    persons = sorted(load_train(demo_dir)["person"].unique())
+    if case == "single fold":
+        _log_folds(client, demo_dir, tmp_path, k=2, folds=[0])
+    elif case == "no oof":
+        _log_folds(client, demo_dir, tmp_path, oof=False)
+    elif case == "missing person":
+        _log_folds(client, demo_dir, tmp_path, persons=persons[:-2])
+    with pytest.raises(DataError, match=message):
+        audit(demo_dir, tmp_path / "ws", AuditOptions(study="s1" if case != "no study" else None))

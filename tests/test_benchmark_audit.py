@@ -1,0 +1,50 @@
+"""benchmarks/audit.py: planting label errors in a copy of a data set, and its smoke mode end to
+end (plant, `run --smoke-test` on the noisy set, `audit`, precision/recall at K)."""
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.audit import RATES, main, moved_age, plant  # noqa: E402
+from core.labels import age_group  # noqa: E402
+
+
+def test_moved_age_crosses_a_boundary_clear_of_59():
+    for age in [a for a in range(18, 70) if a != 59]:   # 59 is never moved (see pick_persons)
+        new = moved_age(age)
+        assert age_group(new) != age_group(age), (age, new)
+        assert age_group(new, 59) != age_group(age, 59), (age, new)   # a training boundary of 59 sees it
+
+
+def test_plant_changes_the_copy_only(demo_dir, tmp_path):
+    clean_csv = (demo_dir / "train" / "train.csv").read_bytes()
+    planted = plant(demo_dir, tmp_path / "noisy", tmp_path / "planted.csv", smoke=True)
+    assert (demo_dir / "train" / "train.csv").read_bytes() == clean_csv
+    assert sorted(planted["field"]) == sorted(RATES) and planted["person"].is_unique
+    noisy = pd.read_csv(tmp_path / "noisy" / "train" / "train.csv", dtype=str).set_index("id")
+    clean = pd.read_csv(demo_dir / "train" / "train.csv", dtype=str).set_index("id")
+    for r in planted.itertuples():
+        folder = noisy.at[r.person, "path"]
+        if r.field == "swap":
+            for a, b in (("incorrect_mask", "normal"), ("normal", "incorrect_mask")):
+                new = next((tmp_path / "noisy" / "train" / "images" / folder).glob(f"{a}.*")).read_bytes()
+                assert new == next((demo_dir / "train" / "images" / folder).glob(f"{b}.*")).read_bytes()
+        else:
+            assert noisy.at[r.person, r.field] == r.now != clean.at[r.person, r.field] == r.was
+    changed = (noisy[["gender", "age"]] != clean[["gender", "age"]]).any(axis=1)
+    assert set(noisy.index[changed]) == set(planted.loc[planted["field"] != "swap", "person"])
+
+
+@pytest.mark.slow
+def test_smoke_mode_plants_runs_audits_and_scores(tmp_path):
+    out = main(["--smoke", "--arms", "noisy", "audit", "report", "--work", str(tmp_path)])
+    assert set(out["precision_recall_at_k"]) == set(RATES)
+    for field, pr in out["precision_recall_at_k"].items():
+        assert pr["planted"] == 1 and 0 <= pr["hits"] <= 1
+    assert 0 <= out["arms"]["noisy"]["f1"] <= 1
+    assert (tmp_path / "ws-noisy" / "results" / "audit" / "suspects.png").is_file() or \
+        out["suggestions"]["suggested"] == 0
+    assert json.loads((tmp_path / "arm-noisy.json").read_text())["budget"] == "smoke"
