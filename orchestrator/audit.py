@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 
 from results.audit import AuditInputs, audit_suspects, person_predictions, suggested_corrections
 from results.contact_sheet import contact_sheet
-from results.selection import EXPERIMENT, OOF_FILE, ChosenModel, choose_models
+from results.run_schema import AUDIT, EXPERIMENT, OOF_FILE, run_status, start_run
+from results.selection import ChosenModel, choose_models
 from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic
@@ -112,10 +113,9 @@ def write_outputs(inp: AuditInputs, suspects, corrections, ws: Workspace, person
 
 def log_audit(client: MlflowClient, opts: AuditOptions, study: str, suspects, corrections, files) -> str:
     exp = client.get_experiment_by_name(opts.experiment)
-    run = client.create_run(exp.experiment_id, run_name=f"audit-{study}",
-                            tags={"stage": "audit", "role": "audit", "study": study})
-    rid = run.info.run_id
-    try:
+    rid = start_run(client, exp.experiment_id, role=AUDIT, name=f"audit · study {study}",
+                    tags={"stage": "audit", "study": study})
+    with run_status(client, rid):
         client.log_param(rid, "min_score", opts.min_score)
         client.log_param(rid, "study", study)
         for f in FIELDS:
@@ -123,10 +123,6 @@ def log_audit(client: MlflowClient, opts: AuditOptions, study: str, suspects, co
         client.log_metric(rid, "corrections_suggested", float(len(corrections)))
         for f in files:
             client.log_artifact(rid, str(f), "audit")
-        client.set_terminated(rid)
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
-        raise
     return rid
 
 

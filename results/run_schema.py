@@ -9,7 +9,8 @@ Runs of the experiment (tag ``role``):
             ``model`` (pyfunc, see trainables.mlflow_model) and its OOF predictions
   ensemble  one per `ensemble`: the report, the submission and the whole ensemble as the
             logged model ``ensemble``
-Other stages (e.g. an audit) open their own run with ``start_run(role=...)``.
+  audit     one per `audit`: suspects.csv, corrections_suggested.csv and the contact sheet
+Other stages open their own run with ``start_run(role=...)``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ DESCRIPTION = ("Face mask / gender / age (18 classes, macro F1). Runs: one paren
                "(role=ensemble, logged model 'ensemble').")
 
 # roles (tag ``role``)
-STUDY, TRIAL, ENSEMBLE = "study", "trial", "ensemble"
+STUDY, TRIAL, ENSEMBLE, AUDIT = "study", "trial", "ensemble", "audit"
 MODEL_PHASES = ("search", "cv", "full")   # phases whose trials hold a model that can vote
 FULL = "full"
 
