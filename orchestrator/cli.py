@@ -142,7 +142,8 @@ def _ensemble_args(p):
     p.add_argument("--tta", default="hflip", help="comma-separated test-time augmentations, or 'none' (default hflip)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
-    p.add_argument("--study", default=None, help="default selection from this study (default: the newest)")
+    p.add_argument("--study", default=None, help="default selection from this study, or one per head: "
+                   "mask=S1,gender=S2,age=S3 (default: the newest; heads left out too)")
     p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
     p.add_argument("--eval-vote", choices=EVAL_VOTES, default="all", help="who votes on the eval images: every "
                    "chosen model (default), or the full-data models only (the fold models still give the OOF "
@@ -156,9 +157,11 @@ def _ensemble_args(p):
 
 
 def _ensemble(a) -> int:
+    from results.selection import parse_studies
+
     from .ensemble import EnsembleOptions, ensemble
     tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
-    opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=a.study,
+    opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=parse_studies(a.study),
                            tracking_uri=a.tracking_uri, include_full=a.include_full, eval_vote=a.eval_vote,
                            batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
                            address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)

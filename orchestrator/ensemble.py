@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
 from results.report import ReportInputs, write_report
 from results.run_schema import ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE as MODEL_FILE, OOF_FILE, run_status, start_run
-from results.selection import ChosenModel, check_artifacts, choose_models, models_table
+from results.selection import ChosenModel, Studies, check_artifacts, choose_models, models_table
 from results.submission import write_submission
 from results.tracking import check_tracking
 from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
@@ -43,7 +43,7 @@ class EnsembleOptions:
     vote: str = "soft"                  # soft (mean probabilities) | hard (majority of argmax)
     tta: tuple[str, ...] = ("hflip",)   # test-time augmentations (trainables.predict); () = none
     calibrate: bool = True              # fit per-class offsets on the OOF predictions
-    study: str | None = None            # default selection: this study (else the newest)
+    study: Studies = None               # default selection: this study, or head -> study (else the newest)
     tracking_uri: str | None = None     # default: Workspace.tracking_uri()
     include_full: bool = True           # default selection: add the full-data model
     eval_vote: str = "all"              # who votes on the eval images: all chosen models, or "full":
@@ -90,9 +90,27 @@ def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[
 
 
 # -- out-of-fold -------------------------------------------------------------------------
-def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path) -> pd.DataFrame:
-    """``path`` + p0..p{C-1} of head ``c.head`` (a joint model's OOF table holds every head's
-    columns side by side: its head's slice is renumbered from p0)."""
+LOGGED_VIEWS = ("hflip",)   # the TTA of a trial's validation: what its OOF p0.. average
+
+
+def view_probs(df: pd.DataFrame, cols: list[str], tta: tuple[str, ...], what: str) -> np.ndarray:
+    """OOF probabilities averaged over the views the eval images are predicted with: the original
+    view and ``tta`` (columns orig_p0.., hflip_p0..); a table without per-view columns (logged
+    before they were) serves only the views its p0.. already average."""
+    from trainables.loop import ORIGINAL, mean_of_views
+    views = (ORIGINAL, *tta)
+    if all(f"{v}_{c}" in df for v in views for c in cols):
+        return mean_of_views([df[[f"{v}_{c}" for c in cols]].to_numpy() for v in views])
+    if tuple(tta) == LOGGED_VIEWS:
+        return df[cols].to_numpy()
+    raise DataError(f"{what}: its out-of-fold predictions average the views {', '.join((ORIGINAL, *LOGGED_VIEWS))} "
+                    f"and hold no per-view columns, so they cannot match eval predictions with --tta "
+                    f"{','.join(tta) or 'none'}; use --tta {','.join(LOGGED_VIEWS)}, or train the fold models again")
+
+
+def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path, tta: tuple[str, ...]) -> pd.DataFrame:
+    """``path`` + p0..p{C-1} of head ``c.head`` over the views ``tta`` (a joint model's OOF table
+    holds every head's columns side by side: its head's slice is renumbered from p0)."""
     try:
         local = Path(client.download_artifacts(c.run_id, OOF_FILE, str(tmp / c.run_id)))
     except (MlflowException, OSError) as exc:
@@ -106,12 +124,15 @@ def _read_oof(client: MlflowClient, c: ChosenModel, tmp: Path) -> pd.DataFrame:
         raise DataError(f"MLflow run {c.run_id}: {OOF_FILE} lacks column(s) {', '.join(missing)} "
                         f"(a {c.model_target} model needs path, {cols[0]}..{cols[-1]})")
     mine = cols[output_slices(c.model_target)[c.head]]
-    return df[["path", *mine]].set_axis(["path", *(f"p{k}" for k in range(len(mine)))], axis=1)
+    probs = view_probs(df, mine, tta, f"MLflow run {c.run_id} ({OOF_FILE})")
+    return pd.DataFrame({"path": df["path"].to_numpy(), **{f"p{k}": probs[:, k] for k in range(len(mine))}})
 
 
-def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: str) -> pd.DataFrame | None:
-    """One voted OOF row per training image of one head (None when no fold model has OOF)."""
-    frames = [_read_oof(client, c, tmp) for c in models if c.has_oof]
+def head_oof(client: MlflowClient, models: list[ChosenModel], tmp: Path, how: str,
+             tta: tuple[str, ...] = LOGGED_VIEWS) -> pd.DataFrame | None:
+    """One voted OOF row per training image of one head (None when no fold model has OOF),
+    over the same views as the eval predictions (``tta``)."""
+    frames = [_read_oof(client, c, tmp, tta) for c in models if c.has_oof]
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
@@ -129,9 +150,10 @@ class Oof:
     heads: dict = field(repr=False)   # head -> [N, C] voted probabilities
 
 
-def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str) -> Oof | None:
-    """The joint OOF predictions (None when some head has no fold model with OOF)."""
-    per_head = {h: head_oof(client, models, tmp, how) for h, models in chosen.items()}
+def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str,
+                    tta: tuple[str, ...] = LOGGED_VIEWS) -> Oof | None:
+    """The joint OOF predictions over the views ``tta`` (None when some head has no fold model with OOF)."""
+    per_head = {h: head_oof(client, models, tmp, how, tta) for h, models in chosen.items()}
     absent = [h for h, df in per_head.items() if df is None]
     if absent:
         log.warning("no out-of-fold predictions for head(s) %s (no cv/search run chosen): "
@@ -245,9 +267,16 @@ def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
     return CalibrationOutcome(cal, True, held, f"applied: {words}")
 
 
+def studies_text(studies: Studies) -> str:
+    """--study as typed: S, or mask=S1,gender=S2,age=S3."""
+    if isinstance(studies, dict):
+        return ",".join(f"{h}={s}" for h, s in studies.items())
+    return studies or ""
+
+
 def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, chosen, opts) -> ReportInputs:
     settings = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibration": cal.status,
-                "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": opts.study or "(newest)",
+                "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": studies_text(opts.study) or "(newest)",
                 "runs": " ".join(opts.runs) or "(default)"}
     empty = np.zeros(0, dtype=int)
     if oof is None:
@@ -268,7 +297,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
     rid = start_run(client, exp.experiment_id, role=ENSEMBLE, name=name, tags={"stage": "ensemble"})
     with run_status(client, rid):
         params = {"vote": opts.vote, "tta": ",".join(opts.tta) or "none", "calibrate": opts.calibrate,
-                  "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": opts.study or "",
+                  "include_full": opts.include_full, "eval_vote": opts.eval_vote, "study": studies_text(opts.study),
                   "runs": " ".join(opts.runs)[:500]}
         params.update({f"models_{h}": len(m) for h, m in chosen.items()})
         for k, v in params.items():
@@ -315,7 +344,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     order, crops = eval_crops(data, ws, manifest)
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
-        oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote)
+        oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote, opts.tta)
     cal = calibrate(oof, opts)
     eval_heads = predict_eval(uri, chosen, crops, opts)
     eval_pred = predict_classes(joint_log_probs(eval_heads), cal.offsets)

@@ -260,12 +260,23 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
                  verbose=0, deadline=plan.full_end, epochs=plan.full_epochs, seeds=plan.full_seeds)
 
 
-def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
-    from .ensemble import EnsembleOptions, ensemble
+def trained_studies(o: RunOptions) -> dict[str, str]:
+    """head -> the study `run` trained for it: the joint study in every head, or the head's own."""
+    return {h: f"{o.study}-{ALL if o.joint else h}" for h in o.heads}
+
+
+def ensemble_options(o: RunOptions):
+    """The ensemble of exactly the studies this run trained (never another, newer study)."""
+    from .ensemble import EnsembleOptions
     # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
-    res = ensemble(data, ws, EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
-                                             use_ray=o.budget_s is not None and not o.smoke_test,
-                                             gpus_per_model=o.gpus_per_trial, cpus_per_model=o.cpus_per_trial))
+    return EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
+                           study=trained_studies(o), use_ray=o.budget_s is not None and not o.smoke_test,
+                           gpus_per_model=o.gpus_per_trial, cpus_per_model=o.cpus_per_trial)
+
+
+def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
+    from .ensemble import ensemble
+    res = ensemble(data, ws, ensemble_options(o))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
           f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
           f"{ws.tracking_uri(o.tracking_uri)})")

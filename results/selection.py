@@ -1,7 +1,7 @@
 """Which MLflow runs vote in the ensemble, per head.
 
-Default: the K fold models of the head's cv phase (the newest study, or ``study``) plus
-its full-data model. The user can pick instead, by what the MLflow UI shows:
+Default: the K fold models of the head's cv phase (the newest study, or ``study``: one name
+for every head or one per head) plus its full-data model. The user can pick instead, by what the MLflow UI shows:
   * a run id (32 hex digits, as in the run's page),
   * a registered model URI: ``models:/age-head@champion`` or ``models:/age-head/3``,
   * an MLflow search filter: ``tags.study = 'age-lr' and metrics.val_f1 > 0.8``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -156,9 +156,35 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
     return chosen + [_votes_for(_chosen(r, "default"), head) for r in newest]
 
 
-def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study: str | None = None,
+Studies = str | Mapping[str, str] | None   # one study for every head, a study per head, or the newest
+
+
+def parse_studies(text: str | None) -> Studies:
+    """``--study``: ``S`` (every head) or ``mask=S1,gender=S2,age=S3`` (heads left out: the newest)."""
+    if not text or "=" not in text:
+        return text or None
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        head, _, name = (x.strip() for x in item.partition("="))
+        if head not in HEADS:
+            raise DataError(f"--study {text!r}: unknown head {head!r}; write HEAD=STUDY with HEAD one of "
+                            f"{', '.join(HEADS)}")
+        if not name:
+            raise DataError(f"--study {text!r}: no study name for head {head}; write {head}=STUDY")
+        if head in out:
+            raise DataError(f"--study {text!r}: head {head} is named twice")
+        out[head] = name
+    return out
+
+
+def study_of(studies: Studies, head: str) -> str | None:
+    return studies.get(head) if isinstance(studies, Mapping) else studies
+
+
+def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study: Studies = None,
                   include_full: bool = True, experiment: str = EXPERIMENT) -> dict[str, list[ChosenModel]]:
-    """head -> the models that vote for it (see the module doc for the selection forms)."""
+    """head -> the models that vote for it (see the module doc for the selection forms);
+    ``study`` names the default selection's study, for every head or per head."""
     exp_id = _experiment_id(client, experiment)
     ids = [s for s in selections if RUN_ID.match(s.strip())]
     picked = _by_run_ids(client, [s.strip() for s in ids])
@@ -178,7 +204,7 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
             voter = _votes_for(c, head)
             if voter is not None and c.run_id not in {m.run_id for m in mine}:
                 mine.append(voter)
-        out[head] = mine or default_models(client, exp_id, experiment, head, study, include_full)
+        out[head] = mine or default_models(client, exp_id, experiment, head, study_of(study, head), include_full)
     return out
 
 

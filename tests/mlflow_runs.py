@@ -80,9 +80,14 @@ def log_model_run(client: MlflowClient, tmp: Path, *, head: str, phase: str, fol
 
 def joint_oof_frame(train: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     """A joint (all) model's OOF table: every head's columns side by side, p0..p7."""
-    parts = [oof_frame(train, h, rng).drop(columns="path").to_numpy() for h in HEADS]
-    p = np.concatenate(parts, 1)
-    return pd.DataFrame({"path": train["path"].to_numpy(), **{f"p{k}": p[:, k] for k in range(p.shape[1])}})
+    parts = [oof_frame(train, h, rng)[[f"p{k}" for k in range(HEADS[h].num_classes)]].to_numpy() for h in HEADS]
+    return _with_views(train, np.concatenate(parts, 1))
+
+
+def _with_views(train: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
+    """`path`, p0.. and the per-view columns a trial logs (here every view predicts the same)."""
+    cols = {f"{v}p{k}": p[:, k] for v in ("", "orig_", "hflip_") for k in range(p.shape[1])}
+    return pd.DataFrame({"path": train["path"].to_numpy(), **cols})
 
 
 def oof_frame(train: pd.DataFrame, head: str, rng: np.random.Generator, skill: float = 2.0) -> pd.DataFrame:
@@ -91,8 +96,7 @@ def oof_frame(train: pd.DataFrame, head: str, rng: np.random.Generator, skill: f
     c = HEADS[head].num_classes
     logits = rng.normal(0, 1, (len(train), c))
     logits[np.arange(len(train)), truth] += skill
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return pd.DataFrame({"path": train["path"].to_numpy(), **{f"p{k}": p[:, k] for k in range(c)}})
+    return _with_views(train, np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
 
 
 def write_manifest(data: Path, ws: Path) -> pd.DataFrame:

@@ -131,7 +131,8 @@ def test_oof_of_two_runs_on_one_image_is_voted(tmp_path, demo_dir):
     chosen = choose_models(client, [ra, rb, *others])
     oof = oof_predictions(client, chosen, train.set_index("path"), tmp_path / "t", "soft")
     order = np.argsort(train["path"].to_numpy())
-    expected = (a.iloc[order, 1:].to_numpy() + b.iloc[order, 1:].to_numpy()) / 2
+    p = ["p0", "p1", "p2"]
+    expected = (a[p].iloc[order].to_numpy() + b[p].iloc[order].to_numpy()) / 2
     assert np.allclose(oof.heads["age"], expected)
 
 

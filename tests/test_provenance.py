@@ -89,3 +89,91 @@ def test_folds_are_addressed_by_the_table_they_split(demo_dir, tmp_path):
                                   check_dtype=False)
     relabelled = train.assign(label=np.where(np.arange(len(train)) == 0, (train["label"] + 1) % 18, train["label"]))
     assert folds_key(relabelled) != folds_key(train)             # corrections change the key too
+
+
+# -- run votes with exactly the studies it trained; ensemble picks a study per head -----
+def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
+    """`run` (joint), `run --per-head`, then `run` again: the third ensemble votes with the joint
+    study in every head, not with the newer per-head studies."""
+    from mlflow_runs import joint_oof_frame, log_model_run, log_study, store
+
+    from core.dataset import load_train
+    from orchestrator.pipeline import RunOptions, ensemble_options
+    from results.selection import choose_models
+    client = store(tmp_path / "ws")
+    train = load_train(demo_dir)
+    rng = np.random.default_rng(0)
+
+    def joint(tag):   # a joint study's 2 folds + its full-data model (a retrain of its own)
+        half = train["person"].isin(train["person"].unique()[::2]).to_numpy()
+        ids = [log_model_run(client, tmp_path, head="all", phase="cv", fold=f, study="run-all",
+                             oof=joint_oof_frame(train[half == (f == 0)], rng)) for f in (0, 1)]
+        return ids + [log_model_run(client, tmp_path, head="all", phase="full", fold=-1, study="run-all",
+                                    tags={"retrain": tag})]
+    joint("r1")
+    per_head = {h: f"run-{h}" for h in ("mask", "gender", "age")}
+    for h, s in per_head.items():
+        log_study(client, demo_dir, tmp_path / s, study=s, k=2)
+    again = joint("r2")
+    chosen = choose_models(client, study=ensemble_options(RunOptions()).study)
+    for head, models in chosen.items():
+        assert {m.run_id for m in models} >= {again[2]} and {m.study for m in models} == {"run-all"}, head
+    by_head = ensemble_options(RunOptions(joint=False)).study
+    assert by_head == per_head
+    assert {m.study for m in choose_models(client, study=by_head)["age"]} == {"run-age"}
+
+
+def test_ensemble_study_per_head(demo_dir, tmp_path):
+    from mlflow_runs import log_study, store
+
+    from core.errors import DataError
+    from orchestrator.cli import build_parser
+    from results.selection import choose_models, parse_studies
+    client = store(tmp_path / "ws")
+    s1 = log_study(client, demo_dir, tmp_path / "a", study="s1", k=2)
+    s2 = log_study(client, demo_dir, tmp_path / "b", study="s2", k=2)
+    picked = parse_studies("mask=s1, gender=s2,age=s1")
+    chosen = choose_models(client, study=picked)
+    assert [m.run_id for m in chosen["mask"]] == s1["mask"]
+    assert [m.run_id for m in chosen["gender"]] == s2["gender"]
+    assert [m.run_id for m in chosen["age"]] == s1["age"]
+    assert parse_studies("s2") == "s2"                 # one name still means every head
+    partial = choose_models(client, study=parse_studies("age=s1"))   # others: the newest study
+    assert [m.run_id for m in partial["age"]] == s1["age"] and [m.run_id for m in partial["mask"]] == s2["mask"]
+    for bad, why in (("nose=s1", "unknown head 'nose'"), ("mask=", "no study name"), ("mask=a,mask=b", "twice")):
+        with pytest.raises(DataError, match=why):
+            parse_studies(bad)
+    args = build_parser().parse_args(["ensemble", "--study", "mask=s1,gender=s2,age=s1"])
+    assert args.study == "mask=s1,gender=s2,age=s1"
+
+
+# -- OOF and eval predictions use the same views -----------------------------------------
+def test_oof_holds_every_view_and_the_ensemble_takes_its_own(crops_ws, tmp_path):
+    """A trial's OOF table keeps each TTA view apart; the ensemble averages the views it predicts
+    the eval images with (``--tta none``: the original view only), so the calibration offsets are
+    fitted on probabilities like those they are applied to."""
+    from mlflow_runs import log_model_run, store
+
+    from core.dataset import load_train
+    from core.folds import FoldSpec, ensure_folds
+    from orchestrator.ensemble import head_oof
+    from results.selection import ChosenModel
+    from search_spaces import SMOKE, recipe_config
+    from trainables.predict import predict_probs
+    from trainables.trainer import TrialState, build_fold_parts, oof_of, run_folds_epoch
+    data, ws = crops_ws
+    ensure_folds(load_train(data), ws.root, FoldSpec(2, 777))
+    parts = build_fold_parts(recipe_config("gender", folds=2, **SMOKE), ws)
+    oof = oof_of(parts, run_folds_epoch(parts, TrialState()))
+    crops = dict(zip(parts[0].data.paths, pd.read_parquet(ws.manifest).set_index("path").loc[parts[0].data.paths, "crop"]))
+    files = [ws.crops / crops[p] for p in oof["path"]]
+    model = parts[0].model.cpu()
+    for tta, cols in (((), ["orig_p0", "orig_p1"]), (("hflip",), ["p0", "p1"])):
+        eval_like = predict_probs(model, parts[0].cfg, files, tta=tta)
+        np.testing.assert_allclose(oof[cols].to_numpy(), eval_like, atol=1e-5)
+    client = store(tmp_path / "ws")
+    rid = log_model_run(client, tmp_path, head="gender", phase="cv", fold=0, oof=oof)
+    chosen = [ChosenModel("gender", rid, "cv", "0", "s1", "run id", "gender")]
+    for tta, cols in (((), ["orig_p0", "orig_p1"]), (("hflip",), ["p0", "p1"])):
+        got = head_oof(client, chosen, tmp_path / "dl", "soft", tta).loc[oof["path"]]
+        np.testing.assert_allclose(got.to_numpy(), oof[cols].to_numpy(), atol=1e-6)

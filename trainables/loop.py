@@ -1,7 +1,7 @@
 """The train / eval loop as plain functions (no Ray): testable and reused by the trainable."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -78,12 +78,16 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     return total / max(n, 1)
 
 
+ORIGINAL = "orig"   # the untransformed view's name in per-view tables (OOF predictions)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     loss: float          # mean loss against the training targets
     f1: float            # macro F1 against the scored labels (age: competition boundary;
     acc: float           #   a joint model: the 18 classes)
     probs: np.ndarray    # [N, C] softmax (per head), averaged over the original view and TTA views
+    views: dict = field(default_factory=dict, repr=False)   # view name (ORIGINAL, TTA's) -> [N, C]
 
 
 def softmax_by_head(logits: torch.Tensor, target: str) -> torch.Tensor:
@@ -92,19 +96,34 @@ def softmax_by_head(logits: torch.Tensor, target: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str,
-                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the original view, per-head softmax averaged over original + TTA views);
-    ``target`` is the model's head, or ``all``."""
+def predict_views(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str,
+                  precision: str = "auto") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits of the original view, view name -> per-head softmax) for the original view
+    (ORIGINAL) and every ``tta`` view; ``target`` is the model's head, or ``all``."""
     for name in tta:
         if name not in TTA_VIEWS:
             raise ValueError(f"unknown TTA view {name!r}; valid: {', '.join(TTA_VIEWS)}")
     with autocast(x.device, precision):
         logits = model(x).float()
-        probs = softmax_by_head(logits, target)
+        views = {ORIGINAL: softmax_by_head(logits, target)}
         for name in tta:
-            probs = probs + softmax_by_head(model(TTA_VIEWS[name](x)).float(), target)
-    return logits, probs / (1 + len(tta))
+            views[name] = softmax_by_head(model(TTA_VIEWS[name](x)).float(), target)
+    return logits, views
+
+
+def predict_batch(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...], target: str,
+                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of the original view, per-head softmax averaged over original + TTA views)."""
+    logits, views = predict_views(model, x, tta, target, precision)
+    return logits, mean_of_views(list(views.values()))
+
+
+def mean_of_views(views: list):
+    """The TTA average, summed in view order (so OOF tables and eval predictions agree)."""
+    total = views[0]
+    for v in views[1:]:
+        total = total + v
+    return total / len(views)
 
 
 def score(target: str, probs: np.ndarray, scored: np.ndarray) -> tuple[float, float]:
@@ -127,13 +146,14 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device,
              *, tta: tuple[str, ...] = ("hflip",), precision: str = "auto") -> EvalResult:
     """Validation of a model of ``target`` (a head, or ``all``) on ``loader``."""
     model.eval()
-    losses, probs, scored = [], [], []
+    losses, views, scored = [], [], []
     for x, y, s in loader:
         x, y = batch_to(x, device), y.to(device, non_blocking=True)
-        logits, p = predict_batch(model, x, tta, target, precision)
+        logits, v = predict_views(model, x, tta, target, precision)
         losses.append(loss_fn(logits, y).item() * len(y))
-        probs.append(p.cpu().numpy())
+        views.append({k: p.cpu().numpy() for k, p in v.items()})
         scored.append(s.numpy())
-    probs_np, s_np = np.concatenate(probs), np.concatenate(scored)
+    by_view = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
+    probs_np, s_np = mean_of_views(list(by_view.values())), np.concatenate(scored)
     f1, acc = score(target, probs_np, s_np)
-    return EvalResult(sum(losses) / len(s_np), f1, acc, probs_np)
+    return EvalResult(sum(losses) / len(s_np), f1, acc, probs_np, by_view)

@@ -144,10 +144,14 @@ def oof_of(parts: list[Parts], res: EpochResult) -> pd.DataFrame | None:
 
 
 def oof_table(parts: Parts, val: EvalResult) -> pd.DataFrame:
-    """Validation-fold probabilities: `path` + p0..p{C-1} (the ensemble's OOF input)."""
-    df = pd.DataFrame(val.probs, columns=[f"p{i}" for i in range(val.probs.shape[1])])
-    df.insert(0, "path", parts.val_paths)
-    return df
+    """Validation-fold probabilities (the ensemble's OOF input): `path`, p0..p{C-1} averaged over
+    the views, and each view apart (orig_p0.., hflip_p0..), so the ensemble can average the views
+    it predicts the eval images with."""
+    n = val.probs.shape[1]
+    cols = {f"p{i}": val.probs[:, i] for i in range(n)}
+    for view, probs in val.views.items():
+        cols |= {f"{view}_p{i}": probs[:, i] for i in range(n)}
+    return pd.DataFrame({"path": parts.val_paths, **cols})
 
 
 def save_state(parts: Parts, state: TrialState, path: Path) -> None:
