@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_f1
+from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_check
 from results.report import ReportInputs, write_report
 from results.run_schema import ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE as MODEL_FILE, OOF_FILE, run_status, start_run
 from results.selection import ChosenModel, Studies, check_artifacts, choose_models, models_table
@@ -236,35 +236,43 @@ def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Pat
 class CalibrationOutcome:
     fitted: Calibration | None        # None when off or without OOF
     applied: bool                     # offsets used on the eval predictions
-    heldout_f1: float                 # calibrated F1 with offsets fitted on other persons
+    heldout_f1: float                 # calibrated F1 with offsets fitted on other persons (all of them)
     status: str                       # what happened, in words (report, log)
+    shrink: float = 0.0               # share of the fitted offsets applied (0 when not applied)
 
     @property
     def offsets(self) -> np.ndarray | None:
-        return self.fitted.offsets if self.applied else None
+        return self.fitted.offsets * self.shrink if self.applied else None
 
 
 def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
-    """Fit per-class offsets on the OOF predictions and decide whether to use them.
+    """Fit per-class offsets on the OOF predictions and decide how much of them to use.
 
-    Offsets whose held-out F1 (fitted on other persons) falls below the uncalibrated OOF F1
-    overfit the OOF predictions; they are reported but not applied.
+    The held-out check refits the offsets on other persons (several partitions, averaged) and
+    scores none, half or all of them on the persons left out; the share with the best mean F1
+    is applied. Offsets that do not beat the uncalibrated F1 held out overfit the OOF
+    predictions, and offsets that could not be checked (too few persons) are not trusted:
+    both are reported but not applied.
     """
     if not opts.calibrate:
         return CalibrationOutcome(None, False, float("nan"), "off (--no-calibrate)")
     if oof is None:
         return CalibrationOutcome(None, False, float("nan"), "off (no out-of-fold predictions)")
     cal = fit_offsets(oof.log_probs, oof.y, opts.calibration)
-    held = heldout_f1(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
-    words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data, {held:.4f} held out by person"
-    if not np.isfinite(held):   # too few persons to hold any out: an unchecked fit is not used
+    check = heldout_check(oof.log_probs, oof.y, oof.persons, spec=opts.calibration)
+    words = f"OOF macro F1 {cal.f1_before:.4f} -> {cal.f1_after:.4f} on its fitting data"
+    if check is None:   # too few persons to hold any out: an unchecked fit is not used
         log.warning("calibration not checked (%s): offsets not applied", words)
-        return CalibrationOutcome(cal, False, held, f"fitted, not applied (not checked: too few persons "
-                                                    f"to hold out): {words}")
-    if held < cal.f1_before:
+        return CalibrationOutcome(cal, False, float("nan"), f"fitted, not applied (not checked: too few "
+                                                            f"persons to hold out): {words}")
+    held = ", ".join(f"{s:g}: {f:.4f}" for s, f in zip(check.shrinks, check.mean))
+    words += f"; held out by person (share of the offsets: mean F1 of {len(check.f1)} partitions) {held}"
+    full = check.at(1.0) if 1.0 in check.shrinks else float("nan")
+    shrink = check.best_shrink
+    if shrink == 0:
         log.warning("calibration overfits (%s): offsets not applied", words)
-        return CalibrationOutcome(cal, False, held, f"fitted, not applied (overfits): {words}")
-    return CalibrationOutcome(cal, True, held, f"applied: {words}")
+        return CalibrationOutcome(cal, False, full, f"fitted, not applied (overfits): {words}")
+    return CalibrationOutcome(cal, True, full, f"applied ({shrink:g} of the offsets): {words}", shrink)
 
 
 def studies_text(studies: Studies) -> str:
@@ -303,6 +311,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         for k, v in params.items():
             client.log_param(rid, k, v)
         client.log_metric(rid, "calibration_applied", float(cal.applied))
+        client.log_metric(rid, "calibration_shrink", float(cal.shrink))
         for k, v in metrics.items():
             if np.isfinite(v):
                 client.log_metric(rid, k, float(v))
@@ -310,7 +319,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         for f in files:
             client.log_artifact(rid, str(f), "report")
         client.log_artifact(rid, str(submission))
-        client.log_dict(rid, {"status": cal.status, "applied": cal.applied,
+        client.log_dict(rid, {"status": cal.status, "applied": cal.applied, "shrink": cal.shrink,
                               "fitted_offsets": None if cal.fitted is None else cal.fitted.offsets.tolist()},
                         "calibration.json")
     return rid

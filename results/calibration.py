@@ -74,6 +74,26 @@ def fit_offsets(log_probs: np.ndarray, y_true: np.ndarray,
     return Calibration(offsets, before, best, rounds)
 
 
+SHRINKS = (0.0, 0.5, 1.0)   # shares of the fitted offsets the ensemble may apply (0: none)
+REPEATS = 3                 # person partitions the held-out check averages over
+
+
+def _heldout_preds(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k: int,
+                   spec: CalibrationSpec, seed: int, shrinks) -> list[np.ndarray]:
+    """Each group (person) predicted with offsets fitted on the other k-1 parts of the groups,
+    scaled by every shrink (one fit per part serves them all)."""
+    uniq = np.unique(groups)
+    part_of = dict(zip(np.random.default_rng(seed).permutation(uniq), np.arange(len(uniq)) % k))
+    part = np.array([part_of[g] for g in groups])
+    preds = [np.empty_like(y_true) for _ in shrinks]
+    for p in range(k):
+        held = part == p
+        offsets = fit_offsets(log_probs[~held], y_true[~held], spec).offsets
+        for pred, shrink in zip(preds, shrinks):
+            pred[held] = predict_classes(log_probs[held], shrink * offsets)
+    return preds
+
+
 def heldout_f1(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k: int = 5,
                spec: CalibrationSpec = CalibrationSpec(), seed: int = 777) -> float:
     """Macro F1 of calibrated predictions on data the offsets were not fitted on.
@@ -83,13 +103,45 @@ def heldout_f1(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k:
     the other k-1 parts of the groups, and F1 is taken over all predictions together.
     """
     y_true, groups = np.asarray(y_true), np.asarray(groups)
-    uniq = np.unique(groups)
-    if len(uniq) < k:
+    if len(np.unique(groups)) < k:
         return float("nan")
-    part_of = dict(zip(np.random.default_rng(seed).permutation(uniq), np.arange(len(uniq)) % k))
-    part = np.array([part_of[g] for g in groups])
-    pred = np.empty_like(y_true)
-    for p in range(k):
-        held = part == p
-        pred[held] = fit_offsets(log_probs[~held], y_true[~held], spec).apply(log_probs[held])
+    pred, = _heldout_preds(log_probs, y_true, groups, k, spec, seed, (1.0,))
     return macro_f1(y_true, pred, log_probs.shape[1])
+
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """Held-out macro F1 of the offsets scaled by each shrink, over several person partitions."""
+    shrinks: tuple[float, ...]
+    f1: np.ndarray = field(repr=False)   # [repeats, shrinks]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.f1.mean(axis=0)
+
+    def at(self, shrink: float) -> float:
+        return float(self.mean[self.shrinks.index(shrink)])
+
+    @property
+    def best_shrink(self) -> float:
+        """The share of the offsets with the best mean held-out F1 (ties: the smaller share)."""
+        return self.shrinks[int(np.argmax(self.mean))] if len(self.shrinks) else 0.0
+
+
+def heldout_check(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k: int = 5,
+                  spec: CalibrationSpec = CalibrationSpec(), seed: int = 777, repeats: int = REPEATS,
+                  shrinks: tuple[float, ...] = SHRINKS) -> HeldOutCheck | None:
+    """What the offsets do on persons they were not fitted on, for each share of them, averaged
+    over ``repeats`` person partitions (seed, seed+1, ...); None with fewer than k persons.
+
+    One partition's held-out F1 moves by about 0.01 with the partition alone (utkmask), as much
+    as calibration gains: a decision on one partition flips with its seed. Averaging partitions
+    and choosing a share (0, 1/2, all) instead of all-or-nothing makes it steadier
+    (benchmarks/calibration_stability.py)."""
+    y_true, groups = np.asarray(y_true), np.asarray(groups)
+    if len(np.unique(groups)) < k:
+        return None
+    f1 = [[macro_f1(y_true, pred, log_probs.shape[1])
+           for pred in _heldout_preds(log_probs, y_true, groups, k, spec, seed + r, shrinks)]
+          for r in range(repeats)]
+    return HeldOutCheck(tuple(shrinks), np.array(f1))

@@ -266,7 +266,7 @@ def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
     assert rare.any()
     out = calibrate(Oof(np.arange(n), logp, y, np.arange(n) // 7, {}), EnsembleOptions())
     assert out.applied and out.status.startswith("applied") and out.heldout_f1 >= out.fitted.f1_before
-    assert np.array_equal(out.offsets, out.fitted.offsets)
+    assert out.shrink in (0.5, 1.0) and np.array_equal(out.offsets, out.shrink * out.fitted.offsets)
     assert calibrate(None, EnsembleOptions()).status == "off (no out-of-fold predictions)"
     assert calibrate(None, EnsembleOptions(calibrate=False)).status == "off (--no-calibrate)"
 
