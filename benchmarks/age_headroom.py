@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.labels import age_group, decode, encode  # noqa: E402
-from results.metrics import macro_f1  # noqa: E402
+from core.metrics import macro_f1  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 
 KINDS = [f"mask{k}" for k in range(1, 6)] + ["incorrect_mask", "normal"]

@@ -1,7 +1,9 @@
 """python -m orchestrator COMMAND ...: a thin wrapper over the stage entry functions.
 
-Every command takes --data and --workspace (DESIGN.md 'Workspace'); each command's
-own options are declared in one small function beside the one that runs it.
+Every command takes --data and --workspace (README 'Commands'); each command's own options
+are declared in one small function beside the one that runs it. The stages are quiet (they
+log); what a user reads is printed here. The stage modules that pull in torch, Ray Tune or
+MLflow are imported by the command that needs them.
 """
 from __future__ import annotations
 
@@ -11,14 +13,22 @@ import os
 import sys
 from pathlib import Path
 
+from core.demo_data import DemoSpec, write_demo_data
+from core.errors import DataError
+from core.faces import CropSettings
+from core.folds import FoldSpec, ensure_folds, fold_file
+from core.label_table import load_labels, set_corrections
+from core.labels import TARGETS
+from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.run_schema import EXPERIMENT
+from results.selection import parse_studies
+from results.tracking import TrackingError
 from results.voting import EVAL_VOTES
 from trainables.config import PRECISIONS
 from trainables.pretrained import PretrainedError
 
-from core.errors import DataError
-from core.labels import TARGETS
-from core.workspace import Workspace
+from .budget import parse_duration
+from .preprocess import BATCH, MAX_FAILED, preprocess
 
 log = logging.getLogger("orchestrator")
 
@@ -39,9 +49,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
+def _corrections(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corrections", default=None, metavar="FILE|none",
+                   help="label corrections CSV (id,field,value); recorded in the workspace, so this and every later "
+                        "command trains and scores with it; 'none' clears it (default: the workspace's)")
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old-from", type=int, default=None, help="training age boundary of 'old' (scoring always uses 60)")
-    p.add_argument("--corrections", type=Path, default=None, help="label corrections CSV (id,field,value)")
 
 
 # -- demo-data ---------------------------------------------------------------------------
@@ -53,7 +68,6 @@ def _demo_args(p):
 
 
 def _demo(a) -> int:
-    from core.demo_data import DemoSpec, write_demo_data
     out = write_demo_data(a.out or a.data, DemoSpec(a.persons, a.eval_persons, a.seed))
     print(f"demo data written to {out} ({a.persons} train persons, {a.eval_persons} eval persons)")
     return 0
@@ -61,9 +75,8 @@ def _demo(a) -> int:
 
 # -- eda ---------------------------------------------------------------------------------
 def _eda(a) -> int:
-    from core.dataset import load_train
-    from .eda import write_eda
-    train = load_train(a.data, corrections=a.corrections, **_old_from(a))
+    from .eda import write_eda   # heavy (matplotlib)
+    train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     files = write_eda(train, Workspace(a.workspace).results / "eda")
     print("EDA written:\n  " + "\n  ".join(map(str, files)))
     return 0
@@ -77,10 +90,8 @@ def _folds_args(p):
 
 
 def _folds(a) -> int:
-    from core.dataset import load_train
-    from core.folds import FoldSpec, ensure_folds, fold_file
     spec = FoldSpec(a.folds, a.seed, a.fold_mode)
-    train = load_train(a.data, corrections=a.corrections, **_old_from(a))
+    train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     folds = ensure_folds(train, Workspace(a.workspace).root, spec)
     sizes = folds.groupby("fold").agg(images=("path", "size"), persons=("person", "nunique"))
     print(f"folds saved to {fold_file(Workspace(a.workspace).root, spec)}\n{sizes.to_string()}")
@@ -89,8 +100,6 @@ def _folds(a) -> int:
 
 # -- preprocess --------------------------------------------------------------------------
 def _preprocess_args(p):
-    from core.faces import CropSettings
-    from .preprocess import BATCH, MAX_FAILED
     d = CropSettings()
     p.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster); default: start Ray locally")
     p.add_argument("--workers", type=int, default=None, help="batches in flight at once (default: every CPU, or GPUs / --gpus-per-worker)")
@@ -110,7 +119,6 @@ def _preprocess_args(p):
 
 
 def _crop_settings(a):
-    from core.faces import CropSettings
     return CropSettings(size=a.size, margin=a.margin, prob_threshold=a.prob_threshold,
                         min_face_size=a.min_face_size, thresholds=a.thresholds,
                         detect_scale=a.detect_scale, second_pass=a.second_pass,
@@ -118,7 +126,6 @@ def _crop_settings(a):
 
 
 def _preprocess(a) -> int:
-    from .preprocess import preprocess
     m = preprocess(a.data, Workspace(a.workspace).make(), _crop_settings(a), address=a.address,
                    workers=a.workers, num_gpus_per_worker=a.gpus_per_worker,
                    progress=not a.no_progress, batch_size=a.batch_size)
@@ -157,20 +164,13 @@ def _ensemble_args(p):
 
 
 def _ensemble(a) -> int:
-    from results.selection import parse_studies
-
-    from .ensemble import EnsembleOptions, ensemble
+    from .ensemble import EnsembleOptions, ensemble   # heavy (mlflow)
     tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
     opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=parse_studies(a.study),
                            tracking_uri=a.tracking_uri, include_full=a.include_full, eval_vote=a.eval_vote,
                            batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
                            address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)
-    from results.tracking import TrackingError
-    try:
-        res = ensemble(a.data, Workspace(a.workspace), opts)
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = ensemble(a.data, Workspace(a.workspace), opts)
     m = res.metrics
     print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
           f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "
@@ -212,9 +212,9 @@ def _audit(a) -> int:
 
 # -- run ---------------------------------------------------------------------------------
 def _run_args(p):
-    from .pipeline import RunOptions
+    from .pipeline import RunOptions   # heavy (mlflow, matplotlib): the stages of the whole chain
     d = RunOptions()
-    p.add_argument("--budget", default=None, help="wall-clock budget of the whole chain, e.g. 23m (the orchestrator sizes the trials)")
+    p.add_argument("--budget", type=_duration, default=None, help="wall-clock budget of the whole chain, e.g. 23m (the orchestrator sizes the trials)")
     p.add_argument("--per-head", action="store_true", help="one model per head, as the competition recipe "
                    "(default: one model with a classifier per head, which gives every head every epoch)")
     p.add_argument("--heads", default=",".join(d.heads), help="comma-separated heads to train with --per-head (default all three)")
@@ -241,10 +241,9 @@ def _run_args(p):
 
 
 def _run(a) -> int:
-    from .budget import parse_duration
-    from .pipeline import RunOptions, run_all
+    from .pipeline import RunOptions, run_all   # heavy, as in _run_args
     folds = 2 if a.smoke_test and a.folds == RunOptions().folds else a.folds
-    opts = RunOptions(budget_s=None if a.budget is None else parse_duration(a.budget),
+    opts = _options(a, RunOptions, budget_s=a.budget,
                       heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), joint=not a.per_head,
                       full_seeds=a.full_seeds, smoke_test=a.smoke_test,
                       model=a.model, img_size=a.img_size, batch_size=a.batch_size, pretrained=a.pretrained,
@@ -285,9 +284,8 @@ def _tune_args(p):
 
 
 def _tune(a) -> int:
-    from .study import StudyInterrupted, TuneOptions, tune_head
-    from results.tracking import TrackingError
-    opts = TuneOptions(
+    from .study import StudyInterrupted, TuneOptions, tune_head   # heavy (mlflow, Ray Tune)
+    opts = _options(a, TuneOptions,
         num_samples=a.num_samples, folds=a.folds, fold=a.fold, search_folds=a.search_folds, phase=a.phase,
         gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, max_concurrent=a.max_concurrent,
         resume=a.resume, smoke_test=a.smoke_test, model=a.model, img_size=a.img_size, epochs=a.epochs,
@@ -296,9 +294,6 @@ def _tune(a) -> int:
         address=a.address, max_failures=a.max_failures)
     try:
         tune_head(a.data, Workspace(a.workspace), a.head, opts)
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except StudyInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
@@ -317,16 +312,27 @@ def _retrain_args(p):
 
 
 def _retrain(a) -> int:
-    from .retrain import retrain_head
-    from results.tracking import TrackingError
-    try:
-        retrain_head(a.data, Workspace(a.workspace), a.head, a.study, a.tracking_uri, experiment=a.experiment,
-                     gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
-                     seeds=a.seeds)
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .retrain import retrain_head   # heavy (mlflow, Ray Tune)
+    retrain_head(a.data, Workspace(a.workspace), a.head, a.study, a.tracking_uri, experiment=a.experiment,
+                 gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
+                 seeds=a.seeds)
     return 0
+
+
+def _duration(text: str) -> float:
+    """--budget: a bad value is a usage error, not a traceback."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _options(a, cls, **kwargs):
+    """``cls(**kwargs)``; an option value it rejects is a usage error naming it, not a traceback."""
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        a.parser.error(str(exc))
 
 
 def _old_from(a) -> dict:
@@ -350,10 +356,17 @@ COMMANDS = {
 def _export_storage(a) -> None:
     """--storage / --artifact-location win over the environment; every Workspace made by this
     command (there are several) then picks them up (core/workspace.py)."""
-    from core.workspace import ARTIFACTS_ENV, STORAGE_ENV
     for value, env in ((a.storage, STORAGE_ENV), (a.artifact_location, ARTIFACTS_ENV)):
         if value:
             os.environ[env] = value
+
+
+def _record_corrections(a) -> None:
+    """--corrections holds for this and every later command on the workspace (core/label_table.py)."""
+    if getattr(a, "corrections", None) is None:
+        return
+    path = set_corrections(Workspace(a.workspace), a.corrections)
+    print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,20 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _common(p)
+        if name != "demo-data":
+            _corrections(p)
         add_args(p)
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.workspace import ARTIFACTS_ENV, STORAGE_ENV
     saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
+        _record_corrections(args)
         return args.run(args)
-    except (DataError, PretrainedError) as exc:
+    except (DataError, TrackingError, PretrainedError) as exc:   # the user's to fix: the message says how
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:   # the options hold for this command only (main() is also called in-process)

@@ -31,8 +31,11 @@ from core.csv_input import read_csv
 from core.dataset import EVAL_COLUMNS
 from core.errors import DataError
 from core.labels import HEADS, decode, num_outputs, output_slices
+from core.label_table import check_runs_labels, current_labels
 from core.manifest import read_manifest
 from core.workspace import Workspace
+
+from .ray_session import ray_session, trial_resources
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +180,8 @@ def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str,
 def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...], batch_size: int) -> np.ndarray:
     """One model's [N, C] eval probabilities; runs here or as a Ray task on any node
     (it fetches its own model file, so the node needs only the tracking store and the crops)."""
-    from trainables.models import load_model_file
-    from trainables.predict import predict_probs
+    from trainables.models import load_model_file   # heavy (torch, timm): only where models predict
+    from trainables.predict import predict_probs     # (this process, or a Ray task on another node)
     with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
         model, cfg = load_model_file(Path(MlflowClient(uri).download_artifacts(c.run_id, MODEL_FILE, tmp)))
     if cfg.head != c.model_target:
@@ -193,9 +196,7 @@ def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...]
 
 def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts: EnsembleOptions) -> list:
     """One Ray task per model, each with its own GPU share (CPU when the cluster has none)."""
-    import ray
-
-    from .ray_session import ray_session, trial_resources
+    import ray   # heavy: only with --ray
     with ray_session(opts.address, opts.num_cpus):
         res = trial_resources(opts.gpus_per_model, opts.cpus_per_model)
         task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(predict_run)
@@ -327,7 +328,7 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
 
 def check_options(opts: EnsembleOptions) -> None:
     """Bad --vote / --tta fail before any model is loaded."""
-    from trainables.loop import TTA_VIEWS
+    from trainables.loop import TTA_VIEWS   # heavy (torch): the views are torch functions
     problems = [f"--tta {t!r} is not a test-time augmentation; valid: {', '.join(TTA_VIEWS)} or none"
                 for t in opts.tta if t not in TTA_VIEWS]
     if opts.vote not in VOTES:
@@ -349,6 +350,10 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
                            experiment=opts.experiment)
     check_artifacts(client, chosen)
+    _, labels = current_labels(data, ws)   # the manifest's labels = train.csv + corrections
+    check_runs_labels({c.run_id: c.labels for models in chosen.values() for c in models}, labels,
+                      "train the heads again on the current labels (tune with a new --study, then retrain) "
+                      "or pick runs trained on them with --runs")
     manifest = read_manifest(ws.manifest)
     order, crops = eval_crops(data, ws, manifest)
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")

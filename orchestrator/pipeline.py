@@ -15,10 +15,15 @@ from pathlib import Path
 
 from results.voting import EVAL_VOTES
 
+from search_spaces import recipe_config
+
 from .budget import PHASE_SHARES, Clock, HeadShare, share_out
-from core.dataset import load_train
+from .ensemble import EnsembleOptions, ensemble
+from .retrain import retrain_head
+from .study import TuneOptions, tune_head
 from core.demo_data import write_demo_data
 from .eda import write_eda
+from core.label_table import load_labels
 from core.labels import ALL, HEADS
 from .preprocess import preprocess
 from .ray_session import ray_session
@@ -96,7 +101,7 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     clock = Clock(o.budget_s)
     data = ensure_data(data)
     ws.make()
-    train = load_train(data)
+    train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
     write_eda(train, ws.results / "eda")
     check_start_weights(o)
     plans = {}
@@ -164,8 +169,7 @@ class Sizer:
         parallel = trial_slots(ray.cluster_resources(), o.cpus_per_trial, o.gpus_per_trial)
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
-        from search_spaces import recipe_config
-        from trainables.speed import probe_trial_slots
+        from trainables.speed import probe_trial_slots   # heavy (torch, timm): only under a budget
         # every trial slot measures at once, with a trial's threads (Ray gives a trial OMP threads
         # = its CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one) and GPUs;
         # the slowest slot sets the pace of each wave
@@ -237,8 +241,6 @@ class Sizer:
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
-    from .retrain import retrain_head
-    from .study import TuneOptions, tune_head
     sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size)
     opts = TuneOptions(precision=o.precision, pretrained=o.pretrained, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
@@ -267,7 +269,6 @@ def trained_studies(o: RunOptions) -> dict[str, str]:
 
 def ensemble_options(o: RunOptions):
     """The ensemble of exactly the studies this run trained (never another, newer study)."""
-    from .ensemble import EnsembleOptions
     # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
     return EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
                            study=trained_studies(o), use_ray=o.budget_s is not None and not o.smoke_test,
@@ -275,7 +276,6 @@ def ensemble_options(o: RunOptions):
 
 
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
-    from .ensemble import ensemble
     res = ensemble(data, ws, ensemble_options(o))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
           f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "

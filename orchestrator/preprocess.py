@@ -29,8 +29,10 @@ import pandas as pd
 
 from core.atomic import write_bytes_atomic, write_parquet_atomic
 from .crop_cache import CropCache, crop_name
+from .detector import Detector, decode
 from core.dataset import load_eval, load_train
 from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
+from core.label_table import corrections_file
 from core.manifest import COLUMNS
 from .ray_session import init_ray
 from .storage import warn_if_not_shared
@@ -79,8 +81,7 @@ def _return_freed_memory() -> None:
 
 def _detector(s: CropSettings):
     """One MTCNN per worker process and settings (a task reuses its process)."""
-    import torch
-    from .detector import Detector
+    import torch   # heavy: only worker processes need it
     if s.key not in _DETECTORS:
         import ray
         _return_freed_memory()
@@ -120,9 +121,7 @@ def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, k
 def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
                  kill_once: str | None, part: str) -> list[dict]:
     """Step 1 for one batch; writes its crops and a cache part, returns the records."""
-    from .crop_cache import CropCache
-    from .detector import decode
-    import ray
+    import ray   # heavy; the driver imports it when it starts Ray
     det = _detector(s)
     where = f"{det.device}, Ray GPUs {ray.get_gpu_ids()}"
     decs = [decode(Path(data) / it["path"]) for it in items]
@@ -140,8 +139,6 @@ def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
 
 def crop_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings, part: str) -> list[dict]:
     """Step 2 for one batch of misses whose box the driver chose; writes crops and a part."""
-    from .crop_cache import CropCache
-    from .detector import decode
     recs = []
     for it in items:
         dec = decode(Path(data) / it["path"])
@@ -157,9 +154,9 @@ def crop_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings, pa
 
 
 # -- driver side -------------------------------------------------------------------------
-def image_table(data: Path) -> pd.DataFrame:
-    """Every train and eval image with its labels, in manifest order."""
-    train = load_train(data)
+def image_table(data: Path, corrections: Path | None = None) -> pd.DataFrame:
+    """Every train and eval image with its labels (train.csv + ``corrections``), in manifest order."""
+    train = load_train(data, corrections=corrections)
     train = train.assign(split="train", image_id="")[["path", "person", "split", "image_id", "kind",
                                                       "mask", "gender", "age", "label"]]
     ev = load_eval(data).assign(person="", split="eval", kind="", mask=-1, gender=-1, age=-1, label=-1)
@@ -245,7 +242,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     """
     t0 = time.time()
     data = Path(data).resolve()
-    images = image_table(data)
+    images = image_table(data, corrections_file(ws))   # the manifest holds the corrected labels
     stats = source_stats(data, images["path"])
     cache = CropCache(ws.crops, settings).open()
     recs = cache.load(stats)

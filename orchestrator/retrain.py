@@ -19,9 +19,10 @@ from results.tracking import check_tracking, find_runs, resolve_tracking_uri, ru
 from trainables.config import FULL_DATA, RunContext, TrialConfig
 
 from core.errors import DataError
+from core.label_table import current_labels
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
-from .study import check_weights
+from .study import check_trained_labels, check_weights
 from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,16 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    from ray import tune
+    from ray import tune   # heavy, as the trainable: imported when trials start
 
-    from trainables.trainable import train_head
+    from trainables.trainable import train_head   # heavy (torch, timm, ray)
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     uri = resolve_tracking_uri(ws, tracking_uri)
     check_tracking(uri)
     study, runs = cv_runs(uri, head, study, experiment)
+    _, labels = current_labels(data, ws)
+    check_trained_labels(runs, labels, f"these are the cv runs of study {study!r}; train a new study first "
+                         f"(`python -m orchestrator tune --head {head} --study NEW_NAME`)")
     cfg, best_epochs = full_data_config(runs)
     check_weights(cfg)   # the cv trials' starting weights, before Ray (offline: stop here)
     if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at
@@ -81,7 +85,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     parent = open_parent(uri, exp_id, study=study, phase="full", head=head)
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
-                     deadline=deadline)
+                     deadline=deadline, labels=labels)
     name = f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}"
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:

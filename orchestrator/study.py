@@ -21,9 +21,9 @@ from results.tracking import check_tracking, find_runs, resolve_tracking_uri, ru
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
 
-from core.dataset import load_train
 from core.errors import DataError
 from core.folds import FoldSpec, ensure_folds
+from core.label_table import check_runs_labels, current_labels
 from core.labels import check_target
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
@@ -120,12 +120,13 @@ class StudyPlan:
     experiment_id: str
     base: TrialConfig
     options: TuneOptions
+    labels: str = ""      # hash of the label table every trial trains on (core.label_table)
 
     def context(self, phase: str, parent: str) -> RunContext:
         return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
                           experiment=self.options.experiment, study=self.study, phase=phase,
                           parent_run_id=parent, fault_marker=self.options.fault_marker,
-                          deadline=self.options.deadline)
+                          deadline=self.options.deadline, labels=self.labels)
 
     def exp_path(self, phase: str) -> str:
         """The phase's Tune experiment: a path, or a URI with --storage s3://..."""
@@ -134,7 +135,7 @@ class StudyPlan:
 
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: the weights, MLflow reachable, folds, crop cache."""
-    from trainables.data import crop_cache, usable_train_rows
+    from trainables.data import crop_cache, usable_train_rows   # heavy (torch), as the trainable below
     check_target(head)
     base = base_config(head, o)
     check_weights(base)
@@ -142,9 +143,24 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
     exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts", location=ws.artifact_location)
-    ensure_folds(load_train(data), ws.root, FoldSpec(o.k, o.seed))
+    table, labels = current_labels(data, ws)   # the manifest's labels = train.csv + corrections
+    check_study_labels(uri, head, o.study_name(head), labels, o.experiment)
+    ensure_folds(table, ws.root, FoldSpec(o.k, o.seed))
     crop_cache(ws, usable_train_rows(ws)["crop"].tolist(), base.img_size)  # decode once, before trials
-    return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o)
+    return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels)
+
+
+def check_trained_labels(runs: pd.DataFrame, labels: str, fix: str) -> None:
+    """``runs`` (find_runs) were trained on the label table ``labels``, else DataError(fix)."""
+    tags = runs["tags.labels"].fillna("") if "tags.labels" in runs else [""] * len(runs)
+    check_runs_labels(dict(zip(runs["run_id"], tags)), labels, fix)
+
+
+def check_study_labels(uri: str, head: str, study: str, labels: str, experiment: str) -> None:
+    """A study goes on only with the labels its trials were trained on (a resume, or a new phase)."""
+    check_trained_labels(find_runs(uri, head=head, study=study, experiment=experiment), labels,
+                         f"study {study!r} was trained on them; start a new study with --study NEW_NAME "
+                         "(`run`: --study NEW_PREFIX)")
 
 
 def check_weights(cfg: TrialConfig) -> None:
@@ -190,7 +206,7 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from trainables.trainable import train_head
+    from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
     parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head)
     ctx = plan.context("search", parent)
     trainable = tune.with_resources(train_head, resources)
@@ -234,7 +250,7 @@ def cv_config(plan: StudyPlan) -> TrialConfig:
 def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray import tune
 
-    from trainables.trainable import train_head
+    from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
     best = cv_config(plan)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
     parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import macro_f1
+from core.metrics import macro_f1
 from .voting import predict_classes
 
 DEFAULT_GRID = tuple(np.round(np.arange(-3.0, 3.0001, 0.1), 2))

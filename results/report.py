@@ -19,7 +19,7 @@ import pandas as pd
 from core.atomic import write_csv_atomic, write_text_atomic
 from core.labels import HEADS, NUM_CLASSES, class_names
 
-from .metrics import accuracy, confusion, macro_f1, per_class_f1
+from core.metrics import accuracy, confusion, macro_f1, per_class_f1
 from .tables import markdown_table
 
 HONEST_NOTE = ("Out-of-fold (OOF) scores use the fold models only: every training image is "

@@ -4,7 +4,7 @@ logged-model names and the run lifecycle. Every stage that writes or reads runs 
 Runs of the experiment (tag ``role``):
   study     one parent per study, phase and head; its trials are its children
             (``mlflow.parentRunId``), so the UI groups them under it
-  trial     one per Tune trial: tags head, fold, study, trial_id, phase, stage, config_json;
+  trial     one per Tune trial: tags head, fold, study, trial_id, phase, stage, config_json, labels;
             params = its TrialConfig; per-epoch metrics; its best model as the logged model
             ``model`` (pyfunc, see trainables.mlflow_model) and its OOF predictions
   ensemble  one per `ensemble`: the report, the submission and the whole ensemble as the
@@ -64,9 +64,10 @@ def study_run_name(head: str, phase: str, study: str) -> str:
 
 
 def trial_tags(*, head: str, fold, study: str, trial_id: str, phase: str, config_json: str,
-               parent_run_id: str = "") -> dict:
+               parent_run_id: str = "", labels: str = "") -> dict:
+    """``labels``: the hash of the label table the trial trained on (core.label_table)."""
     tags = {"role": TRIAL, "head": head, "fold": fold_label(fold), "study": study, "trial_id": trial_id,
-            "phase": phase, "stage": stage_of(phase), "config_json": config_json}
+            "phase": phase, "stage": stage_of(phase), "config_json": config_json, "labels": labels}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return tags

@@ -8,7 +8,7 @@ import pandas as pd
 from core.errors import DataError
 from core.labels import HEADS, NUM_CLASSES, decode
 
-from .metrics import accuracy, macro_f1
+from core.metrics import accuracy, macro_f1
 
 
 def score_submission(submission: Path | str, answers: Path | str) -> dict[str, float]:

@@ -39,6 +39,7 @@ class ChosenModel:
     source: str    # "default", "run id", "filter: ...", "models:/..."
     target: str = ""   # what the model predicts, its head tag: the head, or ``all`` (a joint
                        # model votes for every head with its head's slice of its outputs)
+    labels: str = ""   # hash of the label table it was trained on (its `labels` tag; core.label_table)
 
     @property
     def model_target(self) -> str:
@@ -65,7 +66,7 @@ def _is_model_run(run) -> bool:
 def _chosen(run, source: str) -> ChosenModel:
     t = run.data.tags
     return ChosenModel(t.get("head", ""), run.info.run_id, t.get("phase", ""), t.get("fold", ""),
-                       t.get("study", ""), source, t.get("head", ""))
+                       t.get("study", ""), source, t.get("head", ""), t.get("labels", ""))
 
 
 def _votes_for(c: ChosenModel, head: str) -> ChosenModel | None:

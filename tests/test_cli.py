@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from orchestrator.cli import main
 
 DESIGN_COMMANDS = ("preprocess", "tune", "retrain", "ensemble", "run", "demo-data", "eda")
@@ -33,3 +35,31 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
 def test_folds_command(tmp_path, demo_dir, capsys):
     assert main(["folds", "--data", str(demo_dir), "--workspace", str(tmp_path), "--folds", "3"]) == 0
     assert (tmp_path / "folds" / "person_k3_seed777.csv").is_file()
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["run", "--budget", "5x"], "argument --budget: budget '5x'"),
+    (["run", "--heads", "mask,nose", "--per-head"], "unknown head(s) nose"),
+    (["tune", "--head", "age", "--fold", "x"], "--fold 'x'"),
+])
+def test_a_bad_option_value_is_a_usage_error_not_a_traceback(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err and "Traceback" not in err
+
+
+def test_corrections_are_set_once_for_later_commands(tmp_path, demo_dir, capsys):
+    """`folds --corrections F` records F; `eda` without it uses it; `none` clears it."""
+    import pandas as pd
+    persons = pd.read_csv(demo_dir / "train" / "train.csv", dtype=str)["id"]
+    corr = tmp_path / "c.csv"
+    pd.DataFrame({"id": persons, "field": "age", "value": "75"}).to_csv(corr, index=False)
+    common = ["--data", str(demo_dir), "--workspace", str(tmp_path / "ws")]
+    assert main(["folds", *common, "--corrections", str(corr)]) == 0
+    assert main(["eda", *common]) == 0
+    counts = pd.read_csv(tmp_path / "ws" / "results" / "eda" / "class_counts.csv")
+    assert counts.loc[counts["class"] % 3 < 2, "images"].sum() == 0
+    assert main(["eda", *common, "--corrections", "none"]) == 0
+    counts = pd.read_csv(tmp_path / "ws" / "results" / "eda" / "class_counts.csv")
+    assert counts.loc[counts["class"] % 3 < 2, "images"].sum() > 0

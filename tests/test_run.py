@@ -12,12 +12,34 @@ from core.demo_data import DemoSpec, write_demo_data
 pytestmark = pytest.mark.slow
 
 
+def ages(data, path, age):
+    """A corrections file that sets every training person's age."""
+    persons = pd.read_csv(data / "train" / "train.csv", dtype=str)["id"]
+    pd.DataFrame({"id": persons, "field": "age", "value": str(age)}).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """One smoke run whose corrections make every training person 70 (so every stage must read
+    the corrected table for the checks below to hold)."""
     root = tmp_path_factory.mktemp("run")
     write_demo_data(root / "data", DemoSpec(train_persons=16, eval_persons=4))
-    assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test"]) == 0
+    corr = ages(root / "data", root / "corrections.csv", 70)
+    assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test",
+                 "--corrections", str(corr)]) == 0
     return root
+
+
+def test_corrections_reach_training_oof_truth_and_report(smoke_run):
+    report = smoke_run / "ws" / "results" / "ensemble"
+    counts = pd.read_csv(report / "class_counts.csv")
+    young = counts["class"] % 3 < 2           # <30 and 30-59 classes
+    assert counts.loc[young, "train"].sum() == 0 and counts["train"].sum() > 0
+    support = pd.read_csv(report / "per_class.csv")
+    assert support.loc[support["class"] % 3 < 2, "oof_support"].sum() == 0    # OOF truth all >= 60
+    sub = pd.read_csv(smoke_run / "ws" / "results" / "submission.csv")
+    assert (sub["ans"] % 3 == 2).mean() > 0.5, "the models did not learn the corrected ages"
 
 
 def test_submission_is_valid(smoke_run):
@@ -77,6 +99,19 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
     after = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
     assert after == before, "finished tune trials were rerun"
     assert time.time() - t0 < 600
+
+
+def test_changed_corrections_stop_what_was_trained_on_the_old_labels(smoke_run, capsys):
+    """Runs last on smoke_run: it changes the workspace's corrections."""
+    data, ws = str(smoke_run / "data"), str(smoke_run / "ws")
+    ages(smoke_run / "data", smoke_run / "corrections.csv", 20)   # the same file, edited
+    assert main(["ensemble", "--data", data, "--workspace", ws]) == 2       # manifest made before the edit
+    assert "rerun `python -m orchestrator preprocess`" in capsys.readouterr().err
+    assert main(["run", "--data", data, "--workspace", ws, "--smoke-test"]) == 2   # re-preprocessed, then the study
+    assert "--study NEW_PREFIX" in capsys.readouterr().err
+    assert main(["retrain", "--data", data, "--workspace", ws, "--head", "all", "--study", "run-all"]) == 2
+    assert main(["ensemble", "--data", data, "--workspace", ws]) == 2
+    assert "trained on another label table" in capsys.readouterr().err
 
 
 def test_budget_is_honoured(tmp_path):

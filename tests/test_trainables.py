@@ -242,6 +242,29 @@ def test_joint_model_learns_every_head_and_scores_the_18_classes(ws2, tmp_path):
     assert p.shape == (4, 8) and np.allclose(p[:, 3:5].sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.parametrize("target", ["age", "all"])
+def test_val_f1_is_the_competitions_macro_f1_on_a_fold_that_lacks_a_class(target):
+    """Tune's val_f1 (ASHA, best_epoch) = sklearn's average='macro', as the ensemble scores:
+    a class absent from the fold (here: age >=60, and its 18-class codes) does not count as 0."""
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(0)
+    n = 60
+    truth = np.stack([rng.integers(0, 3, n), rng.integers(0, 2, n), rng.integers(0, 2, n)], 1)   # no age 2
+    probs = rng.random((n, 8))
+    probs[:, 7] = 0.0    # nor predicted (sklearn's macro counts a class in either)
+    if target == "age":
+        truth, probs = truth[:, 2], probs[:, 5:]
+        y, pred = truth, probs.argmax(1)
+    else:
+        y = encode(*truth.T)
+        pred = encode(probs[:, :3].argmax(1), probs[:, 3:5].argmax(1), probs[:, 5:].argmax(1))
+    f1, acc = loop.score(target, probs, truth)
+    assert f1 == pytest.approx(f1_score(y, pred, average="macro"))
+    assert f1 > f1_score(y, pred, average="macro", labels=list(range(18 if target == "all" else 3)),
+                         zero_division=0)
+    assert acc == pytest.approx(np.mean(pred == y))
+
+
 def test_unvalidated_epochs_train_only_and_a_last_epoch_is_validated_after_all(ws2):
     """val_from: earlier epochs report no validation; validate_folds scores one afterwards."""
     parts = build_fold_parts(smoke("mask", epochs=2, val_from=2), ws2[1])

@@ -4,7 +4,7 @@ from sklearn.metrics import f1_score
 
 from core.labels import NUM_CLASSES, decode, encode
 from results.calibration import CalibrationSpec, fit_offsets
-from results.metrics import macro_f1
+from core.metrics import macro_f1
 from results.voting import hard_vote, joint_log_probs, predict_classes, soft_vote, vote, vote_by_key
 
 A = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])

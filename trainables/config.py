@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from core.labels import TARGETS
 from results.run_schema import EXPERIMENT
 
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
@@ -71,12 +72,17 @@ def _choice(what: str, value: str, valid, plural: str = "") -> None:
         raise ValueError(f"unknown {what} {value!r}; valid {plural or what + 's'}: {', '.join(valid)}")
 
 
+def check_model_name(name: str) -> None:
+    import timm   # heavy (torch): imported when a config is built, not by every importer of PRECISIONS
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() "
+                         f"(similar: {', '.join(close) or 'none'})")
+
+
 def validate(cfg: TrialConfig) -> None:
     """Clear errors for names and ranges, before any model is built."""
-    from core.labels import TARGETS
-
-    from .losses import LOSSES
-    from .models import check_model_name
+    from .losses import LOSSES   # heavy (torch), as check_model_name
     _choice("head", cfg.head, TARGETS)
     _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
@@ -109,6 +115,7 @@ class RunContext:
     parent_run_id: str = ""
     fault_marker: str = ""          # test hook: hard-exit once after the first checkpoint
     deadline: float = 0.0           # unix time by which training must end (0 = none; run --budget)
+    labels: str = ""                # hash of the label table the trial trains on (core.label_table)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 
-from core.labels import ALL, NUM_CLASSES, output_slices, target_heads
+from core.labels import ALL, NUM_CLASSES, encode, output_slices, target_heads
+from core.metrics import accuracy, macro_f1
 
 # test-time augmentation views, applied to a normalised NCHW batch
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}
@@ -129,16 +129,15 @@ def mean_of_views(views: list):
 def score(target: str, probs: np.ndarray, scored: np.ndarray) -> tuple[float, float]:
     """(macro F1, accuracy) of ``probs`` against the scored labels: a head's own classes, or
     for a joint model the 18 competition classes its heads combine into (the real metric)."""
-    heads = target_heads(target)
     preds = np.stack([probs[:, s].argmax(1) for s in output_slices(target).values()], 1)
     scored = scored.reshape(len(scored), -1)
-    if target == ALL:   # class = sum of head label x the head's weight in the code (6, 3, 1)
-        weights = np.array([h.weight for h in heads])
-        pred, truth, n_cls = preds @ weights, scored @ weights, NUM_CLASSES
+    if target == ALL:   # the 18-class code of the heads' labels
+        names = list(output_slices(target))
+        pred, truth = (encode(*(dict(zip(names, a.T))[h] for h in ("mask", "gender", "age"))) for a in (preds, scored))
+        n_cls = NUM_CLASSES
     else:
-        pred, truth, n_cls = preds[:, 0], scored[:, 0], heads[0].num_classes
-    f1 = f1_score(truth, pred, average="macro", labels=list(range(n_cls)), zero_division=0)
-    return float(f1), float((pred == truth).mean())
+        pred, truth, n_cls = preds[:, 0], scored[:, 0], target_heads(target)[0].num_classes
+    return macro_f1(truth, pred, n_cls), accuracy(truth, pred)
 
 
 @torch.no_grad()

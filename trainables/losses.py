@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.labels import ALL, output_slices, target_heads
+
 
 class FocalLoss(nn.Module):
     """Cross-entropy scaled by (1 - p_true)^gamma: easy, frequent examples weigh less."""
@@ -96,7 +98,6 @@ class PerHeadLoss(nn.Module):
 def build_target_loss(cfg, train_targets) -> nn.Module:
     """The loss of ``cfg.head`` (a TrialConfig); a joint model gets one per head, summed.
     ``train_targets`` (the training rows' labels) give the class weights when they are on."""
-    from core.labels import ALL, output_slices, target_heads
     heads = target_heads(cfg.head)
     targets = np.asarray(train_targets).reshape(len(train_targets), -1)
 

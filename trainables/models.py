@@ -1,21 +1,18 @@
 """timm models and the one model-file format (state dict + the config that rebuilds it)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from core.atomic import write_bytes_atomic
+from core.labels import num_outputs
+
 from .config import TrialConfig
 from .pretrained import HUB, PretrainedError, check_source, is_none, ways_out
-
-
-def check_model_name(name: str) -> None:
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
-        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() "
-                         f"(similar: {', '.join(close) or 'none'})")
 
 
 def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module:
@@ -25,7 +22,6 @@ def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module
     (timm's download; needs internet or its cache) or a local weights file (its classifier
     is dropped; a file of another architecture is a PretrainedError).
     """
-    from core.labels import num_outputs
     source = cfg.pretrained if pretrained is None else pretrained
     num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
     if is_none(source) or source == HUB:
@@ -65,8 +61,6 @@ def data_config(model: nn.Module, img_size: int) -> dict:
 
 
 def save_model_file(path: Path | str, model: nn.Module, cfg: TrialConfig, **extra) -> Path:
-    from core.atomic import write_bytes_atomic
-    import io
     buf = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "config": cfg.to_dict(), **extra}, buf)

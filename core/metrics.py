@@ -1,5 +1,11 @@
-"""Macro F1 and friends from one confusion matrix (fast enough to call thousands of times
-inside the calibration search; sklearn's f1_score takes milliseconds per call)."""
+"""The competition's macro F1 and friends, from one confusion matrix.
+
+``macro_f1`` is the one F1 of the project: Tune's ``val_f1`` (so ASHA's decisions and a trial's
+best epoch), the ensemble's OOF estimate, the calibration and benchmark scores all call it. It is
+sklearn's ``average='macro'`` (the mean over the classes present in the truth or the
+predictions; a class absent from a small fold does not count as 0), computed from a bincount:
+fast enough for the calibration search's thousands of calls, where sklearn takes milliseconds.
+"""
 from __future__ import annotations
 
 import numpy as np
