@@ -1,4 +1,4 @@
-"""Where the stages leave things for each other (see DESIGN.md 'Workspace').
+"""Where the stages leave things for each other (README 'Commands' and 'On a cluster').
 
 Every path hangs off one root; on a cluster the root is shared storage. Tune's storage and
 MLflow's artifact root may live elsewhere (an NFS path or s3://...): ``storage`` and

@@ -9,7 +9,8 @@ Two steps, both Ray tasks over batches of images:
      else the prior box itself; then its crop.
 Why tasks and not Ray Data or an actor pool: a task whose worker process dies is retried by
 Ray (max_retries) with no pool to wedge; Ray Data's actor pools hang on 2 cores when they hold
-every CPU, and a fixed pool keeps a dead actor's slot (notes/ray.md). MTCNN still loads once
+every CPU (ray-project/ray#44687), and a fixed pool keeps a dead actor's slot (ray#62746;
+benchmarks/README.md "Hang traps met on 2 cores"). MTCNN still loads once
 per worker process: tasks reuse their process, and the detector is cached in it.
 """
 from __future__ import annotations
