@@ -181,7 +181,7 @@ def _ensemble(a) -> int:
 
 # -- audit -------------------------------------------------------------------------------
 def _audit_args(p):
-    from .audit import AuditOptions
+    from .audit import AuditOptions   # heavy (mlflow, matplotlib)
     d = AuditOptions()
     p.add_argument("--study", default=None, help="study whose cv folds give the evidence (default: each head's newest)")
     p.add_argument("--min-score", type=float, default=d.min_score, help="list a suspect and suggest its fix when this "
@@ -191,17 +191,12 @@ def _audit_args(p):
 
 
 def _audit(a) -> int:
-    from .audit import AuditOptions, audit
-    from results.tracking import TrackingError
+    from .audit import AuditOptions, audit   # heavy, as in _audit_args
     if not 0 < a.min_score <= 1:
         raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
     opts = AuditOptions(study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
                         min_score=a.min_score, sheet_persons=a.sheet_persons)
-    try:
-        res = audit(a.data, Workspace(a.workspace), opts)
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = audit(a.data, Workspace(a.workspace), opts)
     counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"
     print(f"audit: {len(res.suspects)} suspect(s) ({counts}); {len(res.corrections)} suggested correction(s)\n"
           f"  {res.out_dir / 'suspects.csv'}\n  {res.out_dir / 'corrections_suggested.csv'} "

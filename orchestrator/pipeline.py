@@ -13,21 +13,23 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from results.voting import EVAL_VOTES
-
-from search_spaces import recipe_config
-
-from .budget import PHASE_SHARES, Clock, HeadShare, share_out
-from .ensemble import EnsembleOptions, ensemble
-from .retrain import retrain_head
-from .study import TuneOptions, tune_head
 from core.demo_data import write_demo_data
-from .eda import write_eda
+from core.errors import DataError
 from core.label_table import load_labels
 from core.labels import ALL, HEADS
+from core.workspace import Workspace
+from results.voting import EVAL_VOTES
+from search_spaces import recipe_config
+from trainables.pretrained import is_none
+
+from .audit import AuditOptions, audit
+from .budget import PHASE_SHARES, Clock, HeadShare, share_out
+from .eda import write_eda
+from .ensemble import EnsembleOptions, ensemble
 from .preprocess import preprocess
 from .ray_session import ray_session
-from core.workspace import Workspace
+from .retrain import retrain_head
+from .study import TuneOptions, check_weights, tune_head
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +124,10 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
 
 def check_start_weights(o: RunOptions) -> None:
     """Say where the models start from; pretrained weights are checked before Ray starts."""
-    from trainables.pretrained import is_none
     if o.smoke_test or is_none(o.pretrained):
         print("models train from scratch (run's default, --pretrained none: nothing downloads; "
               "--pretrained hub or FILE fine-tunes pretrained weights)")
         return
-    from search_spaces import recipe_config
-    from .study import check_weights
     check_weights(recipe_config(o.targets[0], model=o.model, img_size=o.img_size, pretrained=o.pretrained))
 
 
@@ -286,8 +285,6 @@ def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
 def run_audit(data: Path, ws: Workspace, o: RunOptions):
     """The label audit of the studies just trained: a report, never applied. Its failure (say,
     --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
-    from core.errors import DataError
-    from .audit import AuditOptions, audit
     study = f"{o.study}-{o.targets[0]}" if o.joint else None   # per head: each head's newest study
     try:
         res = audit(data, ws, AuditOptions(study=study, tracking_uri=o.tracking_uri))

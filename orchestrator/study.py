@@ -20,6 +20,7 @@ from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
+from trainables.pretrained import HUB, check_source, is_none
 
 from core.errors import DataError
 from core.folds import FoldSpec, ensure_folds
@@ -166,8 +167,7 @@ def check_study_labels(uri: str, head: str, study: str, labels: str, experiment:
 def check_weights(cfg: TrialConfig) -> None:
     """The starting weights can be had (hub reachable or cached; a file that fits the model),
     checked here on the driver so an offline box stops before Ray, not in every trial."""
-    from trainables.models import build_model
-    from trainables.pretrained import HUB, check_source, is_none
+    from trainables.models import build_model   # heavy (torch, timm), as the trainable
     if is_none(cfg.pretrained):
         return
     if cfg.pretrained == HUB:
