@@ -100,7 +100,7 @@ def view_probs(df: pd.DataFrame, cols: list[str], tta: tuple[str, ...], what: st
     """OOF probabilities averaged over the views the eval images are predicted with: the original
     view and ``tta`` (columns orig_p0.., hflip_p0..); a table without per-view columns (logged
     before they were) serves only the views its p0.. already average."""
-    from trainables.loop import ORIGINAL, mean_of_views
+    from trainables.loop import ORIGINAL, mean_of_views   # heavy (torch): the views are torch functions
     views = (ORIGINAL, *tta)
     if all(f"{v}_{c}" in df for v in views for c in cols):
         return mean_of_views([df[[f"{v}_{c}" for c in cols]].to_numpy() for v in views])
