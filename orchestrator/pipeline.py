@@ -30,6 +30,7 @@ from .preprocess import preprocess
 from .ray_session import ray_session
 from .retrain import retrain_head
 from .study import TuneOptions, check_weights, tune_head
+from .run_ledger import run_ledger
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,15 @@ def ensure_data(data: Path) -> Path:
 
 def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
     o = options
-    clock = Clock(o.budget_s)
     data = ensure_data(data)
     ws.make()
+    # a rerun after a kill counts the killed run's seconds against the budget
+    with run_ledger(ws, o.study, o.budget_s, ws.tracking_uri(o.tracking_uri),
+                    [f"{o.study}-{t}" for t in o.targets]) as clock:
+        return _run_stages(data, ws, o, clock)
+
+
+def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
     write_eda(train, ws.results / "eda")
     check_start_weights(o)

@@ -33,6 +33,7 @@ from .crop_cache import CropCache, crop_name
 from .detector import Detector, decode
 from core.dataset import load_eval, load_train
 from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
+from core.gates import hold
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
 from .ray_session import init_ray
@@ -131,6 +132,8 @@ def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
     recs = []
     for i, (it, dec) in enumerate(zip(items, decs)):
         recs.append(dict(_detect_one(it, dec, found.get(i), det, s, Path(crops_dir), s.key), device=where))
+        if i == len(items) // 2:   # test gate: hold a batch half-way through
+            hold("detect_batch", first=items[0]["path"], node=ray.get_runtime_context().get_node_id())
         if kill_once and i == len(items) // 2 and not Path(kill_once).exists():
             Path(kill_once).touch()               # fault injection for tests: die mid-batch, once
             os.kill(os.getpid(), signal.SIGKILL)

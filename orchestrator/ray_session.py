@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +18,47 @@ def _runtime_env() -> dict:
     return {"env_vars": trial_env()}
 
 
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def reap_orphaned_agents(proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL this user's Ray node agents whose raylet is gone; returns their pids.
+
+    A driver killed hard (SIGKILL, the OOM killer) takes its local Ray's GCS and raylet with it,
+    but the two agents outlive them by a minute or more: each sees its raylet die at once, then
+    reports that to the dead GCS with a 60 s timeout before it exits. An agent whose parent is
+    no longer a raylet serves no node (a live one is always its raylet's child), so this is safe
+    beside other Ray sessions on the machine."""
+    if not proc.is_dir():   # not Linux: nothing to read, and the agents exit on their own
+        return []
+    reaped = []
+    for d in proc.iterdir():
+        try:
+            if not d.name.isdigit() or d.stat().st_uid != os.getuid():
+                continue
+            if (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").split(" ")[0] not in AGENTS:
+                continue
+            ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid != "0" and (proc / ppid / "comm").read_text().strip() == "raylet":
+                continue
+            os.kill(int(d.name), signal.SIGKILL)
+            reaped.append(int(d.name))
+        except (OSError, IndexError):   # gone meanwhile, or not ours to read
+            continue
+    if reaped:
+        log.info("killed %d Ray agent process(es) left by a Ray session whose driver died: pids %s",
+                 len(reaped), " ".join(map(str, reaped)))
+    return reaped
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Use the cluster at ``address`` ("auto": the one `ray start`/`ray up` runs here), or start a
-    local Ray with ``num_cpus`` logical CPUs (None: every core). Reuses an already-open session."""
+    local Ray with ``num_cpus`` logical CPUs (None: every core). Reuses an already-open session.
+    Agents a killed earlier driver left behind are cleaned up first (reap_orphaned_agents)."""
     import ray
     if ray.is_initialized():
         return
+    reap_orphaned_agents()
     if address:
         try:
             ray.init(address=address, log_to_driver=False, runtime_env=_runtime_env())

@@ -195,6 +195,8 @@ def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
         # already told Optuna so and would ignore any new result); unfinished trials continue
         # from their checkpoints and finished ones are not rerun. After an MLflow outage
         # (orchestrator/tracking_outage.py) the failed trials continue too, to finish logging.
+        # Runs a killed driver left RUNNING are closed first; a resumed trial reopens its own.
+        _close_runs(plan, phase, saved_statuses(path))
         return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                              resume_errored=outage_recorded(path), restart_errored=False)
     return make_new()

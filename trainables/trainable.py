@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ray import tune
 
+from core.gates import hold
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
@@ -49,11 +50,13 @@ def train_head(config: dict) -> None:
     tc = tune.get_context()
     log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
+    where = _where(tc, ctx)
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
     try:
         epoch_s = 0.0
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
+            hold("epoch", epoch=state.epoch, **where)   # test gate: held after `epoch` checkpoints
             t0 = time.time()
             res = run_folds_epoch(parts, state, validate=state.epoch + 1 >= cfg.val_from)
             epoch_s = time.time() - t0
@@ -65,7 +68,7 @@ def train_head(config: dict) -> None:
             # full-data runs have no best epoch: log their model once, at the end
             if res.improved and (res.val is not None or last):
                 _log_best(log, parts, res, best_dir)
-            _report(parts, state, res.metrics)
+            _report(parts, state, res.metrics, where)
             if last:
                 break
         log.finish("FINISHED")
@@ -90,10 +93,19 @@ def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:
     log.log_metrics(best, step=s.epoch)
 
 
-def _report(parts: list, state: TrialState, metrics: dict) -> None:
+def _where(tc, ctx: RunContext) -> dict:
+    """Where a trial is, for the test gates (core/gates.py): trial index, phase, Ray node."""
+    import ray
+    tag = Path(tc.get_trial_dir()).name.removeprefix(tc.get_trial_name() + "_").split("_")[0]
+    return {"trial": int(tag) if tag.isdigit() else -1,   # Tune's trial counter (1, 2, ...)
+            "id": tc.get_trial_id(), "phase": ctx.phase, "node": ray.get_runtime_context().get_node_id()}
+
+
+def _report(parts: list, state: TrialState, metrics: dict, where: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
         for i, p in enumerate(parts):
             save_state(p, state, Path(d) / _state_file(i))
+            hold("checkpoint", epoch=state.epoch, written=i + 1, **where)   # test gate: mid-write
         tune.report({**metrics, "epoch": state.epoch, "best_val_f1": state.best_f1,
                      "best_epoch": state.best_epoch, "mlflow_run_id": state.run_id},
                     checkpoint=tune.Checkpoint.from_directory(d))

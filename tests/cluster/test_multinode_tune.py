@@ -6,11 +6,12 @@ The head has no CPU (as in cluster.yaml), so every trial runs on a worker node; 
 is a tmp folder every node sees (an NFS mount or s3:// on a real cluster): the workspace, Tune's
 storage (--storage, apart from the workspace) and the server's artifacts.
 """
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from core.workspace import Workspace
 from results.tracking import TrackingError, download_artifact, find_runs
 from trainables.models import load_model_file
 
-from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
+from multinode import NODE, Gate, MlflowServer, NodeWatch, kill_node, record, start_cluster, wait_gone
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,20 +72,6 @@ def steps(uri, run_id, key="val_f1"):
     return [m.step for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
 
-def _when(cond, action, timeout=240):
-    """Run ``action`` in a thread as soon as ``cond()`` holds."""
-    def run():
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if cond():
-                action()
-                return
-            time.sleep(0.05)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 def _ckpts(ws, study, phase, n):
     return list(Path(ws.tune_storage, f"{study}-{phase}").glob(f"*/checkpoint_{n:06d}"))
 
@@ -98,11 +85,6 @@ def _driver_knows(ws, study, phase, name):
         except OSError:   # being replaced
             pass
     return False
-
-
-def _trials_with_checkpoints(ws, study, phase):
-    # any checkpoint: Tune keeps only the newest (num_to_keep), so a given number comes and goes
-    return {p.parent for p in Path(ws.tune_storage, f"{study}-{phase}").glob("*/checkpoint_*")}
 
 
 def test_study_runs_trials_on_both_nodes_and_logs_over_http(cluster, server, tws):
@@ -131,30 +113,30 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
     c, nodes = cluster
     data, ws = tws
     info = {}
+    names = {n.node_id: name for name, n in nodes.items()}
 
-    def kill():
-        victim = (watch.running(TRIAL) or ["?"])[0]
-        info.update(killed=victim, at_s=round(time.time() - t0, 1))
+    def kill(held):
+        victim = names[held[0]["node"]]
+        info.update(killed=victim, at_s=round(time.time() - t0, 1), running=watch.running(TRIAL))
         kill_node(c, nodes.pop(victim))
 
-    with NodeWatch(dict(nodes)) as watch:
+    # the gate holds the trial at the start of epoch 2 on its node; the node is killed once the
+    # driver has registered the first checkpoint (its experiment state names it): a checkpoint
+    # folder alone may still be unknown to the driver, and a retry then rightly starts afresh
+    with NodeWatch(dict(nodes)) as watch, Gate("epoch", epoch=1, phase="search") as gate:
         t0 = time.time()
-        # kill once the driver has registered the first checkpoint (its experiment state names it):
-        # a checkpoint folder alone may still be unknown to the driver, and a retry then rightly
-        # starts from scratch. Three epochs leave time to kill before the trial ends
-        killer = _when(lambda: _driver_knows(ws, "nodeloss", "search", "checkpoint_000000") and watch.running(TRIAL),
-                       kill)
+        killer = gate.then(kill, also=lambda: _driver_knows(ws, "nodeloss", "search", "checkpoint_000000"))
         tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=3))
-        killer.join()
+    killer.join()
     nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement, for the next tests
-    assert info.get("killed") in ("w1", "w2"), info
+    assert info.get("killed") in ("w1", "w2") and info["killed"] in info["running"], info
     survivor = ({"w1", "w2"} - {info["killed"]}).pop()
     assert watch.ran(survivor, TRIAL)                 # the trial moved to the surviving node
     runs = find_runs(server.uri, study="nodeloss")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"        # the retry continued its own run
     seen = steps(server.uri, runs["run_id"][0])
     assert sorted(set(seen)) == [1, 2, 3] and seen.count(1) == 1  # epoch 1 was not trained again
-    record("tune_node_loss", seconds=round(time.time() - t0, 1), steps=seen, **info)
+    record("tune_node_loss", seconds=round(time.time() - t0, 1), steps=seen, killed=info["killed"], at_s=info["at_s"])
 
 
 def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
@@ -165,17 +147,22 @@ def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
            "--study", "sigint", "--address", c.address, "--tracking-uri", server.uri, "--data", str(data),
            "--workspace", str(ws.root), "--storage", ws.storage, "--log-level", "WARNING"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sent = {}
-    # one trial at a time: SIGINT once a second trial has a checkpoint. The first trial has then
-    # returned (its MLflow run closed FINISHED; its own last checkpoint comes a moment before
-    # that, too early a trigger) and the third has not started
-    killer = _when(lambda: len(_trials_with_checkpoints(ws, "sigint", "search")) >= 2,
-                   lambda: (sent.update(at_s=round(time.time() - t0, 1)), proc.send_signal(signal.SIGINT)))
-    out, err = proc.communicate(timeout=300)
+
+    def interrupt(held):
+        sent.update(at_s=round(time.time() - t0, 1), held=held[0])
+        proc.send_signal(signal.SIGINT)
+        gate.release()   # the interrupted trial goes on with its epoch while Tune stops it, as after a real Ctrl-C
+
+    # one trial at a time: the gate holds the 2nd trial after its 1st checkpoint; the 1st trial
+    # has then returned (its MLflow run closed FINISHED) and the 3rd has not started
+    with Gate("epoch", epoch=1, trial=2) as gate:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killer = gate.then(interrupt)
+        out, err = proc.communicate(timeout=300)
     killer.join()
-    assert proc.returncode == 130 and "--resume" in err, (proc.returncode, sent, err[-3000:])
+    assert proc.returncode == 130 and "--resume" in err and sent.get("held"), (proc.returncode, sent, err[-3000:])
     before = find_runs(server.uri, study="sigint")
     done = before[before["status"] == "FINISHED"]
     assert 1 <= len(done) and (len(before) < 3 or len(done) < 3)
@@ -196,11 +183,18 @@ def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, ser
     o = opts(c, server, study="outage", phase="search", num_samples=2, epochs=2, max_concurrent=2, max_failures=0)
     info = {}
     t0 = time.time()
-    stopper = _when(lambda: _ckpts(ws, "outage", "search", 0),
-                    lambda: (info.update(stopped_at_s=round(time.time() - t0, 1)), server.stop()))
-    with pytest.raises(TrackingError, match=r"stopped answering.*checkpoints are kept.*--resume"):
-        tune_head(data, ws, "mask", o)
+
+    def stop(held):
+        info.update(stopped_at_s=round(time.time() - t0, 1), held=len(held))
+        server.stop()
+
+    # both trials are held after their first checkpoint until the server is down
+    with Gate("epoch", holders=2, epoch=1) as gate:
+        stopper = gate.then(lambda held: (stop(held), gate.release()))
+        with pytest.raises(TrackingError, match=r"stopped answering.*checkpoints are kept.*--resume"):
+            tune_head(data, ws, "mask", o)
     stopper.join()
+    assert info.get("held") == 2, info
     kept = _ckpts(ws, "outage", "search", 0)
     assert kept, "the trials' checkpoints are gone"
     server.start()
@@ -211,3 +205,137 @@ def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, ser
     for _, r in runs.iterrows():      # logging completed: every epoch, in the trial's own run
         assert sorted(set(steps(server.uri, r["run_id"]))) == [1, 2]
     record("tune_mlflow_outage", checkpoints_kept=len(kept), seconds=round(time.time() - t0, 1), **info)
+
+
+def _driver_knows_trial_checkpoint(ws, study, phase, trial_id, n=0):
+    """The driver's saved experiment state names checkpoint ``n`` of trial ``trial_id``."""
+    pattern = re.compile(rf"_{trial_id}_[^\"]*?/checkpoint_{n:06d}")
+    for p in Path(ws.tune_storage, f"{study}-{phase}").glob("experiment_state-*.json"):
+        try:
+            if pattern.search(p.read_text()):
+                return True
+        except OSError:   # being replaced
+            pass
+    return False
+
+
+def test_trial_killed_while_writing_its_checkpoint_restarts_from_the_last_whole_one(cluster, server, tws):
+    """SIGKILL to the trial's worker process with one of the two fold files of its epoch-2
+    checkpoint written: the retry starts from the epoch-1 checkpoint, trains epoch 2 again and
+    ends in the same MLflow run."""
+    c, _ = cluster
+    data, ws = tws
+    info = {}
+
+    def kill(held):
+        info.update(at_s=round(time.time() - t0, 1), held=held[0])
+        os.kill(held[0]["pid"], signal.SIGKILL)
+
+    # --search-folds 2: a checkpoint is two state files; the gate holds the trial between them
+    with Gate("checkpoint", epoch=2, written=1) as gate:
+        t0 = time.time()
+        killer = gate.then(kill, also=lambda: _driver_knows(ws, "ckptkill", "search", "checkpoint_000000"))
+        tune_head(data, ws, "mask", opts(c, server, study="ckptkill", phase="search", num_samples=1, epochs=3,
+                                         search_folds=2))
+    killer.join()
+    assert info.get("held", {}).get("written") == 1, f"the trial was not killed mid-checkpoint: {info}"
+    runs = find_runs(server.uri, study="ckptkill")
+    assert len(runs) == 1 and runs["status"][0] == "FINISHED"
+    seen = steps(server.uri, runs["run_id"][0])
+    # epoch 2 was logged, then killed in its checkpoint: trained again from the epoch-1 checkpoint
+    assert seen == [1, 2, 2, 3], seen
+    [last] = _trials_checkpoints(ws, "ckptkill", "search")
+    assert sorted(p.name for p in last.iterdir()) == ["state_0.pt", "state_1.pt"]
+    record("tune_checkpoint_killed", at_s=info["at_s"], steps=seen, seconds=round(time.time() - t0, 1))
+
+
+def _trials_checkpoints(ws, study, phase):
+    return sorted(Path(ws.tune_storage, f"{study}-{phase}").glob("*/checkpoint_*"))
+
+
+def test_driver_killed_mid_study_then_resume_closes_its_runs(cluster, server, tws):
+    """SIGKILL to the `tune` driver (as the OOM killer does: no handler runs) while its 2nd trial
+    is held after its first checkpoint; `--resume` continues that trial in its own MLflow run
+    from the checkpoint, reruns no finished trial and leaves no run RUNNING."""
+    c, _ = cluster
+    data, ws = tws
+    cmd = [sys.executable, "-m", "orchestrator", "tune", "--head", "mask", "--smoke-test", "--phase", "search",
+           "--num-samples", "3", "--epochs", "2", "--max-concurrent", "1", "--gpus-per-trial", "0",
+           "--study", "drvkill", "--address", c.address, "--tracking-uri", server.uri, "--data", str(data),
+           "--workspace", str(ws.root), "--storage", ws.storage, "--log-level", "WARNING"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with Gate("epoch", epoch=1, trial=2) as gate:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            [held] = gate.wait(also=lambda: any(
+                _driver_knows_trial_checkpoint(ws, "drvkill", "search", h["id"]) for h in gate.reached()), proc=proc)
+            proc.kill()
+            killed_at = round(time.time() - t0, 1)
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        wait_gone([held["pid"]])   # Ray ends a dead driver's trial actors
+    assert not Path(f"/proc/{held['pid']}").exists(), "the held trial outlived its driver"
+    before = find_runs(server.uri, study="drvkill")
+    assert sorted(before["status"]) == ["FINISHED", "RUNNING"], before[["status", "tags.trial_id"]]
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = find_runs(server.uri, study="drvkill")
+    assert len(after) == 3 and set(after["status"]) == {"FINISHED"} and after["tags.trial_id"].is_unique
+    parents = find_runs(server.uri, study="drvkill", role="study")
+    assert set(parents["status"]) == {"FINISHED"}
+    for _, r in before.iterrows():   # the finished trial was not rerun; the held one kept epoch 1
+        assert steps(server.uri, r["run_id"]) == [1, 2], (r["status"], steps(server.uri, r["run_id"]))
+    record("tune_driver_killed", killed_at_s=killed_at, runs_before=dict(before["status"].value_counts()),
+           seconds=round(time.time() - t0, 1))
+
+
+def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, tmp_path):
+    """`run --budget` SIGKILLed with a full-data retrain trial held at its start (cv done); the
+    rerun counts the killed run's seconds against the budget, reuses every tune trial, closes
+    the runs the killed driver left RUNNING, and ends within the budget or says it cannot."""
+    from core.demo_data import DemoSpec, write_demo_data
+    c, _ = cluster
+    data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=8, eval_persons=2))
+    ws, budget = tmp_path / "ws", 300
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws), "--budget",
+           f"{budget}s", "--model", "test_efficientnet", "--img-size", "32", "--folds", "2", "--address", c.address]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with Gate("epoch", phase="full", epoch=0) as gate:
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            [held] = gate.wait(proc=proc)
+            proc.kill()
+            first = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        killed_at = time.time() - t0
+        wait_gone([held["pid"]])
+    used = json.loads((ws / "results" / "run-run.json").read_text())["used_s"]
+    before = find_runs(uri, study="run-all")
+    assert set(before.loc[before["tags.phase"] == "full", "status"]) >= {"RUNNING"}, first[-3000:]
+    tuned = set(before.loc[before["tags.phase"] != "full", "run_id"])
+    t1 = time.time()
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    rerun_s = time.time() - t1
+    out = rerun.stdout + rerun.stderr
+    assert f"of the {budget} s budget used by the stopped run" in out, out[-3000:]
+    after = find_runs(uri, study="run-all")
+    assert "RUNNING" not in set(after["status"]) and "RUNNING" not in set(find_runs(uri, study="run-all", role="study")["status"])
+    killed = after[after["run_id"].isin(before.loc[before["status"] == "RUNNING", "run_id"])]
+    assert set(killed["status"]) == {"KILLED"}, killed[["status", "tags.phase"]]
+    assert set(after.loc[after["tags.phase"] != "full", "run_id"]) == tuned   # no tune trial trained again
+    if rerun.returncode == 0:   # within what was left (a killed run's count is at most 5 s short)
+        assert used + rerun_s <= 1.1 * budget + 5, (used, rerun_s)
+        assert (ws / "results" / "submission.csv").is_file() and not (ws / "results" / "run-run.json").exists()
+        assert set(after.loc[after["tags.phase"] == "full", "status"]) == {"KILLED", "FINISHED"}
+    else:                        # or it says that what is left does not fit
+        assert "budget" in out and "raise --budget" in out, out[-3000:]
+    record("run_budget_driver_killed", budget_s=budget, killed_at_s=round(killed_at, 1), used_before_s=used,
+           rerun_s=round(rerun_s, 1), rerun_rc=rerun.returncode, closed=len(killed),
+           rerun_line=[ln for ln in out.splitlines() if ln.startswith(("budget:", "done in", "error:"))][-1:])

@@ -1,0 +1,98 @@
+"""The ledger of a `run` in progress, so a rerun after a hard kill (SIGKILL, the OOM killer: no
+handler runs) knows what the killed run left behind.
+
+While `run` works it rewrites ``results/run-<study>.json`` every few seconds with the seconds it
+has used, and removes it when it has finished. A rerun that finds the ledger of a dead run
+therefore knows that run stopped unfinished, and
+  - counts the seconds it used against ``--budget`` (the budget is the whole chain's, however
+    many times it is started), or says that nothing is left;
+  - marks the MLflow runs it left RUNNING as KILLED (a resumed trial reopens its own run, so
+    nothing still to be trained loses its run; the rest would show as live for ever).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.atomic import write_text_atomic
+from core.errors import DataError
+from core.workspace import Workspace
+
+from .budget import Clock
+
+HEARTBEAT_S = 5.0   # a killed run's count is at most this much short
+
+
+def _alive(rec: dict) -> bool:
+    """The ledger's writer still runs (same host, same pid, same process start)."""
+    if rec.get("host") != socket.gethostname():
+        return False
+    return bool(rec.get("proc_start")) and _proc_start(rec.get("pid", "")) == rec["proc_start"]
+
+
+def _proc_start(pid="self") -> str:
+    """When the process started (clock ticks since boot): a reused pid has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def close_stale_runs(uri: str, studies: list[str]) -> int:
+    """Mark the RUNNING MLflow runs (trials and study parents) of ``studies`` KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from results.tracking import find_runs
+    client, closed = MlflowClient(uri), 0
+    for study in studies:
+        for role in ("trial", "study"):
+            runs = find_runs(uri, study=study, role=role)
+            for run_id in runs.loc[runs["status"] == "RUNNING", "run_id"] if not runs.empty else []:
+                client.set_terminated(run_id, "KILLED")
+                closed += 1
+    return closed
+
+
+@contextmanager
+def run_ledger(ws: Workspace, study: str, budget_s: float | None, uri: str, studies: list[str]):
+    """Yields the run's Clock: over ``budget_s``, less what killed earlier runs used."""
+    path = Path(ws.results) / f"run-{study}.json"
+    used = 0.0
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if _alive(old):
+            raise DataError(f"another `run` (pid {old['pid']}) is working on study {study!r} in {ws.root}; "
+                            "wait for it, or use --study NEW_NAME")
+        used = float(old.get("used_s", 0.0))
+        closed = close_stale_runs(uri, studies)
+        print(f"run: the last run of study {study!r} stopped unfinished after {used:.0f} s (killed, failed or interrupted): its finished "
+              f"trials are reused; {closed} MLflow run(s) it left RUNNING are now KILLED")
+        if budget_s is not None:
+            if budget_s - used <= 0:
+                raise DataError(f"budget: the stopped run(s) of study {study!r} used {used:.0f} s, all of the "
+                                f"{budget_s:.0f} s budget; --budget counts them too: raise --budget, or use --study NEW_NAME")
+            print(f"budget: {used:.0f} s of the {budget_s:.0f} s budget used by the stopped run: "
+                  f"{budget_s - used:.0f} s left")
+    clock = Clock(budget_s, started=time.time() - used)
+    stop = threading.Event()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(), "budget_s": budget_s}
+
+    def beat():
+        while True:
+            write_text_atomic(json.dumps(me | {"used_s": round(clock.elapsed(), 1)}), path)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    writer = threading.Thread(target=beat, daemon=True, name="run-ledger")
+    writer.start()
+    try:
+        yield clock
+    finally:
+        stop.set()
+        writer.join()
+    path.unlink()   # done: only a run that did not finish (killed, failed, Ctrl-C) leaves its ledger
