@@ -8,7 +8,6 @@ storage (--storage, apart from the workspace) and the server's artifacts.
 """
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -208,13 +207,14 @@ def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, ser
 
 
 def _driver_knows_trial_checkpoint(ws, study, phase, trial_id, n=0):
-    """The driver's saved experiment state names checkpoint ``n`` of trial ``trial_id``."""
-    pattern = re.compile(rf"_{trial_id}_[^\"]*?/checkpoint_{n:06d}")
+    """The driver's saved experiment state has checkpoint ``n`` as trial ``trial_id``'s last result."""
     for p in Path(ws.tune_storage, f"{study}-{phase}").glob("experiment_state-*.json"):
         try:
-            if pattern.search(p.read_text()):
-                return True
-        except OSError:   # being replaced
+            for trial, meta in json.loads(p.read_text())["trial_data"]:
+                if json.loads(trial)["trial_id"] == trial_id:
+                    last = json.loads(meta).get("last_result") or {}
+                    return last.get("checkpoint_dir_name") == f"checkpoint_{n:06d}"
+        except (OSError, ValueError, KeyError):   # being replaced
             pass
     return False
 
