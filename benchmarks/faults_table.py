@@ -48,7 +48,8 @@ ROWS = {   # record name: (fault, what was killed and when, what must survive)
     "run_budget_driver_killed": ("`run --budget` driver killed hard", "SIGKILL to `run` with a full-data retrain "
                                  "trial held by a gate at its start (cv done)",
                                  "the rerun counted the killed run's seconds against the budget, reused every tune "
-                                 "trial, marked the killed runs KILLED, and kept to what was left (or said it could not)"),
+                                 "trial, marked the killed runs KILLED, gave its trials only what was left (or said "
+                                 "it could not)"),
 }
 
 
@@ -75,24 +76,34 @@ def describe(name: str, rec: dict) -> str:
         return (f"server stopped at {rec['stopped_at_s']} s, restarted at {rec['restarted_at_s']} s; "
                 f"{rec['checkpoints_kept']} trial checkpoint(s) kept; {rec['seconds']} s in all")
     if name == "run_budget_driver_killed":
-        return (f"{rec['budget_s']} s budget: killed at {rec['killed_at_s']} s ({rec['used_before_s']} s counted); "
-                f"the rerun took {rec['rerun_s']} s (exit {rec['rerun_rc']}), closed {rec['closed']} run(s): "
-                f"{'; '.join(rec['rerun_line'])}")
+        return (f"{rec['budget_s']} s budget: killed at {rec['killed_at_s']} s ({rec['used_before_s']} s counted, "
+                f"{rec['budget_s'] - rec['used_before_s']:.0f} s left); the rerun closed {rec['closed']} run(s), set its "
+                f"trials' deadline {rec['trial_deadline_s']} s after its start and took {rec['rerun_s']} s "
+                f"(exit {rec['rerun_rc']}): {'; '.join(rec['rerun_line'])}")
     return json.dumps(rec)
 
 
-def main() -> int:
+def table(folder: Path) -> str:
+    recs = {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
+    rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(test failed)",
+             "survived": s} for n, (f, k, s) in ROWS.items()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def main(argv: list[str]) -> int:
+    """No argument: run the tests and print the table; ``--records DIR``: print the table of the
+    records an earlier run left in DIR (FAULTS_RECORD=DIR pytest tests/cluster/...)."""
+    if argv[:1] == ["--records"]:
+        print(table(Path(argv[1])))
+        return 0
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, FAULTS_RECORD=d, PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                "tests/cluster/test_multinode_preprocess.py", "tests/cluster/test_multinode_tune.py"],
                               cwd=ROOT, env=env)
-        recs = {p.stem: json.loads(p.read_text()) for p in Path(d).glob("*.json")}
-    rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(test failed)",
-             "survived": s} for n, (f, k, s) in ROWS.items()]
-    print(markdown_table(pd.DataFrame(rows)))
+        print(table(Path(d)))
     return proc.returncode
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
