@@ -301,7 +301,7 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     from core.demo_data import DemoSpec, write_demo_data
     c, _ = cluster
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=8, eval_persons=2))
-    ws, budget = tmp_path / "ws", 300
+    ws, budget = tmp_path / "ws", 240
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws), "--budget",
            f"{budget}s", "--model", "test_efficientnet", "--img-size", "32", "--folds", "2", "--address", c.address]
