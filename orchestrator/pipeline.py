@@ -27,7 +27,7 @@ from .budget import PHASE_SHARES, Clock, HeadShare, share_out
 from .eda import write_eda
 from .ensemble import EnsembleOptions, ensemble
 from .preprocess import preprocess
-from .ray_session import ray_session
+from .ray_session import ray_session, trial_resources
 from .retrain import retrain_head
 from .study import TuneOptions, check_weights, tune_head
 from .run_ledger import run_ledger
@@ -172,7 +172,8 @@ class Sizer:
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
         import ray
-        parallel = trial_slots(ray.cluster_resources(), o.cpus_per_trial, o.gpus_per_trial)
+        res = trial_resources(o.gpus_per_trial, o.cpus_per_trial)   # what a trial will hold
+        parallel = trial_slots(ray.cluster_resources(), res["cpu"], res["gpu"])
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
         from trainables.speed import probe_trial_slots   # heavy (torch, timm): only under a budget
@@ -181,7 +182,7 @@ class Sizer:
         # the slowest slot sets the pace of each wave
         cfg = recipe_config(o.targets[0], model=o.model, img_size=o.img_size, batch_size=o.batch_size,
                             precision=o.precision)
-        probes = probe_trial_slots(cfg, parallel, o.cpus_per_trial, o.gpus_per_trial)
+        probes = probe_trial_slots(cfg, parallel, res["cpu"], res["gpu"])
         one = min(p["images_per_s"] for p in probes)
         sizer = cls(o, n_train, parallel, one)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)

@@ -84,12 +84,13 @@ def _return_freed_memory() -> None:
 def _detector(s: CropSettings):
     """One MTCNN per worker process and settings (a task reuses its process)."""
     import torch   # heavy: only worker processes need it
+    from trainables.loop import device_of
     if s.key not in _DETECTORS:
         import ray
         _return_freed_memory()
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))   # n workers x all-core torch would oversubscribe
-        _DETECTORS[s.key] = Detector(s, "cuda" if torch.cuda.is_available() else "cpu")
+        _DETECTORS[s.key] = Detector(s, str(device_of()))   # Ray's GPU, or the CPU (said once)
     return _DETECTORS[s.key]
 
 

@@ -4,7 +4,8 @@ logged-model names and the run lifecycle. Every stage that writes or reads runs 
 Runs of the experiment (tag ``role``):
   study     one parent per study, phase and head; its trials are its children
             (``mlflow.parentRunId``), so the UI groups them under it
-  trial     one per Tune trial: tags head, fold, study, trial_id, phase, stage, config_json, labels;
+  trial     one per Tune trial: tags head, fold, study, trial_id, phase, stage, config_json, labels,
+            and where it ran: device, ray_gpu_ids, cuda_visible_devices (trainables.loop.placement);
             params = its TrialConfig; per-epoch metrics; its best model as the logged model
             ``model`` (pyfunc, see trainables.mlflow_model) and its OOF predictions
   ensemble  one per `ensemble`: the report, the submission and the whole ensemble as the

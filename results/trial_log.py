@@ -41,6 +41,11 @@ class TrialLogger:
             role=TRIAL, study=ctx.study, phase=ctx.phase, trial_id=trial_id), max_results=1)
         return found[0].info.run_id if found else ""
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client is not None:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, v)
+
     def log_metrics(self, metrics: dict, step: int) -> None:
         if self.client is None:
             return

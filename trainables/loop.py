@@ -1,6 +1,9 @@
 """The train / eval loop as plain functions (no Ray): testable and reused by the trainable."""
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -12,12 +15,46 @@ from torch import nn
 from core.labels import ALL, NUM_CLASSES, encode, output_slices, target_heads
 from core.metrics import accuracy, macro_f1
 
+log = logging.getLogger(__name__)
+
 # test-time augmentation views, applied to a normalised NCHW batch
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}
 
 
+def ray_gpu_ids() -> list[str]:
+    """The GPU ids Ray gave this process ([] outside Ray, or for a CPU trial or task)."""
+    ray = sys.modules.get("ray")   # plain loops run without Ray: never imported just to ask
+    if ray is None or not ray.is_initialized():
+        return []
+    return [str(i) for i in ray.get_gpu_ids()]
+
+
 def device_of() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where this process trains and predicts. Ray sets CUDA_VISIBLE_DEVICES to the GPUs it gave
+    the trial or task, so ``cuda:0`` is the first of *those*, never a guessed card; where Ray was
+    told not to set it (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES) Ray's first id is used.
+    Where torch sees no CUDA, the CPU, said once per process."""
+    ids = ray_gpu_ids()
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(ids[0]) if ids and "CUDA_VISIBLE_DEVICES" not in os.environ else 0)
+    _say_cpu_once(tuple(ids))
+    return torch.device("cpu")
+
+
+@cache
+def _say_cpu_once(ids: tuple[str, ...]) -> None:
+    if ids:   # Ray's GPUs are logical (a test) or this torch has no CUDA build / driver
+        log.warning("Ray gave this process GPU(s) %s (CUDA_VISIBLE_DEVICES=%s) but torch sees no CUDA: "
+                    "running on the CPU", ",".join(ids), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    else:
+        log.info("torch sees no CUDA device: running on the CPU")
+
+
+def placement(device: torch.device) -> dict[str, str]:
+    """Where this process runs, as a trial's tags: the device, Ray's GPU ids, CUDA_VISIBLE_DEVICES."""
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    return {"device": name, "ray_gpu_ids": ",".join(ray_gpu_ids()),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 @cache

@@ -9,7 +9,7 @@ import torch
 
 from .augment import train_transform
 from .config import TrialConfig
-from .loop import autocast, batch_to, device_of, to_device
+from .loop import autocast, batch_to, device_of, ray_gpu_ids, to_device
 from .models import build_model, data_config
 
 
@@ -48,7 +48,8 @@ class _TrialSlot:
     def measure(self, cfg: TrialConfig, threads: int, batches: int) -> dict:
         device = device_of()
         return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device),
-                "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device.type}
+                "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device.type,
+                "gpu_ids": ray_gpu_ids()}
 
 
 def probe_trial_slots(cfg: TrialConfig, slots: int, cpus_per_trial: float, gpus_per_trial: float = 0.0,

@@ -20,6 +20,7 @@ from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
 from .config import RunContext, TrialConfig
+from .loop import placement
 from .models import save_model_file
 from .trainer import (TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state,
                       validate_folds)
@@ -51,6 +52,7 @@ def train_head(config: dict) -> None:
     log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     where = _where(tc, ctx)
+    log.set_tags(placement(parts[0].device))   # where Ray put it: device, its GPU ids
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
     try:
         epoch_s = 0.0
