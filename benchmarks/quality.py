@@ -59,12 +59,14 @@ def main() -> None:
     ap.add_argument("--eval-from", type=int, default=2001)
     ap.add_argument("--eval-to", type=int, default=3000)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("--data", type=Path, default=None, help="a layout made already (benchmarks/gpu/utk_layout.py): "
+                    "scored on its eval/answers.csv; ../shared/utkmask is then not needed")
     ap.add_argument("run_args", nargs="*", help="more `run` flags after --, e.g. -- --model resnet18")
     a = ap.parse_args()
-    if not (UTK / "make_utkmask.py").is_file():
+    if a.data is None and not (UTK / "make_utkmask.py").is_file():
         sys.exit(f"needs the real-face set at {UTK}")
     a.work.mkdir(parents=True, exist_ok=True)
-    data = layout(a.work, a.train_persons, a.eval_from, a.eval_to)
+    data = a.data or layout(a.work, a.train_persons, a.eval_from, a.eval_to)
     ws = a.work / f"ws-{a.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws),
            "--budget", a.budget, *VARIANTS[a.variant], *a.run_args]
