@@ -20,6 +20,7 @@ from trainables.config import FULL_DATA, RunContext, TrialConfig
 
 from core.errors import DataError
 from core.label_table import current_labels
+from .pins import check_study_data
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
 from .study import check_trained_labels, check_weights
@@ -81,11 +82,13 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
+    from trainables.data import usable_train_rows
+    pins = check_study_data(ws, study, labels, usable_train_rows(ws))
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)
-    parent = open_parent(uri, exp_id, study=study, phase="full", head=head)
+    parent = open_parent(uri, exp_id, study=study, phase="full", head=head, pins=pins)
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
-                     deadline=deadline, labels=labels)
+                     deadline=deadline, labels=labels, pins=pins)
     name = f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}"
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:

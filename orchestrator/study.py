@@ -26,6 +26,7 @@ from core.errors import DataError
 from core.folds import FoldSpec, ensure_folds
 from core.label_table import check_runs_labels, current_labels
 from core.labels import check_target
+from .pins import Pins, pin_study, study_pins
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
 from .tracking_outage import check_after_fit, outage_recorded
@@ -122,12 +123,14 @@ class StudyPlan:
     base: TrialConfig
     options: TuneOptions
     labels: str = ""      # hash of the label table every trial trains on (core.label_table)
+    pins: Pins | None = None   # the study's inputs (orchestrator.pins): every trial logs and reads them
 
     def context(self, phase: str, parent: str) -> RunContext:
         return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
                           experiment=self.options.experiment, study=self.study, phase=phase,
                           parent_run_id=parent, fault_marker=self.options.fault_marker,
-                          deadline=self.options.deadline, labels=self.labels)
+                          deadline=self.options.deadline, labels=self.labels,
+                          pins=self.pins.as_dict() if self.pins else {})
 
     def exp_path(self, phase: str) -> str:
         """The phase's Tune experiment: a path, or a URI with --storage s3://..."""
@@ -146,9 +149,13 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     table, labels = current_labels(data, ws)   # the manifest's labels = train.csv + corrections
     check_study_labels(uri, head, o.study_name(head), labels, o.experiment)
-    ensure_folds(table, ws.root, FoldSpec(o.k, o.seed))
-    crop_cache(ws, usable_train_rows(ws)["crop"].tolist(), base.img_size)  # decode once, before trials
-    return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels)
+    spec, rows = FoldSpec(o.k, o.seed), usable_train_rows(ws)
+    # the study's inputs, checked against what it was made from before anything is made for it
+    pins = pin_study(ws, o.study_name(head), study_pins(labels, table, rows, spec, base.to_dict() | {"num_samples": o.samples}),
+                     what="resume" if o.resume else "new phase")
+    ensure_folds(table, ws.root, spec)
+    crop_cache(ws, rows["crop"].tolist(), base.img_size)  # decode once, before trials
+    return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels, pins)
 
 
 def check_trained_labels(runs: pd.DataFrame, labels: str, fix: str) -> None:
@@ -209,7 +216,8 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray.tune.search.optuna import OptunaSearch
 
     from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
-    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head)
+    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head,
+                         pins=plan.pins.as_dict() if plan.pins else None)
     ctx = plan.context("search", parent)
     trainable = tune.with_resources(train_head, resources)
 
@@ -255,7 +263,8 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
     from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
     best = cv_config(plan)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
-    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head)
+    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head,
+                         pins=plan.pins.as_dict() if plan.pins else None)
     trainable = tune.with_resources(train_head, resources)
 
     def new():

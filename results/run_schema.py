@@ -5,6 +5,7 @@ Runs of the experiment (tag ``role``):
   study     one parent per study, phase and head; its trials are its children
             (``mlflow.parentRunId``), so the UI groups them under it
   trial     one per Tune trial: tags head, fold, study, trial_id, phase, stage, config_json, labels,
+            input.* (the study's input hashes: labels, folds, crops, settings, code),
             and where it ran: device, ray_gpu_ids, cuda_visible_devices (trainables.loop.placement);
             params = its TrialConfig; per-epoch metrics; its best model as the logged model
             ``model`` (pyfunc, see trainables.mlflow_model) and its OOF predictions
@@ -64,18 +65,34 @@ def study_run_name(head: str, phase: str, study: str) -> str:
     return f"{head} · {phase} · study {study}"
 
 
+PIN_PREFIX = "input."   # tags input.labels, input.folds, input.crops, input.settings, input.code
+
+
+def pin_tags(pins: dict | None) -> dict:
+    """A study's input hashes (orchestrator.pins) as tags, so the UI shows what each model saw."""
+    return {f"{PIN_PREFIX}{k}": v for k, v in (pins or {}).items()}
+
+
+def pins_of(tags: dict) -> dict:
+    """The input hashes a run logged (pin_tags read back)."""
+    return {k[len(PIN_PREFIX):]: v for k, v in tags.items() if k.startswith(PIN_PREFIX)}
+
+
 def trial_tags(*, head: str, fold, study: str, trial_id: str, phase: str, config_json: str,
-               parent_run_id: str = "", labels: str = "") -> dict:
-    """``labels``: the hash of the label table the trial trained on (core.label_table)."""
+               parent_run_id: str = "", labels: str = "", pins: dict | None = None) -> dict:
+    """``labels``: the hash of the label table the trial trained on (core.label_table); ``pins``:
+    its study's input hashes (orchestrator.pins), as input.* tags."""
     tags = {"role": TRIAL, "head": head, "fold": fold_label(fold), "study": study, "trial_id": trial_id,
-            "phase": phase, "stage": stage_of(phase), "config_json": config_json, "labels": labels}
+            "phase": phase, "stage": stage_of(phase), "config_json": config_json, "labels": labels,
+            **pin_tags(pins)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return tags
 
 
-def study_tags(*, study: str, phase: str, head: str) -> dict:
-    return {"role": STUDY, "study": study, "phase": phase, "head": head, "stage": stage_of(phase)}
+def study_tags(*, study: str, phase: str, head: str, pins: dict | None = None) -> dict:
+    return {"role": STUDY, "study": study, "phase": phase, "head": head, "stage": stage_of(phase),
+            **pin_tags(pins)}
 
 
 def quote(v) -> str:
@@ -160,7 +177,8 @@ def run_status(client, run_id: str):
     client.set_terminated(run_id, "FINISHED")
 
 
-def open_parent(uri: str, experiment_id: str, *, study: str, phase: str, head: str) -> str:
+def open_parent(uri: str, experiment_id: str, *, study: str, phase: str, head: str,
+                pins: dict | None = None) -> str:
     """The study+phase parent run, RUNNING while its trials train (reused when a study resumes)."""
     client = _client(uri)
     found = client.search_runs([experiment_id], filter_string=tag_filter(
@@ -169,7 +187,7 @@ def open_parent(uri: str, experiment_id: str, *, study: str, phase: str, head: s
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     return start_run(client, experiment_id, role=STUDY, name=study_run_name(head, phase, study),
-                     tags=study_tags(study=study, phase=phase, head=head))
+                     tags=study_tags(study=study, phase=phase, head=head, pins=pins))
 
 
 def close_parent(uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -30,7 +30,8 @@ class TrialLogger:
             self.client.update_run(self.run_id, status="RUNNING")
             return
         tags = trial_tags(head=cfg.head, fold=cfg.fold, study=ctx.study, trial_id=trial_id, phase=ctx.phase,
-                          config_json=json.dumps(cfg.to_dict()), parent_run_id=ctx.parent_run_id, labels=ctx.labels)
+                          config_json=json.dumps(cfg.to_dict()), parent_run_id=ctx.parent_run_id, labels=ctx.labels,
+                          pins=ctx.pins)
         name = trial_run_name(cfg.head, ctx.phase, cfg.fold, trial_id)
         self.run_id = self.client.create_run(exp.experiment_id, run_name=name, tags=tags).info.run_id
         from mlflow.entities import Param

@@ -177,3 +177,47 @@ def test_oof_holds_every_view_and_the_ensemble_takes_its_own(crops_ws, tmp_path)
     for tta, cols in (((), ["orig_p0", "orig_p1"]), (("hflip",), ["p0", "p1"])):
         got = head_oof(client, chosen, tmp_path / "dl", "soft", tta).loc[oof["path"]]
         np.testing.assert_allclose(got.to_numpy(), oof[cols].to_numpy(), atol=1e-6)
+
+
+# -- a study is pinned to its inputs -----------------------------------------------------
+@pytest.fixture
+def own_ws(crops_ws, tmp_path):
+    """A private copy of the session's preprocessed workspace (and its data) that a test may change."""
+    import shutil
+
+    from core.workspace import Workspace
+    data, ws = crops_ws
+    shutil.copytree(data, tmp_path / "data")
+    shutil.copytree(ws.root, tmp_path / "ws", ignore=shutil.ignore_patterns("cache", "mlflow.db", "mlartifacts", "tune"))
+    return tmp_path / "data", Workspace(tmp_path / "ws")
+
+
+def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
+    """One person more in train.csv moves others to another fold: a resume of the study (or its
+    next phase) stops, says what changed and offers a free name; trials keep reading the split
+    the study pinned."""
+    from core.errors import DataError
+    from orchestrator.pins import read_pins
+    from orchestrator.study import TuneOptions, prepare
+    from trainables.data import load_head_data
+    data, ws = own_ws
+    opts = TuneOptions(smoke_test=True, study="s", resume=True)
+    plan = prepare(data, ws, "gender", opts)
+    pins = read_pins(ws, "s")
+    assert pins == plan.pins and plan.context("cv", "").pins == pins.as_dict()
+    assert prepare(data, ws, "gender", opts).pins == pins            # same inputs: goes on
+    split = load_head_data(plan.base, ws, folds_key=pins.folds_key).fold.copy()
+    csv = data / "train" / "train.csv"
+    train, manifest = pd.read_csv(csv, dtype=str), pd.read_parquet(ws.manifest)
+    gone = manifest["path"].str.startswith(f"train/images/{train['path'].iloc[-1]}/")
+    train.iloc[:-1].to_csv(csv, index=False)                        # the data set changed (one person
+    manifest[~gone].to_parquet(ws.manifest, index=False)             # fewer), preprocessed again
+    with pytest.raises(DataError, match=r"study 's' was made from other inputs.*folds .* -> .*--study s-2"):
+        prepare(data, ws, "gender", opts)
+    with pytest.raises(DataError, match=r"labels .* -> .*crops .* -> "):
+        prepare(data, ws, "gender", opts)
+    train.to_csv(csv, index=False)
+    manifest.to_parquet(ws.manifest, index=False)
+    with pytest.raises(DataError, match=r"settings .* -> .*--study s-2"):
+        prepare(data, ws, "gender", TuneOptions(smoke_test=True, study="s", resume=True, img_size=48))
+    np.testing.assert_array_equal(load_head_data(plan.base, ws, folds_key=pins.folds_key).fold, split)

@@ -76,11 +76,13 @@ def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws,
     assert cfg.head == head and cfg.fold == int(run["tags.fold"])
     oof = pd.read_parquet(download_artifact(uri(ws), run["run_id"], "oof/predictions.parquet"))
     n_cls = {"mask": 3, "gender": 2, "age": 3}[head]
-    assert list(oof.columns) == ["path"] + [f"p{i}" for i in range(n_cls)]
-    assert np.allclose(oof.iloc[:, 1:].sum(1), 1, atol=1e-5)
+    p = [f"p{i}" for i in range(n_cls)]   # views averaged, then each view apart
+    assert list(oof.columns) == ["path"] + p + [f"{v}_{c}" for v in ("orig", "hflip") for c in p]
+    assert np.allclose(oof[p].sum(1), 1, atol=1e-5)
     man = pd.read_parquet(ws.manifest).set_index("path")
     probs = predict_probs(model, cfg, [ws.crops / c for c in man.loc[oof["path"][:4], "crop"]])
-    assert np.allclose(probs, oof.iloc[:4, 1:].to_numpy(), atol=1e-4)   # OOF = predict_probs with TTA
+    assert np.allclose(probs, oof[p].iloc[:4].to_numpy(), atol=1e-4)   # OOF = predict_probs with TTA
+    assert set(run["tags.input.folds"].split("-")) >= {"person_k2_seed777"}   # the study's inputs, as tags
     if head == "mask":
         cv = runs[runs["tags.phase"] == "cv"].sort_values("tags.fold")
         assert list(cv["tags.fold"]) == ["0", "1"] and set(cv["status"]) == {"FINISHED"}

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from core.labels import TARGETS
 from results.run_schema import EXPERIMENT
@@ -116,6 +116,8 @@ class RunContext:
     fault_marker: str = ""          # test hook: hard-exit once after the first checkpoint
     deadline: float = 0.0           # unix time by which training must end (0 = none; run --budget)
     labels: str = ""                # hash of the label table the trial trains on (core.label_table)
+    pins: dict = field(default_factory=dict)   # the study's input hashes (orchestrator.pins): the
+                                               # fold file the trial reads, its MLflow tags
 
     def to_dict(self) -> dict:
         return asdict(self)

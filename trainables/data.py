@@ -63,22 +63,24 @@ def head_labels(rows: pd.DataFrame, head: str, old_from: int) -> tuple[np.ndarra
     return y, y
 
 
-def read_folds(ws: Workspace, k: int, seed: int) -> pd.DataFrame:
-    path = fold_file(ws.root, FoldSpec(k, seed))
+def read_folds(ws: Workspace, k: int, seed: int, key: str = "") -> pd.DataFrame:
+    """The split ``key`` (a study's pinned one), or without a key the latest made for k, seed."""
+    path = fold_file(ws.root, FoldSpec(k, seed), key or None)
     if not path.is_file():
         raise DataError(f"{path}: no fold assignment; run `python -m orchestrator folds --folds {k}` "
                         "(tune makes it before starting trials)")
     return pd.read_csv(path, dtype={"person": str})
 
 
-def load_head_data(cfg: TrialConfig, ws: Workspace) -> HeadData:
+def load_head_data(cfg: TrialConfig, ws: Workspace, *, folds_key: str = "") -> HeadData:
+    """The head's training data on the split ``folds_key`` (a study's; "" the latest split)."""
     rows = usable_train_rows(ws)
-    folds = read_folds(ws, cfg.folds, cfg.fold_seed)
+    folds = read_folds(ws, cfg.folds, cfg.fold_seed, folds_key)
     rows = rows.merge(folds[["path", "fold"]], on="path", how="left")
     if rows["fold"].isna().any():
         missing = rows.loc[rows["fold"].isna(), "path"].iloc[0]
-        raise DataError(f"{fold_file(ws.root, FoldSpec(cfg.folds, cfg.fold_seed))}: no fold for {missing}; "
-                        "the data changed since the folds were made: delete the file and re-run")
+        raise DataError(f"{fold_file(ws.root, FoldSpec(cfg.folds, cfg.fold_seed), folds_key or None)}: no fold "
+                        f"for {missing}; the data changed since the folds were made: start a new study")
     target, score = head_labels(rows, cfg.head, cfg.old_from)
     images = crop_cache(ws, rows["crop"].tolist(), cfg.img_size)
     return HeadData(rows["path"].to_numpy(), images, target.astype(np.int64),

@@ -1,0 +1,110 @@
+"""A study is pinned to its inputs: its label table, fold split, crop set, settings and code.
+
+When a study starts, ``WS/studies/<study>.json`` records their hashes; every later phase,
+resume or retrain of that study compares the inputs at hand with them and stops, saying what
+changed and which new study name to use, instead of continuing trials on other data (a
+resumed trial's validation fold would hold persons it trained on). Every trial logs the same
+hashes as MLflow tags (results.run_schema.pin_tags), which `reproduce` checks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from core.atomic import write_text_atomic
+from core.errors import DataError
+from core.folds import FoldSpec, fold_file, folds_key
+from core.provenance import code_version, dict_hash, pinned_folds_key, rows_hash
+from core.workspace import Workspace
+
+# what defines the models of a study; the schedule (epochs, validated epochs, deadlines) is left
+# out: `run --budget` sizes it anew on every run, and a resumed trial keeps its own from Tune
+SETTINGS = ("head", "folds", "fold_seed", "model", "pretrained", "img_size", "batch_size", "optimizer",
+            "weight_decay", "class_weights", "seed", "precision", "search_folds")
+
+
+@dataclass(frozen=True)
+class Pins:
+    labels: str      # the label table after corrections (core.label_table.labels_hash)
+    folds: str       # the fold file's key (core.folds.folds_key) with its spec
+    crops: str       # the training crops (content-addressed names, so their content)
+    settings: str    # the study's model settings (SETTINGS of its base config, search trials)
+    code: str        # git commit (+ a hash of uncommitted changes) or package version
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def folds_key(self) -> str:
+        return pinned_folds_key(self.as_dict())
+
+
+def study_pins(labels: str, table: pd.DataFrame, manifest_train: pd.DataFrame, spec: FoldSpec,
+               settings: dict) -> Pins:
+    """``labels``/``table``: the label table the study trains on and its hash
+    (core.label_table.current_labels); ``manifest_train``: the usable training rows of the crop
+    manifest (path, crop); ``settings``: its base config dict plus the search size."""
+    return Pins(labels=labels,
+                folds=f"{fold_file('.', spec).stem}-{folds_key(table)}",
+                crops=rows_hash(manifest_train, ("path", "crop")),
+                settings=dict_hash({k: v for k, v in settings.items() if k in SETTINGS or k == "num_samples"}),
+                code=code_version())
+
+
+def pin_file(ws: Workspace, study: str) -> Path:
+    return ws.root / "studies" / f"{study}.json"
+
+
+def read_pins(ws: Workspace, study: str) -> Pins | None:
+    path = pin_file(ws, study)
+    return Pins(**json.loads(path.read_text())["pins"]) if path.is_file() else None
+
+
+def free_name(ws: Workspace, study: str) -> str:
+    """``study-2``, ``study-3``, ...: the first name no study of this workspace has."""
+    base, n = study, 2
+    while pin_file(ws, f"{base}-{n}").is_file():
+        n += 1
+    return f"{base}-{n}"
+
+
+def changes(old: Pins, new: Pins) -> list[str]:
+    return [f"{k} {a} -> {b}" for k, a in old.as_dict().items() if (b := new.as_dict()[k]) != a]
+
+
+def pin_study(ws: Workspace, study: str, pins: Pins, *, what: str = "resume") -> Pins:
+    """Record a new study's pins, or check a known study's: other inputs stop with an error
+    naming what changed and a free study name."""
+    old = read_pins(ws, study)
+    if old is None:
+        write_text_atomic(json.dumps({"study": study, "pins": pins.as_dict()}, indent=1), pin_file(ws, study))
+        return pins
+    diff = changes(old, pins)
+    if diff:
+        raise DataError(f"study {study!r} was made from other inputs than the data and code at hand "
+                        f"({pin_file(ws, study)}): {'; '.join(diff)}. A {what} would mix them; start a "
+                        f"new study instead: --study {free_name(ws, study)} (`run`: a new --study prefix), "
+                        "or restore the inputs it was made from")
+    return old
+
+
+DATA_PINS = ("labels", "crops", "code")   # what a full-data retrain of a study must share with it
+
+
+def check_study_data(ws: Workspace, study: str, labels: str, manifest_train: pd.DataFrame) -> dict:
+    """A retrain trains the study's config on all data: the labels, crops and code must be the
+    study's. Returns the study's pins to log ({} for a study made before pins were recorded)."""
+    old = read_pins(ws, study)
+    if old is None:
+        return {}
+    now = {"labels": labels, "crops": rows_hash(manifest_train, ("path", "crop")),
+           "code": code_version()}
+    diff = [f"{k} {getattr(old, k)} -> {v}" for k, v in now.items() if getattr(old, k) != v]
+    if diff:
+        raise DataError(f"study {study!r} was made from other inputs than the data and code at hand "
+                        f"({pin_file(ws, study)}): {'; '.join(diff)}. Its full-data model would not be the "
+                        f"model its folds validated; start a new study: --study {free_name(ws, study)}")
+    return old.as_dict()
