@@ -314,6 +314,29 @@ def _retrain(a) -> int:
     return 0
 
 
+# -- reproduce ---------------------------------------------------------------------------
+def _reproduce_args(p):
+    from .reproduce import TOLERANCE
+    p.add_argument("run_id", help="the MLflow run id of a trial (from its page in the MLflow UI)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the trial's, "
+                   "from its torch_threads tag; CPU sums depend on it)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest metric difference accepted "
+                   f"where bit-for-bit is not expected (GPU, a resumed trial; default {TOLERANCE:g})")
+
+
+def _reproduce(a) -> int:
+    from results.tables import markdown_table
+
+    from .reproduce import reproduce   # heavy (torch): trains the trial again
+    r = reproduce(a.data, Workspace(a.workspace), a.run_id, tracking_uri=a.tracking_uri, threads=a.threads,
+                  tolerance=a.tolerance)
+    print(markdown_table(r.table))
+    for note in r.notes:
+        print(f"note: {note}")
+    print(r.verdict())
+    return 0 if r.matches else 1
+
+
 def _duration(text: str) -> float:
     """--budget: a bad value is a usage error, not a traceback."""
     try:
@@ -343,6 +366,8 @@ COMMANDS = {
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
     "ensemble": ("fold + full-data vote with TTA; writes the submission and report", _ensemble_args, _ensemble),
+    "reproduce": ("train a logged trial again from its recorded inputs and compare its metrics",
+                  _reproduce_args, _reproduce),
     "audit": ("suspect training labels from the folds' out-of-fold predictions (report only)", _audit_args, _audit),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble, audit", _run_args, _run),
 }

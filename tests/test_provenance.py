@@ -221,3 +221,27 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
     with pytest.raises(DataError, match=r"settings .* -> .*--study s-2"):
         prepare(data, ws, "gender", TuneOptions(smoke_test=True, study="s", resume=True, img_size=48))
     np.testing.assert_array_equal(load_head_data(plan.base, ws, folds_key=pins.folds_key).fold, split)
+
+
+# -- reproduce: a trial of a smoke study trained again from what MLflow recorded ----------
+def test_reproduce_a_smoke_trial_bit_for_bit(own_ws, capsys):
+    from mlflow import MlflowClient
+
+    from orchestrator.cli import main
+    from orchestrator.study import TuneOptions, tune_head
+    data, ws = own_ws
+    table = tune_head(data, ws, "gender", TuneOptions(smoke_test=True, study="r", phase="cv", fold="0",
+                                                     num_samples=0, epochs=2, num_cpus=2, verbose=0))
+    run_id = table["run_id"].iloc[0]
+    tags = MlflowClient(ws.tracking_uri()).get_run(run_id).data.tags
+    assert {"input.labels", "input.folds", "input.crops", "input.settings", "input.code"} <= set(tags)
+    args = ["reproduce", run_id, "--data", str(data), "--workspace", str(ws.root)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id} reproduced bit for bit" in out and "| val_f1 " in out and "| train_loss " in out
+    # the data at hand no longer what the run was made from: named, nothing trains
+    manifest = pd.read_parquet(ws.manifest)
+    manifest.loc[manifest["split"] == "train", "crop"] = manifest["crop"].str.replace(".jpg", ".x.jpg")
+    manifest.to_parquet(ws.manifest, index=False)
+    assert main(args) == 2
+    assert "crops: the run used" in capsys.readouterr().err

@@ -51,10 +51,12 @@ def _say_cpu_once(ids: tuple[str, ...]) -> None:
 
 
 def placement(device: torch.device) -> dict[str, str]:
-    """Where this process runs, as a trial's tags: the device, Ray's GPU ids, CUDA_VISIBLE_DEVICES."""
+    """Where this process runs, as a trial's tags: the device, Ray's GPU ids, CUDA_VISIBLE_DEVICES,
+    torch's CPU threads."""
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
     return {"device": name, "ray_gpu_ids": ",".join(ray_gpu_ids()),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "torch_threads": str(torch.get_num_threads())}   # CPU sums depend on it (`reproduce`)
 
 
 @cache

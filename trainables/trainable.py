@@ -54,6 +54,8 @@ def train_head(config: dict) -> None:
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     where = _where(tc, ctx)
     log.set_tags(placement(parts[0].device))   # where Ray put it: device, its GPU ids
+    if state.epoch:   # restored from a checkpoint: its augmentation draws restarted (`reproduce`)
+        log.set_tags({"resumed_from_epoch": str(state.epoch)})
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
     try:
         epoch_s = 0.0
