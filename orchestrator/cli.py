@@ -357,6 +357,26 @@ def _old_from(a) -> dict:
     return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
 
 
+# -- promote -----------------------------------------------------------------------------
+def _promote_args(p):
+    from .promote import DEFAULT_ALIAS, DEFAULT_NAME
+    p.add_argument("--model", default=None, help="what to register: a logged model id (m-...), runs:/RUN_ID/model "
+                   "or a run id (default: the newest ensemble's pyfunc model)")
+    p.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
+    p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias set on the new version (default {DEFAULT_ALIAS})")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+
+
+def _promote(a) -> int:
+    from .promote import promote
+    p = promote(Workspace(a.workspace).tracking_uri(a.tracking_uri), model=a.model, name=a.name, alias=a.alias,
+                experiment=a.experiment)
+    use = (f"mlflow.pyfunc.load_model({p.uri!r}).predict(crops)" if p.is_ensemble
+           else f"python -m orchestrator ensemble --runs {p.uri}")
+    print(f"registered logged model {p.model_id} as models:/{p.name}/{p.version}, alias @{p.alias}; use it: {use}")
+    return 0
+
+
 COMMANDS = {
     # name: (help, add-arguments, run)
     "demo-data": ("write the built-in synthetic data set in the competition layout", _demo_args, _demo),
@@ -369,6 +389,7 @@ COMMANDS = {
     "reproduce": ("train a logged trial again from its recorded inputs and compare its metrics",
                   _reproduce_args, _reproduce),
     "audit": ("suspect training labels from the folds' out-of-fold predictions (report only)", _audit_args, _audit),
+    "promote": ("register a logged model (default: the newest ensemble) and set an alias", _promote_args, _promote),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble, audit", _run_args, _run),
 }
 

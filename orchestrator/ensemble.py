@@ -21,8 +21,9 @@ from mlflow.exceptions import MlflowException
 
 from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_check
 from results.report import ReportInputs, write_report
-from results.run_schema import ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE as MODEL_FILE, OOF_FILE, run_status, start_run
-from results.selection import ChosenModel, Studies, check_artifacts, choose_models, models_table
+from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, EXPERIMENT, OOF_FILE, global_tracking_uri, run_status,
+                                start_run)
+from results.selection import ChosenModel, Studies, check_artifacts, choose_models, model_file, models_table
 from results.submission import write_submission
 from results.tracking import check_tracking
 from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
@@ -71,6 +72,7 @@ class EnsembleResult:
     offsets: np.ndarray | None = field(repr=False)
     models: pd.DataFrame = field(repr=False)
     mlflow_run_id: str
+    model_id: str = ""            # the ensemble's logged pyfunc model (models:/<id>)
 
 
 # -- eval images -------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...]
     from trainables.models import load_model_file   # heavy (torch, timm): only where models predict
     from trainables.predict import predict_probs     # (this process, or a Ray task on another node)
     with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
-        model, cfg = load_model_file(Path(MlflowClient(uri).download_artifacts(c.run_id, MODEL_FILE, tmp)))
+        model, cfg = load_model_file(model_file(MlflowClient(uri), c, Path(tmp)))
     if cfg.head != c.model_target:
         raise DataError(f"MLflow run {c.run_id} is tagged head={c.model_target} but holds a {cfg.head} model; fix the tag")
     p = np.asarray(predict_probs(model, cfg, crops, tta=tta, batch_size=batch_size))
@@ -216,12 +218,16 @@ def eval_voters(chosen: dict[str, list[ChosenModel]], who: str) -> dict[str, lis
     return out
 
 
+def unique_models(chosen: dict[str, list[ChosenModel]]) -> list[ChosenModel]:
+    """Each model once (a joint model votes in every head but predicts once), in vote order."""
+    return list({c.run_id: c for ms in chosen.values() for c in ms}.values())
+
+
 def predict_eval(uri: str, chosen: dict[str, list[ChosenModel]], crops: list[Path],
                  opts: EnsembleOptions) -> dict[str, np.ndarray]:
-    """head -> [N, C] eval probabilities voted over the head's models. A joint model votes in
-    every head but predicts once."""
+    """head -> [N, C] eval probabilities voted over the head's models."""
     chosen = eval_voters(chosen, opts.eval_vote)
-    models = list({c.run_id: c for ms in chosen.values() for c in ms}.values())
+    models = unique_models(chosen)
     paths = [str(p) for p in crops]
     if opts.use_ray or opts.address:
         probs = _predict_on_ray(uri, models, paths, opts)
@@ -300,7 +306,7 @@ def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, c
                         cal.heldout_f1)
 
 
-def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> str:
+def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> tuple[str, str]:
     exp = client.get_experiment_by_name(opts.experiment)
     name = f"ensemble · {opts.vote} vote · {sum(len(m) for m in chosen.values())} models"
     rid = start_run(client, exp.experiment_id, role=ENSEMBLE, name=name, tags={"stage": "ensemble"})
@@ -323,7 +329,33 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         client.log_dict(rid, {"status": cal.status, "applied": cal.applied, "shrink": cal.shrink,
                               "fitted_offsets": None if cal.fitted is None else cal.fitted.offsets.tolist()},
                         "calibration.json")
-    return rid
+        model_id = log_ensemble_model(client, rid, chosen, opts, cal)
+    return rid, model_id
+
+
+def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOptions, cal: CalibrationOutcome) -> str:
+    """What voted on the eval images, as the run's logged pyfunc model ``ensemble``: it predicts
+    what submission.csv holds (same members, vote, TTA and offsets)."""
+    import mlflow
+    from mlflow.models import Model
+
+    from .ensemble_model import pyfunc_spec, write_ensemble
+    voters = eval_voters(chosen, opts.eval_vote)
+    models = unique_models(voters)
+    index = {c.run_id: i for i, c in enumerate(models)}
+    with tempfile.TemporaryDirectory(prefix="ensemble-pyfunc-") as tmp:
+        files = [model_file(client, c, Path(tmp) / "download" / str(i)) for i, c in enumerate(models)]
+        folder = write_ensemble(Path(tmp) / "ensemble", [(f, c.model_target) for f, c in zip(files, models)],
+                                {h: [index[c.run_id] for c in ms] for h, ms in voters.items()},
+                                vote_how=opts.vote, tta=opts.tta, offsets=cal.offsets, batch_size=opts.batch_size)
+        run = client.get_run(rid)
+        model_id = client.create_logged_model(run.info.experiment_id, name=ENSEMBLE_MODEL_NAME, source_run_id=rid,
+                                              params=run.data.params, tags={"role": ENSEMBLE},
+                                              model_type="pyfunc").model_id
+        with global_tracking_uri(client.tracking_uri):
+            Model.log(artifact_path=None, name=ENSEMBLE_MODEL_NAME, flavor=mlflow.pyfunc, run_id=rid,
+                      model_id=model_id, data_path=str(folder), **pyfunc_spec(64))
+    return model_id
 
 
 def check_options(opts: EnsembleOptions) -> None:
@@ -366,7 +398,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = ws.results / "ensemble"
     metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
-    rid = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
+    rid, model_id = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
     log.info("calibration %s", cal.status)
     return EnsembleResult(Path(submission), report_dir, metrics, cal.offsets,
-                          models_table(chosen), rid)
+                          models_table(chosen), rid, model_id)

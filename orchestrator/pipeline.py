@@ -252,7 +252,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     opts = TuneOptions(precision=o.precision, pretrained=o.pretrained, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
                        gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
-                       resume=True, verbose=0, val_from=plan.val_from, **sized)
+                       resume=True, verbose=1, val_from=plan.val_from, **sized)   # a status table every ~30 s
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
@@ -266,7 +266,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
-                 verbose=0, deadline=plan.full_end, epochs=plan.full_epochs, seeds=plan.full_seeds)
+                 verbose=1, deadline=plan.full_end, epochs=plan.full_epochs, seeds=plan.full_seeds)
 
 
 def trained_studies(o: RunOptions) -> dict[str, str]:

@@ -56,7 +56,7 @@ def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
 def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
                  tracking_uri: str | None = None, *, experiment: str = EXPERIMENT,
                  gpus_per_trial: float = 1.0, cpus_per_trial: float = 1, address: str | None = None,
-                 num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,
+                 num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,   # as TuneOptions.verbose
                  deadline: float = 0.0, epochs: int | None = None, seeds: int = 1) -> list[str]:
     """Train the full-data model(s); returns their MLflow run ids.
 
@@ -69,6 +69,8 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     from ray import tune   # heavy, as the trainable: imported when trials start
 
     from trainables.trainable import train_head   # heavy (torch, timm, ray)
+
+    from .progress import PhaseProgress, quiet_snapshot_warning   # imports ray.tune: as heavy
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     uri = resolve_tracking_uri(ws, tracking_uri)
     check_tracking(uri)
@@ -93,6 +95,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:
         space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
+    quiet_snapshot_warning(ws.tune_storage)
     with ray_session(address, num_cpus):
         warn_if_not_shared(ws, uri)
         trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
@@ -101,7 +104,9 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
                            run_config=tune.RunConfig(
                                name=name, storage_path=ws.tune_storage,
                                failure_config=tune.FailureConfig(max_failures=max_failures),
-                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose))
+                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                               verbose=verbose if verbose >= 2 else 0,
+                               callbacks=[PhaseProgress(f"{study} · full", deadline)] if verbose >= 1 else None))
         results = list(tuner.fit())
     failed = [r.error for r in results if r.error]
     if failed:
@@ -113,5 +118,5 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
         client.set_tag(run_id, "retrain", name)   # the models of one retrain vote together
     close_parent(uri, parent)
-    print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (artifact model/model.pt) in {uri}")
+    print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (logged model 'model') in {uri}")
     return run_ids

@@ -78,7 +78,7 @@ class TuneOptions:
     seed: int = 777
     max_failures: int = 2            # retries of a crashed trial (from its checkpoint)
     grace_period: int = 1            # ASHA: epochs before a trial may be stopped
-    verbose: int = 1
+    verbose: int = 1                 # 0 quiet, 1 a status table per phase every ~30 s, 2 also Tune's own output
     fault_marker: str = ""           # test hook (RunContext.fault_marker)
 
     def __post_init__(self):
@@ -186,9 +186,14 @@ def check_weights(cfg: TrialConfig) -> None:
 
 def _run_config(plan: StudyPlan, phase: str):
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+
+    from .progress import PhaseProgress, quiet_snapshot_warning
+    quiet_snapshot_warning(plan.ws.tune_storage)
+    v = plan.options.verbose
     return RunConfig(name=f"{plan.study}-{phase}", storage_path=plan.ws.tune_storage,
                      failure_config=FailureConfig(max_failures=plan.options.max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=plan.options.verbose)
+                     checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=v if v >= 2 else 0,
+                     callbacks=[PhaseProgress(f"{plan.study} · {phase}", plan.options.deadline)] if v >= 1 else None)
 
 
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):

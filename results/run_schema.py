@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -110,6 +111,21 @@ def is_model_run(tags: dict) -> bool:
     return tags.get("phase") in MODEL_PHASES and tags.get("role") not in (STUDY, ENSEMBLE)
 
 
+def logged_model_id(client, run, name: str = MODEL_NAME) -> str:
+    """The id of a run's (or run id's) logged model ``name``; "" when it has none (a trial run
+    of an older store keeps its model as the artifact LEGACY_MODEL_FILE)."""
+    run = client.get_run(run) if isinstance(run, str) else run
+    for out in (run.outputs.model_outputs if run.outputs else []):
+        if client.get_logged_model(out.model_id).name == name:
+            return out.model_id
+    return ""
+
+
+def weights_uri(client, model_id: str) -> str:
+    """Where a logged model keeps its model file (pyfunc puts data_path under data/)."""
+    return f"{client.get_logged_model(model_id).artifact_location.rstrip('/')}/data/{WEIGHTS_FILE}"
+
+
 # -- experiment ----------------------------------------------------------------------------
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
@@ -154,6 +170,23 @@ def ui_url(base: str, experiment_id: str) -> str:
     """The experiment's page in the MLflow UI at ``base`` (e.g. http://127.0.0.1:5000), in the
     model-training view."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str):
+    """For MLflow's fluent calls (Model.log, register_model), which read a global URI, in this
+    block only: mlflow.set_tracking_uri also writes $MLFLOW_TRACKING_URI, which every later
+    Workspace.tracking_uri() of this process would read."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 # -- run lifecycle ---------------------------------------------------------------------------

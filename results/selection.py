@@ -2,8 +2,10 @@
 
 Default: the K fold models of the head's cv phase (the newest study, or ``study``: one name
 for every head or one per head) plus its full-data model. The user can pick instead, by what the MLflow UI shows:
-  * a run id (32 hex digits, as in the run's page),
-  * a registered model URI: ``models:/age-head@champion`` or ``models:/age-head/3``,
+  * a run id (32 hex digits, as in the run's page) or ``runs:/RUN_ID/model``,
+  * a registered model URI: ``models:/age-head@champion`` or ``models:/age-head/3`` (that
+    version's logged model votes),
+  * a logged model's id: ``models:/m-...`` (or ``m-...``),
   * an MLflow search filter: ``tags.study = 'age-lr' and metrics.val_f1 > 0.8``.
 Each picked run names its head in its ``head`` tag; heads the user picked nothing for
 keep the default. Registering runs and setting an alias in the UI is enough to change the
@@ -12,6 +14,7 @@ ensemble. Every problem is named: the run id, filter or alias, the experiment an
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Sequence
 
@@ -22,10 +25,12 @@ from mlflow.exceptions import MlflowException
 from core.errors import DataError
 from core.labels import ALL, HEADS, TARGETS
 
-from .run_schema import EXPERIMENT, LEGACY_MODEL_FILE, MODEL_PHASES, OOF_FILE, is_model_run  # noqa: F401
+from .run_schema import (ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE, MODEL_PHASES, is_model_run, logged_model_id,
+                         weights_uri)
 
-MODEL_FILE = LEGACY_MODEL_FILE
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})(?:/.*)?$")
+LOGGED_MODEL = re.compile(r"^(?:models:/)?(?P<model_id>m-[0-9a-f]{32})$")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -40,6 +45,7 @@ class ChosenModel:
     target: str = ""   # what the model predicts, its head tag: the head, or ``all`` (a joint
                        # model votes for every head with its head's slice of its outputs)
     labels: str = ""   # hash of the label table it was trained on (its `labels` tag; core.label_table)
+    model_id: str = "" # its MLflow logged model ("" for a run of an older store: LEGACY_MODEL_FILE)
 
     @property
     def model_target(self) -> str:
@@ -63,10 +69,14 @@ def _is_model_run(run) -> bool:
     return is_model_run(run.data.tags)
 
 
-def _chosen(run, source: str) -> ChosenModel:
+def _chosen(client: MlflowClient, run, source: str, model_id: str | None = None) -> ChosenModel:
     t = run.data.tags
+    if t.get("role") == ENSEMBLE:
+        raise DataError(f"{source}: MLflow run {run.info.run_id} is a whole ensemble, not a member model; load it "
+                        "with mlflow.pyfunc.load_model, or pick member models (trial runs) with --runs")
     return ChosenModel(t.get("head", ""), run.info.run_id, t.get("phase", ""), t.get("fold", ""),
-                       t.get("study", ""), source, t.get("head", ""), t.get("labels", ""))
+                       t.get("study", ""), source, t.get("head", ""), t.get("labels", ""),
+                       model_id if model_id is not None else logged_model_id(client, run))
 
 
 def _votes_for(c: ChosenModel, head: str) -> ChosenModel | None:
@@ -80,7 +90,7 @@ def _by_run_ids(client: MlflowClient, ids: Sequence[str]) -> list[ChosenModel]:
     found, missing = [], []
     for run_id in ids:
         try:
-            found.append(_chosen(client.get_run(run_id), "run id"))
+            found.append(_chosen(client, client.get_run(run_id), "run id"))
         except MlflowException:
             missing.append(run_id)
     if missing:
@@ -101,7 +111,33 @@ def _by_model_uri(client: MlflowClient, uri: str) -> ChosenModel:
                         f"({exc.message.splitlines()[0]}); register a run and set the alias in the MLflow UI") from exc
     if not mv.run_id:
         raise DataError(f"{uri}: model version {mv.version} is not linked to a run; register it from a training run")
-    return _chosen(client.get_run(mv.run_id), uri)
+    # the version's own logged model (the UI registers it as source models:/m-...; an older
+    # store's run artifact has none: the run's model file then)
+    source = LOGGED_MODEL.match(mv.source or "")
+    model_id = getattr(mv, "model_id", None) or (source["model_id"] if source else "")
+    return _chosen(client, client.get_run(mv.run_id), uri, model_id)
+
+
+def _by_logged_model(client: MlflowClient, model_id: str) -> ChosenModel:
+    try:
+        lm = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        raise DataError(f"logged model {model_id} does not exist at {client.tracking_uri}; copy its id from "
+                        "the run's Logged models in the MLflow UI (or check --tracking-uri)") from exc
+    if not lm.source_run_id:
+        raise DataError(f"logged model {model_id} is not linked to a run; pick one logged by a trial")
+    return _chosen(client, client.get_run(lm.source_run_id), f"models:/{model_id}", model_id)
+
+
+def _by_item(client: MlflowClient, exp_id: str, experiment: str, item: str) -> list[ChosenModel]:
+    """One --runs item: run id, runs:/ URI, logged model id, models:/ URI or a filter."""
+    if m := RUN_URI.match(item):
+        return _by_run_ids(client, [m["run_id"]])
+    if m := LOGGED_MODEL.match(item):
+        return [_by_logged_model(client, m["model_id"])]
+    if item.startswith("models:/"):
+        return [_by_model_uri(client, item)]
+    return _by_filter(client, exp_id, experiment, item)
 
 
 def _by_filter(client: MlflowClient, exp_id: str, experiment: str, flt: str) -> list[ChosenModel]:
@@ -111,7 +147,7 @@ def _by_filter(client: MlflowClient, exp_id: str, experiment: str, flt: str) -> 
         raise DataError(f"MLflow filter {flt!r} is not valid: {exc.message.splitlines()[0]}; "
                         "see the search syntax in the MLflow UI (e.g. tags.study = 'x')") from exc
     # parent (study) runs and ensemble runs match broad filters too; only models vote
-    chosen = [_chosen(r, f"filter: {flt}") for r in runs if _is_model_run(r)]
+    chosen = [_chosen(client, r, f"filter: {flt}") for r in runs if _is_model_run(r)]
     if not chosen:
         raise DataError(f"MLflow filter {flt!r} matches no model run (phase {'/'.join(MODEL_PHASES)}) "
                         f"in experiment {experiment!r}; loosen the filter")
@@ -148,13 +184,13 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
                         f"of experiment {experiment!r} at {client.tracking_uri}; run "
                         f"`python -m orchestrator tune --head {head}` (and retrain), or pick runs with --runs")
     study = study or cv[0].data.tags.get("study", "")   # newest study when none is named
-    chosen = [_votes_for(_chosen(r, "default"), head) for r in _newest_per_fold(
+    chosen = [_votes_for(_chosen(client, r, "default"), head) for r in _newest_per_fold(
         [r for r in cv if r.data.tags.get("study", "") == study])]
     full = _search(client, exp_id, head, "full", study or None) if include_full else []
     # every full-data model of the newest retrain (one per seed when it trained several)
     key = full[0].data.tags.get("retrain") if full else None
     newest = [r for r in full if key is not None and r.data.tags.get("retrain") == key] or full[:1]
-    return chosen + [_votes_for(_chosen(r, "default"), head) for r in newest]
+    return chosen + [_votes_for(_chosen(client, r, "default"), head) for r in newest]
 
 
 Studies = str | Mapping[str, str] | None   # one study for every head, a study per head, or the newest
@@ -190,10 +226,8 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
     ids = [s for s in selections if RUN_ID.match(s.strip())]
     picked = _by_run_ids(client, [s.strip() for s in ids])
     for s in selections:
-        if s.strip().startswith("models:/"):
-            picked.append(_by_model_uri(client, s.strip()))
-        elif not RUN_ID.match(s.strip()):
-            picked += _by_filter(client, exp_id, experiment, s)
+        if not RUN_ID.match(s.strip()):
+            picked += _by_item(client, exp_id, experiment, s.strip())
     untagged = [c.run_id for c in picked if c.head not in TARGETS]
     if untagged:
         raise DataError([f"MLflow run {r} has no valid head tag ({'/'.join(TARGETS)}); tag it or pick another run"
@@ -210,16 +244,32 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
 
 
 def check_artifacts(client: MlflowClient, chosen: dict[str, list[ChosenModel]]) -> None:
-    """Every chosen run must hold its model file; say which do not before any work starts."""
+    """Every chosen run must hold its model (a logged model, or an older store's model file);
+    say which do not before any work starts."""
     problems = []
     for models in chosen.values():
         for c in models:
+            if c.model_id:
+                continue
             names = {a.path for a in client.list_artifacts(c.run_id, "model")}
-            if MODEL_FILE not in names:
-                problems.append(f"MLflow run {c.run_id} (head {c.head}, phase {c.phase or '?'}) has no "
-                                f"artifact {MODEL_FILE}; pick a run that finished training")
+            if LEGACY_MODEL_FILE not in names:
+                problems.append(f"MLflow run {c.run_id} (head {c.head}, phase {c.phase or '?'}) has no logged "
+                                f"model 'model' (nor an artifact {LEGACY_MODEL_FILE} of older stores); pick a "
+                                "run that finished training")
     if problems:
         raise DataError(problems)
+
+
+def model_file(client: MlflowClient, c: ChosenModel, dst: Path) -> Path:
+    """The chosen model's file (state dict + config) downloaded to ``dst``: from its logged
+    model, or from an older store's run artifact. Only this file is read, with
+    torch.load(weights_only=True): nothing from the store is unpickled or run."""
+    import mlflow.artifacts
+    if c.model_id:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=weights_uri(client, c.model_id),
+                                                        dst_path=str(dst), tracking_uri=client.tracking_uri))
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(c.run_id, LEGACY_MODEL_FILE, str(dst)))
 
 
 def models_table(chosen: dict[str, list[ChosenModel]]) -> pd.DataFrame:

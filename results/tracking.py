@@ -12,7 +12,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from .run_schema import EXPERIMENT, TRIAL, ensure_experiment, open_parent, quote, tag_filter  # noqa: F401 (re-exported)
+from .run_schema import (EXPERIMENT, LEGACY_MODEL_FILE, TRIAL, ensure_experiment, logged_model_id,  # noqa: F401
+                         open_parent, quote, tag_filter, weights_uri)
 
 parent_run = open_parent   # the name the stages used before run_schema
 log = logging.getLogger(__name__)
@@ -93,3 +94,15 @@ def download_artifact(uri: str, run_id: str, path: str, dst: Path | None = None)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=uri,
                                                 dst_path=None if dst is None else str(dst))
     return Path(local)
+
+
+def download_model(uri: str, run_id: str, dst: Path | None = None) -> Path:
+    """A trial run's model file (state dict + config, for trainables.models.load_model_file):
+    from its logged model, or an older store's artifact model/model.pt."""
+    import mlflow.artifacts
+    client = _client(uri)
+    model_id = logged_model_id(client, run_id)
+    if not model_id:
+        return download_artifact(uri, run_id, LEGACY_MODEL_FILE, dst)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=weights_uri(client, model_id), tracking_uri=uri,
+                                                    dst_path=None if dst is None else str(dst)))

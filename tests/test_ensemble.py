@@ -98,7 +98,8 @@ def test_head_with_no_models_and_missing_model_file(tmp_path):
     with pytest.raises(DataError, match="head age has no models.*tune --head age"):
         choose_models(client)
     rid = log_model_run(client, tmp_path, head="age", phase="cv", fold=0, model=False)
-    with pytest.raises(DataError, match=f"MLflow run {rid} \\(head age, phase cv\\) has no artifact model/model.pt"):
+    with pytest.raises(DataError, match=f"MLflow run {rid} \\(head age, phase cv\\) has no logged model 'model' "
+                       "\\(nor an artifact model/model.pt of older stores\\)"):
         check_artifacts(client, choose_models(client))
     # a fold run without its out-of-fold predictions is named too
     with pytest.raises(DataError, match="\\(head mask, phase cv fold 0\\) has no artifact oof/predictions.parquet"):
@@ -221,6 +222,23 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     assert (res.offsets is not None) == cal["applied"]
     # the ensemble run itself never votes in a later ensemble
     assert len(choose_models(client)["age"]) == 3
+    # these runs are an older store's (model/model.pt, no logged models): they still load, and
+    # the whole ensemble, logged as one pyfunc model, predicts what submission.csv holds
+    import mlflow
+
+    from results.run_schema import global_tracking_uri
+    assert res.model_id and client.get_run(res.mlflow_run_id).outputs.model_outputs[0].model_id == res.model_id
+    from orchestrator.promote import promote
+    p = promote(Workspace(ws).tracking_uri())   # registers the newest ensemble, alias @champion
+    assert (p.model_id, p.is_ensemble, p.uri) == (res.model_id, True, "models:/orchestrator-ensemble@champion")
+    with global_tracking_uri(Workspace(ws).tracking_uri()):
+        model = mlflow.pyfunc.load_model(p.uri)
+    _, crops = eval_crops(demo_dir, Workspace(ws), read_manifest(Workspace(ws).manifest))
+    pred = model.predict(pd.DataFrame({"image": [c.read_bytes() for c in crops]}))
+    assert pred["class"].tolist() == sub["ans"].tolist()
+    assert set(pred.columns) >= {"class", "mask", "gender", "age", "label"}
+    with pytest.raises(DataError, match="has no logged model 'model' \\(runs of older stores keep a loose"):
+        promote(Workspace(ws).tracking_uri(), model=ids["age"][0])
 
 
 def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from results.tracking import download_artifact, find_runs
+from results.tracking import download_model, find_runs
 from trainables.models import load_model_file
 from trainables.pretrained import PretrainedError, check_hub
 
@@ -63,7 +63,7 @@ def test_tune_with_a_local_weights_file_trains_from_it_end_to_end(crops_ws, tmp_
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"
     [run] = [r for _, r in find_runs(uri, head="all", phase="search").iterrows()]
     assert run["params.pretrained"] == str(tmp_path / "w.pth")
-    model, cfg = load_model_file(download_artifact(uri, run["run_id"], "model/model.pt", tmp_path / "dl"))
+    model, cfg = load_model_file(download_model(uri, run["run_id"], tmp_path / "dl"))
     w = model.state_dict()["conv_stem.weight"].flatten()
     cos = torch.nn.functional.cosine_similarity(w, donor["conv_stem.weight"].flatten(), dim=0)
     assert cfg.pretrained == str(tmp_path / "w.pth") and cos > 0.9   # a fresh init would be ~0

@@ -3,6 +3,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from core.errors import DataError
 from orchestrator.retrain import retrain_head
 from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
 from core.workspace import Workspace
-from results.tracking import TrackingError, check_tracking, download_artifact, find_runs
+from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs
 
@@ -72,7 +73,7 @@ def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws,
     assert metric_steps(ws, run["run_id"]) == [1]
     assert {"metrics.val_f1", "metrics.val_loss", "metrics.val_acc", "metrics.train_loss",
             "metrics.best_val_f1", "metrics.best_epoch"} <= set(run.dropna().index)
-    model, cfg = load_model_file(download_artifact(uri(ws), run["run_id"], "model/model.pt"))
+    model, cfg = load_model_file(download_model(uri(ws), run["run_id"]))
     assert cfg.head == head and cfg.fold == int(run["tags.fold"])
     oof = pd.read_parquet(download_artifact(uri(ws), run["run_id"], "oof/predictions.parquet"))
     n_cls = {"mask": 3, "gender": 2, "age": 3}[head]
@@ -97,19 +98,24 @@ def test_retrain_uses_median_cv_epoch_on_all_data(ray_local, tws):
     assert (tags["phase"], tags["stage"], tags["fold"], tags["study"]) == ("full", "full", "all", "mask-smoke")
     assert tags["cv_best_epochs"] == "1,1" and run.info.status == "FINISHED"
     assert "train_loss" in run.data.metrics and "val_f1" not in run.data.metrics
-    path = download_artifact(uri(ws), run_id, "model/model.pt")
+    path = download_model(uri(ws), run_id)
     model, cfg = load_model_file(path)
     assert cfg.fold == -1 and cfg.epochs == 1 and read_model_extra(path)["best_epoch"] == 1
     with pytest.raises(DataError, match="no finished cv runs for head 'age'"):
         retrain_head(data, ws, "age", study="age-smoke", verbose=0)
 
 
-def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path):
+def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, caplog):
     data, ws = tws
     marker = tmp_path / "crashed"
-    tune_head(data, ws, "gender", smoke(phase="search", num_samples=1, epochs=2, study="crash",
-                                        search_folds=2, fault_marker=str(marker)))
+    caplog.set_level("INFO", logger="orchestrator.progress")
+    tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, epochs=2, study="crash",
+                                                search_folds=2, fault_marker=str(marker)), verbose=1))
     assert marker.exists()   # the worker process did exit mid-trial
+    # the status table a person watches: the phase, its trials, their epoch and F1
+    table = [r.getMessage() for r in caplog.records if r.name == "orchestrator.progress"][-1]
+    assert table.startswith("crash · search: 0 running, 1 done, 0 failed | ") and "elapsed" in table
+    assert "epoch  val_f1  best_val_f1" in table and " 2/2 " in table
     runs = find_runs(uri(ws), study="crash")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"   # the retry continued its own run
     assert metric_steps(ws, runs["run_id"][0]) == [1, 2]        # epoch 1 was not trained again

@@ -87,7 +87,8 @@ def load_head_data(cfg: TrialConfig, ws: Workspace, *, folds_key: str = "") -> H
                     score.astype(np.int64), rows["fold"].to_numpy().astype(int))
 
 
-def decode_crop(path: Path, size: int) -> np.ndarray:
+def decode_crop(path, size: int) -> np.ndarray:
+    """A crop file (or a file-like object holding its bytes) as size x size RGB."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
 

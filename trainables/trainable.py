@@ -22,6 +22,7 @@ from results.trial_log import TrialLogger
 
 from .config import RunContext, TrialConfig
 from .loop import placement
+from .mlflow_model import pyfunc_spec
 from .models import save_model_file
 from .trainer import (TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state,
                       validate_folds)
@@ -93,9 +94,9 @@ def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:
     s = res.state
     model_file = save_model_file(best_dir / "model.pt", parts[0].model, parts[0].cfg, best_epoch=s.best_epoch,
                                  val_f1=max(s.best_f1, 0.0))
-    log.log_model(model_file, oof_of(parts, res))
     best = {"best_epoch": s.best_epoch} | ({"best_val_f1": s.best_f1} if res.val is not None else {})
-    log.log_metrics(best, step=s.epoch)
+    log.log_metrics(best, step=s.epoch)   # first: the logged model links the metrics of its step
+    log.log_model(model_file, pyfunc_spec(parts[0].cfg), s.epoch, oof_of(parts, res))
 
 
 def _where(tc, ctx: RunContext) -> dict:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.study import TuneOptions, tune_head
 from core.workspace import Workspace
-from results.tracking import TrackingError, download_artifact, find_runs
+from results.tracking import TrackingError, download_artifact, download_model, find_runs
 from trainables.models import load_model_file
 
 from multinode import NODE, Gate, MlflowServer, NodeWatch, kill_node, record, start_cluster, wait_gone
@@ -102,7 +102,7 @@ def test_study_runs_trials_on_both_nodes_and_logs_over_http(cluster, server, tws
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
     assert len(list(server.artifacts.rglob("model.pt"))) == 2
     for _, r in runs.iterrows():      # the (fold 0) models load back over HTTP
-        model, cfg = load_model_file(download_artifact(server.uri, r["run_id"], "model/model.pt"))
+        model, cfg = load_model_file(download_model(server.uri, r["run_id"]))
         assert cfg.head == "gender" and cfg.fold == int(r["tags.fold"]) and r["artifact_uri"].startswith("mlflow-artifacts:")
     record("tune_two_nodes", seconds=round(time.time() - t0, 1), trials=len(runs),
            nodes={k: sorted(v) for k, v in watch.seen.items()})
