@@ -18,6 +18,7 @@ from core.errors import DataError
 from core.label_table import load_labels
 from core.labels import ALL, HEADS
 from core.workspace import Workspace
+from results.run_schema import ui_hint
 from results.voting import EVAL_VOTES
 from search_spaces import recipe_config
 from trainables.pretrained import is_none
@@ -285,8 +286,8 @@ def ensemble_options(o: RunOptions):
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     res = ensemble(data, ws, ensemble_options(o))
     print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
-          f"MLflow:     {ws.tracking_uri(o.tracking_uri)} (mlflow ui --backend-store-uri "
-          f"{ws.tracking_uri(o.tracking_uri)})")
+          f"MLflow:     {ui_hint(ws.tracking_uri(o.tracking_uri))}\n"
+          f"            the ensemble as one model: models:/{res.model_id} (python -m orchestrator promote registers it)")
     return res
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from results.tables import markdown_table
-from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
+from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent, ui_hint
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
@@ -363,5 +363,5 @@ def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
     table = pd.concat(tables, ignore_index=True)
     print(f"\nbest trials of study {plan.study!r} (head {head}):\n{markdown_table(table)}\n"
           f"MLflow: {plan.uri}, experiment {options.experiment!r}, runs tagged study={plan.study!r}"
-          f" (UI: mlflow ui --backend-store-uri {plan.uri})")
+          f" (UI: {ui_hint(plan.uri, options.experiment)})")
     return table

@@ -172,6 +172,14 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{UI_QUERY}"
 
 
+def ui_hint(uri: str, experiment: str = EXPERIMENT) -> str:
+    """How to browse ``uri`` (what the CLI prints at the end of a stage)."""
+    exp = _client(uri).get_experiment_by_name(experiment)
+    start = "" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}, then open "
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return start + (ui_url(base, exp.experiment_id) if exp else base)
+
+
 @contextlib.contextmanager
 def global_tracking_uri(uri: str):
     """For MLflow's fluent calls (Model.log, register_model), which read a global URI, in this
