@@ -175,7 +175,8 @@ def _ensemble(a) -> int:
     print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
           f"(MLflow run {res.mlflow_run_id})\nOOF macro F1 {m['oof_f1_before']:.4f} -> "
           f"{m['oof_f1_after']:.4f} after calibration ({m['oof_f1_after_heldout']:.4f} with offsets "
-          f"fitted on other persons); accuracy {m['oof_accuracy_after']:.4f}")
+          f"fitted on other persons); accuracy {m['oof_accuracy_after']:.4f}\n"
+          f"the ensemble as one model: models:/{res.model_id} (`python -m orchestrator promote` registers it)")
     return 0
 
 
