@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from results.audit import AuditInputs, audit_suspects, person_predictions, suggested_corrections
 from results.contact_sheet import contact_sheet
 from results.run_schema import AUDIT, EXPERIMENT, OOF_FILE, run_status, start_run
-from results.selection import ChosenModel, choose_models
+from results.selection import ChosenModel, Studies, choose_models, study_of
 from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic
@@ -39,7 +39,7 @@ FIELDS = ("gender", "age", "swap", "mask")
 
 @dataclass(frozen=True)
 class AuditOptions:
-    study: str | None = None        # the study whose cv folds give the evidence (None: the newest)
+    study: Studies = None           # the study whose cv folds give the evidence: one, or head -> study (None: the newest)
     tracking_uri: str | None = None
     experiment: str = EXPERIMENT
     min_score: float = 0.5          # list a suspect (and suggest its fix) from this much contradicting OOF mass
@@ -66,7 +66,7 @@ def fold_models(client: MlflowClient, opts: AuditOptions) -> dict[str, list[Chos
     for head, models in chosen.items():
         models = chosen[head] = [c for c in models if c.has_oof and _has_oof_file(client, c.run_id)]
         folds = sorted({c.fold for c in models})
-        where = f"study {opts.study!r}" if opts.study else "the newest study"
+        where = f"study {study_of(opts.study, head)!r}" if study_of(opts.study, head) else "the newest study"
         if not folds:
             problems.append(f"head {head}: {where} has no cv fold run with out-of-fold predictions "
                             f"({OOF_FILE}); train it with `python -m orchestrator run` (or tune) and --folds >= 2")

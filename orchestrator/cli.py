@@ -184,7 +184,8 @@ def _ensemble(a) -> int:
 def _audit_args(p):
     from .audit import AuditOptions   # heavy (mlflow, matplotlib)
     d = AuditOptions()
-    p.add_argument("--study", default=None, help="study whose cv folds give the evidence (default: each head's newest)")
+    p.add_argument("--study", default=None, help="study whose cv folds give the evidence: S, or per head "
+                   "mask=S1,gender=S2,age=S3 (default: each head's newest)")
     p.add_argument("--min-score", type=float, default=d.min_score, help="list a suspect and suggest its fix when this "
                    f"share of the out-of-fold probability contradicts the label (default {d.min_score})")
     p.add_argument("--sheet-persons", type=int, default=d.sheet_persons, help=f"persons on the contact sheet (default {d.sheet_persons})")
@@ -195,7 +196,7 @@ def _audit(a) -> int:
     from .audit import AuditOptions, audit   # heavy, as in _audit_args
     if not 0 < a.min_score <= 1:
         raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
-    opts = AuditOptions(study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
+    opts = AuditOptions(study=parse_studies(a.study), tracking_uri=a.tracking_uri, experiment=a.experiment,
                         min_score=a.min_score, sheet_persons=a.sheet_persons)
     res = audit(a.data, Workspace(a.workspace), opts)
     counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"

@@ -294,9 +294,8 @@ def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
 def run_audit(data: Path, ws: Workspace, o: RunOptions):
     """The label audit of the studies just trained: a report, never applied. Its failure (say,
     --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
-    study = f"{o.study}-{o.targets[0]}" if o.joint else None   # per head: each head's newest study
     try:
-        res = audit(data, ws, AuditOptions(study=study, tracking_uri=o.tracking_uri))
+        res = audit(data, ws, AuditOptions(study=trained_studies(o), tracking_uri=o.tracking_uri))
     except DataError as exc:
         log.warning("label audit skipped: %s", exc)
         return None
