@@ -44,7 +44,7 @@ from results.scoring import score_submission  # noqa: E402
 
 RATES = {"gender": 0.03, "age": 0.03, "swap": 0.02}   # share of training persons per planted error
 SWAP = ("incorrect_mask", "normal")
-ARMS = ("noisy", "clean", "audit", "corrected", "report")
+ARMS = ("crops", "noisy", "clean", "audit", "corrected", "report")
 SEED = 777
 
 
@@ -117,6 +117,26 @@ def plant(clean: Path, noisy: Path, planted_csv: Path, seed: int = SEED, smoke: 
 
 
 # -- arms --------------------------------------------------------------------------------
+def make_crops(data: Path, ws: Path, log: Path) -> None:
+    """Face crops of the noisy set, made once: every arm starts from them (see seed_crops)."""
+    if (ws / "crops" / "manifest.parquet").is_file():
+        return
+    cmd = [sys.executable, "-m", "orchestrator", "preprocess", "--data", str(data), "--workspace", str(ws),
+           "--no-progress"]
+    print("$", " ".join(cmd), f"> {log}", flush=True)
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+
+
+def seed_crops(src: Path, ws: Path) -> None:
+    """Hard-link the crop cache into a new arm's workspace. The cache is keyed by each source
+    file's size, mtime and content, so an arm re-crops only the files that differ (the swapped
+    ones in the clean set) and no arm spends its budget cropping 14,000 images again."""
+    if (src / "crops").is_dir() and not (ws / "crops").exists():
+        ws.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / "crops", ws / "crops", copy_function=os.link)
+
+
 def run_arm(data: Path, ws: Path, budget: str | None, extra: list[str], log: Path) -> dict:
     """`run` on ``data`` into ``ws`` (a finished arm is not rerun), scored on the eval persons."""
     sub = ws / "results" / "submission.csv"
@@ -225,11 +245,17 @@ def main(argv: list[str] | None = None) -> dict:
     suggested = work / "ws-noisy" / "results" / "audit" / "corrections_suggested.csv"
     for arm in [x for x in ARMS if x in a.arms and x != "report"]:
         log = work / f"{arm}.log"
+        if arm == "crops":
+            make_crops(noisy, work / "ws-crops", log)
+            continue
         if arm == "audit":
             run_audit(noisy, work / "ws-noisy", log)
+            # the workspace of (b) records its corrections file: keep a copy the audit never rewrites
+            shutil.copy(suggested, work / "corrections_suggested.csv")
             continue
         data = clean if arm == "clean" else noisy
-        extra = ["--corrections", str(suggested)] if arm == "corrected" else []
+        extra = ["--corrections", str(work / "corrections_suggested.csv")] if arm == "corrected" else []
+        seed_crops(work / "ws-crops", work / f"ws-{arm}")
         res = run_arm(data, work / f"ws-{arm}", budget, extra, log)
         (work / f"arm-{arm}.json").write_text(json.dumps({"budget": budget or "smoke", **res}))
         print(f"{arm}: {res}", flush=True)

@@ -1,6 +1,7 @@
 """benchmarks/audit.py: planting label errors in a copy of a data set, and its smoke mode end to
-end (plant, `run --smoke-test` on the noisy set, `audit`, precision/recall at K)."""
+end (plant, crops, `run --smoke-test` on the noisy set, `audit`, precision/recall at K)."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_plant_changes_the_copy_only(demo_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_mode_plants_runs_audits_and_scores(tmp_path):
-    out = main(["--smoke", "--arms", "noisy", "audit", "report", "--work", str(tmp_path)])
+    out = main(["--smoke", "--arms", "crops", "noisy", "audit", "report", "--work", str(tmp_path)])
     assert set(out["precision_recall_at_k"]) == set(RATES)
     for field, pr in out["precision_recall_at_k"].items():
         assert pr["planted"] == 1 and 0 <= pr["hits"] <= 1
@@ -48,3 +49,7 @@ def test_smoke_mode_plants_runs_audits_and_scores(tmp_path):
     assert (tmp_path / "ws-noisy" / "results" / "audit" / "suspects.png").is_file() or \
         out["suggestions"]["suggested"] == 0
     assert json.loads((tmp_path / "arm-noisy.json").read_text())["budget"] == "smoke"
+    # the arm started from the shared crops (hard links), and (b)'s corrections file is kept apart
+    cached = re.search(r"; (\d+) cached", (tmp_path / "noisy.log").read_text())
+    assert cached and int(cached[1]) == (30 + 6) * 7   # every train and eval image
+    assert (tmp_path / "corrections_suggested.csv").is_file()
