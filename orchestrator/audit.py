@@ -6,7 +6,8 @@
     -> one MLflow run tagged stage=audit with those files.
 
 Report only: nothing is applied. A user reads the sheet, edits the suggestions and passes them
-back with `run --corrections WS/results/audit/corrections_suggested.csv`.
+back with `run --corrections FILE`. The labels audited are the workspace's (train.csv plus its
+recorded corrections), and the fold models must have trained on exactly those.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic
 from core.errors import DataError
+from core.label_table import check_runs_labels, current_labels
 from core.labels import COMPETITION_OLD_AGE
 from core.manifest import read_manifest
 from core.workspace import Workspace
@@ -134,6 +136,10 @@ def audit(data: Path, ws: Workspace | Path, opts: AuditOptions = AuditOptions())
     client = MlflowClient(uri)
     chosen = fold_models(client, opts)
     study = ",".join(sorted({c.study for ms in chosen.values() for c in ms}))
+    # the evidence is read against the manifest's labels: the ones the fold models trained on
+    _, labels = current_labels(data, ws)
+    check_runs_labels({c.run_id: c.labels for ms in chosen.values() for c in ms}, labels,
+                      "audit the study trained on the current labels (--study), or train one on them")
     train = read_manifest(ws.manifest)
     train = train[(train["split"] == "train") & (train["error"] == "")].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
