@@ -12,6 +12,7 @@ recorded corrections), and the fold models must have trained on exactly those.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class AuditOptions:
     tracking_uri: str | None = None
     experiment: str = EXPERIMENT
     min_score: float = 0.5          # list a suspect (and suggest its fix) from this much contradicting OOF mass
+    max_share: float = 0.05         # suggest fixes for at most this share of the persons per field
     sheet_persons: int = 12         # persons on the contact sheet
 
 
@@ -102,6 +104,18 @@ def audit_inputs(train: pd.DataFrame, oof, old_from: int, study: str) -> AuditIn
     return AuditInputs(images, oof.heads, old_from)
 
 
+def cap(suspects: pd.DataFrame, inp: AuditInputs, max_share: float) -> int:
+    """Suggestions per field; a field with more suspects than that says its models are weak."""
+    persons = inp.images["person"].nunique()
+    most = max(1, math.ceil(max_share * persons))
+    for field, n in suspects.loc[suspects["suggestion"] != "", "field"].value_counts().items():
+        if n > most:
+            log.warning("audit: %d of %d persons are %s suspects: the fold models disagree with that many "
+                        "labels, which says more about the models than the labels; suggesting the strongest "
+                        "%d (--max-share %g)", n, persons, field, most, max_share)
+    return most
+
+
 def write_outputs(inp: AuditInputs, suspects, corrections, ws: Workspace, persons: int):
     out = ws.results / "audit"
     out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +133,7 @@ def log_audit(client: MlflowClient, opts: AuditOptions, study: str, suspects, co
                     tags={"stage": "audit", "study": study})
     with run_status(client, rid):
         client.log_param(rid, "min_score", opts.min_score)
+        client.log_param(rid, "max_share", opts.max_share)
         client.log_param(rid, "study", study)
         for f in FIELDS:
             client.log_metric(rid, f"suspects_{f}", float((suspects["field"] == f).sum()))
@@ -146,7 +161,7 @@ def audit(data: Path, ws: Workspace | Path, opts: AuditOptions = AuditOptions())
         oof = oof_predictions(client, chosen, train, Path(tmp), "soft")
     inp = audit_inputs(train, oof, old_from_of(client, chosen), study)
     suspects = audit_suspects(inp, opts.min_score)
-    corrections = suggested_corrections(suspects, opts.min_score)
+    corrections = suggested_corrections(suspects, opts.min_score, cap(suspects, inp, opts.max_share))
     out, sheet = write_outputs(inp, suspects, corrections, ws, opts.sheet_persons)
     files = [out / "suspects.csv", out / "corrections_suggested.csv", *([sheet] if sheet else [])]
     rid = log_audit(client, opts, study, suspects, corrections, files)

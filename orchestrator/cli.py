@@ -188,6 +188,8 @@ def _audit_args(p):
                    "mask=S1,gender=S2,age=S3 (default: each head's newest)")
     p.add_argument("--min-score", type=float, default=d.min_score, help="list a suspect and suggest its fix when this "
                    f"share of the out-of-fold probability contradicts the label (default {d.min_score})")
+    p.add_argument("--max-share", type=float, default=d.max_share, help="suggest fixes for at most this share of the "
+                   f"persons per field, the strongest (default {d.max_share}: wrong labels are rare)")
     p.add_argument("--sheet-persons", type=int, default=d.sheet_persons, help=f"persons on the contact sheet (default {d.sheet_persons})")
     p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
 
@@ -196,8 +198,10 @@ def _audit(a) -> int:
     from .audit import AuditOptions, audit   # heavy, as in _audit_args
     if not 0 < a.min_score <= 1:
         raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
+    if not 0 < a.max_share <= 1:
+        raise DataError(f"--max-share {a.max_share}: give a share of the persons in (0, 1], e.g. 0.05")
     opts = AuditOptions(study=parse_studies(a.study), tracking_uri=a.tracking_uri, experiment=a.experiment,
-                        min_score=a.min_score, sheet_persons=a.sheet_persons)
+                        min_score=a.min_score, max_share=a.max_share, sheet_persons=a.sheet_persons)
     res = audit(a.data, Workspace(a.workspace), opts)
     counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"
     print(f"audit: {len(res.suspects)} suspect(s) ({counts}); {len(res.corrections)} suggested correction(s)\n"

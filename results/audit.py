@@ -179,11 +179,16 @@ def audit_suspects(inp: AuditInputs, min_score: float = 0.5) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)
 
 
-def suggested_corrections(suspects: pd.DataFrame, min_score: float = 0.5) -> pd.DataFrame:
+def suggested_corrections(suspects: pd.DataFrame, min_score: float = 0.5,
+                          max_per_field: int | None = None) -> pd.DataFrame:
     """The suspects that name a correction, as a --corrections file (id,field,value,note),
-    strongest first; one row per person and field."""
+    strongest first; one row per person and field, at most ``max_per_field`` of each field
+    (wrong labels are rare: weak fold models contradict many right ones, and applying all of
+    those would add more errors than it removes)."""
     s = suspects[(suspects["suggestion"] != "") & (suspects["score"] >= min_score)]
     s = s.drop_duplicates(["person", "field"])
+    if max_per_field is not None:
+        s = s.groupby("field", sort=False).head(max_per_field).sort_index()
     note = [f"audit score {sc:.2f}: {n}" for sc, n in zip(s["score"], s["note"])]
     return pd.DataFrame({"id": s["person"].astype(str), "field": s["field"], "value": s["suggestion"],
                          "note": note}, columns=CORRECTION_COLUMNS).reset_index(drop=True)

@@ -153,3 +153,15 @@ def test_contact_sheet_shows_the_top_persons(tmp_path):
         assert im.width > 7 * 112 and 100 < im.height < 300      # one person's row
     assert contact_sheet(audit_suspects(AuditInputs(*planted(2))), person_predictions(inp),
                          lambda p: crop, tmp_path / "none.png") is None
+
+
+def test_suggestions_per_field_are_capped_to_the_strongest():
+    images, probs = planted(10)
+    images["gender"] = 1 - images["gender"]                 # weak models: every person "suspect"
+    probs["gender"] = np.where(probs["gender"] > 0.5, 0.6, 0.4)
+    p03 = rows_of(images, "p03")
+    probs["gender"][p03] = probs["gender"][p03] * 0 + np.where(probs["gender"][p03] == 0.6, 0.95, 0.05)
+    sus = audit_suspects(AuditInputs(images, probs))
+    assert (sus["field"] == "gender").sum() == 10
+    fixes = suggested_corrections(sus, max_per_field=2)
+    assert list(fixes["field"]) == ["gender", "gender"] and fixes["id"].iloc[0] == "p03"
