@@ -56,6 +56,7 @@ class EnsembleOptions:
     batch_size: int = 64                # images per forward pass
     experiment: str = EXPERIMENT
     submission: Path | None = None      # default: WS/results/submission.csv
+    report_dir: Path | None = None      # default: WS/results/ensemble
     use_ray: bool = False               # one Ray task per model (implied by address)
     address: str | None = None          # Ray address ('auto' = a `ray up` cluster)
     num_cpus: int | None = None         # CPUs of a local Ray started here
@@ -396,7 +397,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     eval_pred = predict_classes(joint_log_probs(eval_heads), cal.offsets)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
-    report_dir = ws.results / "ensemble"
+    report_dir = opts.report_dir or ws.results / "ensemble"
     metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
     rid, model_id = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
     log.info("calibration %s", cal.status)

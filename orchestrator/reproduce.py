@@ -24,7 +24,7 @@ from core.folds import FoldSpec, ensure_folds, fold_file, folds_key
 from core.label_table import current_labels
 from core.provenance import code_version, pinned_folds_key, rows_hash
 from core.workspace import Workspace
-from results.run_schema import TRIAL, pins_of
+from results.run_schema import ENSEMBLE, TRIAL, pins_of
 from results.tracking import check_tracking, resolve_tracking_uri
 from trainables.config import TrialConfig
 
@@ -120,9 +120,11 @@ def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | Non
         raise DataError(f"reproduce: MLflow run {run_id} does not exist at {uri}; copy the run id from "
                         "the MLflow UI (or check --tracking-uri)") from exc
     tags = run.data.tags
+    if tags.get("role") == ENSEMBLE:
+        return reproduce_ensemble(data, ws, run, uri, tolerance)
     if tags.get("role") != TRIAL or "config_json" not in tags:
-        raise DataError(f"reproduce: MLflow run {run_id} is not a trial run (role {tags.get('role', '?')}); "
-                        "pick a trial of a study (a fold, search or full-data run)")
+        raise DataError(f"reproduce: MLflow run {run_id} is neither a trial nor an ensemble run (role "
+                        f"{tags.get('role', '?')}); pick a trial of a study or an ensemble")
     cfg = TrialConfig.from_dict(json.loads(tags["config_json"]))
     key, notes = check_inputs(data, ws, cfg, pins_of(tags))
     logged = logged_history(client, run_id)
@@ -147,3 +149,34 @@ def _why_not_exact(tags: dict) -> list[str]:
         notes.append(f"resumed from a checkpoint at epoch {tags['resumed_from_epoch']}: its augmentation "
                      "draws restarted there")
     return notes
+
+
+ENSEMBLE_METRICS = ("oof_f1_before", "oof_f1_after", "oof_f1_after_heldout", "oof_accuracy_after")
+
+
+def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: float) -> Reproduction:
+    """The ensemble again with the runs and options it logged (its report and submission go to a
+    temporary folder); its OOF metrics and every answer of its submission are compared."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from .ensemble import EnsembleOptions, ensemble
+    p, t = run.data.params, run.data.tags
+    ids = list(dict.fromkeys(r for rs in json.loads(t["ensemble_runs"]).values() for r in rs))
+    tta = () if p.get("tta", "none") == "none" else tuple(p["tta"].split(","))
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+        opts = EnsembleOptions(runs=tuple(ids), vote=p["vote"], tta=tta, calibrate=p["calibrate"] == "True",
+                               eval_vote=p["eval_vote"], tracking_uri=uri, submission=Path(tmp) / "submission.csv",
+                               report_dir=Path(tmp) / "report")
+        res = ensemble(data, ws, opts)
+        logged_sub = pd.read_csv(MlflowClient(uri).download_artifacts(run.info.run_id, "submission.csv", tmp))
+        again_sub = pd.read_csv(res.submission)
+    logged = {(k, 0): v for k, v in run.data.metrics.items() if k in ENSEMBLE_METRICS}
+    again = {(k, 0): float(v) for k, v in res.metrics.items()}
+    table = compare(logged, again)
+    differing = int((logged_sub["ans"].to_numpy() != again_sub["ans"].to_numpy()).sum())
+    table.loc[len(table)] = ["submission answers differing", 0, 0.0, float(differing), float(differing)]
+    exact = bool(np.array_equal(table["logged"].to_numpy(), table["reproduced"].to_numpy()))
+    return Reproduction(run.info.run_id, table, exact, float(table["diff"].max()), tolerance,
+                        (f"ensemble of {len(ids)} model runs, re-run as `ensemble --runs` with its logged options",))

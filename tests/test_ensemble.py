@@ -239,6 +239,10 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     assert set(pred.columns) >= {"class", "mask", "gender", "age", "label"}
     with pytest.raises(DataError, match="has no logged model 'model' \\(runs of older stores keep a loose"):
         promote(Workspace(ws).tracking_uri(), model=ids["age"][0])
+    # `reproduce`: its logged runs and options again give the same OOF metrics and answers
+    from orchestrator.reproduce import reproduce
+    again = reproduce(demo_dir, Workspace(ws), res.mlflow_run_id)
+    assert again.exact and len(again.table) == 5, again.table
 
 
 def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, tmp_path):
