@@ -60,8 +60,8 @@ def describe(name: str, rec: dict) -> str:
                 f"finished in {rec['seconds']} s; rerun: {rec['rerun_cached']} cached")
     if name == "preprocess_driver_killed":
         return (f"{rec['images']} images in batches of 4: killed at {rec['killed_at_s']} s with {rec['batches_cached']} "
-                f"batches cached; {rec['agents_lingering']} agents still alive after the kill, "
-                f"{rec['agents_reaped']} killed by the rerun; rerun: {rec['rerun']}; {rec['seconds']} s in all")
+                f"batches cached; the rerun killed the dead driver's {rec['agents_reaped']} agents (frozen by the test "
+                f"so that their own exit a minute later cannot race it); rerun: {rec['rerun']}; {rec['seconds']} s in all")
     if name == "tune_node_loss":
         return f"killed {rec['killed']} at {rec['at_s']} s; MLflow val_f1 steps {rec['steps']}; {rec['seconds']} s"
     if name == "tune_checkpoint_killed":

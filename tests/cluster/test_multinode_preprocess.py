@@ -2,6 +2,7 @@
 worker node killed mid-run loses no image and duplicates none."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,21 @@ def test_batches_spread_over_both_nodes_and_survive_losing_one(cluster, small_da
 AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
+def _freeze(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        return True
+    except OSError:
+        return False
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tmp_path):
     """SIGKILL to a `preprocess` driver (its own local Ray, as `make demo` starts it) half-way
     through a batch, with batches cached; the rerun crops every image exactly once and first
@@ -86,7 +102,7 @@ def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tm
     cmd = [sys.executable, "-m", "orchestrator", "preprocess", "--data", str(small_data), "--workspace", str(ws),
            "--batch-size", "4", "--no-progress"]
     third = image_table(small_data)["path"].iloc[8]   # the 3rd batch starts once one is cached
-    t0 = time.time()
+    t0, agents = time.time(), []
     with Gate("detect_batch", first=third) as gate:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -99,18 +115,25 @@ def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tm
         finally:
             if proc.poll() is None:
                 proc.kill()
-        # the dead driver's Ray: its raylet and workers go (the held batch's worker with them) ...
+        # its local Ray goes with it, but its agents outlive their raylet by a minute or more (they
+        # report its death to the dead GCS, 60 s timeout): frozen once the raylet is gone, their
+        # own exit cannot race the rerun, which must kill them
+        wait_gone([p for p, title in procs.items() if title.split()[0].endswith("/raylet")])
+        agents = [p for p, title in procs.items() if title.split()[0] in AGENTS and _freeze(p)]
         wait_gone([p for p, title in procs.items() if title.split()[0] not in AGENTS])
-    assert not Path(f"/proc/{held['pid']}").exists(), "the held worker outlived its driver"
-    # ... but its agents linger (they report the raylet's death to the dead GCS, 60 s timeout)
-    agents = [p for p, title in procs.items() if title.split()[0] in AGENTS]
-    lingering = [p for p in agents if Path(f"/proc/{p}").exists()]
-    assert len(agents) == 2 and not Workspace(ws).manifest.exists()   # killed before any manifest
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        assert not Path(f"/proc/{held['pid']}").exists(), "the held worker outlived its driver"
+        assert len(agents) == 2 and not Workspace(ws).manifest.exists()   # killed before any manifest
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        wait_gone(agents, timeout=30)
+        survivors = [p for p in agents if Path(f"/proc/{p}").exists()]
+    finally:
+        for p in agents:   # never leave a frozen process behind
+            _kill(p)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     reaped = re.search(r"left by a Ray session whose driver died: pids ([\d ]+)", rerun.stderr)
-    assert set(lingering) <= set(map(int, reaped.group(1).split()) if reaped else ()), (lingering, rerun.stderr[-2000:])
-    assert not [p for p in agents if Path(f"/proc/{p}").exists()]
+    assert set(agents) <= set(map(int, reaped.group(1).split()) if reaped else ()), (agents, rerun.stderr[-2000:])
+    assert not survivors, survivors
     # every image exactly once, whole crops, a whole manifest, no temp file left
     expected = image_table(small_data)["path"].tolist()
     man = pd.read_parquet(Workspace(ws).manifest)
@@ -120,5 +143,5 @@ def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tm
             im.load()
     assert not list(ws.rglob("*.tmp"))
     record("preprocess_driver_killed", images=len(expected), killed_at_s=killed_at, batches_cached=parts_before,
-           held_batch_first_image=held["first"], agents_lingering=len(lingering), agents_reaped=len(set(lingering)),
+           held_batch_first_image=held["first"], agents_reaped=len(agents),
            rerun=rerun.stdout.strip().splitlines()[-1], seconds=round(time.time() - t0, 1))
