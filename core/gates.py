@@ -7,7 +7,8 @@ writing ``<folder>/<point>.hold``: JSON of the values the point must match (``{"
 ``{}`` matches every arrival; ``"holders": n`` holds the first n arrivals, default 1). Each
 held process writes ``<point>.reached.<k>`` (its pid and the point's values) and waits while
 the hold file exists; later arrivals pass. The test kills the holder (its process, node or
-driver), then removes the hold file.
+driver), then removes the hold file. Every matching arrival, held or not, is also appended to
+``<point>.arrivals`` (where a retry ran, say).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def hold(point: str, **where) -> None:
     holders = int(want.pop("holders", 1))
     if any(str(where.get(k)) != str(v) for k, v in want.items()):
         return
+    with open(Path(folder) / f"{point}.arrivals", "a") as log:   # every match, held or not: one line
+        log.write(json.dumps({"pid": os.getpid(), **where}, default=str) + "\n")
     for k in range(holders):   # claim a free holder slot: creating its file is atomic
         try:
             os.close(os.open(Path(folder) / f"{point}.claimed.{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))

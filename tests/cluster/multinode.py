@@ -164,8 +164,10 @@ class MlflowServer:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
-            try:
+            try:   # /health answers before the store does: wait for a real API call (a loaded
+                # machine's first search after a restart took over 5 s, the trials' timeout)
                 urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
                 return self
             except OSError:
                 time.sleep(0.5)
@@ -208,6 +210,11 @@ class Gate:
         from core.atomic import write_text_atomic   # workers must never read half a gate
         write_text_atomic(json.dumps({**self.where, "holders": self.holders}), self.folder / f"{self.point}.hold")
         return self
+
+    def arrivals(self) -> list[dict]:
+        """Every process that matched the gate so far, held or passed, in order."""
+        f = self.folder / f"{self.point}.arrivals"
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
     def reached(self) -> list[dict]:
         out = []

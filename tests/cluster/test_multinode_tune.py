@@ -130,7 +130,9 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
     nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement, for the next tests
     assert info.get("killed") in ("w1", "w2") and info["killed"] in info["running"], info
     survivor = ({"w1", "w2"} - {info["killed"]}).pop()
-    assert watch.ran(survivor, TRIAL)                 # the trial moved to the surviving node
+    # the retry passed the gate again, on the surviving node (the gate's own record: a process
+    # title sampler can miss a short retry on a loaded machine)
+    assert [a for a in gate.arrivals() if a["node"] == nodes[survivor].node_id], gate.arrivals()
     runs = find_runs(server.uri, study="nodeloss")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"        # the retry continued its own run
     seen = steps(server.uri, runs["run_id"][0])
@@ -301,7 +303,9 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     from core.demo_data import DemoSpec, write_demo_data
     c, _ = cluster
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=8, eval_persons=2))
-    ws, budget = tmp_path / "ws", 240
+    # the first run must reach its retrain whatever the load: 600 s is more than preprocessing,
+    # the speed probe and trial start-up took at load 45; the epochs are capped (60), not the time
+    ws, budget = tmp_path / "ws", 600
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws), "--budget",
            f"{budget}s", "--model", "test_efficientnet", "--img-size", "32", "--folds", "2", "--address", c.address]
