@@ -365,7 +365,7 @@ def _old_from(a) -> dict:
 
 # -- promote -----------------------------------------------------------------------------
 def _promote_args(p):
-    from .promote import DEFAULT_ALIAS, DEFAULT_NAME
+    from .promote import DEFAULT_ALIAS, DEFAULT_NAME   # heavy (mlflow): only when this command runs
     p.add_argument("--model", default=None, help="what to register: a logged model id (m-...), runs:/RUN_ID/model "
                    "or a run id (default: the newest ensemble's pyfunc model)")
     p.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
@@ -374,7 +374,7 @@ def _promote_args(p):
 
 
 def _promote(a) -> int:
-    from .promote import promote
+    from .promote import promote   # heavy (mlflow)
     p = promote(Workspace(a.workspace).tracking_uri(a.tracking_uri), model=a.model, name=a.name, alias=a.alias,
                 experiment=a.experiment)
     use = (f"mlflow.pyfunc.load_model({p.uri!r}).predict(crops)" if p.is_ensemble

@@ -340,7 +340,7 @@ def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOpt
     import mlflow
     from mlflow.models import Model
 
-    from .ensemble_model import pyfunc_spec, write_ensemble
+    from .ensemble_model import pyfunc_spec, write_ensemble   # heavy (torch, timm): only when it logs
     voters = eval_voters(chosen, opts.eval_vote)
     models = unique_models(voters)
     index = {c.run_id: i for i, c in enumerate(models)}

@@ -187,7 +187,7 @@ def check_weights(cfg: TrialConfig) -> None:
 def _run_config(plan: StudyPlan, phase: str):
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
-    from .progress import PhaseProgress, quiet_snapshot_warning
+    from .progress import PhaseProgress, quiet_snapshot_warning   # heavy (ray.tune), as the line above
     quiet_snapshot_warning(plan.ws.tune_storage)
     v = plan.options.verbose
     return RunConfig(name=f"{plan.study}-{phase}", storage_path=plan.ws.tune_storage,

@@ -74,6 +74,11 @@ def test_mlflow_has_every_stage(smoke_run):
     assert per_retrain and set(per_retrain.values()) == {2}
     tuned = [r for r in runs if r.data.tags.get("stage") == "tune" and r.data.tags.get("role") != "study"]
     assert all("val_f1" in r.data.metrics for r in tuned)
+    # every model that can vote is an MLflow logged model, the ensemble is one too; names say what
+    from results.run_schema import ENSEMBLE_MODEL_NAME, logged_model_id
+    assert all(logged_model_id(client, r) for r in full + tuned)
+    assert logged_model_id(client, ens[0], ENSEMBLE_MODEL_NAME)
+    assert {r.info.run_name.split(" · ")[:2][1] for r in full + tuned} == {"cv", "full"}
 
 
 def test_run_audits_the_labels_and_the_audit_command_repeats_it(smoke_run):

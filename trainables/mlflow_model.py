@@ -22,6 +22,7 @@ import pandas as pd
 from core.labels import num_outputs, output_slices
 
 from .models import load_model_file
+from .predict import predict_probs
 
 LOADER = __name__
 IMAGE = "image"
@@ -35,7 +36,6 @@ class CropModel:
         self.model, self.cfg = model, cfg
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from .predict import predict_probs
         p = predict_probs(self.model, self.cfg, image_bytes(model_input), tta=TTA)
         return probability_frame(p, self.cfg.head)
 
