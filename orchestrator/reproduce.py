@@ -84,10 +84,10 @@ def logged_history(client, run_id: str) -> dict[tuple[str, int], float]:
     return {(k, m.step): m.value for k in METRICS for m in client.get_metric_history(run_id, k)}
 
 
-def retrain(cfg: TrialConfig, ws: Workspace, folds_key: str, epochs: int) -> dict[tuple[str, int], float]:
+def retrain(cfg: TrialConfig, ws: Workspace, pins: dict, epochs: int) -> dict[tuple[str, int], float]:
     """The trial's epochs again, step by step as the trainable runs them (trainables.trainable)."""
     from trainables.trainer import TrialState, build_fold_parts, run_folds_epoch, validate_folds
-    parts = build_fold_parts(cfg, ws, folds_key=folds_key)
+    parts = build_fold_parts(cfg, ws, pins=pins)
     state, out = TrialState(), {}
     while state.epoch < epochs:
         res = run_folds_epoch(parts, state, validate=state.epoch + 1 >= cfg.val_from)
@@ -126,7 +126,8 @@ def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | Non
         raise DataError(f"reproduce: MLflow run {run_id} is neither a trial nor an ensemble run (role "
                         f"{tags.get('role', '?')}); pick a trial of a study or an ensemble")
     cfg = TrialConfig.from_dict(json.loads(tags["config_json"]))
-    key, notes = check_inputs(data, ws, cfg, pins_of(tags))
+    pins = pins_of(tags)
+    _, notes = check_inputs(data, ws, cfg, pins)
     logged = logged_history(client, run_id)
     epochs = max((s for (k, s) in logged if k == "train_loss"), default=0)
     if not epochs:
@@ -135,7 +136,7 @@ def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | Non
     torch.set_num_threads(threads)
     cfg = replace(cfg, num_workers=0)   # the loader's worker count does not change what it yields
     notes += _why_not_exact(tags)
-    table = compare(logged, retrain(cfg, ws, key, epochs))
+    table = compare(logged, retrain(cfg, ws, pins, epochs))
     exact = bool(np.array_equal(table["logged"].to_numpy(), table["reproduced"].to_numpy()))
     max_diff = float(table["diff"].max()) if table["diff"].notna().all() else float("inf")
     return Reproduction(run_id, table, exact, max_diff, tolerance, tuple(notes))

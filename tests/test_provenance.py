@@ -208,7 +208,7 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
     pins = read_pins(ws, "s")
     assert pins == plan.pins and plan.context("cv", "").pins == pins.as_dict()
     assert prepare(data, ws, "gender", opts).pins == pins            # same inputs: goes on
-    split = load_head_data(plan.base, ws, folds_key=pins.folds_key).fold.copy()
+    split = load_head_data(plan.base, ws, pins=pins.as_dict()).fold.copy()
     csv = data / "train" / "train.csv"
     train, manifest = pd.read_csv(csv, dtype=str), pd.read_parquet(ws.manifest)
     gone = manifest["path"].str.startswith(f"train/images/{train['path'].iloc[-1]}/")
@@ -218,11 +218,13 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
         prepare(data, ws, "gender", opts)
     with pytest.raises(DataError, match=r"labels .* -> .*crops .* -> "):
         prepare(data, ws, "gender", opts)
+    with pytest.raises(DataError, match=r"crop manifest changed since this trial's study started \(crops "):
+        load_head_data(plan.base, ws, pins=pins.as_dict())           # a trial Tune retries stops too
     train.to_csv(csv, index=False)
     manifest.to_parquet(ws.manifest, index=False)
     with pytest.raises(DataError, match=r"settings .* -> .*--study s-2"):
         prepare(data, ws, "gender", TuneOptions(smoke_test=True, study="s", resume=True, img_size=48))
-    np.testing.assert_array_equal(load_head_data(plan.base, ws, folds_key=pins.folds_key).fold, split)
+    np.testing.assert_array_equal(load_head_data(plan.base, ws, pins=pins.as_dict()).fold, split)
 
 
 # -- reproduce: a trial of a smoke study trained again from what MLflow recorded ----------

@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import DataError
 from core.folds import FoldSpec, fold_file
 from core.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
+from core.label_table import manifest_labels_hash
 from core.manifest import read_manifest
+from core.provenance import pinned_folds_key, rows_hash
 from core.workspace import Workspace
 
 from .augment import eval_transform, train_transform
@@ -72,9 +74,23 @@ def read_folds(ws: Workspace, k: int, seed: int, key: str = "") -> pd.DataFrame:
     return pd.read_csv(path, dtype={"person": str})
 
 
-def load_head_data(cfg: TrialConfig, ws: Workspace, *, folds_key: str = "") -> HeadData:
-    """The head's training data on the split ``folds_key`` (a study's; "" the latest split)."""
+def check_pinned(ws: Workspace, rows: pd.DataFrame, pins: dict) -> None:
+    """The crop manifest still holds the crops and labels a trial's study pinned (a trial that
+    Tune retries after the data was preprocessed again must not train on other data)."""
+    now = {"crops": rows_hash(rows, ("path", "crop")), "labels": manifest_labels_hash(read_manifest(ws.manifest))}
+    diff = [f"{k} {pins[k]} -> {v}" for k, v in now.items() if pins.get(k) and pins[k] != v]
+    if diff:
+        raise DataError(f"{ws.manifest}: the crop manifest changed since this trial's study started "
+                        f"({'; '.join(diff)}); the trial stops rather than train on other data: start a new study")
+
+
+def load_head_data(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> HeadData:
+    """The head's training data; with a study's ``pins`` (orchestrator.pins) on the study's own
+    split, after checking that the manifest holds its crops and labels (else the latest split)."""
     rows = usable_train_rows(ws)
+    folds_key = pinned_folds_key(pins or {})
+    if pins:
+        check_pinned(ws, rows, pins)
     folds = read_folds(ws, cfg.folds, cfg.fold_seed, folds_key)
     rows = rows.merge(folds[["path", "fold"]], on="path", how="left")
     if rows["fold"].isna().any():

@@ -16,7 +16,6 @@ from pathlib import Path
 from ray import tune
 
 from core.gates import hold
-from core.provenance import pinned_folds_key
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
@@ -48,7 +47,7 @@ def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
 
 def train_head(config: dict) -> None:
     cfg, ctx = TrialConfig.from_dict(config), RunContext.from_dict(config["run"])
-    parts = build_fold_parts(cfg, Workspace(ctx.workspace), folds_key=pinned_folds_key(ctx.pins))
+    parts = build_fold_parts(cfg, Workspace(ctx.workspace), pins=ctx.pins)
     state = _restore(parts)
     tc = tune.get_context()
     log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)

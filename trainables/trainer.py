@@ -57,9 +57,10 @@ class EpochResult:
     val: EvalResult | list[EvalResult] | None   # a list when a trial averages several folds
 
 
-def build_parts(cfg: TrialConfig, ws: Workspace, *, folds_key: str = "") -> Parts:
+def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> Parts:
+    """``pins``: the study's inputs (orchestrator.pins): its split, checked crops and labels."""
     torch.manual_seed(cfg.seed)
-    data = load_head_data(cfg, ws, folds_key=folds_key)
+    data = load_head_data(cfg, ws, pins=pins)
     model = build_model(cfg)
     dc = data_config(model, cfg.img_size)
     device = device_of()
@@ -105,8 +106,8 @@ def fold_list(cfg: TrialConfig) -> list[int]:
     return [(cfg.fold + i) % cfg.folds for i in range(cfg.search_folds)]
 
 
-def build_fold_parts(cfg: TrialConfig, ws: Workspace, *, folds_key: str = "") -> list[Parts]:
-    return [build_parts(replace(cfg, fold=f, search_folds=1), ws, folds_key=folds_key) for f in fold_list(cfg)]
+def build_fold_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> list[Parts]:
+    return [build_parts(replace(cfg, fold=f, search_folds=1), ws, pins=pins) for f in fold_list(cfg)]
 
 
 def _merge(results: list[EpochResult], state: TrialState) -> EpochResult:
