@@ -15,6 +15,7 @@ import pandas as pd
 
 PACKAGE = "mask-orchestrator"
 ROOT = Path(__file__).resolve().parents[1]
+REPRODUCE_TOLERANCE = 1e-4   # `reproduce`: largest metric difference accepted when bit-for-bit is not expected
 
 
 def text_hash(text: str, n: int = 16) -> str:

@@ -19,9 +19,11 @@ from core.faces import CropSettings
 from core.folds import FoldSpec, ensure_folds, fold_file
 from core.label_table import load_labels, set_corrections
 from core.labels import TARGETS
+from core.provenance import REPRODUCE_TOLERANCE
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.run_schema import EXPERIMENT
 from results.selection import parse_studies
+from results.tables import markdown_table
 from results.tracking import TrackingError
 from results.voting import EVAL_VOTES
 from trainables.config import PRECISIONS
@@ -322,17 +324,14 @@ def _retrain(a) -> int:
 
 # -- reproduce ---------------------------------------------------------------------------
 def _reproduce_args(p):
-    from .reproduce import TOLERANCE
     p.add_argument("run_id", help="the MLflow run id of a trial (from its page in the MLflow UI)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the trial's, "
                    "from its torch_threads tag; CPU sums depend on it)")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest metric difference accepted "
-                   f"where bit-for-bit is not expected (GPU, a resumed trial; default {TOLERANCE:g})")
+    p.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="largest metric difference accepted "
+                   f"where bit-for-bit is not expected (GPU, a resumed trial; default {REPRODUCE_TOLERANCE:g})")
 
 
 def _reproduce(a) -> int:
-    from results.tables import markdown_table
-
     from .reproduce import reproduce   # heavy (torch): trains the trial again
     r = reproduce(a.data, Workspace(a.workspace), a.run_id, tracking_uri=a.tracking_uri, threads=a.threads,
                   tolerance=a.tolerance)

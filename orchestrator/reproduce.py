@@ -13,25 +13,33 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from core.errors import DataError
 from core.folds import FoldSpec, ensure_folds, fold_file, folds_key
 from core.label_table import current_labels
-from core.provenance import code_version, pinned_folds_key, rows_hash
+from core.provenance import REPRODUCE_TOLERANCE, code_version, pinned_folds_key, rows_hash
 from core.workspace import Workspace
 from results.run_schema import ENSEMBLE, TRIAL, pins_of
 from results.tracking import check_tracking, resolve_tracking_uri
 from trainables.config import TrialConfig
+from trainables.data import usable_train_rows
+from trainables.trainer import TrialState, build_fold_parts, run_folds_epoch, validate_folds
+
+from .ensemble import EnsembleOptions, ensemble
 
 log = logging.getLogger(__name__)
 
 METRICS = ("train_loss", "val_f1", "val_loss", "val_acc")   # what a trial logs every epoch
-TOLERANCE = 1e-4      # largest |logged - reproduced| accepted when bit-for-bit is not expected
+TOLERANCE = REPRODUCE_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,6 @@ class Reproduction:
 def check_inputs(data: Path, ws: Workspace, cfg: TrialConfig, pins: dict) -> tuple[str, list[str]]:
     """The fold key to train on, after checking the data at hand against the run's input hashes
     (the fold file is made again from the label table when it is gone); code changes are notes."""
-    from trainables.data import usable_train_rows
     table, labels = current_labels(data, ws)
     now = {"labels": labels, "crops": rows_hash(usable_train_rows(ws), ("path", "crop"))}
     diff = [f"{k}: the run used {pins[k]}, the data at hand gives {v}" for k, v in now.items()
@@ -86,7 +93,6 @@ def logged_history(client, run_id: str) -> dict[tuple[str, int], float]:
 
 def retrain(cfg: TrialConfig, ws: Workspace, pins: dict, epochs: int) -> dict[tuple[str, int], float]:
     """The trial's epochs again, step by step as the trainable runs them (trainables.trainable)."""
-    from trainables.trainer import TrialState, build_fold_parts, run_folds_epoch, validate_folds
     parts = build_fold_parts(cfg, ws, pins=pins)
     state, out = TrialState(), {}
     while state.epoch < epochs:
@@ -108,9 +114,6 @@ def compare(logged: dict, again: dict) -> pd.DataFrame:
 def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | None = None,
               threads: int | None = None, tolerance: float = TOLERANCE) -> Reproduction:
     """Train trial run ``run_id`` again from its recorded inputs and compare its metrics."""
-    import torch
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
     uri = resolve_tracking_uri(ws, tracking_uri)
     check_tracking(uri)
     client = MlflowClient(uri)
@@ -158,11 +161,6 @@ ENSEMBLE_METRICS = ("oof_f1_before", "oof_f1_after", "oof_f1_after_heldout", "oo
 def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: float) -> Reproduction:
     """The ensemble again with the runs and options it logged (its report and submission go to a
     temporary folder); its OOF metrics and every answer of its submission are compared."""
-    import tempfile
-
-    from mlflow import MlflowClient
-
-    from .ensemble import EnsembleOptions, ensemble
     p, t = run.data.params, run.data.tags
     ids = list(dict.fromkeys(r for rs in json.loads(t["ensemble_runs"]).values() for r in rs))
     tta = () if p.get("tta", "none") == "none" else tuple(p["tta"].split(","))

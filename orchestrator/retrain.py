@@ -84,7 +84,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
     print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
-    from trainables.data import usable_train_rows
+    from trainables.data import usable_train_rows   # heavy (torch), as the trainable above
     pins = check_study_data(ws, study, labels, usable_train_rows(ws))
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     parent = open_parent(uri, exp_id, study=study, phase="full", head=head, pins=pins)
