@@ -3,12 +3,14 @@
 When a study starts, ``WS/studies/<study>.json`` records their hashes; every later phase,
 resume or retrain of that study compares the inputs at hand with them and stops, saying what
 changed and which new study name to use, instead of continuing trials on other data (a
-resumed trial's validation fold would hold persons it trained on). Every trial logs the same
+resumed trial's validation fold would hold persons it trained on). Other code only warns: a
+resume after a fix is what resuming is for. Every trial logs the same
 hashes as MLflow tags (results.run_schema.pin_tags), which `reproduce` checks.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from core.errors import DataError
 from core.folds import FoldSpec, fold_file, folds_key
 from core.provenance import code_version, dict_hash, pinned_folds_key, rows_hash
 from core.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 # what defines the models of a study; the schedule (epochs, validated epochs, deadlines) is left
 # out: `run --budget` sizes it anew on every run, and a resumed trial keeps its own from Tune
@@ -71,8 +75,25 @@ def free_name(ws: Workspace, study: str) -> str:
     return f"{base}-{n}"
 
 
-def changes(old: Pins, new: Pins) -> list[str]:
-    return [f"{k} {a} -> {b}" for k, a in old.as_dict().items() if (b := new.as_dict()[k]) != a]
+# the code is recorded but does not stop a study: resuming after a fix (a crash, a logging bug)
+# is what a resume is for; the change is logged, and `reproduce` notes it
+WARN_ONLY = ("code",)
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    return [f"{k} {a} -> {b}" for k, a in old.items() if k in new and (b := new[k]) != a]
+
+
+def _refuse_or_warn(ws: Workspace, study: str, old: dict, new: dict, why: str) -> None:
+    code = changes({k: v for k, v in old.items() if k in WARN_ONLY}, new)
+    if code:
+        log.warning("study %r goes on with other code than it started with (%s)", study, "; ".join(code))
+    diff = changes({k: v for k, v in old.items() if k not in WARN_ONLY}, new)
+    if diff:
+        raise DataError(f"study {study!r} was made from other inputs than the data at hand "
+                        f"({pin_file(ws, study)}): {'; '.join(diff)}. {why}; start a new study instead: "
+                        f"--study {free_name(ws, study)} (`run`: a new --study prefix), or restore the inputs "
+                        "it was made from")
 
 
 def pin_study(ws: Workspace, study: str, pins: Pins, *, what: str = "resume") -> Pins:
@@ -82,16 +103,10 @@ def pin_study(ws: Workspace, study: str, pins: Pins, *, what: str = "resume") ->
     if old is None:
         write_text_atomic(json.dumps({"study": study, "pins": pins.as_dict()}, indent=1), pin_file(ws, study))
         return pins
-    diff = changes(old, pins)
-    if diff:
-        raise DataError(f"study {study!r} was made from other inputs than the data and code at hand "
-                        f"({pin_file(ws, study)}): {'; '.join(diff)}. A {what} would mix them; start a "
-                        f"new study instead: --study {free_name(ws, study)} (`run`: a new --study prefix), "
-                        "or restore the inputs it was made from")
+    _refuse_or_warn(ws, study, old.as_dict(), pins.as_dict(), f"A {what} would mix them")
     return old
 
 
-DATA_PINS = ("labels", "crops", "code")   # what a full-data retrain of a study must share with it
 
 
 def check_study_data(ws: Workspace, study: str, labels: str, manifest_train: pd.DataFrame) -> dict:
@@ -102,9 +117,5 @@ def check_study_data(ws: Workspace, study: str, labels: str, manifest_train: pd.
         return {}
     now = {"labels": labels, "crops": rows_hash(manifest_train, ("path", "crop")),
            "code": code_version()}
-    diff = [f"{k} {getattr(old, k)} -> {v}" for k, v in now.items() if getattr(old, k) != v]
-    if diff:
-        raise DataError(f"study {study!r} was made from other inputs than the data and code at hand "
-                        f"({pin_file(ws, study)}): {'; '.join(diff)}. Its full-data model would not be the "
-                        f"model its folds validated; start a new study: --study {free_name(ws, study)}")
+    _refuse_or_warn(ws, study, old.as_dict(), now, "Its full-data model would not be the model its folds validated")
     return old.as_dict()

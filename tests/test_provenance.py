@@ -194,12 +194,12 @@ def own_ws(crops_ws, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
+def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws, caplog):
     """One person more in train.csv moves others to another fold: a resume of the study (or its
     next phase) stops, says what changed and offers a free name; trials keep reading the split
     the study pinned."""
     from core.errors import DataError
-    from orchestrator.pins import read_pins
+    from orchestrator.pins import pin_file, read_pins
     from orchestrator.study import TuneOptions, prepare
     from trainables.data import load_head_data
     data, ws = own_ws
@@ -208,6 +208,11 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws):
     pins = read_pins(ws, "s")
     assert pins == plan.pins and plan.context("cv", "").pins == pins.as_dict()
     assert prepare(data, ws, "gender", opts).pins == pins            # same inputs: goes on
+    record = json.loads(pin_file(ws, "s").read_text())
+    pin_file(ws, "s").write_text(json.dumps(record | {"pins": record["pins"] | {"code": "0" * 40}}))
+    prepare(data, ws, "gender", opts)                                # other code (a fix): goes on, warned
+    assert f"study 's' goes on with other code than it started with (code {'0' * 40} -> " in caplog.text
+    pin_file(ws, "s").write_text(json.dumps(record))
     split = load_head_data(plan.base, ws, pins=pins.as_dict()).fold.copy()
     csv = data / "train" / "train.csv"
     train, manifest = pd.read_csv(csv, dtype=str), pd.read_parquet(ws.manifest)
