@@ -23,6 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from core.dataset import load_train  # noqa: E402
 from core.folds import FoldSpec, ensure_folds  # noqa: E402
+from core.labels import num_outputs  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 from search_spaces import recipe_config  # noqa: E402
 from trainables.loop import device_of, train_one_epoch  # noqa: E402
@@ -62,7 +63,7 @@ def images_per_s(cfg, ws, batches: int) -> tuple[float, float]:
                     max_batches=batches)
     trial = batches * cfg.batch_size / (time.perf_counter() - t)
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=parts.device)
-    y = torch.randint(0, parts.num_classes, (cfg.batch_size,), device=parts.device)
+    y = torch.randint(0, num_outputs(cfg.head), (cfg.batch_size,), device=parts.device)   # a one-head cfg
     fake = [(x, y, y)] * batches
     train_one_epoch(parts.model, fake[:2], parts.loss_fn, parts.optimizer, None, parts.device)
     t = time.perf_counter()
