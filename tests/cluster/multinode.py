@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-HEALTH_FAST = {"health_check_failure_threshold": 2, "health_check_period_ms": 1000,
-               "health_check_initial_delay_ms": 0}   # a killed node is declared dead in ~2 s
+# a killed node refuses the check at once and is declared dead in ~8 s; a live one stalled by a
+# loaded machine must miss 8 checks in a row (2 misses in a row at load 50 lost the survivor too)
+HEALTH_FAST = {"health_check_failure_threshold": 8, "health_check_period_ms": 1000,
+               "health_check_timeout_ms": 5000, "health_check_initial_delay_ms": 0}
 NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024**2}
 
 
