@@ -85,7 +85,7 @@ def describe(name: str, rec: dict) -> str:
 
 def table(folder: Path) -> str:
     recs = {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
-    rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(test failed)",
+    rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(no record: the test failed or did not run)",
              "survived": s} for n, (f, k, s) in ROWS.items()]
     return markdown_table(pd.DataFrame(rows))
 
