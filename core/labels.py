@@ -1,7 +1,11 @@
-"""Class encoding of the competition: class = mask*6 + gender*3 + age.
+"""Class encoding of the competition (class = mask*6 + gender*3 + age) and the head table.
 
-The three heads are rows in ``HEADS``; everything else (datasets, losses, search spaces,
-the ensemble) looks a head up here instead of having its own copy.
+``TABLE`` has one row per study target: the three heads and ``all`` (one model, a classifier
+per head). A row holds everything that differs between targets: its classes and label column,
+its weight in the 18-class code, how the competition recipe trains it, and the names of its
+augmentation preset (trainables.augment.PRESETS) and search space (search_spaces.spaces.SPACES),
+named because those objects live in the layers above. Adding or changing a head is one row;
+everything else (datasets, losses, search spaces, the ensemble) looks the row up here.
 """
 from __future__ import annotations
 
@@ -20,22 +24,52 @@ NUM_CLASSES = 18
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How the competition recipe trains a model of a target (search_spaces.recipe_config)."""
+    lr: float                 # learning rate
+    loss: str                 # loss name (trainables.losses.LOSSES)
+    epochs: int               # epochs per fold (the recipe's cv budget)
+    old_from: int = COMPETITION_OLD_AGE   # training age boundary of "old" (scoring always uses 60)
+    optimizer: str = "adam"   # adam | adamw
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
 class Head:
-    name: str                 # mask | gender | age
-    column: str               # label column in the training table
-    classes: tuple[str, ...]  # class names, index = label
-    weight: int               # multiplier in the 18-class code
+    """One row of the head table: a head, or the joint target (``parts``: the heads it predicts)."""
+    name: str                 # mask | gender | age | all
+    column: str               # label column in the training table ("" for the joint target)
+    classes: tuple[str, ...]  # class names, index = label (() for the joint target)
+    weight: int               # multiplier in the 18-class code (0 for the joint target)
+    recipe: Recipe            # the recipe's training settings
+    augment: str              # augmentation preset, a key of trainables.augment.PRESETS
+    space: str                # search space, a key of search_spaces.spaces.SPACES
+    parts: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-HEADS: dict[str, Head] = {h.name: h for h in (
-    Head("mask", "mask", ("wear", "incorrect", "not_wear"), 6),
-    Head("gender", "gender", ("male", "female"), 3),
-    Head("age", "age_group", ("<30", "30-59", ">=60"), 1),
+# A study target is one head, or ALL: one model with a shared backbone and one classifier per
+# head (multi-task). Every head then learns from every epoch, which is what a small CPU budget
+# needs; the heads' outputs are still separate distributions, so voting and the 18-class join
+# treat a joint model's slice exactly like a one-head model. Its recipe is ours, not the
+# competition's (whose heads fine-tuned pretrained models one by one): one backbone from
+# scratch for every head, so the learning rate of training from scratch, and AdamW.
+ALL = "all"
+TABLE: dict[str, Head] = {h.name: h for h in (
+    Head("mask", "mask", ("wear", "incorrect", "not_wear"), 6, Recipe(lr=3e-4, loss="ce", epochs=10),
+         augment="mask", space="head"),
+    Head("gender", "gender", ("male", "female"), 3, Recipe(lr=1e-4, loss="ce", epochs=10),
+         augment="gender", space="head"),
+    Head("age", "age_group", ("<30", "30-59", ">=60"), 1, Recipe(lr=1e-4, loss="focal", epochs=4, old_from=59),
+         augment="age", space="head_and_age_boundary"),
+    Head(ALL, "", (), 0, Recipe(lr=1e-3, loss="ce", epochs=10, old_from=59, optimizer="adamw", weight_decay=0.05),
+         augment="joint", space="head_and_age_boundary", parts=("mask", "gender", "age")),
 )}
+HEADS: dict[str, Head] = {n: h for n, h in TABLE.items() if not h.parts}   # the three heads
+TARGETS = tuple(TABLE)
 
 
 def get_head(name: str) -> Head:
@@ -44,24 +78,22 @@ def get_head(name: str) -> Head:
     return HEADS[name]
 
 
-# A study target is one head, or ALL: one model with a shared backbone and one classifier per
-# head (multi-task). Every head then learns from every epoch, which is what a small CPU budget
-# needs; the heads' outputs are still separate distributions, so voting and the 18-class join
-# treat a joint model's slice exactly like a one-head model.
-ALL = "all"
-TARGETS = (*HEADS, ALL)
-
-
 def check_target(target: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"unknown head {target!r}; valid: {', '.join(TARGETS)} "
                          f"({ALL} = one model with a classifier per head)")
 
 
+def target_row(target: str) -> Head:
+    """The head table's row of ``target`` (a head, or ``all``)."""
+    check_target(target)
+    return TABLE[target]
+
+
 def target_heads(target: str) -> tuple[Head, ...]:
     """The heads a model of ``target`` predicts, in output order."""
-    check_target(target)
-    return tuple(HEADS.values()) if target == ALL else (HEADS[target],)
+    row = target_row(target)
+    return tuple(HEADS[p] for p in row.parts) if row.parts else (row,)
 
 
 def output_slices(target: str) -> dict[str, slice]:

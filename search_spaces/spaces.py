@@ -1,4 +1,5 @@
-"""Optuna define-by-run spaces: sampling only, no I/O (see STYLE.md).
+"""Optuna define-by-run spaces: sampling only, no I/O. A head's row in core.labels.TABLE names
+its space (``space``), so heads that search the same parameters share one function.
 
 Every head searches learning rate (log scale), loss (and its parameter) and augmentation
 strength; the age head also searches the *training* age boundary. Validation F1 is always
@@ -7,6 +8,8 @@ scored on the competition boundary (>= 60), so boundaries compete fairly.
 from __future__ import annotations
 
 from typing import Callable
+
+from core.labels import target_row
 
 LOSS_CHOICES = ("ce", "focal", "label_smoothing", "f1")
 LR_RANGE = (1e-5, 1e-3)         # log-uniform
@@ -24,24 +27,19 @@ def _common(trial) -> None:
     trial.suggest_float("strength", *STRENGTH_RANGE)
 
 
-def mask_space(trial) -> None:
+def head_space(trial) -> None:
     _common(trial)
 
 
-def gender_space(trial) -> None:
-    _common(trial)
-
-
-def age_space(trial) -> None:
+def head_and_age_boundary_space(trial) -> None:
+    """The age head, and a joint model (it searches what any head does)."""
     _common(trial)
     trial.suggest_int("old_from", *OLD_FROM_RANGE)
 
 
-# a joint model (every head in one) searches what any head does, the age boundary included
-SPACES: dict[str, Callable] = {"mask": mask_space, "gender": gender_space, "age": age_space, "all": age_space}
+SPACES: dict[str, Callable] = {"head": head_space, "head_and_age_boundary": head_and_age_boundary_space}
 
 
 def search_space(head: str) -> Callable:
-    if head not in SPACES:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(SPACES)}")
-    return SPACES[head]
+    """The space the head table's row of ``head`` names."""
+    return SPACES[target_row(head).space]

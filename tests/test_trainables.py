@@ -9,8 +9,8 @@ import torch
 
 from core.dataset import load_train
 from core.folds import FoldSpec, ensure_folds
-from core.labels import TARGETS, encode, num_outputs
-from search_spaces import RECIPE, SMOKE, recipe_config, recipe_point, search_space
+from core.labels import TABLE, TARGETS, encode, num_outputs
+from search_spaces import RECIPE, SMOKE, SPACES, recipe_config, recipe_point, search_space
 from trainables.augment import MAX_STRENGTH, PRESETS, eval_transform, train_transform
 from trainables.config import FULL_DATA, TrialConfig
 from trainables.data import build_loaders, load_head_data
@@ -58,7 +58,7 @@ def test_unknown_loss_lists_valid_names():
 
 
 # -- augmentation ------------------------------------------------------------------------
-@pytest.mark.parametrize("head", sorted(PRESETS))
+@pytest.mark.parametrize("head", TARGETS)
 def test_strength_zero_is_the_eval_transform(head):
     img = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
     a = train_transform(head, 0.0, 32, MEAN, STD)(image=img)["image"]
@@ -66,13 +66,25 @@ def test_strength_zero_is_the_eval_transform(head):
     assert a.shape == (3, 32, 32) and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("head", sorted(PRESETS))
+@pytest.mark.parametrize("head", TARGETS)
 def test_max_strength_changes_images(head):
     img = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
     t, e = train_transform(head, MAX_STRENGTH, 32, MEAN, STD), eval_transform(32, MEAN, STD)
     outs = [t(image=img)["image"] for _ in range(5)]
     assert all(o.shape == (3, 32, 32) for o in outs)
     assert any(not torch.equal(o, e(image=img)["image"]) for o in outs)
+
+
+@pytest.mark.parametrize("head", TARGETS)
+def test_every_row_of_the_head_table_names_a_preset_and_a_space_that_exist(head):
+    row = TABLE[head]
+    assert row.augment in PRESETS and row.space in SPACES
+    assert recipe_config(head).lr == row.recipe.lr   # the recipe comes from the row
+
+
+def test_every_preset_and_space_is_some_row_s():
+    assert {r.augment for r in TABLE.values()} == set(PRESETS)
+    assert {r.space for r in TABLE.values()} == set(SPACES)
 
 
 def test_strength_out_of_range_is_rejected():

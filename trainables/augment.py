@@ -1,4 +1,5 @@
-"""Albumentations presets per head (the recipe's), scaled by one strength knob.
+"""Albumentations presets (the recipe's per head, and the joint model's), scaled by one strength
+knob. A head's row in core.labels.TABLE names its preset (``augment``).
 
 strength 0 = no augmentation, 1 = the recipe's magnitudes, 2 = the maximum the search
 uses. Every pipeline ends with resize + normalise from the model's own data config.
@@ -9,6 +10,8 @@ from typing import Callable
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
+
+from core.labels import target_row
 
 
 def _p(s: float) -> float:
@@ -35,7 +38,7 @@ def gender_preset(s: float) -> list:
             A.GaussNoise(std_range=(0.02 * s, 0.05 * s), p=_p(s))]
 
 
-def all_preset(s: float) -> list:
+def joint_preset(s: float) -> list:
     """One backbone for every head (ours, not the recipe's): flips, small shifts and zooms, light
     and noise; no grid shuffle (it moves the mask) and no hue shift (mask colours carry meaning)."""
     return [A.HorizontalFlip(p=0.5),
@@ -46,7 +49,7 @@ def all_preset(s: float) -> list:
 
 
 PRESETS: dict[str, Callable[[float], list]] = {"mask": mask_preset, "age": age_preset, "gender": gender_preset,
-                                                "all": all_preset}
+                                                "joint": joint_preset}
 MAX_STRENGTH = 2.0
 
 
@@ -56,17 +59,16 @@ def finish(img_size: int, mean, std) -> list:
 
 def train_transform(head: str, strength: float, img_size: int, mean, std, seed: int | None = None) -> A.Compose:
     """Args:
-        head: a key of PRESETS.
+        head: a target (core.labels.TARGETS); its row names its preset.
         strength: 0..MAX_STRENGTH; 0 gives exactly the eval transform.
         img_size: output side in pixels.
         mean, std: normalisation of the model's data config (timm.data.resolve_data_config).
         seed: seeds the augmentation draws (reproducible runs; None = random).
     """
-    if head not in PRESETS:
-        raise ValueError(f"no augmentation preset for head {head!r}; valid: {', '.join(PRESETS)}")
+    preset = target_row(head).augment
     if not 0 <= strength <= MAX_STRENGTH:
         raise ValueError(f"augmentation strength must lie in 0..{MAX_STRENGTH}, got {strength}")
-    aug = PRESETS[head](strength) if strength > 0 else []
+    aug = PRESETS[preset](strength) if strength > 0 else []
     return A.Compose(aug + finish(img_size, mean, std), seed=seed)
 
 
