@@ -8,6 +8,7 @@ MLflow are imported by the command that needs them.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -21,11 +22,11 @@ from core.label_table import load_labels, set_corrections
 from core.labels import TARGETS
 from core.provenance import REPRODUCE_TOLERANCE
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
-from results.run_schema import EXPERIMENT
+from results.run_schema import ui_hint
 from results.selection import parse_studies
 from results.tables import markdown_table
 from results.tracking import TrackingError
-from results.voting import EVAL_VOTES
+from results.voting import EVAL_VOTES, VOTES
 from trainables.config import PRECISIONS
 from trainables.pretrained import PretrainedError
 
@@ -143,26 +144,29 @@ def _preprocess(a) -> int:
 
 # -- ensemble ----------------------------------------------------------------------------
 def _ensemble_args(p):
+    from .ensemble import EnsembleOptions   # heavy (mlflow), as _ensemble
+    d = EnsembleOptions()
     p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
                    help="models to use instead of the default (a head's cv folds + full model): run ids, "
                         "registered models (models:/age-head@champion) or MLflow filters "
                         "(\"tags.study = 'x' and tags.phase = 'cv'\"); heads not picked keep the default")
-    p.add_argument("--vote", choices=("soft", "hard"), default="soft", help="soft: mean probabilities; hard: majority of argmax")
-    p.add_argument("--tta", default="hflip", help="comma-separated test-time augmentations, or 'none' (default hflip)")
+    p.add_argument("--vote", choices=VOTES, default=d.vote, help="soft: mean probabilities; hard: majority of argmax")
+    p.add_argument("--tta", default=",".join(d.tta) or "none",
+                   help=f"comma-separated test-time augmentations, or 'none' (default {','.join(d.tta) or 'none'})")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
     p.add_argument("--study", default=None, help="default selection from this study, or one per head: "
                    "mask=S1,gender=S2,age=S3 (default: the newest; heads left out too)")
     p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
-    p.add_argument("--eval-vote", choices=EVAL_VOTES, default="all", help="who votes on the eval images: every "
+    p.add_argument("--eval-vote", choices=EVAL_VOTES, default=d.eval_vote, help="who votes on the eval images: every "
                    "chosen model (default), or the full-data models only (the fold models still give the OOF "
                    "estimate and the calibration)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--submission", type=Path, default=None, help="where to write the submission (default WS/results/submission.csv)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--submission", type=Path, default=d.submission, help="where to write the submission (default WS/results/submission.csv)")
     p.add_argument("--ray", dest="use_ray", action="store_true", help="predict with one Ray task per model (local Ray unless --address)")
     p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster (implies --ray)")
-    p.add_argument("--gpus-per-model", type=float, default=1.0, help="GPU share of one model's prediction task (CPU when the cluster has none)")
-    p.add_argument("--cpus-per-model", type=float, default=1)
+    p.add_argument("--gpus-per-model", type=float, default=d.gpus_per_model, help="GPU share of one model's prediction task (CPU when the cluster has none)")
+    p.add_argument("--cpus-per-model", type=float, default=d.cpus_per_model)
 
 
 def _ensemble(a) -> int:
@@ -254,36 +258,48 @@ def _run(a) -> int:
                       num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
                       calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
-    run_all(a.data, Workspace(a.workspace), opts)
+    ws = Workspace(a.workspace)
+    res = run_all(a.data, ws, opts)
+    uri = ws.tracking_uri(a.tracking_uri)
+    ens, audit = res["ensemble"], res["audit"]
+    print(f"submission: {ens.submission}\nreport:     {ens.report_dir}\n"
+          f"MLflow:     {ui_hint(uri)}\n"
+          f"            the ensemble as one model: models:/{ens.model_id} (python -m orchestrator promote registers it)")
+    if audit is not None:
+        print(f"audit:      {len(audit.suspects)} suspect label(s), {len(audit.corrections)} suggested correction(s) "
+              f"in {audit.out_dir} (apply with: run --corrections {audit.out_dir / 'corrections_suggested.csv'})")
+    print(f"done in {res['seconds']:.0f} s" + (f" of a {opts.budget_s:.0f} s budget" if opts.budget_s else ""))
     return 0
 
 
 # -- tune --------------------------------------------------------------------------------
 def _tune_args(p):
+    from .study import PHASES, TuneOptions   # heavy (mlflow, Ray Tune), as _tune
+    d = TuneOptions()
     p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
-    p.add_argument("--study", default=None, help="study name (default: the head's name; smoke: HEAD-smoke)")
-    p.add_argument("--phase", choices=("search", "cv", "both"), default="both")
-    p.add_argument("--folds", type=int, default=None, help="K person-level folds (default 5; smoke 2)")
-    p.add_argument("--fold", default="all", help="'all' (search on fold 0, cv on every fold) or one fold K")
-    p.add_argument("--search-folds", type=int, default=1, help="folds a search trial averages over")
-    p.add_argument("--num-samples", type=int, default=None, help="search trials (default 20; smoke 2)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.5, help="fractional GPUs per trial (0.5 = 2 per GPU)")
-    p.add_argument("--cpus-per-trial", type=float, default=1)
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
+    p.add_argument("--study", default=d.study, help="study name (default: the head's name; smoke: HEAD-smoke)")
+    p.add_argument("--phase", choices=PHASES, default=d.phase)
+    p.add_argument("--folds", type=int, default=d.folds, help="K person-level folds (default 5; smoke 2)")
+    p.add_argument("--fold", default=d.fold, help="'all' (search on fold 0, cv on every fold) or one fold K")
+    p.add_argument("--search-folds", type=int, default=d.search_folds, help="folds a search trial averages over")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials (default 20; smoke 2)")
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="fractional GPUs per trial (0.5 = 2 per GPU)")
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials at once (0 = what the cluster fits)")
     p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 trials on CPU")
-    p.add_argument("--model", default=None, help="timm model name (default efficientnet_b3)")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the recipe's per head)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--model", default=d.model, help="timm model name (default: the recipe's, efficientnet_b3)")
+    p.add_argument("--img-size", type=int, default=d.img_size, help="(default: the recipe's, 224)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (default: the recipe's per head)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: the recipe's, 64)")
     p.add_argument("--pretrained", default=None, help="starting weights: hub (timm's ImageNet weights, the default; "
                    "needs internet or timm's cache), a local weights file, or none (from scratch; the smoke test's default)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per trial")
-    p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
-    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers per trial")
+    p.add_argument("--time-budget-s", type=float, default=d.time_budget_s, help="stop the search after this many seconds")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial from its checkpoint")
+    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
 
 
 def _tune(a) -> int:
@@ -295,30 +311,40 @@ def _tune(a) -> int:
         batch_size=a.batch_size, pretrained=a.pretrained, precision=a.precision, num_workers=a.num_workers,
         time_budget_s=a.time_budget_s, study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
         address=a.address, max_failures=a.max_failures)
+    ws = Workspace(a.workspace)
     try:
-        tune_head(a.data, Workspace(a.workspace), a.head, opts)
+        table = tune_head(a.data, ws, a.head, opts)
     except StudyInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 130
+    uri, study = ws.tracking_uri(a.tracking_uri), opts.study_name(a.head)
+    print(f"\nbest trials of study {study!r} (head {a.head}):\n{markdown_table(table)}\n"
+          f"MLflow: {uri}, experiment {opts.experiment!r}, runs tagged study={study!r}"
+          f" (UI: {ui_hint(uri, opts.experiment)})")
     return 0
 
 
 # -- retrain -----------------------------------------------------------------------------
 def _retrain_args(p):
+    from .retrain import retrain_head   # heavy, as _retrain
+    d = {k: v.default for k, v in inspect.signature(retrain_head).parameters.items()}
     p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
-    p.add_argument("--seeds", type=int, default=1, help="full-data models to train side by side, seeds seed, seed+1, ... (all vote)")
-    p.add_argument("--study", default=None, help="study whose cv runs to use (default: the head's newest)")
-    p.add_argument("--gpus-per-trial", type=float, default=1.0)
-    p.add_argument("--cpus-per-trial", type=float, default=1)
-    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
-    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--seeds", type=int, default=d["seeds"], help="full-data models to train side by side, seeds seed, seed+1, ... (all vote)")
+    p.add_argument("--study", default=d["study"], help="study whose cv runs to use (default: the head's newest)")
+    p.add_argument("--gpus-per-trial", type=float, default=d["gpus_per_trial"])
+    p.add_argument("--cpus-per-trial", type=float, default=d["cpus_per_trial"])
+    p.add_argument("--address", default=d["address"], help="Ray address; 'auto' joins a `ray up` cluster")
+    p.add_argument("--experiment", default=d["experiment"], help="MLflow experiment name")
 
 
 def _retrain(a) -> int:
     from .retrain import retrain_head   # heavy (mlflow, Ray Tune)
-    retrain_head(a.data, Workspace(a.workspace), a.head, a.study, a.tracking_uri, experiment=a.experiment,
-                 gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
-                 seeds=a.seeds)
+    ws = Workspace(a.workspace)
+    run_ids = retrain_head(a.data, ws, a.head, a.study, a.tracking_uri, experiment=a.experiment,
+                           gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
+                           seeds=a.seeds)
+    print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (logged model 'model') in "
+          f"{ws.tracking_uri(a.tracking_uri)}")
     return 0
 
 

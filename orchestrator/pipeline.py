@@ -18,7 +18,6 @@ from core.errors import DataError
 from core.label_table import load_labels
 from core.labels import ALL, HEADS
 from core.workspace import Workspace
-from results.run_schema import ui_hint
 from results.voting import EVAL_VOTES
 from search_spaces import recipe_config
 from trainables.pretrained import is_none
@@ -95,7 +94,7 @@ class HeadPlan:
 def ensure_data(data: Path) -> Path:
     """Make the demo data in ``data`` when it holds no data set yet (and say so)."""
     if not (Path(data) / "train" / "train.csv").exists():
-        print(f"no data set in {data}: writing the built-in demo data there")
+        log.info("no data set in %s: writing the built-in demo data there", data)
         write_demo_data(data)
     return Path(data)
 
@@ -117,7 +116,7 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
     plans = {}
     with ray_session(o.address, o.num_cpus):
         crops = preprocess(data, ws, progress=False)
-        print(crops.attrs["summary"].line())
+        log.info(crops.attrs["summary"].line())
         sizer = Sizer.measure(o, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()))
         for i, target in enumerate(o.targets):
             # planned when the target starts, from the time really left: an earlier head's
@@ -126,15 +125,14 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
             train_head_models(data, ws, target, o, plans[target])
         result = run_ensemble(data, ws, o)
     audit = run_audit(data, ws, o)
-    print(f"done in {clock.elapsed():.0f} s" + (f" of a {o.budget_s:.0f} s budget" if o.budget_s else ""))
     return {"plans": plans, "ensemble": result, "audit": audit, "seconds": clock.elapsed()}
 
 
 def check_start_weights(o: RunOptions) -> None:
     """Say where the models start from; pretrained weights are checked before Ray starts."""
     if o.smoke_test or is_none(o.pretrained):
-        print("models train from scratch (run's default, --pretrained none: nothing downloads; "
-              "--pretrained hub or FILE fine-tunes pretrained weights)")
+        log.info("models train from scratch (run's default, --pretrained none: nothing downloads; "
+                 "--pretrained hub or FILE fine-tunes pretrained weights)")
         return
     check_weights(recipe_config(o.targets[0], model=o.model, img_size=o.img_size, pretrained=o.pretrained))
 
@@ -190,7 +188,7 @@ class Sizer:
         # prediction with 2 TTA views, models side by side; the OOF table is already made
         reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
-        print(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
+        log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
         return replace(sizer, reserve_s=reserve)
 
@@ -217,7 +215,7 @@ class Sizer:
             return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
         share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
         plan = self.budget_plan(share, samples, time.time())
-        print(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds of "
+        log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds of "
               f"{plan.epochs} epoch(s), {plan.full_seeds} full-data model(s) of <= {plan.full_epochs} epoch(s)")
         return plan
 
@@ -263,7 +261,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     # under a budget cv trains the epochs that fit (a search trial may have had fewer)
     best = tune_head(data, ws, target, replace(opts, phase="cv", deadline=plan.cv_end,
                                                epochs=None if o.smoke_test else plan.epochs))
-    print(f"{target}: cv folds best val F1 " + ", ".join(
+    log.info(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
@@ -285,9 +283,6 @@ def ensemble_options(o: RunOptions):
 
 def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
     res = ensemble(data, ws, ensemble_options(o))
-    print(f"submission: {res.submission}\nreport:     {res.report_dir}\n"
-          f"MLflow:     {ui_hint(ws.tracking_uri(o.tracking_uri))}\n"
-          f"            the ensemble as one model: models:/{res.model_id} (python -m orchestrator promote registers it)")
     return res
 
 
@@ -299,6 +294,4 @@ def run_audit(data: Path, ws: Workspace, o: RunOptions):
     except DataError as exc:
         log.warning("label audit skipped: %s", exc)
         return None
-    print(f"audit:      {len(res.suspects)} suspect label(s), {len(res.corrections)} suggested correction(s) "
-          f"in {res.out_dir} (apply with: run --corrections {res.out_dir / 'corrections_suggested.csv'})")
     return res

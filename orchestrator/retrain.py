@@ -23,7 +23,7 @@ from core.label_table import current_labels
 from .pins import check_study_data
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
-from .study import check_trained_labels, check_weights
+from .study import build_tuner, check_trained_labels, check_weights, trial_trainable
 from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    from ray import tune   # heavy, as the trainable: imported when trials start
-
-    from trainables.trainable import train_head   # heavy (torch, timm, ray)
-
-    from .progress import PhaseProgress, quiet_snapshot_warning   # imports ray.tune: as heavy
+    from ray import tune   # heavy (ray): imported when trials start
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     uri = resolve_tracking_uri(ws, tracking_uri)
     check_tracking(uri)
@@ -82,7 +78,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     check_weights(cfg)   # the cv trials' starting weights, before Ray (offline: stop here)
     if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at
         cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
-    print(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
+    log.info(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
           f"{cfg.epochs} epochs on all training persons")
     from trainables.data import usable_train_rows   # heavy (torch), as the trainable above
     pins = check_study_data(ws, study, labels, usable_train_rows(ws))
@@ -95,18 +91,11 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:
         space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
-    quiet_snapshot_warning(ws.tune_storage)
     with ray_session(address, num_cpus):
         warn_if_not_shared(ws, uri)
-        trainable = tune.with_resources(train_head, trial_resources(gpus_per_trial, cpus_per_trial))
-        tuner = tune.Tuner(trainable, param_space=space,
-                           tune_config=tune.TuneConfig(reuse_actors=True),
-                           run_config=tune.RunConfig(
-                               name=name, storage_path=ws.tune_storage,
-                               failure_config=tune.FailureConfig(max_failures=max_failures),
-                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                               verbose=verbose if verbose >= 2 else 0,
-                               callbacks=[PhaseProgress(f"{study} · full", deadline)] if verbose >= 1 else None))
+        tuner = build_tuner(trial_trainable(trial_resources(gpus_per_trial, cpus_per_trial)), space, name=name,
+                            ws=ws, max_failures=max_failures, verbose=verbose, label=f"{study} · full",
+                            deadline=deadline)
         results = list(tuner.fit())
     failed = [r.error for r in results if r.error]
     if failed:
@@ -118,5 +107,4 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         client.set_tag(run_id, "cv_best_epochs", ",".join(map(str, best_epochs)))
         client.set_tag(run_id, "retrain", name)   # the models of one retrain vote together
     close_parent(uri, parent)
-    print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (logged model 'model') in {uri}")
     return run_ids

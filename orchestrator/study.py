@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.tables import markdown_table
-from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent, ui_hint
+from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space
 from trainables.config import RunContext, TrialConfig
@@ -184,16 +183,35 @@ def check_weights(cfg: TrialConfig) -> None:
     log.info("%s starts from pretrained weights: %s", cfg.model, cfg.pretrained)
 
 
-def _run_config(plan: StudyPlan, phase: str):
-    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+def trial_trainable(resources: dict):
+    """The one trainable (trainables.trainable.train_head) with a trial's CPUs and GPUs."""
+    from ray import tune   # heavy (torch, timm, ray): imported when trials start
+    from trainables.trainable import train_head   # heavy, as ray
+    return tune.with_resources(train_head, resources)
 
-    from .progress import PhaseProgress, quiet_snapshot_warning   # heavy (ray.tune), as the line above
-    quiet_snapshot_warning(plan.ws.tune_storage)
-    v = plan.options.verbose
-    return RunConfig(name=f"{plan.study}-{phase}", storage_path=plan.ws.tune_storage,
-                     failure_config=FailureConfig(max_failures=plan.options.max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=1), verbose=v if v >= 2 else 0,
-                     callbacks=[PhaseProgress(f"{plan.study} · {phase}", plan.options.deadline)] if v >= 1 else None)
+
+def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failures: int, verbose: int,
+                label: str, deadline: float = 0.0, **tune_config):
+    """The Tuner of search, cv and the full-data retrain: Tune storage in the workspace, a
+    crashed trial retried from its last checkpoint (one kept), actors reused between trials,
+    and (verbose >= 1) one progress line per phase instead of Tune's tables (verbose >= 2)."""
+    from ray import tune   # heavy, as in trial_trainable
+
+    from .progress import PhaseProgress, quiet_snapshot_warning   # imports ray.tune: as heavy
+    quiet_snapshot_warning(ws.tune_storage)
+    return tune.Tuner(trainable, param_space=space,
+                      tune_config=tune.TuneConfig(reuse_actors=True, **tune_config),
+                      run_config=tune.RunConfig(name=name, storage_path=ws.tune_storage,
+                                                failure_config=tune.FailureConfig(max_failures=max_failures),
+                                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                                verbose=verbose if verbose >= 2 else 0,
+                                                callbacks=[PhaseProgress(label, deadline)] if verbose >= 1 else None))
+
+
+def _tuner(plan: StudyPlan, phase: str, trainable, space: dict, **tune_config):
+    return build_tuner(trainable, space, name=f"{plan.study}-{phase}", ws=plan.ws,
+                       max_failures=plan.options.max_failures, verbose=plan.options.verbose,
+                       label=f"{plan.study} · {phase}", deadline=plan.options.deadline, **tune_config)
 
 
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
@@ -215,16 +233,13 @@ def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
 
 
 def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler   # heavy (ray), as trial_trainable
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
     parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head,
                          pins=plan.pins.as_dict() if plan.pins else None)
     ctx = plan.context("search", parent)
-    trainable = tune.with_resources(train_head, resources)
+    trainable = trial_trainable(resources)
 
     def new():
         searcher = OptunaSearch(search_space(plan.head), metric=METRIC, mode=MODE, seed=plan.options.seed,
@@ -233,11 +248,9 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
         asha = ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, reduction_factor=3,
                              grace_period=min(plan.options.grace_period, epochs))
         space = {k: v for k, v in plan.base.to_dict().items() if k not in SEARCHED} | {"run": ctx.to_dict()}
-        return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "search"),
-                          tune_config=tune.TuneConfig(
-                              search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
-                              scheduler=asha, num_samples=plan.options.samples,
-                              time_budget_s=plan.options.time_budget_s, reuse_actors=True))
+        return _tuner(plan, "search", trainable, space,
+                      search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), scheduler=asha,
+                      num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)
     return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
 
 
@@ -263,19 +276,16 @@ def cv_config(plan: StudyPlan) -> TrialConfig:
 
 
 def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
-    from ray import tune
-
-    from trainables.trainable import train_head   # heavy (torch, timm, ray): imported when trials start
+    from ray import tune   # heavy, as trial_trainable
     best = cv_config(plan)
     folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
     parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head,
                          pins=plan.pins.as_dict() if plan.pins else None)
-    trainable = tune.with_resources(train_head, resources)
+    trainable = trial_trainable(resources)
 
     def new():
         space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
-        return tune.Tuner(trainable, param_space=space, run_config=_run_config(plan, "cv"),
-                          tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True))
+        return _tuner(plan, "cv", trainable, space, max_concurrent_trials=max_concurrent)
     return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
 
 
@@ -360,8 +370,4 @@ def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
             tables.append(run_search(plan, resources, concurrent))
         if options.phase in ("cv", "both"):
             tables.append(run_cv(plan, resources, concurrent))
-    table = pd.concat(tables, ignore_index=True)
-    print(f"\nbest trials of study {plan.study!r} (head {head}):\n{markdown_table(table)}\n"
-          f"MLflow: {plan.uri}, experiment {options.experiment!r}, runs tagged study={plan.study!r}"
-          f" (UI: {ui_hint(plan.uri, options.experiment)})")
-    return table
+    return pd.concat(tables, ignore_index=True)
