@@ -5,6 +5,8 @@ scores every submission against the eval persons' answers:
 
   python benchmarks/ablation.py --workspace benchmarks/_work/ws-study-... --data benchmarks/_work/utk-1000-2001-3000
 
+  python benchmarks/ablation.py --smoke [--workspace WS --data DATA]   # rows 0 and 5 (the tests run it)
+With --smoke and no workspace it first makes one: `quality.py --smoke` (demo data, `run --smoke-test`).
 Rows: one full-data model; + hflip TTA; all full-data seeds; the cv folds alone; cv + full;
 + macro-F1 calibration; hard instead of soft vote; only the full-data models voting, calibrated
 on the folds' OOF (`--eval-vote full`, the run's default). Training parts
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,11 +54,26 @@ def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workspace", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True, help="the data set with eval/answers.csv")
+    ap.add_argument("--workspace", type=Path, help="a finished `run`'s workspace (required unless --smoke)")
+    ap.add_argument("--data", type=Path, help="the data set with eval/answers.csv (required with --workspace)")
     ap.add_argument("--rows", default="", help="comma-separated row numbers to run (default: all)")
+    ap.add_argument("--smoke", action="store_true", help="rows 0 and 5 only; without --workspace on a smoke run "
+                    "of the demo data made first (seconds to minutes, for the test suite)")
     a = ap.parse_args()
-    rows_wanted = {int(r) for r in a.rows.split(",") if r.strip()}
+    if a.smoke and a.workspace is None:
+        with tempfile.TemporaryDirectory(prefix="bench-ablation-") as tmp:
+            out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", tmp],
+                                 check=True, capture_output=True, text=True).stdout
+            made = json.loads(out.strip().splitlines()[-1])
+            a.workspace, a.data = Path(made["workspace"]), Path(made["data"])
+            return measure(a)
+    if a.workspace is None or a.data is None:
+        ap.error("--workspace and --data are required (or --smoke)")
+    measure(a)
+
+
+def measure(a) -> None:
+    rows_wanted = {0, 5} if a.smoke and not a.rows else {int(r) for r in a.rows.split(",") if r.strip()}
     ws = Workspace(a.workspace)
     out = ws.results / "ablation"
     out.mkdir(parents=True, exist_ok=True)

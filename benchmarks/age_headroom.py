@@ -8,13 +8,16 @@ the competition's 30 / 60. Scores each on the eval persons, next to the submissi
   python benchmarks/age_headroom.py --submission WS/results/submission.csv --data DATA
 
 DATA is quality.py's layout (eval/answers.csv); the true ages come from the utkmask file names
-the eval image IDs are made from (make_utkmask.py: sha1 of "<face file>/<kind>").
+the eval image IDs are made from (make_utkmask.py: sha1 of "<face file>/<kind>"), or from
+DATA/eval/ages.csv (ImageID,age,person) where the data set has one (the demo data does).
+  python benchmarks/age_headroom.py --smoke    # demo data, its answers as the submission (the tests run it)
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +45,39 @@ def true_ages(persons_file: Path) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--submission", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True, help="quality.py's data folder (eval/answers.csv)")
+    ap.add_argument("--submission", type=Path, help="the submission to keep mask and gender of (required unless --smoke)")
+    ap.add_argument("--data", type=Path, help="quality.py's data folder (eval/answers.csv; required unless --smoke)")
     ap.add_argument("--persons", type=Path, help="the eval persons list (default: quality.py's next to DATA)")
     ap.add_argument("--sigmas", default="4,5,6,7,8,10,12,14")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="demo data in a temporary folder, two sigmas, one repeat; "
+                    "its answers are the submission unless --submission")
     a = ap.parse_args()
-    persons = a.persons or a.data.parent / f"eval-{a.data.name.removeprefix('utk-')}.txt"
+    if a.smoke:
+        from core.demo_data import DemoSpec, write_demo_data
+        with tempfile.TemporaryDirectory(prefix="bench-headroom-") as tmp:
+            a.data = write_demo_data(Path(tmp) / "demo", DemoSpec(4, 4))
+            a.submission = a.submission or a.data / "eval" / "answers.csv"
+            a.sigmas, a.repeats = "5,10", 1
+            return measure(a)
+    if a.submission is None or a.data is None:
+        ap.error("--submission and --data are required (or --smoke)")
+    measure(a)
+
+
+def eval_ages(a) -> pd.DataFrame:
+    """Image ID -> true age and person: DATA/eval/ages.csv, else from the utkmask persons list."""
+    if (a.data / "eval" / "ages.csv").is_file():
+        return pd.read_csv(a.data / "eval" / "ages.csv").set_index("ImageID")
+    return true_ages(a.persons or a.data.parent / f"eval-{a.data.name.removeprefix('utk-')}.txt")
+
+
+def measure(a) -> None:
     ans = pd.read_csv(a.data / "eval" / "answers.csv")
     sub = ans[["ImageID"]].merge(pd.read_csv(a.submission), on="ImageID", how="left")
-    truth = true_ages(persons).reindex(ans["ImageID"])
+    truth = eval_ages(a).reindex(ans["ImageID"])
     if truth["age"].isna().any():
-        raise SystemExit(f"{persons}: does not list the persons of {a.data / 'eval'}; pass --persons")
+        raise SystemExit(f"the eval ages do not cover {a.data / 'eval'}; pass --persons")
     y = ans["ans"].to_numpy(int)
     mask, gender, _ = decode(sub["ans"].to_numpy(int))
     print(f"submission as it is: {score_submission(a.submission, a.data / 'eval' / 'answers.csv')}")

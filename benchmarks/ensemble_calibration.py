@@ -5,6 +5,7 @@ whose rare >=60 classes are under-predicted, as the recipe saw. Prints the fit t
 held-out-by-person estimate time and the F1 before / after / held out.
 
     PYTHONPATH=. python benchmarks/ensemble_calibration.py [--n 18900]
+    PYTHONPATH=. python benchmarks/ensemble_calibration.py --smoke     # seconds (the test suite runs it)
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def synthetic_oof(n: int, seed: int = 777):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=18_900)
-    n = p.parse_args().n
+    p.add_argument("--smoke", action="store_true", help="1,800 images: seconds, for the test suite")
+    a = p.parse_args()
+    n = 1_800 if a.smoke else a.n
     logp, y, persons = synthetic_oof(n)
     t = time.perf_counter()
     cal = fit_offsets(logp, y)

@@ -1,6 +1,7 @@
 """Run the simulated-cluster fault tests and print what was killed, when, and what survived.
 
     PYTHONPATH=. python benchmarks/faults_table.py        # ~10-15 min on 2 cores
+    PYTHONPATH=. python benchmarks/faults_table.py --smoke    # one fault, preprocessing's node loss (the tests run it)
 
 The tests (tests/cluster/test_multinode_*.py) start real multi-node Ray clusters and a real
 `mlflow server` on 127.0.0.1; with $FAULTS_RECORD set each fault test leaves a JSON record,
@@ -83,25 +84,32 @@ def describe(name: str, rec: dict) -> str:
     return json.dumps(rec)
 
 
-def table(folder: Path) -> str:
+SMOKE = {"preprocess_node_loss":   # one simulated cluster, about a minute
+         "tests/cluster/test_multinode_preprocess.py::test_batches_spread_over_both_nodes_and_survive_losing_one"}
+
+
+def table(folder: Path, names=ROWS) -> str:
     recs = {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
     rows = [{"fault": f, "killed": k, "when / measured": describe(n, recs[n]) if n in recs else "(no record: the test failed or did not run)",
-             "survived": s} for n, (f, k, s) in ROWS.items()]
+             "survived": s} for n, (f, k, s) in ROWS.items() if n in names]
     return markdown_table(pd.DataFrame(rows))
 
 
 def main(argv: list[str]) -> int:
     """No argument: run the tests and print the table; ``--records DIR``: print the table of the
-    records an earlier run left in DIR (FAULTS_RECORD=DIR pytest tests/cluster/...)."""
+    records an earlier run left in DIR (FAULTS_RECORD=DIR pytest tests/cluster/...); ``--smoke``:
+    only the faults in SMOKE."""
     if argv[:1] == ["--records"]:
         print(table(Path(argv[1])))
         return 0
+    smoke = argv[:1] == ["--smoke"]
+    tests = list(SMOKE.values()) if smoke else ["tests/cluster/test_multinode_preprocess.py",
+                                                 "tests/cluster/test_multinode_tune.py"]
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, FAULTS_RECORD=d, PYTHONPATH=str(ROOT))
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "tests/cluster/test_multinode_preprocess.py", "tests/cluster/test_multinode_tune.py"],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                               cwd=ROOT, env=env)
-        print(table(Path(d)))
+        print(table(Path(d), SMOKE if smoke else ROWS))
     return proc.returncode
 
 

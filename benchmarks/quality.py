@@ -6,6 +6,7 @@ whole chain with `python -m orchestrator run --budget B`, and scores the submiss
 
   python benchmarks/quality.py --budget 23m                       # the full study
   python benchmarks/quality.py --budget 23m --variant recipe      # one model per head, no calibration
+  python benchmarks/quality.py --smoke [--work DIR]               # demo data, `run --smoke-test` (the tests run it)
 
 Prints 18-class macro F1, accuracy and per-head macro F1 on the eval persons, and the wall time.
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,28 +60,49 @@ def main() -> None:
     ap.add_argument("--train-persons", type=int, default=1000)
     ap.add_argument("--eval-from", type=int, default=2001)
     ap.add_argument("--eval-to", type=int, default=3000)
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("--work", type=Path, default=None, help="data sets and workspaces (default benchmarks/_work; "
+                    "--smoke: a temporary folder)")
     ap.add_argument("--data", type=Path, default=None, help="a layout made already (benchmarks/gpu/utk_layout.py): "
                     "scored on its eval/answers.csv; ../shared/utkmask is then not needed")
+    ap.add_argument("--smoke", action="store_true", help="8 + 2 demo persons and `run --smoke-test` instead of "
+                    "the real faces and the budget")
     ap.add_argument("run_args", nargs="*", help="more `run` flags after --, e.g. -- --model resnet18")
     a = ap.parse_args()
+    if a.smoke and a.work is None:
+        with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+            return measure(a, *smoke_layout(Path(tmp)))
+    if a.smoke:
+        return measure(a, *smoke_layout(a.work))
     if a.data is None and not (UTK / "make_utkmask.py").is_file():
         sys.exit(f"needs the real-face set at {UTK}")
-    a.work.mkdir(parents=True, exist_ok=True)
-    data = a.data or layout(a.work, a.train_persons, a.eval_from, a.eval_to)
-    ws = a.work / f"ws-{a.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = a.work or ROOT / "benchmarks" / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    measure(a, a.data or layout(work, a.train_persons, a.eval_from, a.eval_to), work)
+
+
+def smoke_layout(work: Path) -> tuple[Path, Path]:
+    """The built-in demo data (with eval/answers.csv) in ``work``."""
+    from core.demo_data import DemoSpec, write_demo_data
+    return write_demo_data(work / "demo", DemoSpec(8, 2)), work
+
+
+def measure(a, data: Path, work: Path) -> None:
+    ws = work / f"ws-{a.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    size = ["--smoke-test"] if a.smoke else ["--budget", a.budget]
     cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws),
-           "--budget", a.budget, *VARIANTS[a.variant], *a.run_args]
+           *size, *VARIANTS[a.variant], *a.run_args]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     wall = time.time() - t0
     s = score_submission(ws / "results" / "submission.csv", data / "eval" / "answers.csv")
     budget = parse_duration(a.budget)
-    print(f"\nvariant {a.variant}: wall {wall:.0f} s of {budget:.0f} s budget ({wall / budget:.2f}x)")
+    print(f"\nvariant {a.variant}: wall {wall:.0f} s" + ("" if a.smoke else
+          f" of {budget:.0f} s budget ({wall / budget:.2f}x)") + f"; workspace {ws}")
     print(f"18-class macro F1 {s['f1']:.4f}  accuracy {s['accuracy']:.4f}  mask F1 {s['mask_f1']:.4f}  "
           f"gender F1 {s['gender_f1']:.4f}  age F1 {s['age_f1']:.4f}")
-    print(json.dumps({"variant": a.variant, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in s.items()}}))
+    print(json.dumps({"variant": a.variant, "wall_s": round(wall, 1), **{k: round(v, 4) for k, v in s.items()},
+                      "workspace": str(ws), "data": str(data)}))
 
 
 if __name__ == "__main__":

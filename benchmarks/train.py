@@ -4,14 +4,16 @@ trials as plain loops one after another (target wall ratio <= 1.05 at equal CPU 
 Ray start-up and per-trial overhead reported separately.
 
     PYTHONPATH=. python benchmarks/train.py [--model test_efficientnet --img-size 64 --trials 4]
+    PYTHONPATH=. python benchmarks/train.py --smoke    # tiny and short, in a temporary folder (the tests run it)
 
 Needs a workspace with a crop manifest (`preprocess`); without one it writes demo data and
-plain centre crops into benchmarks/_work/ (TEMP until issue 3's preprocess is on main).
+plain centre crops (not MTCNN's: this measures training, not cropping) into benchmarks/_work/.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +24,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from core.dataset import load_train  # noqa: E402
+from core.labels import num_outputs  # noqa: E402
 from core.folds import FoldSpec, ensure_folds  # noqa: E402
 from core.labels import num_outputs  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
@@ -32,14 +35,14 @@ from trainables.trainer import build_parts, fit  # noqa: E402
 WORK = Path(__file__).resolve().parent / "_work"
 
 
-def demo_workspace() -> tuple[Path, Workspace]:
+def demo_workspace(work: Path = WORK, persons: int = 60) -> tuple[Path, Workspace]:
     import pandas as pd
     from PIL import Image
 
     from core.demo_data import DemoSpec, write_demo_data
-    data, ws = WORK / "data", Workspace(WORK / "ws").make()
+    data, ws = work / "data", Workspace(work / "ws").make()
     if not ws.manifest.is_file():
-        write_demo_data(data, DemoSpec(60, 4))
+        write_demo_data(data, DemoSpec(persons, 4))
         rows = []
         for r in load_train(data).to_dict("records"):
             crop = r["path"].replace("/", "__") + ".png"
@@ -116,11 +119,21 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per study trial")
     p.add_argument("--cpus", type=int, default=os.cpu_count())
     p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="8 demo persons, 32 px, 2 batches, 2 trials of 1 epoch, "
+                   "in a temporary folder: seconds, for the test suite")
     a = p.parse_args()
-    data, ws = (a.data, Workspace(a.workspace)) if a.workspace else demo_workspace()
+    if a.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            a.img_size, a.batch_size, a.batches, a.trials, a.epochs = 32, 8, 2, 2, 1
+            a.cpus = min(a.cpus, 2)
+            return measure(a, *demo_workspace(Path(tmp), persons=8))
+    measure(a, *((a.data, Workspace(a.workspace)) if a.workspace else demo_workspace()))
+
+
+def measure(a, data: Path, ws: Workspace) -> None:
     ensure_folds(load_train(data), ws.root, FoldSpec(5, 777))
     cfg = recipe_config("mask", model=a.model, pretrained="none", img_size=a.img_size, batch_size=a.batch_size,
-                        num_workers=a.num_workers, epochs=a.epochs)
+                        num_workers=a.num_workers, epochs=a.epochs, max_batches=a.batches if a.smoke else 0)
     torch.set_num_threads(a.cpus_per_trial)
     trial, limit = images_per_s(cfg, ws, a.batches)
     print(f"device {device_of()}, {a.model} @ {a.img_size}px, batch {a.batch_size}, {a.cpus_per_trial} CPU:")

@@ -78,7 +78,8 @@ def _persons(rng: random.Random, n: int, first_id: int) -> list[dict]:
 
 
 def write_demo_data(out: Path | str, spec: DemoSpec = DemoSpec()) -> Path:
-    """Write train/ and eval/ (plus eval/answers.csv with the true classes) under ``out``."""
+    """Write train/ and eval/ (plus eval/answers.csv with the true classes and eval/ages.csv with
+    the true ages, for benchmarks) under ``out``."""
     out = Path(out)
     rng = random.Random(spec.seed)
     train = _persons(rng, spec.train_persons, 1)
@@ -103,8 +104,10 @@ def _write_eval(out: Path, persons: list[dict], rng: random.Random) -> None:
         for kind, mask in IMAGE_KINDS.items():
             image_id = hashlib.sha1(f"{p['id']}/{kind}".encode()).hexdigest() + ".jpg"
             draw_portrait(prng, p["g"], p["age"], kind).save(out / "eval" / "images" / image_id, quality=92)
-            rows.append({"ImageID": image_id, "ans": int(encode(mask, p["g"], age_group(p["age"])))})
+            rows.append({"ImageID": image_id, "ans": int(encode(mask, p["g"], age_group(p["age"]))),
+                         "age": p["age"], "person": p["id"]})
     rng.shuffle(rows)
-    answers = pd.DataFrame(rows)
-    answers.to_csv(out / "eval" / "answers.csv", index=False)
-    answers.assign(ans=0).to_csv(out / "eval" / "info.csv", index=False)
+    truth = pd.DataFrame(rows)
+    truth[["ImageID", "ans"]].to_csv(out / "eval" / "answers.csv", index=False)
+    truth[["ImageID", "age", "person"]].to_csv(out / "eval" / "ages.csv", index=False)
+    truth[["ImageID"]].assign(ans=0).to_csv(out / "eval" / "info.csv", index=False)

@@ -1,0 +1,48 @@
+"""Every benchmark script runs: its --smoke mode (demo data, tiny settings, a temporary folder),
+as a user would start it, so a refactor cannot silently break one (their figures live in
+benchmarks/README.md). A new script under benchmarks/ is picked up here and needs a --smoke too."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+ELSEWHERE = {"audit.py": "tests/test_benchmark_audit.py runs its --smoke"}   # not twice per suite
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """quality.py --smoke once; ablation.py reuses its finished workspace (a `run` of its own
+    would cost the suite another smoke run)."""
+    work = tmp_path_factory.mktemp("bench")
+    out = _run("quality.py", "--work", str(work))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _run(script: str, *args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_smoke_mode_runs(script, request):
+    assert "--smoke" in (ROOT / "benchmarks" / script).read_text(), f"give benchmarks/{script} a --smoke mode"
+    if script in ELSEWHERE:
+        pytest.skip(ELSEWHERE[script])
+    args = []
+    if script in ("quality.py", "ablation.py"):
+        made = request.getfixturevalue("smoke_run")
+        if script == "quality.py":   # the fixture ran it: check what it measured
+            assert 0 <= made["f1"] <= 1 and made["wall_s"] > 0
+            return
+        args = ["--workspace", made["workspace"], "--data", made["data"]]
+    out = _run(script, *args)
+    assert out.strip(), f"{script} --smoke printed nothing"
