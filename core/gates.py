@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from .atomic import write_text_atomic
+
 ENV = "ORCHESTRATOR_TEST_GATES"
 MAX_HOLD_S = 900.0   # a gate a crashed test left armed must not hang a run for ever
 
@@ -44,7 +46,6 @@ def hold(point: str, **where) -> None:
             continue
     else:
         return
-    from .atomic import write_text_atomic
     write_text_atomic(json.dumps({"pid": os.getpid(), **where}, default=str), Path(folder) / f"{point}.reached.{k}")
     end = time.time() + MAX_HOLD_S
     while gate.exists() and time.time() < end:

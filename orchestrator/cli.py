@@ -22,7 +22,7 @@ from core.label_table import load_labels, set_corrections
 from core.labels import TARGETS
 from core.provenance import REPRODUCE_TOLERANCE
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
-from results.run_schema import ui_hint
+from results.run_schema import EXPERIMENT, ui_hint
 from results.selection import parse_studies
 from results.tables import markdown_table
 from results.tracking import TrackingError

@@ -84,7 +84,7 @@ def _return_freed_memory() -> None:
 def _detector(s: CropSettings):
     """One MTCNN per worker process and settings (a task reuses its process)."""
     import torch   # heavy: only worker processes need it
-    from trainables.loop import device_of
+    from trainables.loop import device_of   # heavy (torch), as torch
     if s.key not in _DETECTORS:
         import ray
         _return_freed_memory()
