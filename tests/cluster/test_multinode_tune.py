@@ -338,8 +338,9 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     killed = after[after["run_id"].isin(before.loc[before["status"] == "RUNNING", "run_id"])]
     assert set(killed["status"]) == {"KILLED"}, killed[["status", "tags.phase"]]
     assert set(after.loc[after["tags.phase"] != "full", "run_id"]) == tuned   # no tune trial trained again
-    deadlines = [json.loads(p.read_text())["run"]["deadline"] for p in (ws / "tune").glob("run-all-full-*/*/params.json")
-                 if p.stat().st_mtime >= t1]
+    deadlines = [json.loads(trial)["config"]["run"]["deadline"]   # the rerun's retrain trials, as Tune saved them
+                 for p in (ws / "tune").glob("run-all-full-*/experiment_state-*.json") if p.stat().st_mtime >= t1
+                 for trial, _ in json.loads(p.read_text())["trial_data"]]
     if rerun.returncode == 0:
         # the rerun gave its trials only what was left: deadlines by its start + (budget - used);
         # its wall time is recorded, not asserted: on a loaded machine the fixed costs (actor
