@@ -67,3 +67,13 @@ def crops_ws(demo_dir, tmp_path_factory):
     with ray_session(num_cpus=2):
         preprocess(demo_dir, ws, CropSettings(size=96), progress=False)
     return demo_dir, ws
+
+
+def workspace_sharing_crops(src, root: Path):
+    """A private workspace (own MLflow store and Tune storage) at ``root`` that reads the session's
+    crops and manifest from ``src`` (a Workspace) instead of cropping again."""
+    from core.workspace import Workspace
+    ws = Workspace(root)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    (ws.root / "crops").symlink_to(src.crops)
+    return ws.make()

@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from core.workspace import Workspace
+from conftest import workspace_sharing_crops
 from orchestrator.cli import main
 from orchestrator.study import TuneOptions, tune_head
 from results.run_schema import EXPERIMENT, logged_model_id, ui_url
@@ -56,10 +56,7 @@ def browser_ready():
 def smoke_store(browser_ready, crops_ws, tmp_path_factory):
     """A real store: the cv phase of a smoke study of the joint model (2 folds, 2 trial runs)."""
     data, src = crops_ws
-    ws = Workspace(tmp_path_factory.mktemp("browser_ws"))
-    ws.root.mkdir(parents=True, exist_ok=True)
-    (ws.root / "crops").symlink_to(src.crops)
-    ws.make()
+    ws = workspace_sharing_crops(src, tmp_path_factory.mktemp("browser_ws"))
     tune_head(data, ws, "all", TuneOptions(smoke_test=True, phase="cv", num_samples=0, verbose=0, num_cpus=2))
     return data, ws
 

@@ -11,6 +11,7 @@ import torch
 from core.demo_data import DemoSpec, write_demo_data
 from core.faces import CropSettings
 from core.workspace import Workspace
+from conftest import workspace_sharing_crops
 from orchestrator.ensemble import EnsembleOptions, ensemble
 from orchestrator.pipeline import RunOptions, Sizer, trial_slots
 from orchestrator.preprocess import preprocess
@@ -36,10 +37,7 @@ def gpu_ray(crops_ws):   # crops_ws first: it starts (and stops) its own Ray
 def gpu_ws(crops_ws, tmp_path_factory):
     """A private workspace (own MLflow store and Tune storage) sharing the session's crops."""
     data, src = crops_ws
-    ws = Workspace(tmp_path_factory.mktemp("gpu_ws"))
-    ws.root.mkdir(parents=True, exist_ok=True)
-    (ws.root / "crops").symlink_to(src.crops)
-    return data, ws.make()
+    return data, workspace_sharing_crops(src, tmp_path_factory.mktemp("gpu_ws"))
 
 
 class GpuWatch:

@@ -14,7 +14,7 @@ from orchestrator.cli import main
 from core.errors import DataError
 from orchestrator.retrain import retrain_head
 from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
-from core.workspace import Workspace
+from conftest import workspace_sharing_crops
 from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs
@@ -35,10 +35,7 @@ def ray_local():
 def tws(crops_ws, tmp_path_factory):
     """A private workspace (own MLflow SQLite and Tune storage) sharing the session's crops."""
     data, src = crops_ws
-    ws = Workspace(tmp_path_factory.mktemp("tune_ws"))
-    ws.root.mkdir(parents=True, exist_ok=True)
-    (ws.root / "crops").symlink_to(src.crops)
-    return data, ws.make()
+    return data, workspace_sharing_crops(src, tmp_path_factory.mktemp("tune_ws"))
 
 
 def uri(ws):
