@@ -173,16 +173,20 @@ def _found(suspects: pd.DataFrame, field: str) -> pd.DataFrame:
 
 
 def precision_recall(suspects: pd.DataFrame, planted: pd.DataFrame) -> dict[str, dict]:
-    """Per error type: precision and recall of the top K suspects, K = the number planted."""
+    """Per error type: precision and recall of the top K suspects, K = the number planted; where
+    each planted person ranks among that type's suspects (0 = first), and recall at 2K."""
     out = {}
     for field in RATES:
         truth = set(planted.loc[planted["field"] == field, "person"])
         k = len(truth)
-        top = _found(suspects, field).head(k)
+        ranked = _found(suspects, field).reset_index(drop=True)
+        top = ranked.head(k)
         hits = len(set(top["person"]) & truth)
         out[field] = {"planted": k, "listed": len(top), "hits": hits,
                       "precision": round(hits / len(top), 3) if len(top) else float("nan"),
-                      "recall": round(hits / k, 3) if k else float("nan")}
+                      "recall": round(hits / k, 3) if k else float("nan"),
+                      "recall_at_2k": round(len(set(ranked.head(2 * k)["person"]) & truth) / k, 3) if k else float("nan"),
+                      "suspects": len(ranked), "planted_ranks": ranked.index[ranked["person"].isin(truth)].tolist()}
     return out
 
 
@@ -194,7 +198,10 @@ def suggestions_score(suggested: pd.DataFrame, planted: pd.DataFrame) -> dict:
 
 
 def unplanted(suspects: pd.DataFrame, planted: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+    """The strongest suspects that no planted error explains. A swapped person's photo-level
+    ``mask`` suspects are the same filing mistake seen one file at a time: planted too."""
     key = set(zip(planted["person"], planted["field"]))
+    key |= {(p, "mask") for p, f in key if f == "swap"}
     mask = [(p, f) not in key for p, f in zip(suspects["person"].astype(str), suspects["field"])]
     return suspects[mask].head(n)
 

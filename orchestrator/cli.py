@@ -239,7 +239,8 @@ def _run_args(p):
                    "1: no search, the cv folds train the recipe's config")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial without a budget")
     p.add_argument("--study", default=d.study, help="study name prefix (<study>-<head>); a rerun resumes it")
-    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share of a trial (default: "
+                   "0.5 where the cluster has GPUs, two trials a card; else 0)")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
     p.add_argument("--no-calibrate", action="store_true", help="no macro-F1 offsets in the ensemble")

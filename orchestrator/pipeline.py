@@ -27,7 +27,7 @@ from .budget import PHASE_SHARES, Clock, HeadShare, share_out
 from .eda import write_eda
 from .ensemble import EnsembleOptions, ensemble
 from .preprocess import preprocess
-from .ray_session import ray_session, trial_resources
+from .ray_session import gpu_share, ray_session, trial_resources
 from .retrain import retrain_head
 from .study import TuneOptions, check_weights, tune_head
 from .run_ledger import run_ledger
@@ -52,7 +52,7 @@ class RunOptions:
     max_epochs: int = 60                 # cap on what a budget may give one trial
     full_seeds: int = 0                  # full-data models per target (0: one per trial slot of the cluster)
     study: str = "run"                   # study name prefix: <study>-<head>
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: TRIAL_GPU_SHARE where the cluster has GPUs, else 0
     cpus_per_trial: float = 1
     tracking_uri: str | None = None
     address: str | None = None
@@ -115,7 +115,8 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
     check_start_weights(o)
     plans = {}
     with ray_session(o.address, o.num_cpus):
-        crops = preprocess(data, ws, progress=False)
+        o = replace(o, gpus_per_trial=gpu_share(o.gpus_per_trial, TRIAL_GPU_SHARE))
+        crops = preprocess(data, ws, progress=False, num_gpus_per_worker=None)
         log.info(crops.attrs["summary"].line())
         sizer = Sizer.measure(o, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()))
         for i, target in enumerate(o.targets):
@@ -143,6 +144,7 @@ AUDIT_FIXED_S = 15.0        # the label audit after it: OOF downloads again, con
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
 FORWARD_COST = 0.5          # predicting an image (decode, forward, logging) as a share of a training step
+TRIAL_GPU_SHARE = 0.5       # run's small models: two trials share a GPU (tune's default too)
 SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
 
 

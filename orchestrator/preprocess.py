@@ -36,7 +36,7 @@ from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
 from core.gates import hold
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
-from .ray_session import init_ray
+from .ray_session import gpu_share, init_ray
 from .storage import warn_if_not_shared
 from core.workspace import Workspace
 
@@ -254,7 +254,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     todo = [it for it in stats.to_dict("records") if it["path"] not in recs]
     init_ray(address)
     warn_if_not_shared(ws, tune=False)   # workers on other hosts must see the crop folder
-    gpus = _gpus_per_worker(num_gpus_per_worker)
+    gpus = gpu_share(num_gpus_per_worker, GPU_SHARE)
     workers = workers or _default_workers(gpus)
     # one CPU each even on a GPU: decoding and cropping are CPU work
     resources = {"num_cpus": 1, "num_gpus": gpus}
@@ -287,13 +287,6 @@ def _fallback_todo(recs: dict[str, dict], persons: dict[str, str], s: CropSettin
         if not (r["status"] == "crop" and _same_box(new, r)):
             redo.append(new)
     return redo
-
-
-def _gpus_per_worker(asked: float | None) -> float:
-    import ray
-    if asked is not None:
-        return asked
-    return GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def _default_workers(num_gpus: float) -> int:

@@ -89,6 +89,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
             ray.shutdown()
 
 
+def gpu_share(asked: float | None, default: float) -> float:
+    """GPUs a worker or trial asks Ray for: what the user asked, else ``default`` where the cluster
+    has GPUs and 0 where it has none. Never 0 by accident on a GPU cluster: Ray hides the GPUs
+    (CUDA_VISIBLE_DEVICES="") from a process that reserved none, so it would train on the CPU."""
+    import ray
+    if asked is not None:
+        return asked
+    return default if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 def trial_resources(gpus_per_trial: float, cpus_per_trial: float) -> dict:
     """{"cpu", "gpu"} per trial; GPUs only where the cluster has some (else trials would
     wait forever for a GPU that never comes)."""

@@ -69,11 +69,11 @@ def crops_ws(demo_dir, tmp_path_factory):
     return demo_dir, ws
 
 
-def workspace_sharing_crops(src, root: Path):
+def workspace_sharing_crops(src, root: Path, **kw):
     """A private workspace (own MLflow store and Tune storage) at ``root`` that reads the session's
-    crops and manifest from ``src`` (a Workspace) instead of cropping again."""
+    crops and manifest from ``src`` (a Workspace) instead of cropping again; ``kw`` go to Workspace."""
     from core.workspace import Workspace
-    ws = Workspace(root)
+    ws = Workspace(root, **kw)
     ws.root.mkdir(parents=True, exist_ok=True)
     (ws.root / "crops").symlink_to(src.crops)
     return ws.make()

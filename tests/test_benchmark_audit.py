@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.audit import RATES, main, moved_age, plant  # noqa: E402
+from benchmarks.audit import RATES, main, moved_age, plant, precision_recall, unplanted  # noqa: E402
 from core.labels import age_group  # noqa: E402
 
 
@@ -37,6 +37,18 @@ def test_plant_changes_the_copy_only(demo_dir, tmp_path):
             assert noisy.at[r.person, r.field] == r.now != clean.at[r.person, r.field] == r.was
     changed = (noisy[["gender", "age"]] != clean[["gender", "age"]]).any(axis=1)
     assert set(noisy.index[changed]) == set(planted.loc[planted["field"] != "swap", "person"])
+
+
+def test_scoring_counts_a_swapped_persons_photo_suspects_as_planted():
+    planted = pd.DataFrame({"person": ["1", "2"], "field": ["swap", "gender"]})
+    suspects = pd.DataFrame({"person": ["1", "1", "3", "2", "4"], "field": ["mask", "swap", "swap", "gender", "gender"],
+                             "suggestion": ["", "incorrect_mask:normal", "incorrect_mask:normal", "male", "male"],
+                             "score": [0.99, 0.9, 0.8, 0.7, 0.95]})
+    assert unplanted(suspects, planted)["person"].tolist() == ["3", "4"]
+    pr = precision_recall(suspects, planted)
+    sw = pr["swap"]
+    assert (sw["hits"], sw["precision"], sw["planted_ranks"], sw["recall_at_2k"]) == (1, 1.0, [0], 1.0)
+    assert pr["gender"]["hits"] == 0 and pr["gender"]["planted_ranks"] == [1] and pr["gender"]["recall_at_2k"] == 1.0
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from core.faces import CropSettings
 from core.workspace import Workspace
 from conftest import workspace_sharing_crops
 from orchestrator.ensemble import EnsembleOptions, ensemble
-from orchestrator.pipeline import RunOptions, Sizer, trial_slots
+from orchestrator.pipeline import TRIAL_GPU_SHARE, RunOptions, Sizer, trial_slots
 from orchestrator.preprocess import preprocess
+from orchestrator.ray_session import gpu_share
 from orchestrator.study import TuneOptions, tune_head
 from results.tracking import find_runs
 from search_spaces import SMOKE
@@ -120,6 +121,14 @@ def test_gpu_budget_speed_probe_reserves_gpus_as_trials_do(gpu_ray):
         sizer = Sizer.measure(o, n_train=100, n_eval=10)
     assert sizer.parallel == 2 and sizer.one_images_per_s > 0
     assert watch.min_free == 0.0   # 2 probe slots x 1 GPU, held at once as 2 trials would
+
+
+def test_gpu_run_gives_its_trials_half_a_gpu_where_the_cluster_has_gpus(gpu_ray):
+    """run's default is no fixed 0: a trial that reserves no GPU gets CUDA_VISIBLE_DEVICES="" from
+    Ray and trains on the CPU beside an idle card."""
+    assert RunOptions().gpus_per_trial is None
+    assert gpu_share(None, TRIAL_GPU_SHARE) == 0.5 and gpu_share(0, TRIAL_GPU_SHARE) == 0
+    assert trial_slots({"CPU": CPUS, "GPU": GPUS}, 1, gpu_share(None, TRIAL_GPU_SHARE)) == 4
 
 
 def test_gpu_absent_torch_runs_on_the_cpu_and_says_so_once(caplog):

@@ -10,6 +10,8 @@ from core.label_table import (check_runs_labels, corrections_file, current_label
 from core.manifest import read_manifest
 from core.workspace import Workspace
 
+from conftest import workspace_sharing_crops
+
 
 def age_file(data, path, age=70):
     """A corrections file setting every training person's age."""
@@ -54,9 +56,7 @@ def test_manifest_labels_follow_the_corrections(crops_ws, tmp_path):
     corr = age_file(data, tmp_path / "c.csv")
     table = image_table(data, corr)
     assert (table.loc[table["split"] == "train", "age"] == 70).all()
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir(parents=True)
-    (ws.root / "crops").symlink_to(src.crops)   # the session's manifest: made without corrections
+    ws = workspace_sharing_crops(src, tmp_path / "ws")   # the session's manifest: made without corrections
     assert current_labels(data, ws)[1] == manifest_labels_hash(read_manifest(ws.manifest))
     set_corrections(ws, corr)
     with pytest.raises(DataError, match="rerun `python -m orchestrator preprocess`"):

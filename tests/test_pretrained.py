@@ -10,6 +10,8 @@ from results.tracking import download_model, find_runs
 from trainables.models import load_model_file
 from trainables.pretrained import PretrainedError, check_hub
 
+from conftest import workspace_sharing_crops
+
 
 def hub_offline() -> bool:
     """The real check, against the real hub: here (no internet) it fails."""
@@ -54,9 +56,7 @@ def test_tune_with_a_local_weights_file_trains_from_it_end_to_end(crops_ws, tmp_
     torch.manual_seed(1)
     donor = timm.create_model("test_efficientnet").state_dict()
     torch.save(donor, tmp_path / "w.pth")
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "crops").symlink_to(src.crops)
+    ws = workspace_sharing_crops(src, tmp_path / "ws").root
     rc = main(["tune", "--head", "all", "--smoke-test", "--phase", "search", "--num-samples", "1",
                "--pretrained", str(tmp_path / "w.pth"), "--data", str(data), "--workspace", str(ws)])
     assert rc == 0

@@ -1,7 +1,6 @@
 """tune / retrain on real Ray + Optuna + MLflow (SQLite in a tmp dir), tiny models on CPU."""
 import os
 import signal
-import threading
 import time
 from dataclasses import replace
 
@@ -15,6 +14,7 @@ from core.errors import DataError
 from orchestrator.retrain import retrain_head
 from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
 from conftest import workspace_sharing_crops
+from fault_gate import Gate, gates_folder
 from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
+    gates_folder()   # before Ray starts: its workers inherit the test gates' folder
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=128 * 1024**2)   # "local": never join another cluster on this machine
     yield
@@ -120,29 +121,21 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, c
     assert len(oof) == 30 * 7 and oof["path"].is_unique         # --search-folds 2: both folds' OOF
 
 
-def _interrupt_after_first_finished(ws, study, epochs):
-    """Ctrl-C (Tune's SIGUSR1 twin) as soon as one trial wrote its last checkpoint."""
-    last = f"checkpoint_{epochs - 1:06d}"
-
-    def watch():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if any((ws.tune / f"{study}-search").glob(f"*/{last}")):
-                os.kill(os.getpid(), signal.SIGUSR1)
-                return
-            time.sleep(0.05)
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    return t
-
-
 def test_interrupted_study_resumes_without_redoing_finished_trials(ray_local, tws):
     data, ws = tws
     opts = smoke(phase="search", num_samples=4, epochs=3, max_concurrent=1, study="resume")
-    watcher = _interrupt_after_first_finished(ws, "resume", 3)
-    with pytest.raises(StudyInterrupted, match="--resume") as stop:
-        tune_head(data, ws, "mask", opts)
+
+    def interrupt(held):   # Ctrl-C's twin for Tune (SIGUSR1), then the held trial goes on
+        os.kill(os.getpid(), signal.SIGUSR1)
+        gate.release()
+
+    # one trial at a time: the 2nd is held after its 1st checkpoint, so the 1st has finished
+    with Gate("epoch", epoch=1, trial=2) as gate:
+        watcher = gate.then(interrupt)
+        with pytest.raises(StudyInterrupted, match="--resume") as stop:
+            tune_head(data, ws, "mask", opts)
     watcher.join()
+    assert gate.reached(), "the study ended before its 2nd trial reached the gate"
     before = find_runs(uri(ws), study="resume")
     done = before[before["tags.trial_id"].isin(stop.value.finished)]
     assert len(done) == len(stop.value.finished) < 4

@@ -5,20 +5,19 @@ raises), so run these modules in their own pytest process or after the single-no
 """
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from fault_gate import gates_folder
 
 # a killed node refuses the check at once and is declared dead in ~8 s; a live one stalled by a
 # loaded machine must miss 8 checks in a row (2 misses in a row at load 50 lost the survivor too)
@@ -186,78 +185,3 @@ class MlflowServer:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
         self.proc = None
-
-
-def gates_folder() -> Path:
-    """The test gates' folder (core/gates.py), in the environment before any node starts: Ray
-    workers inherit it from their raylet, CLI drivers from the test."""
-    from core.gates import ENV
-    if not os.environ.get(ENV):
-        os.environ[ENV] = tempfile.mkdtemp(prefix="gates-")
-        atexit.register(shutil.rmtree, os.environ[ENV], ignore_errors=True)
-    return Path(os.environ[ENV])
-
-
-class Gate:
-    """Hold a run at one point (core/gates.py) until the test has done its damage there:
-    ``with Gate("epoch", epoch=1) as g: ... info = g.wait()`` (pid, node, ... of the holder)."""
-
-    def __init__(self, point: str, holders: int = 1, **where):
-        self.folder, self.point, self.holders, self.where = gates_folder(), point, holders, where
-        self.closed = False
-
-    def __enter__(self) -> "Gate":
-        for old in self.folder.glob(f"{self.point}.*"):
-            old.unlink()
-        from core.atomic import write_text_atomic   # workers must never read half a gate
-        write_text_atomic(json.dumps({**self.where, "holders": self.holders}), self.folder / f"{self.point}.hold")
-        return self
-
-    def arrivals(self) -> list[dict]:
-        """Every process that matched the gate so far, held or passed, in order."""
-        f = self.folder / f"{self.point}.arrivals"
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
-
-    def reached(self) -> list[dict]:
-        out = []
-        for p in sorted(self.folder.glob(f"{self.point}.reached.*")):
-            out.append(json.loads(p.read_text()))
-        return out
-
-    def wait(self, also=lambda: True, timeout: float = 600, proc: subprocess.Popen | None = None) -> list[dict]:
-        """The holders, once all of them are held and ``also()`` holds. The timeout only ends a
-        broken test: a held run waits for the test however slow the machine is. ``proc``: the
-        driver under test, which must not end before its gate."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            got = self.reached()
-            if len(got) >= self.holders and also():
-                return got
-            if self.closed:
-                raise AssertionError(f"the {self.point} gate {self.where} was closed before it was reached")
-            if proc is not None and proc.poll() is not None:
-                out = "".join(s or "" for s in proc.communicate())
-                raise AssertionError(f"the driver ended (exit {proc.returncode}) before the {self.point} gate "
-                                     f"{self.where}:\n{out[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"the {self.point} gate {self.where} was not reached ({self.reached()}) in {timeout} s")
-
-    def then(self, action, also=lambda: True) -> threading.Thread:
-        """In a thread: wait, then ``action(holders)`` (the test's fault), while the run is held."""
-        t = threading.Thread(target=lambda: action(self.wait(also)), daemon=True)
-        t.start()
-        return t
-
-    def release(self) -> None:
-        (self.folder / f"{self.point}.hold").unlink(missing_ok=True)
-
-    def __exit__(self, *exc) -> None:
-        self.closed = True   # a waiting `then` thread gives up
-        self.release()
-
-
-def wait_gone(pids, timeout: float = 120) -> None:
-    """Until none of ``pids`` runs (a killed driver's workers exit once Ray notices)."""
-    deadline = time.time() + timeout
-    while any(Path(f"/proc/{p}").exists() for p in pids) and time.time() < deadline:
-        time.sleep(0.1)

@@ -15,7 +15,8 @@ from PIL import Image
 from orchestrator.preprocess import image_table, preprocess
 from core.workspace import Workspace
 
-from multinode import Gate, NodeWatch, descendants, gates_folder, kill_node, record, start_cluster, wait_gone
+from fault_gate import Gate, gates_folder, wait_gone
+from multinode import NodeWatch, descendants, kill_node, record, start_cluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,16 +106,9 @@ def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tm
     t0, agents = time.time(), []
     with Gate("detect_batch", first=third) as gate:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            [held] = gate.wait(also=lambda: list(ws.glob("crops/*/_parts/detect-*.parquet")), proc=proc)
-            procs = descendants(proc.pid)
-            parts_before = len(list(ws.glob("crops/*/_parts/*.parquet")))
-            proc.kill()
-            killed_at = round(time.time() - t0, 1)
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        struck = gate.kill_driver(proc, also=lambda: list(ws.glob("crops/*/_parts/detect-*.parquet")),
+                                  before=lambda: (descendants(proc.pid), len(list(ws.glob("crops/*/_parts/*.parquet")))))
+        [held], (procs, parts_before), killed_at = struck.held, struck.seen, round(struck.at - t0, 1)
         # its local Ray goes with it, but its agents outlive their raylet by a minute or more (they
         # report its death to the dead GCS, 60 s timeout): frozen once the raylet is gone, their
         # own exit cannot race the rerun, which must kill them

@@ -18,11 +18,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.study import TuneOptions, tune_head
-from core.workspace import Workspace
 from results.tracking import TrackingError, download_artifact, download_model, find_runs
 from trainables.models import load_model_file
 
-from multinode import NODE, Gate, MlflowServer, NodeWatch, kill_node, record, start_cluster, wait_gone
+from conftest import workspace_sharing_crops
+from fault_gate import Gate, wait_gone
+from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +57,7 @@ def shared(tmp_path_factory):
 def tws(crops_ws, shared):
     """(data, Workspace on the shared store with Tune storage elsewhere on it)."""
     data, src = crops_ws
-    ws = Workspace(shared / "ws", storage=str(shared / "tune-storage"))
-    ws.root.mkdir(parents=True, exist_ok=True)
-    (ws.root / "crops").symlink_to(src.crops)
-    return data, ws.make()
+    return data, workspace_sharing_crops(src, shared / "ws", storage=str(shared / "tune-storage"))
 
 
 def opts(c, server, **kw) -> TuneOptions:
@@ -271,15 +269,9 @@ def test_driver_killed_mid_study_then_resume_closes_its_runs(cluster, server, tw
     with Gate("epoch", epoch=1, trial=2) as gate:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            [held] = gate.wait(also=lambda: any(
-                _driver_knows_trial_checkpoint(ws, "drvkill", "search", h["id"]) for h in gate.reached()), proc=proc)
-            proc.kill()
-            killed_at = round(time.time() - t0, 1)
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        struck = gate.kill_driver(proc, also=lambda: any(
+            _driver_knows_trial_checkpoint(ws, "drvkill", "search", h["id"]) for h in gate.reached()))
+        [held], killed_at = struck.held, round(struck.at - t0, 1)
         wait_gone([held["pid"]])   # Ray ends a dead driver's trial actors
     assert not Path(f"/proc/{held['pid']}").exists(), "the held trial outlived its driver"
     before = find_runs(server.uri, study="drvkill")
@@ -315,14 +307,8 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     with Gate("epoch", phase="full", epoch=0) as gate:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            [held] = gate.wait(proc=proc)
-            proc.kill()
-            first = proc.communicate(timeout=60)[0]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        killed_at = time.time() - t0
+        struck = gate.kill_driver(proc)
+        [held], first, killed_at = struck.held, struck.output, struck.at - t0
         wait_gone([held["pid"]])
     used = json.loads((ws / "results" / "run-run.json").read_text())["used_s"]
     before = find_runs(uri, study="run-all")
