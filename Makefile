@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m orchestrator run --data data --workspace workspace --budget 4m
 
 test: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf workspace data

@@ -173,7 +173,7 @@ class Sizer:
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
         import ray
-        res = trial_resources(o.gpus_per_trial, o.cpus_per_trial)   # what a trial will hold
+        res = trial_resources(gpu_share(o.gpus_per_trial, TRIAL_GPU_SHARE), o.cpus_per_trial)   # what a trial will hold
         parallel = trial_slots(ray.cluster_resources(), res["cpu"], res["gpu"])
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
