@@ -71,6 +71,10 @@ class RunOptions:
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
 
+    def on_cluster(self) -> "RunOptions":
+        """These options with the GPU share resolved against the running Ray cluster (needs Ray up)."""
+        return replace(self, gpus_per_trial=gpu_share(self.gpus_per_trial, TRIAL_GPU_SHARE))
+
     @property
     def targets(self) -> tuple[str, ...]:
         """What the studies train: one joint model, or each head on its own."""
@@ -115,7 +119,7 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
     check_start_weights(o)
     plans = {}
     with ray_session(o.address, o.num_cpus):
-        o = replace(o, gpus_per_trial=gpu_share(o.gpus_per_trial, TRIAL_GPU_SHARE))
+        o = o.on_cluster()
         crops = preprocess(data, ws, progress=False, num_gpus_per_worker=None)
         log.info(crops.attrs["summary"].line())
         sizer = Sizer.measure(o, int((crops["split"] == "train").sum()), int((crops["split"] == "eval").sum()))
@@ -173,7 +177,8 @@ class Sizer:
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
         import ray
-        res = trial_resources(gpu_share(o.gpus_per_trial, TRIAL_GPU_SHARE), o.cpus_per_trial)   # what a trial will hold
+        o = o.on_cluster()
+        res = trial_resources(o.gpus_per_trial, o.cpus_per_trial)   # what a trial will hold
         parallel = trial_slots(ray.cluster_resources(), res["cpu"], res["gpu"])
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)

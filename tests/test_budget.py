@@ -98,6 +98,7 @@ def test_the_speed_probe_runs_in_every_trial_slot_at_once_with_a_trials_threads(
     with ray_session(num_cpus=2):
         probes = probe_trial_slots(cfg, 2, cpus_per_trial=1, batches=2)
         sizer = Sizer.measure(o, n_train=100, n_eval=50)
+        assert o.on_cluster().gpus_per_trial == 0   # no GPU in the cluster: run's trials ask for none
     assert len(probes) == 2 and all(p["images_per_s"] > 0 for p in probes)
     assert {p["threads"] for p in probes} == {1} and {p["device"] for p in probes} == {"cpu"}
     pids = {p["pid"] for p in probes}

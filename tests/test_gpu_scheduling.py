@@ -127,8 +127,9 @@ def test_gpu_run_gives_its_trials_half_a_gpu_where_the_cluster_has_gpus(gpu_ray)
     """run's default is no fixed 0: a trial that reserves no GPU gets CUDA_VISIBLE_DEVICES="" from
     Ray and trains on the CPU beside an idle card."""
     assert RunOptions().gpus_per_trial is None
-    assert gpu_share(None, TRIAL_GPU_SHARE) == 0.5 and gpu_share(0, TRIAL_GPU_SHARE) == 0
-    assert trial_slots({"CPU": CPUS, "GPU": GPUS}, 1, gpu_share(None, TRIAL_GPU_SHARE)) == 4
+    assert RunOptions().on_cluster().gpus_per_trial == TRIAL_GPU_SHARE == 0.5
+    assert RunOptions(gpus_per_trial=0).on_cluster().gpus_per_trial == 0 and gpu_share(0, TRIAL_GPU_SHARE) == 0
+    assert trial_slots({"CPU": CPUS, "GPU": GPUS}, 1, RunOptions().on_cluster().gpus_per_trial) == 4
 
 
 def test_gpu_absent_torch_runs_on_the_cpu_and_says_so_once(caplog):
