@@ -6,7 +6,7 @@ scores every submission against the eval persons' answers:
   python benchmarks/ablation.py --workspace benchmarks/_work/ws-study-... --data benchmarks/_work/utk-1000-2001-3000
 
   python benchmarks/ablation.py --smoke [--workspace WS --data DATA]   # rows 0 and 5 (the tests run it)
-With --smoke and no workspace it first makes one: `quality.py --smoke` (demo data, `run --smoke-test`).
+With --smoke and no workspace it first makes one: `quality.py --smoke` (demo data, a tiny model).
 Rows: one full-data model; + hflip TTA; all full-data seeds; the cv folds alone; cv + full;
 + macro-F1 calibration; hard instead of soft vote; only the full-data models voting, calibrated
 on the folds' OOF (`--eval-vote full`, the run's default). Training parts

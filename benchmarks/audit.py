@@ -207,12 +207,15 @@ def unplanted(suspects: pd.DataFrame, planted: pd.DataFrame, n: int = 8) -> pd.D
 
 
 # -- main --------------------------------------------------------------------------------
+SMOKE_PERSONS = (12, 3)   # --smoke: demo persons in train and eval (one of each error type is planted)
+
+
 def clean_data(work: Path, smoke: bool) -> Path:
     if smoke:
         from core.demo_data import DemoSpec, write_demo_data
         data = work / "demo-clean"
         if not (data / "train" / "train.csv").is_file():
-            write_demo_data(data, DemoSpec(train_persons=30, eval_persons=6))
+            write_demo_data(data, DemoSpec(*SMOKE_PERSONS))
         return data
     if not (UTK / "make_utkmask.py").is_file():
         sys.exit(f"needs the real-face set at {UTK} (or use --smoke)")

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/faults_table.py        # ~10-15 min on 2 cores
     PYTHONPATH=. python benchmarks/faults_table.py --smoke    # one fault, preprocessing's node loss (the tests run it)
+    PYTHONPATH=. python benchmarks/faults_table.py --records DIR   # the table of records a test run left in DIR
 
 The tests (tests/cluster/test_multinode_*.py) start real multi-node Ray clusters and a real
 `mlflow server` on 127.0.0.1; with $FAULTS_RECORD set each fault test leaves a JSON record,
@@ -96,20 +97,26 @@ def table(folder: Path, names=ROWS) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """No argument: run the tests and print the table; ``--records DIR``: print the table of the
-    records an earlier run left in DIR (FAULTS_RECORD=DIR pytest tests/cluster/...); ``--smoke``:
-    only the faults in SMOKE."""
-    if argv[:1] == ["--records"]:
-        print(table(Path(argv[1])))
-        return 0
-    smoke = argv[:1] == ["--smoke"]
-    tests = list(SMOKE.values()) if smoke else ["tests/cluster/test_multinode_preprocess.py",
-                                                 "tests/cluster/test_multinode_tune.py"]
+    """Run the fault tests and print the table; ``--records DIR``: print the table of the records an
+    earlier run left in DIR (FAULTS_RECORD=DIR pytest tests/cluster/...) and exit 1 if a row has
+    none; ``--smoke``: only the faults in SMOKE."""
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=Path, help="a folder of records: print their table, run nothing")
+    ap.add_argument("--smoke", action="store_true", help="only " + ", ".join(SMOKE))
+    a = ap.parse_args(argv)
+    names = SMOKE if a.smoke else ROWS
+    if a.records:
+        print(table(a.records, names))
+        missing = [n for n in names if not (a.records / f"{n}.json").is_file()]
+        return 1 if missing else 0
+    tests = list(SMOKE.values()) if a.smoke else ["tests/cluster/test_multinode_preprocess.py",
+                                                   "tests/cluster/test_multinode_tune.py"]
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, FAULTS_RECORD=d, PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                               cwd=ROOT, env=env)
-        print(table(Path(d), SMOKE if smoke else ROWS))
+        print(table(Path(d), names))
     return proc.returncode
 
 

@@ -238,6 +238,8 @@ def _run_args(p):
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per study (at most, under a budget); "
                    "1: no search, the cv folds train the recipe's config")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial without a budget")
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="most epochs a budget may give one trial "
+                   f"(default {d.max_epochs}; a small data set or a quick check needs fewer than the budget fits)")
     p.add_argument("--study", default=d.study, help="study name prefix (<study>-<head>); a rerun resumes it")
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share of a trial (default: "
                    "0.5 where the cluster has GPUs, two trials a card; else 0)")
@@ -256,7 +258,8 @@ def _run(a) -> int:
                       full_seeds=a.full_seeds, smoke_test=a.smoke_test,
                       model=a.model, img_size=a.img_size, batch_size=a.batch_size, pretrained=a.pretrained,
                       precision=a.precision, folds=folds,
-                      num_samples=a.num_samples, epochs=a.epochs, study=a.study, gpus_per_trial=a.gpus_per_trial,
+                      num_samples=a.num_samples, epochs=a.epochs, max_epochs=a.max_epochs, study=a.study,
+                      gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
                       calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
     ws = Workspace(a.workspace)

@@ -65,6 +65,8 @@ class RunOptions:
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs {self.max_epochs}: a trial trains at least 1 epoch")
         if self.eval_vote not in EVAL_VOTES:   # checked here, not after the training
             raise ValueError(f"eval_vote {self.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
         if self.joint and set(self.heads) != set(HEADS):

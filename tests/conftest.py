@@ -69,6 +69,28 @@ def crops_ws(demo_dir, tmp_path_factory):
     return demo_dir, ws
 
 
+@pytest.fixture(scope="session", autouse=True)
+def faults_record(tmp_path_factory) -> Path:
+    """Where the fault tests leave their records ($FAULTS_RECORD, else a folder of this session):
+    benchmarks/faults_table.py's smoke test then tables the records this suite made."""
+    os.environ.setdefault("FAULTS_RECORD", str(tmp_path_factory.mktemp("faults")))
+    return Path(os.environ["FAULTS_RECORD"])
+
+
+@pytest.fixture(scope="session")
+def budget_run(tmp_path_factory) -> dict:
+    """`benchmarks/quality.py --smoke` once per suite: `run --budget 200s` on demo data, scored.
+    Its line of JSON (wall_s, budget_s, f1, ..., workspace, data) serves the benchmark smoke tests
+    and tests/test_run.py's budget check (a `run --budget` costs the suite most of a minute)."""
+    import json
+    work = tmp_path_factory.mktemp("budget-run")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", str(work)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"quality.py --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def workspace_sharing_crops(src, root: Path, **kw):
     """A private workspace (own MLflow store and Tune storage) at ``root`` that reads the session's
     crops and manifest from ``src`` (a Workspace) instead of cropping again; ``kw`` go to Workspace."""

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.audit import RATES, main, moved_age, plant, precision_recall, unplanted  # noqa: E402
+from benchmarks.audit import RATES, SMOKE_PERSONS, main, moved_age, plant, precision_recall, unplanted  # noqa: E402
 from core.labels import age_group  # noqa: E402
 
 
@@ -63,5 +63,5 @@ def test_smoke_mode_plants_runs_audits_and_scores(tmp_path):
     assert json.loads((tmp_path / "arm-noisy.json").read_text())["budget"] == "smoke"
     # the arm started from the shared crops (hard links), and (b)'s corrections file is kept apart
     cached = re.search(r"; (\d+) cached", (tmp_path / "noisy.log").read_text())
-    assert cached and int(cached[1]) == (30 + 6) * 7   # every train and eval image
+    assert cached and int(cached[1]) == sum(SMOKE_PERSONS) * 7   # every train and eval image
     assert (tmp_path / "corrections_suggested.csv").is_file()

@@ -48,6 +48,16 @@ def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
     assert three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).epochs < plan.epochs
 
 
+def test_max_epochs_caps_what_a_long_budget_would_give():
+    from orchestrator.budget import HeadShare
+    from orchestrator.pipeline import RunOptions, Sizer
+    capped = Sizer(RunOptions(budget_s=1380, folds=2, max_epochs=3), n_train=7000, parallel=2, one_images_per_s=100.0)
+    plan = capped.budget_plan(HeadShare(0.0, 900.0, 0.0), samples=0, start=0.0)
+    assert plan.epochs == plan.full_epochs == 3 and plan.val_from == 1   # 7 fit (above): the cap holds
+    with pytest.raises(ValueError, match="at least 1 epoch"):
+        RunOptions(max_epochs=0)
+
+
 def test_a_short_share_validates_every_epoch_and_still_trains_more_than_one():
     """3 validated epochs cost more than a short share has: then every epoch is validated."""
     from orchestrator.budget import HeadShare

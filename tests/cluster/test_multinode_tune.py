@@ -298,11 +298,12 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     c, _ = cluster
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=8, eval_persons=2))
     # the first run must reach its retrain whatever the load: 600 s is more than preprocessing,
-    # the speed probe and trial start-up took at load 45; the epochs are capped (60), not the time
+    # the speed probe and trial start-up took at load 45; the epochs are capped (2), not the time
     ws, budget = tmp_path / "ws", 600
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "orchestrator", "run", "--data", str(data), "--workspace", str(ws), "--budget",
-           f"{budget}s", "--model", "test_efficientnet", "--img-size", "32", "--folds", "2", "--address", c.address]
+           f"{budget}s", "--max-epochs", "2", "--model", "test_efficientnet", "--img-size", "32", "--folds", "2",
+           "--address", c.address]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with Gate("epoch", phase="full", epoch=0) as gate:
         t0 = time.time()
