@@ -171,6 +171,7 @@ class Sizer:
     parallel: int = 1             # trials that run side by side
     one_images_per_s: float = 0.0  # one trial's training speed (0 = no budget: fixed settings)
     reserve_s: float = 0.0        # kept for the ensemble
+    probes: tuple[dict, ...] = ()  # what each trial slot's speed probe read (trainables/speed.py)
 
     @property
     def seeds(self) -> int:
@@ -199,7 +200,7 @@ class Sizer:
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
-        return replace(sizer, reserve_s=reserve)
+        return replace(sizer, reserve_s=reserve, probes=tuple(probes))
 
     def rounds(self, trials: int) -> int:
         """Waves of ``trials`` on the cluster's trial slots (3 folds on 2 slots: 2 waves)."""

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from orchestrator.budget import Clock, parse_duration, share_out
-from search_spaces import SMOKE, recipe_config
+from search_spaces import SMOKE
 
 
 @pytest.mark.parametrize("text,seconds", [("23m", 1380), ("1h30m", 5400), ("90s", 90), ("90", 90),
@@ -102,13 +102,12 @@ def test_the_speed_probe_runs_in_every_trial_slot_at_once_with_a_trials_threads(
 
     from orchestrator.pipeline import RunOptions, Sizer
     from orchestrator.ray_session import ray_session
-    from trainables.speed import probe_trial_slots
-    cfg = recipe_config("all", **SMOKE, precision="fp32")
     o = RunOptions(budget_s=600, model=SMOKE["model"], img_size=SMOKE["img_size"], batch_size=8, precision="fp32")
     with ray_session(num_cpus=2):
-        probes = probe_trial_slots(cfg, 2, cpus_per_trial=1, batches=2)
         sizer = Sizer.measure(o, n_train=100, n_eval=50)
         assert o.on_cluster().gpus_per_trial == 0   # no GPU in the cluster: run's trials ask for none
+    probes = sizer.probes
+    assert sizer.one_images_per_s == min(p["images_per_s"] for p in probes)
     assert len(probes) == 2 and all(p["images_per_s"] > 0 for p in probes)
     assert {p["threads"] for p in probes} == {1} and {p["device"] for p in probes} == {"cpu"}
     pids = {p["pid"] for p in probes}
