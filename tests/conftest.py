@@ -77,18 +77,23 @@ def faults_record(tmp_path_factory) -> Path:
     return Path(os.environ["FAULTS_RECORD"])
 
 
+def benchmark_smoke(script: str, *args: str) -> str:
+    """``benchmarks/SCRIPT --smoke ARGS`` as a user starts it; its stdout (fails with its output's tail)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
 @pytest.fixture(scope="session")
 def budget_run(tmp_path_factory) -> dict:
     """`benchmarks/quality.py --smoke` once per suite: `run --budget 200s` on demo data, scored.
     Its line of JSON (wall_s, budget_s, f1, ..., workspace, data) serves the benchmark smoke tests
     and tests/test_run.py's budget check (a `run --budget` costs the suite most of a minute)."""
     import json
-    work = tmp_path_factory.mktemp("budget-run")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", str(work)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"quality.py --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = benchmark_smoke("quality.py", "--work", str(tmp_path_factory.mktemp("budget-run")))
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def workspace_sharing_crops(src, root: Path, **kw):

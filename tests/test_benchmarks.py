@@ -1,25 +1,16 @@
 """Every benchmark script runs: its --smoke mode (demo data, tiny settings, a temporary folder),
 as a user would start it, so a refactor cannot silently break one (their figures live in
 benchmarks/README.md). A new script under benchmarks/ is picked up here and needs a --smoke too."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import benchmark_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 ELSEWHERE = {"audit.py": "tests/test_benchmark_audit.py runs its --smoke"}   # not twice per suite
 pytestmark = pytest.mark.slow
-
-
-def _run(script: str, *args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -41,7 +32,7 @@ def test_benchmark_smoke_mode_runs(script, request):
         # fault again (it runs here only when they were not selected)
         record = request.getfixturevalue("faults_record") / "preprocess_node_loss.json"
         args = ["--records", str(record.parent)] if record.is_file() else []
-    out = _run(script, *args)
+    out = benchmark_smoke(script, *args)
     assert out.strip(), f"{script} --smoke printed nothing"
     if script == "faults_table.py":
         assert "killed at" in out and "(no record" not in out, out
