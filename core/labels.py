@@ -32,6 +32,7 @@ class Recipe:
     old_from: int = COMPETITION_OLD_AGE   # training age boundary of "old" (scoring always uses 60)
     optimizer: str = "adam"   # adam | adamw
     weight_decay: float = 0.0
+    warmup: float = 0.0       # share of the schedule spent warming the learning rate up
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ TABLE: dict[str, Head] = {h.name: h for h in (
          augment="gender", space="head"),
     Head("age", "age_group", ("<30", "30-59", ">=60"), 1, Recipe(lr=1e-4, loss="focal", epochs=4, old_from=59),
          augment="age", space="head_and_age_boundary"),
-    Head(ALL, "", (), 0, Recipe(lr=1e-3, loss="ce", epochs=10, old_from=59, optimizer="adamw", weight_decay=0.05),
+    Head(ALL, "", (), 0, Recipe(lr=1e-3, loss="ce", epochs=10, old_from=59, optimizer="adamw", weight_decay=0.05,
+                                 warmup=0.03),
          augment="joint", space="head_and_age_boundary", parts=("mask", "gender", "age")),
 )}
 HEADS: dict[str, Head] = {n: h for n, h in TABLE.items() if not h.parts}   # the three heads

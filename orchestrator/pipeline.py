@@ -20,6 +20,7 @@ from core.labels import ALL, HEADS
 from core.workspace import Workspace
 from results.voting import EVAL_VOTES
 from search_spaces import recipe_config
+from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
 from .audit import AuditOptions, audit
@@ -149,7 +150,6 @@ ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
 AUDIT_FIXED_S = 15.0        # the label audit after it: OOF downloads again, contact sheet, MLflow run
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
-FORWARD_COST = 0.5          # predicting an image (decode, forward, logging) as a share of a training step
 TRIAL_GPU_SHARE = 0.5       # run's small models: two trials share a GPU (tune's default too)
 SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
 
@@ -225,8 +225,9 @@ class Sizer:
             return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
         share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
         plan = self.budget_plan(share, samples, time.time())
-        log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds of "
-              f"{plan.epochs} epoch(s), {plan.full_seeds} full-data model(s) of <= {plan.full_epochs} epoch(s)")
+        log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds and "
+              f"{plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "
+              "until its phase's deadline")
         return plan
 
     def budget_plan(self, share: HeadShare, samples: int, start: float) -> HeadPlan:
@@ -268,14 +269,17 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
         # before it reports (a busy machine) and leave cv nothing to train
         tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end,
                                             epochs=None if o.smoke_test else plan.search_epochs))
-    # under a budget cv trains the epochs that fit (a search trial may have had fewer)
+    # under a budget the cv and full-data trials train until their deadline, their learning rate
+    # annealed to it (trainables/schedule.py): the plan's epochs are its estimate, max_epochs the cap
+    timed = bool(plan.cv_end) and not o.smoke_test
     best = tune_head(data, ws, target, replace(opts, phase="cv", deadline=plan.cv_end,
-                                               epochs=None if o.smoke_test else plan.epochs))
+                                               epochs=None if o.smoke_test else o.max_epochs if timed else plan.epochs))
     log.info(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
-                 verbose=1, deadline=plan.full_end, epochs=plan.full_epochs, seeds=plan.full_seeds)
+                 verbose=1, deadline=plan.full_end, epochs=o.max_epochs if timed else plan.full_epochs,
+                 seeds=plan.full_seeds)
 
 
 def trained_studies(o: RunOptions) -> dict[str, str]:

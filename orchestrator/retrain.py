@@ -76,10 +76,12 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
                          f"(`python -m orchestrator tune --head {head} --study NEW_NAME`)")
     cfg, best_epochs = full_data_config(runs)
     check_weights(cfg)   # the cv trials' starting weights, before Ray (offline: stop here)
-    if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at
-        cfg = replace(cfg, epochs=max(1, min(cfg.epochs, epochs)))
+    if epochs is not None:   # `run --budget` may afford fewer epochs than the folds peaked at; with
+        # a deadline the trials train until it, annealed to it (trainables/schedule.py): a cap only
+        cfg = replace(cfg, epochs=max(1, epochs if deadline else min(cfg.epochs, epochs)))
+    until = f"until its deadline (at most {cfg.epochs} epochs)" if deadline else f"{cfg.epochs} epochs"
     log.info(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
-          f"{cfg.epochs} epochs on all training persons")
+             f"{until} on all training persons")
     from trainables.data import usable_train_rows   # heavy (torch), as the trainable above
     pins = check_study_data(ws, study, labels, usable_train_rows(ws))
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)

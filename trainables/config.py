@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from core.labels import TARGETS
 from results.run_schema import EXPERIMENT
 
+from .schedule import SHAPES
+
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
+FORWARD_COST = 0.5   # predicting an image (decode, forward, logging) as a share of a training step
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -29,6 +32,9 @@ class TrialConfig:
     epochs: int = 10
     lr: float = 1e-4
     optimizer: str = "adam"         # adam | adamw
+    schedule: str = "cosine"        # cosine | linear decay to 0 over the trial's progress: steps done
+                                    # or, under a deadline, time used (trainables/schedule.py)
+    warmup: float = 0.0             # share of the progress spent warming the learning rate up
     weight_decay: float = 0.0
     loss: str = "ce"                # trainables.losses.LOSSES
     gamma: float = 2.0              # focal loss focusing parameter
@@ -86,6 +92,7 @@ def validate(cfg: TrialConfig) -> None:
     _choice("head", cfg.head, TARGETS)
     _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
+    _choice("schedule", cfg.schedule, SHAPES)
     _choice("precision", cfg.precision, PRECISIONS)
     check_model_name(cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
@@ -97,6 +104,8 @@ def validate(cfg: TrialConfig) -> None:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.warmup < 1:
+        raise ValueError(f"warmup {cfg.warmup}: the share of the schedule spent warming up must lie in [0, 1)")
     if not 0 <= cfg.strength <= 2:
         raise ValueError(f"augmentation strength must lie in 0..2, got {cfg.strength}")
     if not 30 < cfg.old_from <= 100:

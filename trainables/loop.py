@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -96,13 +97,14 @@ def batch_to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
-                    device: torch.device, *, max_batches: int = 0, precision: str = "auto") -> float:
-    """One pass over ``loader`` (at most ``max_batches`` batches if > 0); mean training loss.
-    The scheduler steps per batch (cosine over the whole run)."""
+                    device: torch.device, *, max_batches: int = 0, precision: str = "auto",
+                    stop_at: float = 0.0) -> float:
+    """One pass over ``loader`` (at most ``max_batches`` batches if > 0, none begun after unix time
+    ``stop_at`` if > 0: a deadline); mean training loss. The scheduler steps per batch."""
     model.train()
     total, n = 0.0, 0
     for i, (x, y, _) in enumerate(loader):
-        if max_batches and i >= max_batches:
+        if (max_batches and i >= max_batches) or (stop_at and i and time.time() >= stop_at):
             break
         x, y = batch_to(x, device), y.to(device, non_blocking=True)
         with autocast(device, precision):

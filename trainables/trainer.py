@@ -20,6 +20,7 @@ from .data import HeadData, build_loaders, load_head_data, split_index
 from .loop import EvalResult, device_of, evaluate, to_device, train_one_epoch
 from .losses import build_target_loss
 from .models import build_model, data_config
+from .schedule import BudgetSchedule
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -31,7 +32,7 @@ class Parts:
     model: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: BudgetSchedule
     train_loader: object
     val_loader: object | None
     device: torch.device
@@ -69,17 +70,18 @@ def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) ->
     model = to_device(model, device)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train) if not cfg.max_batches else min(len(train), cfg.max_batches)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps))
+    scheduler = BudgetSchedule(optimizer, cfg.epochs * steps, shape=cfg.schedule, warmup=cfg.warmup)
     return Parts(cfg, data, model, loss_fn, optimizer, scheduler, train, val, device)
 
 
-def run_epoch(parts: Parts, state: TrialState, validate: bool = True) -> EpochResult:
-    """Train one epoch; validate it when there is a validation fold and ``validate``."""
+def run_epoch(parts: Parts, state: TrialState, validate: bool = True, stop_at: float = 0.0) -> EpochResult:
+    """Train one epoch (cut short at unix time ``stop_at``, if given); validate it when there is a
+    validation fold and ``validate``."""
     cfg = parts.cfg
     parts.train_loader.generator.manual_seed(cfg.seed + state.epoch)  # same batches after a resume
     train_loss = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
                                  parts.scheduler, parts.device, max_batches=cfg.max_batches,
-                                 precision=cfg.precision)
+                                 precision=cfg.precision, stop_at=stop_at)
     trained = replace(state, epoch=state.epoch + 1)
     metrics = {"train_loss": train_loss}
     if parts.val_loader is None:
@@ -124,9 +126,12 @@ def _merge(results: list[EpochResult], state: TrialState) -> EpochResult:
     return EpochResult(new, metrics, improved, [r.val for r in results])
 
 
-def run_folds_epoch(parts: list[Parts], state: TrialState, validate: bool = True) -> EpochResult:
-    """One epoch of every fold model of a trial."""
-    return _merge([run_epoch(p, state, validate) for p in parts], state)
+def run_folds_epoch(parts: list[Parts], state: TrialState, validate: bool = True,
+                    stop_at: float = 0.0) -> EpochResult:
+    """One epoch of every fold model of a trial. Only a one-model trial is cut at ``stop_at``:
+    fold models trained one after another would otherwise get unequal epochs."""
+    stop_at = stop_at if len(parts) == 1 else 0.0
+    return _merge([run_epoch(p, state, validate, stop_at) for p in parts], state)
 
 
 def validate_folds(parts: list[Parts], res: EpochResult) -> EpochResult:
