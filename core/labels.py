@@ -24,6 +24,37 @@ NUM_CLASSES = 18
 
 
 @dataclass(frozen=True)
+class Backbone:
+    """What a model is built from: a timm architecture, its input side and its starting weights."""
+    model: str                # timm model name
+    img_size: int             # square input side in pixels
+    pretrained: str = "none"  # none (from scratch) | hub (timm's download) | an installed weights
+                              # package (lite0: trainables/weights.py) | a weights file
+
+
+# Named backbones: what a head's row, `run --backbone` and a backbone search name.
+BACKBONES: dict[str, Backbone] = {
+    # the competition recipe: ImageNet EfficientNet-B3 at 224 px from timm's hub (GPU, internet)
+    "b3-224-hub": Backbone("efficientnet_b3", 224, "hub"),
+    # ImageNet EfficientNet-Lite0 from its pip package (offline); tf_: the file's own padding
+    "lite0-96": Backbone("tf_efficientnet_lite0", 96, "lite0"),
+    "lite0-112": Backbone("tf_efficientnet_lite0", 112, "lite0"),
+    "lite0-128": Backbone("tf_efficientnet_lite0", 128, "lite0"),
+    # from scratch, small and fast on a CPU
+    "resnet10t-64": Backbone("resnet10t", 64),
+}
+
+
+RUN_BACKBONE = "resnet10t-64"   # `run`'s default for every target unless its row says otherwise
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How the competition recipe trains a model of a target (search_spaces.recipe_config)."""
     lr: float                 # learning rate
@@ -33,6 +64,7 @@ class Recipe:
     optimizer: str = "adam"   # adam | adamw
     weight_decay: float = 0.0
     warmup: float = 0.0       # share of the schedule spent warming the learning rate up
+    backbone: str = "b3-224-hub"   # a BACKBONES name: the recipe fine-tunes ImageNet EfficientNet-B3
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,8 @@ class Head:
     augment: str              # augmentation preset, a key of trainables.augment.PRESETS
     space: str                # search space, a key of search_spaces.spaces.SPACES
     parts: tuple[str, ...] = ()
+    run_backbone: str = RUN_BACKBONE   # `run`'s default backbone (a BACKBONES name), sized for a
+                                       # CPU budget by benchmarks/quality.py (README: Quality)
 
     @property
     def num_classes(self) -> int:

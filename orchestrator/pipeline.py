@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.demo_data import write_demo_data
 from core.errors import DataError
 from core.label_table import load_labels
-from core.labels import ALL, HEADS
+from core.labels import ALL, HEADS, Backbone, get_backbone, target_row
 from core.workspace import Workspace
 from results.voting import EVAL_VOTES
 from search_spaces import recipe_config
@@ -42,10 +42,12 @@ class RunOptions:
     heads: tuple[str, ...] = tuple(HEADS)
     joint: bool = True                   # one model for every head (labels.ALL); False: one per head (the recipe)
     smoke_test: bool = False             # CI: tiny model, 32 px, 1 epoch, 2 folds
-    model: str = "resnet10t"             # timm model of every head (the recipe: efficientnet_b3 on GPU)
-    img_size: int = 64                   # input side in pixels
+    backbone: str | None = None          # a core.labels.BACKBONES name for every target (None: each
+                                         # target's row's run_backbone, measured on a CPU budget)
+    model: str | None = None             # timm model, input side and starting weights: override the
+    img_size: int | None = None          # backbone's (None: keep them)
+    pretrained: str | None = None        # none | hub | an installed weights package (lite0) | a file
     batch_size: int = 64
-    pretrained: str = "none"             # none | hub | a local weights file: run trains from scratch unless told
     precision: str = "auto"              # auto | bf16 | fp32 (auto: bf16 where the CPU/GPU runs it fast)
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
@@ -70,9 +72,22 @@ class RunOptions:
             raise ValueError(f"max_epochs {self.max_epochs}: a trial trains at least 1 epoch")
         if self.eval_vote not in EVAL_VOTES:   # checked here, not after the training
             raise ValueError(f"eval_vote {self.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
+        for t in self.targets:
+            self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
         if self.joint and set(self.heads) != set(HEADS):
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
+
+    def backbone_of(self, target: str) -> Backbone:
+        """The model, input side and weights ``target`` trains with: its row's run backbone (or
+        ``backbone``), with any of model / img_size / pretrained the user set instead (another
+        model without ``pretrained`` trains from scratch: weights belong to their architecture)."""
+        bb = get_backbone(self.backbone or target_row(target).run_backbone)
+        pretrained = self.pretrained
+        if pretrained is None and self.model not in (None, bb.model):
+            pretrained = "none"   # the backbone's weights are its model's: another one starts from scratch
+        return replace(bb, **{k: v for k, v in dict(model=self.model, img_size=self.img_size,
+                                                    pretrained=pretrained).items() if v is not None})
 
     def on_cluster(self) -> "RunOptions":
         """These options with the GPU share resolved against the running Ray cluster (needs Ray up)."""
@@ -137,12 +152,15 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
 
 
 def check_start_weights(o: RunOptions) -> None:
-    """Say where the models start from; pretrained weights are checked before Ray starts."""
-    if o.smoke_test or is_none(o.pretrained):
-        log.info("models train from scratch (run's default, --pretrained none: nothing downloads; "
-                 "--pretrained hub or FILE fine-tunes pretrained weights)")
+    """Say where each target's model starts from; pretrained weights are checked before Ray starts."""
+    if o.smoke_test:
         return
-    check_weights(recipe_config(o.targets[0], model=o.model, img_size=o.img_size, pretrained=o.pretrained))
+    for t in o.targets:
+        bb = o.backbone_of(t)
+        if is_none(bb.pretrained):
+            log.info("%s: %s at %d px from scratch (--pretrained none: nothing to load)", t, bb.model, bb.img_size)
+        else:
+            check_weights(recipe_config(t, **asdict(bb)))
 
 
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
@@ -172,6 +190,7 @@ class Sizer:
     one_images_per_s: float = 0.0  # one trial's training speed (0 = no budget: fixed settings)
     reserve_s: float = 0.0        # kept for the ensemble
     probes: tuple[dict, ...] = ()  # what each trial slot's speed probe read (trainables/speed.py)
+    speeds: dict | None = None     # target -> one trial's training speed on its backbone
 
     @property
     def seeds(self) -> int:
@@ -189,11 +208,18 @@ class Sizer:
         # every trial slot measures at once, with a trial's threads (Ray gives a trial OMP threads
         # = its CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one) and GPUs;
         # the slowest slot sets the pace of each wave
-        cfg = recipe_config(o.targets[0], model=o.model, img_size=o.img_size, batch_size=o.batch_size,
-                            precision=o.precision)
-        probes = probe_trial_slots(cfg, parallel, res["cpu"], res["gpu"])
-        one = min(p["images_per_s"] for p in probes)
-        sizer = cls(o, n_train, parallel, one)
+        # one probe per backbone: targets on different backbones train at different speeds
+        probed = {}
+        for t in o.targets:
+            bb = replace(o.backbone_of(t), pretrained="none")   # the speed, not the weights
+            if bb not in probed:
+                cfg = recipe_config(t, **asdict(bb), batch_size=o.batch_size, precision=o.precision)
+                probed[bb] = probe_trial_slots(cfg, parallel, res["cpu"], res["gpu"])
+        speeds = {t: min(p["images_per_s"] for p in probed[replace(o.backbone_of(t), pretrained="none")])
+                  for t in o.targets}
+        probes = [p for ps in probed.values() for p in ps]
+        one = min(speeds.values())
+        sizer = cls(o, n_train, parallel, one, speeds=speeds)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
         reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
@@ -224,7 +250,8 @@ class Sizer:
             now = time.time()
             return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
         share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
-        plan = self.budget_plan(share, samples, time.time())
+        speed = (self.speeds or {}).get(target, self.one_images_per_s)
+        plan = replace(self, one_images_per_s=speed).budget_plan(share, samples, time.time())
         log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds and "
               f"{plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "
               "until its phase's deadline")
@@ -258,8 +285,8 @@ class Sizer:
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
-    sized = {} if o.smoke_test else dict(model=o.model, img_size=o.img_size, batch_size=o.batch_size)
-    opts = TuneOptions(precision=o.precision, pretrained=o.pretrained, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
+    sized = {} if o.smoke_test else asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size)
+    opts = TuneOptions(precision=o.precision, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
                        study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
                        gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
                        resume=True, verbose=1, val_from=plan.val_from, **sized)   # a status table every ~30 s

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import pandas as pd
 
 from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
-from search_spaces import SMOKE, recipe_config, recipe_point, search_space
+from search_spaces import SMOKE, recipe_config, recipe_point, search_space, with_backbones
 from trainables.config import RunContext, TrialConfig
 from trainables.pretrained import HUB, check_source, is_none
 
 from core.errors import DataError
 from core.folds import FoldSpec, ensure_folds
 from core.label_table import check_runs_labels, current_labels
-from core.labels import check_target
+from core.labels import Backbone, check_target, get_backbone
 from .pins import Pins, pin_study, study_pins
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
@@ -34,6 +34,7 @@ from core.workspace import Workspace
 log = logging.getLogger(__name__)
 METRIC, MODE = "val_f1", "max"
 SEARCHED = ("lr", "loss", "gamma", "smoothing", "strength", "old_from")  # may come from the space
+BACKBONE_FIELDS = tuple(f.name for f in fields(Backbone))   # ... and these, when the backbone is searched
 PHASES = ("search", "cv", "both")
 
 
@@ -58,7 +59,9 @@ class TuneOptions:
     max_concurrent: int = 0          # 0 = as many trials as the cluster fits
     resume: bool = False             # continue an interrupted study (Tuner.restore)
     smoke_test: bool = False         # tiny model, small images, 1 epoch, 2 trials, CPU
-    model: str | None = None         # timm model (default: the recipe's efficientnet_b3)
+    backbone: str | None = None      # a core.labels.BACKBONES name (default: the head's recipe, b3-224-hub)
+    search_backbones: tuple[str, ...] = ()   # backbones the search picks among (empty: not searched)
+    model: str | None = None         # timm model (default: the backbone's)
     img_size: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -85,6 +88,8 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
+        for b in (self.backbone or "b3-224-hub", *self.search_backbones):
+            get_backbone(b)   # ValueError naming the valid ones: a usage error
 
     @property
     def k(self) -> int:
@@ -106,7 +111,7 @@ def base_config(head: str, o: TuneOptions) -> TrialConfig:
     over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
                                        batch_size=o.batch_size, pretrained=o.pretrained).items() if v is not None})
     fold = 0 if o.fold == "all" else int(o.fold)
-    return recipe_config(head, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold,
+    return recipe_config(head, backbone=o.backbone, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold,
                          precision=o.precision, num_workers=o.num_workers, max_batches=o.max_batches, **over)
 
 
@@ -142,6 +147,8 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     check_target(head)
     base = base_config(head, o)
     check_weights(base)
+    for b in o.search_backbones:   # every backbone the search may pick can start
+        check_weights(replace(base, **asdict(get_backbone(b))))
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
@@ -153,7 +160,8 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     pins = pin_study(ws, o.study_name(head), study_pins(labels, table, rows, spec, base.to_dict() | {"num_samples": o.samples}),
                      what="resume" if o.resume else "new phase")
     ensure_folds(table, ws.root, spec)
-    crop_cache(ws, rows["crop"].tolist(), base.img_size)  # decode once, before trials
+    for size in sorted({base.img_size} | {get_backbone(b).img_size for b in o.search_backbones}):
+        crop_cache(ws, rows["crop"].tolist(), size)  # decode once, before trials
     return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels, pins)
 
 
@@ -242,12 +250,16 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     trainable = trial_trainable(resources)
 
     def new():
-        searcher = OptunaSearch(search_space(plan.head), metric=METRIC, mode=MODE, seed=plan.options.seed,
-                                points_to_evaluate=[recipe_point(plan.head)])
+        names = plan.options.search_backbones
+        space, point = search_space(plan.head), recipe_point(plan.head)
+        if names:   # the backbone is a dimension too; the recipe's point tries the first one
+            space, point = with_backbones(space, names), point | {"backbone": names[0]}
+        searcher = OptunaSearch(space, metric=METRIC, mode=MODE, seed=plan.options.seed, points_to_evaluate=[point])
         epochs = plan.base.epochs
         asha = ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, reduction_factor=3,
                              grace_period=min(plan.options.grace_period, epochs))
-        space = {k: v for k, v in plan.base.to_dict().items() if k not in SEARCHED} | {"run": ctx.to_dict()}
+        searched = SEARCHED + (BACKBONE_FIELDS if names else ())
+        space = {k: v for k, v in plan.base.to_dict().items() if k not in searched} | {"run": ctx.to_dict()}
         return _tuner(plan, "search", trainable, space,
                       search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), scheduler=asha,
                       num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)

@@ -7,9 +7,11 @@ scored on the competition boundary (>= 60), so boundaries compete fairly.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+from functools import partial
 from typing import Callable
 
-from core.labels import target_row
+from core.labels import BACKBONES, get_backbone, target_row
 
 LOSS_CHOICES = ("ce", "focal", "label_smoothing", "f1")
 LR_RANGE = (1e-5, 1e-3)         # log-uniform
@@ -43,3 +45,17 @@ SPACES: dict[str, Callable] = {"head": head_space, "head_and_age_boundary": head
 def search_space(head: str) -> Callable:
     """The space the head table's row of ``head`` names."""
     return SPACES[target_row(head).space]
+
+
+def with_backbones(space: Callable, names: tuple[str, ...]) -> Callable:
+    """``space`` with the backbone as one more dimension: Optuna picks a name of
+    core.labels.BACKBONES, and its model, input side and weights come back as constants, so a
+    per-head study can pair a pretrained model with a small one trained from scratch."""
+    for n in names:
+        get_backbone(n)   # an unknown name fails when the study is planned, not in a trial
+    return partial(_backbone_space, space, tuple(names))
+
+
+def _backbone_space(space: Callable, names: tuple[str, ...], trial) -> dict:
+    chosen = trial.suggest_categorical("backbone", names)
+    return (space(trial) or {}) | asdict(BACKBONES[chosen])

@@ -46,6 +46,23 @@ def classifier_keys(model: nn.Module) -> list[str]:
     return [k for k in model.state_dict() if k.startswith(classifier_prefixes(model))]
 
 
+def write_timm_weights(model_name: str, source: str, out: Path | str) -> Path:
+    """``source``'s weights in timm ``model_name``'s layout, classifier included, as a safetensors
+    file that ``--pretrained FILE`` (or ``timm.create_model(..., pretrained_cfg_overlay={"file":
+    FILE})``) loads by name: for a machine where the package cannot be installed."""
+    from safetensors.torch import save_file
+    reference = timm.create_model(model_name)
+    path = weights_path(model_name, source)
+    try:
+        mapped = to_timm_layout(read_state_dict(path), reference.state_dict(), what=f"--pretrained {source}")
+    except WeightsError as exc:
+        raise PretrainedError(f"{exc}: the file does not hold weights of timm model {model_name!r}") from exc
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in mapped.items()}, str(out), metadata={"timm_model": model_name,
+                                                                                  "source": str(source)})
+    return Path(out)
+
+
 def pretrained_backbone(model_name: str, source: str) -> dict[str, torch.Tensor]:
     """The backbone tensors (classifier left out) of ``source`` in timm ``model_name``'s layout.
 

