@@ -37,6 +37,7 @@ BACKBONES: dict[str, Backbone] = {
     # the competition recipe: ImageNet EfficientNet-B3 at 224 px from timm's hub (GPU, internet)
     "b3-224-hub": Backbone("efficientnet_b3", 224, "hub"),
     # ImageNet EfficientNet-Lite0 from its pip package (offline); tf_: the file's own padding
+    "lite0-64": Backbone("tf_efficientnet_lite0", 64, "lite0"),
     "lite0-96": Backbone("tf_efficientnet_lite0", 96, "lite0"),
     "lite0-112": Backbone("tf_efficientnet_lite0", 112, "lite0"),
     "lite0-128": Backbone("tf_efficientnet_lite0", 128, "lite0"),

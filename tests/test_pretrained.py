@@ -79,3 +79,24 @@ def test_a_weights_file_of_another_architecture_stops_tune_before_ray(crops_ws, 
     err = capsys.readouterr().err
     assert rc == 2 and "another architecture" in err and "'test_efficientnet'" in err
     assert not ray.is_initialized() and not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_a_backbone_search_fine_tunes_the_packaged_weights_beside_a_scratch_model(crops_ws, tmp_path):
+    """`tune --search-backbones`: Optuna picks the backbone per trial (the recipe's point the first);
+    the pretrained trial's logged model still carries the package's ImageNet backbone."""
+    from trainables.weights import SOURCES, read_state_dict, source_file
+    data, src = crops_ws
+    ws = workspace_sharing_crops(src, tmp_path / "ws").root
+    rc = main(["tune", "--head", "all", "--smoke-test", "--phase", "search", "--num-samples", "2",
+               "--search-backbones", "lite0-64,resnet10t-64", "--data", str(data), "--workspace", str(ws)])
+    assert rc == 0
+    uri = f"sqlite:///{ws.resolve()}/mlflow.db"
+    runs = find_runs(uri, head="all", phase="search").set_index("params.model")
+    assert set(runs.index) == {"tf_efficientnet_lite0", "resnet10t"}   # the space's constants reach the trials
+    lite = runs.loc["tf_efficientnet_lite0"]
+    assert (lite["params.pretrained"], lite["params.img_size"]) == ("lite0", "64")
+    model, cfg = load_model_file(download_model(uri, lite["run_id"], tmp_path / "dl"))
+    stem = read_state_dict(source_file(SOURCES["lite0"]))["_conv_stem.weight"].flatten()
+    cos = torch.nn.functional.cosine_similarity(model.state_dict()["conv_stem.weight"].flatten(), stem, dim=0)
+    assert cfg.pretrained == "lite0" and cos > 0.9

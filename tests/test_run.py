@@ -125,3 +125,19 @@ def test_budget_is_honoured(budget_run):
     assert budget_run["budget_s"] == 200
     assert budget_run["wall_s"] <= 1.1 * budget_run["budget_s"], f"run took {budget_run['wall_s']:.0f} s of a 200 s budget"
     assert (Path(budget_run["workspace"]) / "results" / "submission.csv").is_file()
+
+
+def test_budget_trials_train_to_their_deadline_and_end_annealed(budget_run):
+    """Every cv and full-data trial of the budget run anneals its learning rate to its deadline
+    (trainables/schedule.py): whatever epoch the deadline cut, the last rate is near zero."""
+    from mlflow import MlflowClient
+    from results.tracking import find_runs
+    uri = f"sqlite:///{Path(budget_run['workspace']).resolve()}/mlflow.db"
+    client = MlflowClient(uri)
+    for phase in ("cv", "full"):
+        runs = find_runs(uri, phase=phase)
+        assert len(runs) == 2, (phase, len(runs))
+        for run_id, params in zip(runs["run_id"], runs.get("params.lr", pd.Series(["0.001"] * len(runs)))):
+            lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)]
+            assert lrs and lrs[-1] < 0.05 * max(lrs), (phase, lrs)
+            assert max(lrs) <= float(params) * 1.0001

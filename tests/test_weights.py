@@ -204,3 +204,9 @@ def test_the_backbone_can_be_a_search_dimension():
     assert trial.params["backbone"] == "resnet10t-64"
     with pytest.raises(ValueError, match="unknown backbone"):
         with_backbones(search_space("mask"), ("nope",))
+
+
+def test_timm_tagged_names_are_accepted_and_unknown_names_still_refused():
+    assert TrialConfig(head="mask", model="resnet10t.c3_in1k").model == "resnet10t.c3_in1k"
+    with pytest.raises(ValueError, match="unknown timm model 'resnet10x'"):
+        TrialConfig(head="mask", model="resnet10x")

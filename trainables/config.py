@@ -80,7 +80,7 @@ def _choice(what: str, value: str, valid, plural: str = "") -> None:
 
 def check_model_name(name: str) -> None:
     import timm   # heavy (torch): imported when a config is built, not by every importer of PRECISIONS
-    if name not in timm.list_models():
+    if not timm.is_model(name):   # a tagged name (resnet50.a1_in1k) is a model too: list_models() omits tags
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() "
                          f"(similar: {', '.join(close) or 'none'})")
