@@ -111,6 +111,8 @@ class HeadPlan:
     search_end: float = 0.0       # unix deadlines (0 = none)
     cv_end: float = 0.0
     full_end: float = 0.0
+    cv_to_deadline: bool = False   # the phase's trials run in one wave: each trains until the phase's
+    full_to_deadline: bool = False # deadline (with waves, the first would take every wave's time)
 
 
 def ensure_data(data: Path) -> Path:
@@ -280,7 +282,8 @@ class Sizer:
         cv_end = search_end + start_s[o.folds] + epochs * cv_epoch + cv_val
         return HeadPlan(samples, search_epochs, epochs, epochs, self.seeds,
                         val_from=max(1, epochs - VALIDATED_EPOCHS + 1), search_end=search_end,
-                        cv_end=cv_end, full_end=search_end + start_s[o.folds] + start_s[self.seeds] + time_s)
+                        cv_end=cv_end, full_end=search_end + start_s[o.folds] + start_s[self.seeds] + time_s,
+                        cv_to_deadline=self.rounds(o.folds) == 1, full_to_deadline=self.rounds(self.seeds) == 1)
 
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
@@ -296,16 +299,18 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
         # before it reports (a busy machine) and leave cv nothing to train
         tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end,
                                             epochs=None if o.smoke_test else plan.search_epochs))
-    # under a budget the cv and full-data trials train until their deadline, their learning rate
-    # annealed to it (trainables/schedule.py): the plan's epochs are its estimate, max_epochs the cap
-    timed = bool(plan.cv_end) and not o.smoke_test
+    # under a budget a phase whose trials run in one wave trains until its deadline, the learning
+    # rate annealed to it (trainables/schedule.py): the plan's epochs are its estimate, max_epochs
+    # the cap; in waves each trial keeps its planned epochs (and still stops at the deadline)
+    cv_epochs = o.max_epochs if plan.cv_to_deadline else plan.epochs
     best = tune_head(data, ws, target, replace(opts, phase="cv", deadline=plan.cv_end,
-                                               epochs=None if o.smoke_test else o.max_epochs if timed else plan.epochs))
+                                               epochs=None if o.smoke_test else cv_epochs))
     log.info(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
-                 verbose=1, deadline=plan.full_end, epochs=o.max_epochs if timed else plan.full_epochs,
+                 verbose=1, deadline=plan.full_end,
+                 epochs=o.max_epochs if plan.full_to_deadline and not o.smoke_test else plan.full_epochs,
                  seeds=plan.full_seeds)
 
 

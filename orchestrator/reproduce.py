@@ -152,6 +152,9 @@ def _why_not_exact(tags: dict) -> list[str]:
     if tags.get("resumed_from_epoch"):
         notes.append(f"resumed from a checkpoint at epoch {tags['resumed_from_epoch']}: its augmentation "
                      "draws restarted there")
+    if tags.get("trained_to_deadline"):
+        notes.append("trained to a deadline (run --budget): its learning rate followed the clock "
+                     "(trainables/schedule.py); here it follows the steps, so the metrics drift apart")
     return notes
 
 

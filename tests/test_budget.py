@@ -46,6 +46,9 @@ def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
     three_folds = Sizer(RunOptions(budget_s=1380, folds=3), n_train=7000, parallel=2, one_images_per_s=100.0)
     assert three_folds.rounds(3) == 2             # the third fold waits for a free slot
     assert three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).epochs < plan.epochs
+    # one wave: each trial trains until the phase's deadline; in waves the first would take it all
+    assert plan.cv_to_deadline and plan.full_to_deadline
+    assert not three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).cv_to_deadline
 
 
 def test_max_epochs_caps_what_a_long_budget_would_give():

@@ -56,6 +56,8 @@ def train_head(config: dict) -> None:
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     where = _where(tc, ctx)
     log.set_tags(placement(parts[0].device))   # where Ray put it: device, its GPU ids
+    if ctx.deadline:   # its learning rate follows the clock: `reproduce` says it cannot match
+        log.set_tags({"trained_to_deadline": "1"})
     if state.epoch:   # restored from a checkpoint: its augmentation draws restarted (`reproduce`)
         log.set_tags({"resumed_from_epoch": str(state.epoch)})
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
