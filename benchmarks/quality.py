@@ -4,7 +4,8 @@ Lays out ../shared/utkmask as the competition does (train: the first --train-per
 persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv), runs the
 whole chain with `python -m orchestrator run --budget B`, and scores the submission:
 
-  python benchmarks/quality.py --budget 23m                       # the full study
+  python benchmarks/quality.py --budget 23m                       # the full study (run's default backbone)
+  python benchmarks/quality.py --budget 23m -- --backbone resnet10t-64   # another backbone, e.g. from scratch
   python benchmarks/quality.py --budget 23m --variant recipe      # one model per head, no calibration
   python benchmarks/quality.py --smoke [--work DIR]               # demo data, a tiny model, 200 s (the tests run it)
 
