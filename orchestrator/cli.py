@@ -29,7 +29,7 @@ from results.tracking import TrackingError
 from results.voting import EVAL_VOTES, VOTES
 from trainables.config import PRECISIONS
 from trainables.pretrained import PretrainedError
-from trainables.weights import SOURCES
+from trainables.weights import SOURCES, find_source, source_file
 
 from .budget import parse_duration
 from .preprocess import BATCH, MAX_FAILED, preprocess
@@ -413,11 +413,10 @@ def _weights_args(p):
 
 
 def _weights(a) -> int:
-    from trainables.weights import find_source, source_file
     if a.source is None:
         rows = [{"--pretrained": s.alias, "timm model": s.model, "pip package": s.pip,
                  "installed": str(source_file(s) or "no")} for s in SOURCES.values()]
-        import pandas as pd
+        import pandas as pd   # heavy: only the listing needs a table
         print(markdown_table(pd.DataFrame(rows)))
         return 0
     from trainables.models import write_timm_weights   # heavy (torch, timm)
