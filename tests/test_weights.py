@@ -158,6 +158,19 @@ def test_a_resumed_schedule_continues_its_progress_over_the_time_left_now():
     assert r.progress() == pytest.approx(0.75, abs=0.01)
 
 
+def test_a_trial_with_no_time_left_still_trains_one_epoch_annealed_over_it():
+    clock = FakeClock()
+    s = _schedule(6000, clock=clock)
+    s.end_time = clock.t - 5.0   # the deadline passed while the trial waited for a slot
+    s.finish_within(100)
+    lrs = []
+    for _ in range(100):
+        clock.t += 1.0
+        s.step()
+        lrs.append(s.get_last_lr()[0])
+    assert lrs[0] > 0.9 and lrs[49] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 1e-6
+
+
 def test_warmup_then_decay():
     assert lr_factor(0.0, warmup=0.1) < 0.02 and lr_factor(0.1, warmup=0.1) == pytest.approx(1.0)
     assert lr_factor(0.55, warmup=0.1) == pytest.approx(0.5)

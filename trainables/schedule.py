@@ -60,6 +60,12 @@ class BudgetSchedule:
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
 
+    def finish_within(self, steps: int) -> None:
+        """Anneal over the next ``steps`` steps, whatever the clock says: a trial that starts with
+        no time left (its deadline passed while it waited) trains one epoch, not one at rate 0."""
+        self.end_time = 0.0
+        self.total_steps = self.steps + max(1, steps)
+
     def get_last_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 

@@ -66,10 +66,15 @@ def train_head(config: dict) -> None:
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
             hold("epoch", epoch=state.epoch, **where)   # test gate: held after `epoch` checkpoints
+            end = timing.train_end()
+            if end and end <= time.time():   # no time left: one whole epoch, annealed over its steps
+                end = 0.0
+                for p in parts:
+                    p.scheduler.finish_within(epoch_steps(p))
             for p in parts:   # the learning rate anneals to the end of training (trainables/schedule.py)
-                p.scheduler.end_time = timing.train_end()
+                p.scheduler.end_time = end
             t0 = time.time()
-            res = run_folds_epoch(parts, state, validate=False, stop_at=timing.train_end())
+            res = run_folds_epoch(parts, state, validate=False, stop_at=end)
             timing.epoch_done(time.time() - t0)
             last = res.state.epoch == cfg.epochs or timing.out_of_time()
             if last or res.state.epoch >= cfg.val_from:   # a trial always ends validated: its best
@@ -90,6 +95,11 @@ def train_head(config: dict) -> None:
         raise
     finally:
         shutil.rmtree(best_dir, ignore_errors=True)
+
+
+def epoch_steps(parts) -> int:
+    steps = len(parts.train_loader)
+    return min(steps, parts.cfg.max_batches) if parts.cfg.max_batches else steps
 
 
 def val_share(parts) -> float:
