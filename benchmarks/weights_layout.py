@@ -20,12 +20,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results.tables import markdown_table  # noqa: E402
 from trainables.weights import SOURCES, map_by_order, read_state_dict, source_file  # noqa: E402
 
 UTK_FACES = ROOT.parent / "shared" / "utkmask" / "faces"
@@ -65,8 +67,8 @@ def compare(alias: str, files: list[Path], sizes: list[int]) -> list[dict]:
             for name, model in candidates.items():
                 got = model(x)
                 rows.append({"package": src.pip, "timm model": name, "px": size, "faces": len(files),
-                             "max |logit diff|": float((got - want).abs().max()),
-                             "top-1 agreement": float((got.argmax(1) == want.argmax(1)).float().mean())})
+                             "max abs logit difference": f"{float((got - want).abs().max()):.2e}",
+                             "top-1 agreement": f"{float((got.argmax(1) == want.argmax(1)).float().mean()):.2f}"})
     return rows
 
 
@@ -83,10 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = face_files(n, Path(tmp))
         rows = [r for alias in installed for r in compare(alias, files, sizes)]
-    print("| package | timm model | px | faces | max abs logit difference | top-1 agreement |\n|---|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['package']} | {r['timm model']} | {r['px']} | {r['faces']} | {r['max |logit diff|']:.2e} | "
-              f"{r['top-1 agreement']:.2f} |")
+    print(markdown_table(pd.DataFrame(rows)))
 
 
 if __name__ == "__main__":

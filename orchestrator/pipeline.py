@@ -157,12 +157,14 @@ def check_start_weights(o: RunOptions) -> None:
     """Say where each target's model starts from; pretrained weights are checked before Ray starts."""
     if o.smoke_test:
         return
+    checked = set()
     for t in o.targets:
         bb = o.backbone_of(t)
         if is_none(bb.pretrained):
             log.info("%s: %s at %d px from scratch (--pretrained none: nothing to load)", t, bb.model, bb.img_size)
-        else:
+        elif (bb.model, bb.pretrained) not in checked:   # per-head targets often share one: load it once
             check_weights(recipe_config(t, **asdict(bb)))
+            checked.add((bb.model, bb.pretrained))
 
 
 TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
@@ -211,14 +213,13 @@ class Sizer:
         # = its CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one) and GPUs;
         # the slowest slot sets the pace of each wave
         # one probe per backbone: targets on different backbones train at different speeds
+        arch = {t: replace(o.backbone_of(t), pretrained="none") for t in o.targets}   # speed, not weights
         probed = {}
-        for t in o.targets:
-            bb = replace(o.backbone_of(t), pretrained="none")   # the speed, not the weights
+        for t, bb in arch.items():
             if bb not in probed:
                 cfg = recipe_config(t, **asdict(bb), batch_size=o.batch_size, precision=o.precision)
                 probed[bb] = probe_trial_slots(cfg, parallel, res["cpu"], res["gpu"])
-        speeds = {t: min(p["images_per_s"] for p in probed[replace(o.backbone_of(t), pretrained="none")])
-                  for t in o.targets}
+        speeds = {t: min(p["images_per_s"] for p in probed[bb]) for t, bb in arch.items()}
         probes = [p for ps in probed.values() for p in ps]
         one = min(speeds.values())
         sizer = cls(o, n_train, parallel, one, speeds=speeds)

@@ -88,7 +88,7 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
-        for b in (self.backbone or "b3-224-hub", *self.search_backbones):
+        for b in filter(None, (self.backbone, *self.search_backbones)):
             get_backbone(b)   # ValueError naming the valid ones: a usage error
 
     @property

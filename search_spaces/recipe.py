@@ -26,8 +26,8 @@ def recipe_config(head: str, *, backbone: str | None = None, **overrides) -> Tri
     (core.labels.BACKBONES); ``overrides`` replace single fields (validated once, as a whole: the
     hub weights of the recipe's model are not checked for a smoke model)."""
     fields = asdict(target_row(head).recipe)
-    bb = get_backbone(backbone or fields.pop("backbone"))
-    fields.pop("backbone", None)
+    bb = get_backbone(backbone or fields["backbone"])
+    del fields["backbone"]   # a name, not a TrialConfig field: bb's fields replace it
     return TrialConfig(**(fields | asdict(bb) | {"head": head} | overrides))
 
 

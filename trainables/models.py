@@ -50,13 +50,8 @@ def write_timm_weights(model_name: str, source: str, out: Path | str) -> Path:
     """``source``'s weights in timm ``model_name``'s layout, classifier included, as a safetensors
     file that ``--pretrained FILE`` (or ``timm.create_model(..., pretrained_cfg_overlay={"file":
     FILE})``) loads by name: for a machine where the package cannot be installed."""
-    from safetensors.torch import save_file
-    reference = timm.create_model(model_name)
-    path = weights_path(model_name, source)
-    try:
-        mapped = to_timm_layout(read_state_dict(path), reference.state_dict(), what=f"--pretrained {source}")
-    except WeightsError as exc:
-        raise PretrainedError(f"{exc}: the file does not hold weights of timm model {model_name!r}") from exc
+    from safetensors.torch import save_file   # only this export writes safetensors
+    mapped = timm_weights(model_name, source, classifier=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in mapped.items()}, str(out), metadata={"timm_model": model_name,
                                                                                   "source": str(source)})
@@ -64,23 +59,29 @@ def write_timm_weights(model_name: str, source: str, out: Path | str) -> Path:
 
 
 def pretrained_backbone(model_name: str, source: str) -> dict[str, torch.Tensor]:
-    """The backbone tensors (classifier left out) of ``source`` in timm ``model_name``'s layout.
+    """The backbone tensors (classifier left out) of ``source`` in timm ``model_name``'s layout."""
+    return timm_weights(model_name, source, classifier=False)
 
-    A file in timm's names is matched by name: every backbone tensor present with its shape, no
-    tensor left over (its classifier may have any class count). A file in another layout is
-    matched by order against the architecture with its own classifier (ImageNet's 1,000
-    classes, as the packages ship): the same count, every shape equal."""
+
+def timm_weights(model_name: str, source: str, *, classifier: bool) -> dict[str, torch.Tensor]:
+    """``source``'s tensors in timm ``model_name``'s layout, its classifier kept or left out.
+
+    A file in timm's names is matched by name: every tensor present with its shape, none left
+    over (left out, its classifier may have any class count). A file in another layout is matched
+    by order against the architecture with its own classifier (ImageNet's 1,000 classes, as the
+    packages ship): the same count, every shape equal."""
     path = weights_path(model_name, source)
     reference = timm.create_model(model_name)
     ours, head = reference.state_dict(), classifier_prefixes(reference)
+    keep = (lambda k: True) if classifier else (lambda k: not k.startswith(head))
     what = f"--pretrained {source}" + (f" ({path})" if str(path) != source else "")
     try:
         theirs = read_state_dict(path)
         if all(k in ours or k.startswith(head) for k in theirs):   # timm's names
-            mapped = to_timm_layout({k: v for k, v in theirs.items() if not k.startswith(head)},
-                                    {k: v for k, v in ours.items() if not k.startswith(head)}, what=what)
+            mapped = to_timm_layout({k: v for k, v in theirs.items() if keep(k)},
+                                    {k: v for k, v in ours.items() if keep(k)}, what=what)
         else:
-            mapped = {k: v for k, v in map_by_order(theirs, ours, what=what).items() if not k.startswith(head)}
+            mapped = {k: v for k, v in map_by_order(theirs, ours, what=what).items() if keep(k)}
     except WeightsError as exc:
         raise PretrainedError(f"{exc}: the file does not hold weights of timm model {model_name!r} (saved from "
                               f"another architecture?); {ways_out(model_name)}") from exc

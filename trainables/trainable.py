@@ -25,8 +25,8 @@ from .loop import TTA_VIEWS, placement
 from .mlflow_model import pyfunc_spec
 from .models import save_model_file
 from .schedule import TrialTime
-from .trainer import (TrialState, build_fold_parts, load_state, oof_of, run_folds_epoch, save_state,
-                      validate_folds)
+from .trainer import (TrialState, build_fold_parts, epoch_steps, load_state, oof_of, run_folds_epoch,
+                      save_state, validate_folds)
 
 def _state_file(i: int) -> str:
     return f"state_{i}.pt"   # one per fold model of the trial
@@ -70,7 +70,7 @@ def train_head(config: dict) -> None:
             if end and end <= time.time():   # no time left: one whole epoch, annealed over its steps
                 end = 0.0
                 for p in parts:
-                    p.scheduler.finish_within(epoch_steps(p))
+                    p.scheduler.finish_within(epoch_steps(p.train_loader, p.cfg.max_batches))
             for p in parts:   # the learning rate anneals to the end of training (trainables/schedule.py)
                 p.scheduler.end_time = end
             t0 = time.time()
@@ -97,18 +97,12 @@ def train_head(config: dict) -> None:
         shutil.rmtree(best_dir, ignore_errors=True)
 
 
-def epoch_steps(parts) -> int:
-    steps = len(parts.train_loader)
-    return min(steps, parts.cfg.max_batches) if parts.cfg.max_batches else steps
-
-
 def val_share(parts) -> float:
     """A validation's cost as a share of a training epoch: its images, each in every TTA view."""
     if parts.val_loader is None:
         return 0.0
-    n_train = len(parts.train_loader.dataset)
-    if parts.cfg.max_batches:
-        n_train = min(n_train, parts.cfg.max_batches * parts.cfg.batch_size)
+    n_train = min(len(parts.train_loader.dataset),
+                  epoch_steps(parts.train_loader, parts.cfg.max_batches) * parts.cfg.batch_size)
     return len(parts.val_loader.dataset) * (1 + len(TTA_VIEWS)) * FORWARD_COST / max(1, n_train)
 
 

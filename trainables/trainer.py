@@ -69,9 +69,14 @@ def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) ->
     loss_fn = build_target_loss(cfg, data.target[split_index(data, cfg.fold)[0]]).to(device)
     model = to_device(model, device)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len(train) if not cfg.max_batches else min(len(train), cfg.max_batches)
-    scheduler = BudgetSchedule(optimizer, cfg.epochs * steps, shape=cfg.schedule, warmup=cfg.warmup)
+    scheduler = BudgetSchedule(optimizer, cfg.epochs * epoch_steps(train, cfg.max_batches), shape=cfg.schedule,
+                               warmup=cfg.warmup)
     return Parts(cfg, data, model, loss_fn, optimizer, scheduler, train, val, device)
+
+
+def epoch_steps(loader, max_batches: int = 0) -> int:
+    """Batches an epoch trains: the loader's, at most ``max_batches`` (0 = all)."""
+    return min(len(loader), max_batches) if max_batches else len(loader)
 
 
 def run_epoch(parts: Parts, state: TrialState, validate: bool = True, stop_at: float = 0.0) -> EpochResult:
