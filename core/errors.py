@@ -12,3 +12,8 @@ class DataError(ValueError):
         if more:
             text += f"\n  ... and {more} more"
         super().__init__(f"{len(self.problems)} problem(s) in the input data:\n  - {text}")
+
+
+class StudyFailed(RuntimeError):
+    """A trial of a study failed for good (its retries spent): the study stops rather than go on
+    with part of its folds. The message names the trial, its MLflow run, its error and the fix."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from core.demo_data import DemoSpec, write_demo_data
-from core.errors import DataError
+from core.errors import DataError, StudyFailed
 from core.faces import CropSettings
 from core.folds import FoldSpec, ensure_folds, fold_file
 from core.label_table import load_labels, set_corrections
@@ -508,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, TrackingError, PretrainedError) as exc:   # the user's to fix: the message says how
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StudyFailed as exc:   # a trial failed for good: the message names it and how to continue
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:   # the options hold for this command only (main() is also called in-process)
         for k, v in saved.items():
             if v is None:

@@ -275,8 +275,10 @@ class Sizer:
             epochs = math.floor(time_s / (cv_epoch + full_epoch + val_epoch))
         epochs = max(1, min(o.max_epochs, epochs))
         cv_val = min(epochs, VALIDATED_EPOCHS) * val_epoch
-        search_epochs = max(1, min(epochs, math.floor(share.search_s * self.parallel / max(samples, 1)
-                                                       / (per_fold / one)))) if samples else epochs
+        # a search trial validates (with TTA) every epoch: ASHA compares trials at each of them
+        search_epoch = (per_fold + (self.n_train / o.folds) * 2 * FORWARD_COST) / one
+        search_epochs = max(1, min(epochs, math.floor(share.search_s / self.rounds(samples)
+                                                       / search_epoch))) if samples else epochs
         # deadlines: each phase's trials first start (plan() set that time aside), then train
         start_s = {n: self.rounds(n) * TRIAL_OVERHEAD_S for n in (samples, o.folds, self.seeds)}
         search_end = start + start_s[samples] + share.search_s

@@ -1,7 +1,7 @@
 """What a person watching a study sees: a status table per phase every ~30 s (a Ray Tune
 callback in the driver), and Tune's own warnings only where they mean something.
 
-    all · cv: 2 running, 0 done, 0 failed | 4:12 elapsed, 7:48 left of the phase's 12:00
+    all · cv: 2 running, 0 done, 0 failed | 4:12 elapsed, 7:48 left until the phase's deadline
       trial        fold  epoch  val_f1  best_val_f1
       7d9e8_00000  0     3/6    0.412   0.430
 """
@@ -12,6 +12,8 @@ import os
 import time
 
 from ray.tune import Callback
+
+from core.deadlines import current_deadline
 
 log = logging.getLogger(__name__)
 EVERY_S = 30.0   # seconds between two status tables
@@ -28,15 +30,19 @@ def _f1(v) -> str:
 
 class PhaseProgress(Callback):
     """Logs the phase's trials (running/done/failed, epoch, latest and best val F1) and the
-    time left of its budget (``deadline``, unix time; 0 = none) every ``every_s`` seconds, and
-    once at the end."""
+    time left of its phase's deadline every ``every_s`` seconds, and once at the end.
+    ``phase``: (workspace root, study, phase) of the deadline file (core/deadlines.py), read when
+    shown: a restored Tuner brings back this callback as its first run made it."""
 
-    def __init__(self, label: str, deadline: float = 0.0, every_s: float | None = None):
-        self.label, self.deadline = label, deadline
+    def __init__(self, label: str, phase: tuple[str, str, str], every_s: float | None = None):
+        self.label, self.phase = label, phase
         self.every_s = EVERY_S if every_s is None else every_s
         self.start = time.time()
         self.last = 0.0
         self.lines: list[str] = []   # what was logged (tests read it)
+
+    def setup(self, **info) -> None:   # also when a restored Tuner starts again
+        self.start = time.time()
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.time() - self.last >= self.every_s and any(t.last_result for t in trials):
@@ -55,9 +61,9 @@ class PhaseProgress(Callback):
         count = {s: sum(t.status == s for t in trials) for s in ("RUNNING", "TERMINATED", "ERROR", "PENDING")}
         elapsed = time.time() - self.start
         when = f"{_clock(elapsed)} elapsed"
-        if self.deadline:
-            budget = self.deadline - self.start
-            when += f", {_clock(self.deadline - time.time())} left of the phase's {_clock(budget)}"
+        deadline = current_deadline(*self.phase)
+        if deadline:
+            when += f", {_clock(deadline - time.time())} left until the phase's deadline"
         head = (f"{self.label}: {count['RUNNING']} running, {count['TERMINATED']} done, {count['ERROR']} failed"
                 + (f", {count['PENDING']} waiting" if count["PENDING"] else "") + f" | {when}")
         rows = [("trial", "fold", "epoch", "val_f1", "best_val_f1")]

@@ -18,12 +18,13 @@ from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from trainables.config import FULL_DATA, RunContext, TrialConfig
 
+from core.deadlines import set_deadline
 from core.errors import DataError
 from core.label_table import current_labels
 from .pins import check_study_data
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
-from .study import build_tuner, check_trained_labels, check_weights, trial_trainable
+from .study import build_tuner, check_failed, check_trained_labels, check_weights, trial_trainable
 from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -93,15 +94,17 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:
         space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
+    set_deadline(ws.root, study, "full", deadline)   # what its trials read (core/deadlines.py)
     with ray_session(address, num_cpus):
         warn_if_not_shared(ws, uri)
         tuner = build_tuner(trial_trainable(trial_resources(gpus_per_trial, cpus_per_trial)), space, name=name,
                             ws=ws, max_failures=max_failures, verbose=verbose, label=f"{study} · full",
-                            deadline=deadline)
+                            deadline=(study, "full"))
         results = list(tuner.fit())
-    failed = [r.error for r in results if r.error]
-    if failed:
-        raise RuntimeError(f"retrain of {head} failed: {failed[0]}")
+    if any(r.error is not None for r in results):
+        close_parent(uri, parent, "FAILED")
+    check_failed(results, f"study {study!r} (full-data retrain)",
+                 f"`python -m orchestrator retrain --head {head} --study {study}` (a new retrain), or rerun `run`")
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
     run_ids = [r.metrics["mlflow_run_id"] for r in results]

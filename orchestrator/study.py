@@ -9,6 +9,7 @@ Every trial logs to MLflow from inside (results/trial_log.py); selection reads M
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -21,7 +22,8 @@ from search_spaces import SMOKE, recipe_config, recipe_point, search_space, with
 from trainables.config import RunContext, TrialConfig
 from trainables.pretrained import HUB, check_source, is_none
 
-from core.errors import DataError
+from core.deadlines import current_deadline, set_deadline
+from core.errors import DataError, StudyFailed
 from core.folds import FoldSpec, ensure_folds
 from core.label_table import check_runs_labels, current_labels
 from core.labels import Backbone, check_target, get_backbone
@@ -199,10 +201,11 @@ def trial_trainable(resources: dict):
 
 
 def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failures: int, verbose: int,
-                label: str, deadline: float = 0.0, **tune_config):
+                label: str, deadline: tuple[str, str], **tune_config):
     """The Tuner of search, cv and the full-data retrain: Tune storage in the workspace, a
     crashed trial retried from its last checkpoint (one kept), actors reused between trials,
-    and (verbose >= 1) one progress line per phase instead of Tune's tables (verbose >= 2)."""
+    and (verbose >= 1) one progress line per phase instead of Tune's tables (verbose >= 2).
+    ``deadline``: (study, phase) whose deadline file (core/deadlines.py) the progress shows."""
     from ray import tune   # heavy, as in trial_trainable
 
     from .progress import PhaseProgress, quiet_snapshot_warning   # imports ray.tune: as heavy
@@ -213,37 +216,42 @@ def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failure
                                                 failure_config=tune.FailureConfig(max_failures=max_failures),
                                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                 verbose=verbose if verbose >= 2 else 0,
-                                                callbacks=[PhaseProgress(label, deadline)] if verbose >= 1 else None))
+                                                callbacks=[PhaseProgress(label, (str(ws.root), *deadline))] if verbose >= 1 else None))
 
 
 def _tuner(plan: StudyPlan, phase: str, trainable, space: dict, **tune_config):
     return build_tuner(trainable, space, name=f"{plan.study}-{phase}", ws=plan.ws,
                        max_failures=plan.options.max_failures, verbose=plan.options.verbose,
-                       label=f"{plan.study} · {phase}", deadline=plan.options.deadline, **tune_config)
+                       label=f"{plan.study} · {phase}", deadline=(plan.study, phase), **tune_config)
 
 
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
     from ray.tune import Tuner
     path = plan.exp_path(phase)
+    # this run's deadline for the phase, read by every trial it starts or resumes (a restored
+    # trial's config keeps the deadline of the run that first started it)
+    set_deadline(plan.ws.root, plan.study, phase, plan.options.deadline)
     if Tuner.can_restore(path):
         if not plan.options.resume:
             raise DataError(f"study {plan.study!r} already has a {phase} phase in {path}; pass --resume "
                             "to continue it, or --study NEW_NAME to start another")
-        # resume_errored=False: a trial that failed for good stays failed (OptunaSearch has
-        # already told Optuna so and would ignore any new result); unfinished trials continue
-        # from their checkpoints and finished ones are not rerun. After an MLflow outage
+        # A search trial that failed for good stays failed (OptunaSearch has already told Optuna
+        # so and would ignore any new result); a failed cv fold, which the study cannot do
+        # without, resumes from its last checkpoint. Unfinished trials continue from their
+        # checkpoints and finished ones are not rerun. After an MLflow outage
         # (orchestrator/tracking_outage.py) the failed trials continue too, to finish logging.
         # Runs a killed driver left RUNNING are closed first; a resumed trial reopens its own.
         _close_runs(plan, phase, saved_statuses(path))
         return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                             resume_errored=outage_recorded(path), restart_errored=False)
+                             resume_errored=phase == "cv" or outage_recorded(path), restart_errored=False)
     return make_new()
 
 
 def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
     from ray.tune.schedulers import ASHAScheduler   # heavy (ray), as trial_trainable
-    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    from .search_start import StartBeforeDeadline   # heavy (ray), as above
     parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head,
                          pins=plan.pins.as_dict() if plan.pins else None)
     ctx = plan.context("search", parent)
@@ -261,7 +269,8 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
         searched = SEARCHED + (BACKBONE_FIELDS if names else ())
         space = {k: v for k, v in plan.base.to_dict().items() if k not in searched} | {"run": ctx.to_dict()}
         return _tuner(plan, "search", trainable, space,
-                      search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), scheduler=asha,
+                      search_alg=StartBeforeDeadline(searcher, max_concurrent, (str(plan.ws.root), plan.study,
+                                                                                "search")), scheduler=asha,
                       num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)
     return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
 
@@ -307,19 +316,57 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
     grid = tuner.fit()
     check_after_fit(plan.uri, plan.exp_path(phase), grid, f"python -m orchestrator tune --head {plan.head} "
                     f"--study {plan.study} --phase {phase} --resume")
-    statuses = saved_statuses(plan.exp_path(phase))
+    failed = [r for r in grid if r.error is not None]
+    # Tune saves a trial that failed for good as it last saw it running: the fit's results know
+    statuses = saved_statuses(plan.exp_path(phase)) | {result_trial_id(r): "ERROR" for r in failed}
     _close_runs(plan, phase, statuses)
     unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
     budget = plan.options.time_budget_s
-    out_of_time = phase == "search" and budget is not None and time.time() - t0 >= budget
+    # a search under a deadline starts no trial that could not finish an epoch before it
+    # (orchestrator/search_start.py): fewer trials than asked is then its plan, not an interruption
+    out_of_time = phase == "search" and (bool(plan.options.deadline)
+                                         or budget is not None and time.time() - t0 >= budget)
     if unfinished or (len(statuses) < expected and not out_of_time):
         close_parent(plan.uri, parent, "KILLED")   # a --resume reopens it
         raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
                                f"{expected} trials; continue it with `python -m orchestrator tune --head "
                                f"{plan.head} --study {plan.study} --phase {phase} --resume`",
                                [t for t, s in statuses.items() if s == "TERMINATED"])
+    if failed and phase == "cv":   # every fold votes and gives OOF rows: none may be missing
+        close_parent(plan.uri, parent, "FAILED")
+        check_failed(failed, f"study {plan.study!r} (cv)", f"`python -m orchestrator tune --head {plan.head} "
+                     f"--study {plan.study} --phase cv --resume` (a failed fold resumes from its last "
+                     "checkpoint; `run`: the same command again)")
+    if failed:   # a search goes on without them: Optuna was told, the best finished trial wins
+        log.warning("%s", failure_text(failed, f"study {plan.study!r} ({phase})"))
     close_parent(plan.uri, parent)
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
+
+
+def result_trial_id(result) -> str:
+    """The Tune trial id of a fit's result: reported with every result, else in its folder's name
+    (``train_head_<id>_<n>_<tag>_<date>``: a trial that failed before its first report)."""
+    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(result.path).name)
+    return result.metrics.get("trial_id") or (found.group(1) if found else "")
+
+
+def failure_text(failed: list, what: str) -> str:
+    """Which trials failed for good (Tune results with an error): fold, MLflow run, error, log."""
+    def one(r) -> str:
+        fold = r.config.get("fold", "?")
+        run_id = r.metrics.get("mlflow_run_id") or "none: it failed before its first epoch"
+        error = str(r.error).strip().splitlines()[-1] if str(r.error).strip() else type(r.error).__name__
+        return f"fold {'all' if fold == -1 else fold} (MLflow run {run_id}; log in {r.path}): {error}"
+    return f"{what}: {len(failed)} trial(s) failed for good, their retries spent: " + "; ".join(map(one, failed))
+
+
+def check_failed(results, what: str, resume: str) -> None:
+    """Trials that failed for good stop the study (StudyFailed) rather than leave it with part
+    of its folds; the trials that finished are kept for the ``resume`` command."""
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise StudyFailed(f"{failure_text(failed, what)}. The other trials are kept: fix the cause, then "
+                          f"continue with {resume}")
 
 
 def saved_statuses(exp_path: Path) -> dict[str, str]:

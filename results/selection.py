@@ -162,12 +162,14 @@ def _newest_per_fold(runs: list) -> list:
     return sorted(newest.values(), key=lambda r: r.data.tags.get("fold", ""))
 
 
-def _search(client, exp_id, head: str, phase: str, study: str | None) -> list:
-    """Finished model runs of ``phase`` that predict ``head``: its own and joint (all) models,
-    newest first."""
+def _search(client, exp_id, head: str, phase: str, study: str | None, finished: bool = True) -> list:
+    """Finished (or all) model runs of ``phase`` that predict ``head``: its own and joint (all)
+    models, newest first."""
     runs = []
     for target in (head, ALL):
-        flt = f"tags.head = '{target}' and tags.phase = '{phase}' and attributes.status = 'FINISHED'"
+        flt = f"tags.head = '{target}' and tags.phase = '{phase}'"
+        if finished:
+            flt += " and attributes.status = 'FINISHED'"
         if study:
             flt += f" and tags.study = '{study}'"
         runs += client.search_runs([exp_id], filter_string=flt, max_results=10_000)
@@ -186,11 +188,27 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
     study = study or cv[0].data.tags.get("study", "")   # newest study when none is named
     chosen = [_votes_for(_chosen(client, r, "default"), head) for r in _newest_per_fold(
         [r for r in cv if r.data.tags.get("study", "") == study])]
+    check_folds_finished(client, exp_id, head, study, {c.fold for c in chosen})
     full = _search(client, exp_id, head, "full", study or None) if include_full else []
     # every full-data model of the newest retrain (one per seed when it trained several)
     key = full[0].data.tags.get("retrain") if full else None
     newest = [r for r in full if key is not None and r.data.tags.get("retrain") == key] or full[:1]
     return chosen + [_votes_for(_chosen(client, r, "default"), head) for r in newest]
+
+
+def check_folds_finished(client, exp_id: str, head: str, study: str, finished: set[str]) -> None:
+    """A study votes with all of its folds or not at all: a fold whose runs all failed (or were
+    killed) would leave the OOF rows, the calibration and the report on part of the data."""
+    lost = {}
+    for r in _search(client, exp_id, head, "cv", study, finished=False):
+        fold = r.data.tags.get("fold", "")
+        if fold not in finished:
+            lost.setdefault(fold, r)
+    if lost:
+        raise DataError([f"study {study!r}, head {head}: cv fold {fold} has no finished run (MLflow run "
+                         f"{r.info.run_id} is {r.info.status}); continue the study with `python -m orchestrator "
+                         f"tune --head {r.data.tags.get('head', head)} --study {study} --phase cv --resume` "
+                         "(or rerun `run`), or pick runs with --runs" for fold, r in sorted(lost.items())])
 
 
 Studies = str | Mapping[str, str] | None   # one study for every head, a study per head, or the newest

@@ -85,9 +85,13 @@ def test_a_search_gets_its_own_epochs_and_cv_the_epochs_that_fit_after_it():
     from orchestrator.pipeline import RunOptions, Sizer
     sizer = Sizer(RunOptions(budget_s=1380, folds=2, num_samples=4), n_train=7000, parallel=2, one_images_per_s=100.0)
     plan = sizer.budget_plan(HeadShare(200.0, 700.0, 0.0), samples=4, start=0.0)
-    # 4 search trials on 2 slots in 200 s: 100 s each, ~2.7 epochs of 3,500 images at 95 images/s
-    assert plan.num_samples == 4 and plan.search_epochs == 2
+    # 4 search trials on 2 slots in 200 s: 100 s each. A search epoch trains 3,500 images and
+    # validates the other 3,500 in 2 TTA views (every epoch: ASHA compares them), at 95 images/s
+    # ~74 s: one epoch fits, two would overrun into cv's time
+    assert plan.num_samples == 4 and plan.search_epochs == 1
     assert plan.epochs == plan.full_epochs > plan.search_epochs
+    # 150 s a trial: two validated epochs (147 s), not the four that training alone would fit
+    assert sizer.budget_plan(HeadShare(300.0, 700.0, 0.0), samples=4, start=0.0).search_epochs == 2
     assert 0 < plan.search_end < plan.cv_end < plan.full_end
 
 

@@ -159,3 +159,44 @@ def test_unreachable_tracking_server_is_reported_before_training(tmp_path, crops
     rc = main(["tune", "--head", "age", "--smoke-test", "--data", str(data), "--workspace", str(tmp_path / "ws"),
                "--tracking-uri", "http://127.0.0.1:9"])
     assert rc == 2 and not (tmp_path / "ws" / "tune" / "age-smoke-search").exists()
+
+
+def test_a_fold_that_fails_for_good_stops_the_study_and_resumes_with_this_runs_deadline(ray_local, tws, tmp_path):
+    """A cv fold whose retries are spent stops the study with its fold, run and error (the
+    ensemble refuses the study meanwhile); `--resume` continues that fold from its checkpoint,
+    under the deadline of the resuming run, not the one saved in its config."""
+    from mlflow import MlflowClient as Client
+    from core.errors import StudyFailed
+    from results.selection import default_models
+    data, ws = tws
+
+    def voters():   # the ensemble's default pick of the study's mask models (results/selection.py)
+        client = Client(uri(ws))
+        exp = client.get_experiment_by_name("orchestrator").experiment_id
+        return default_models(client, exp, "orchestrator", "mask", "foldfail", include_full=False)
+
+    first, second = time.time() + 3600, time.time() + 1800
+    opts = smoke(phase="cv", num_samples=0, epochs=2, max_concurrent=1, study="foldfail", max_failures=0,
+                 fault_marker=str(tmp_path / "crashed"), deadline=first)
+    with pytest.raises(StudyFailed, match=r"fold \d \(MLflow run [0-9a-f]{32}; log in .*\): .*--phase cv --resume"):
+        tune_head(data, ws, "mask", opts)
+    runs = find_runs(uri(ws), study="foldfail")
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
+    failed = runs.loc[runs["status"] == "FAILED"].iloc[0]
+    with pytest.raises(DataError, match=f"cv fold {failed['tags.fold']} has no finished run .*{failed['run_id']}"):
+        voters()
+    tune_head(data, ws, "mask", replace(opts, resume=True, deadline=second))
+    after = find_runs(uri(ws), study="foldfail").set_index("run_id")
+    assert len(after) == 2 and set(after["status"]) == {"FINISHED"}         # the failed fold's own run
+    assert metric_steps(ws, failed["run_id"]) == [1, 2]                     # went on from epoch 1
+    assert float(after.loc[failed["run_id"], "tags.deadline"]) == pytest.approx(second, abs=0.1)
+    assert len(voters()) == 2
+
+
+def test_no_search_trial_starts_after_the_search_deadline_but_the_first(ray_local, tws):
+    data, ws = tws
+    opts = smoke(phase="search", num_samples=3, max_concurrent=1, study="late", deadline=time.time() - 1)
+    tune_head(data, ws, "gender", opts)   # fewer trials than asked is the plan, not an interruption
+    runs = find_runs(uri(ws), study="late")
+    assert len(runs) == 1 and runs["status"][0] == "FINISHED"
+    assert metric_steps(ws, runs["run_id"][0]) == [1]   # its one epoch, annealed over its own steps

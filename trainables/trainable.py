@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray import tune
 
+from core.deadlines import current_deadline
 from core.gates import hold
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
@@ -56,12 +57,15 @@ def train_head(config: dict) -> None:
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     where = _where(tc, ctx)
     log.set_tags(placement(parts[0].device))   # where Ray put it: device, its GPU ids
-    if ctx.deadline:   # its learning rate follows the clock: `reproduce` says it cannot match
-        log.set_tags({"trained_to_deadline": "1"})
+    # the phase's deadline as this run's plan set it (a resumed trial's saved config holds the
+    # killed run's: core/deadlines.py)
+    deadline = current_deadline(ctx.workspace, ctx.study, ctx.phase, ctx.deadline)
+    if deadline:   # its learning rate follows the clock: `reproduce` says it cannot match
+        log.set_tags({"trained_to_deadline": "1", "deadline": f"{deadline:.1f}"})
     if state.epoch:   # restored from a checkpoint: its augmentation draws restarted (`reproduce`)
         log.set_tags({"resumed_from_epoch": str(state.epoch)})
     best_dir = Path(tempfile.mkdtemp(prefix="best-"))
-    timing = TrialTime(ctx.deadline, val_share(parts[0]))
+    timing = TrialTime(deadline, val_share(parts[0]))
     try:
         while state.epoch < cfg.epochs:
             _maybe_fault(ctx, state)
