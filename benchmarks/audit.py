@@ -155,7 +155,7 @@ def run_arm(data: Path, ws: Path, budget: str | None, extra: list[str], log: Pat
 
 
 def run_audit(data: Path, ws: Path, log: Path) -> Path:
-    out = ws / "results" / "audit"
+    out = ws / "results" / "audit" / "run-all"   # the study `run` trains
     cmd = [sys.executable, "-m", "orchestrator", "audit", "--data", str(data), "--workspace", str(ws)]
     print("$", " ".join(cmd), f"> {log}", flush=True)
     with open(log, "w") as f:
@@ -228,7 +228,7 @@ def report(work: Path, planted: pd.DataFrame) -> dict:
         f = work / f"arm-{arm}.json"
         if f.is_file():
             out["arms"][arm] = json.loads(f.read_text())
-    audit_dir = work / "ws-noisy" / "results" / "audit"
+    audit_dir = work / "ws-noisy" / "results" / "audit" / "run-all"
     if (audit_dir / "suspects.csv").is_file():
         suspects = pd.read_csv(audit_dir / "suspects.csv", dtype={"person": str}, keep_default_na=False)
         suggested = pd.read_csv(audit_dir / "corrections_suggested.csv", dtype={"id": str}, keep_default_na=False)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     planted = plant(clean, noisy, work / "planted.csv", smoke=a.smoke)
     print(f"planted: {planted.groupby('field').size().to_dict()} (list in {work / 'planted.csv'})", flush=True)
     budget = None if a.smoke else a.budget
-    suggested = work / "ws-noisy" / "results" / "audit" / "corrections_suggested.csv"
+    suggested = work / "ws-noisy" / "results" / "audit" / "run-all" / "corrections_suggested.csv"
     for arm in [x for x in ARMS if x in a.arms and x != "report"]:
         log = work / f"{arm}.log"
         if arm == "crops":

@@ -1,8 +1,9 @@
 """`audit`: which training labels look wrong, from the cv folds' out-of-fold predictions.
 
     cv runs of the study (results.selection) -> OOF per head (the ensemble's reader)
-    -> evidence per person and image (results.audit) -> WS/results/audit/:
-       suspects.csv, corrections_suggested.csv (the --corrections format), suspects.png
+    -> evidence per person and image (results.audit) -> WS/results/audit/STUDY/:
+       suspects.csv, corrections_suggested.csv (the --corrections format: the corrections in
+       effect, then the suggestions), suspects.png
     -> one MLflow run tagged stage=audit with those files.
 
 Report only: nothing is applied. A user reads the sheet, edits the suggestions and passes them
@@ -29,7 +30,8 @@ from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic
 from core.errors import DataError
-from core.label_table import check_runs_labels, current_labels
+from core.csv_input import read_csv
+from core.label_table import check_runs_labels, corrections_file, current_labels
 from core.labels import COMPETITION_OLD_AGE
 from core.manifest import read_manifest
 from core.workspace import Workspace
@@ -116,11 +118,35 @@ def cap(suspects: pd.DataFrame, inp: AuditInputs, max_share: float) -> int:
     return most
 
 
-def write_outputs(inp: AuditInputs, suspects, corrections, ws: Workspace, persons: int):
-    out = ws.results / "audit"
+def audit_dir(ws: Workspace, study: str) -> Path:
+    """WS/results/audit/STUDY: one folder per audited study, so that auditing the study trained
+    on a suggestions file never overwrites the file in effect (`run --corrections` takes it)."""
+    return ws.results / "audit" / study.replace(",", "+")
+
+
+def with_corrections_in_effect(ws: Workspace, suggested: pd.DataFrame) -> pd.DataFrame:
+    """The file to train on next: the corrections already in effect (the audited labels include
+    them), then the new suggestions. Corrections apply in order (core/corrections.py), so a new
+    suggestion for a field overrides the earlier one and a second swap undoes the first."""
+    current = corrections_file(ws)
+    if current is None:
+        return suggested
+    kept = read_csv(current, ("id", "field", "value"), "columns are id,field,value[,note]")
+    kept = kept.reindex(columns=list(suggested.columns), fill_value="")
+    kept["note"] = [f"in effect ({current.name}){': ' + n if n else ''}" for n in kept["note"]]
+    return pd.concat([kept, suggested], ignore_index=True)
+
+
+def write_outputs(inp: AuditInputs, suspects, corrections, ws: Workspace, persons: int, study: str):
+    out = audit_dir(ws, study)
     out.mkdir(parents=True, exist_ok=True)
+    target = out / "corrections_suggested.csv"
+    current = corrections_file(ws)
+    if current is not None and current.resolve() == target.resolve():
+        raise DataError(f"{target} is the workspace's corrections file in effect, and auditing study {study!r} "
+                        "would overwrite it; copy it elsewhere and pass --corrections COPY first")
     write_csv_atomic(suspects, out / "suspects.csv")
-    write_csv_atomic(corrections, out / "corrections_suggested.csv")
+    write_csv_atomic(with_corrections_in_effect(ws, corrections), target)
     manifest = read_manifest(ws.manifest).drop_duplicates("path").set_index("path")
     sheet = contact_sheet(suspects, person_predictions(inp), lambda p: ws.crops / manifest.at[p, "crop"],
                           out / "suspects.png", persons)
@@ -162,7 +188,7 @@ def audit(data: Path, ws: Workspace | Path, opts: AuditOptions = AuditOptions())
     inp = audit_inputs(train, oof, old_from_of(client, chosen), study)
     suspects = audit_suspects(inp, opts.min_score)
     corrections = suggested_corrections(suspects, opts.min_score, cap(suspects, inp, opts.max_share))
-    out, sheet = write_outputs(inp, suspects, corrections, ws, opts.sheet_persons)
+    out, sheet = write_outputs(inp, suspects, corrections, ws, opts.sheet_persons, study)
     files = [out / "suspects.csv", out / "corrections_suggested.csv", *([sheet] if sheet else [])]
     rid = log_audit(client, opts, study, suspects, corrections, files)
     counts = suspects["field"].value_counts().to_dict()

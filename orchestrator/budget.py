@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 _UNITS = {"h": 3600, "m": 60, "s": 1}
 
 
+class BudgetTooSmall(ValueError):
+    """--budget leaves no time to train once start-up and the ensemble are set aside: a usage
+    error, raised before any trial starts (so the run ledger charges nothing for it)."""
+
+
 def parse_duration(text: str | float | int) -> float:
     """'23m', '1h30m', '90s', '90' (seconds) -> seconds."""
     if isinstance(text, (int, float)):

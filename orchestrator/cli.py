@@ -11,14 +11,17 @@ import argparse
 import inspect
 import logging
 import os
+import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.demo_data import DemoSpec, write_demo_data
 from core.errors import DataError, StudyFailed
 from core.faces import CropSettings
 from core.folds import FoldSpec, ensure_folds, fold_file
-from core.label_table import load_labels, set_corrections
+from core.atomic import write_text_atomic
+from core.label_table import RECORD as CORRECTIONS_RECORD, corrections_file, load_labels, set_corrections
 from core.labels import BACKBONES, TABLE, TARGETS
 from core.provenance import REPRODUCE_TOLERANCE
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
@@ -31,7 +34,7 @@ from trainables.config import PRECISIONS
 from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
-from .budget import parse_duration
+from .budget import BudgetTooSmall, parse_duration
 from .preprocess import BATCH, MAX_FAILED, preprocess
 
 log = logging.getLogger("orchestrator")
@@ -216,9 +219,11 @@ def _audit(a) -> int:
     res = audit(a.data, Workspace(a.workspace), opts)
     counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"
     print(f"audit: {len(res.suspects)} suspect(s) ({counts}); {len(res.corrections)} suggested correction(s)\n"
-          f"  {res.out_dir / 'suspects.csv'}\n  {res.out_dir / 'corrections_suggested.csv'} "
-          f"(edit, then: run --corrections FILE)\n  {res.sheet or '(no contact sheet: no suspect)'}\n"
-          f"  MLflow run {res.mlflow_run_id}")
+          f"  {res.out_dir / 'suspects.csv'}\n  {res.out_dir / 'corrections_suggested.csv'}\n"
+          f"  {res.sheet or '(no contact sheet: no suspect)'}\n  MLflow run {res.mlflow_run_id}\n"
+          "review or edit the suggestions, then train on them (with your run's other options):\n  "
+          + command_with(["run", "--data", str(a.data), "--workspace", str(a.workspace)], "--corrections",
+                         res.out_dir / "corrections_suggested.csv"))
     return 0
 
 
@@ -270,15 +275,22 @@ def _run(a) -> int:
                       cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
                       calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
     ws = Workspace(a.workspace)
-    res = run_all(a.data, ws, opts)
+    try:
+        res = run_all(a.data, ws, opts)
+    except BudgetTooSmall as exc:   # before any trial started: a usage error, nothing charged
+        a.parser.error(str(exc))
     uri = ws.tracking_uri(a.tracking_uri)
     ens, audit = res["ensemble"], res["audit"]
+    if res["study"] != opts.study:
+        print(f"study:      {res['study']} (the labels changed since study prefix {opts.study!r} was trained; "
+              "it stays in MLflow for comparison)")
     print(f"submission: {ens.submission}\nreport:     {ens.report_dir}\n"
           f"MLflow:     {ui_hint(uri)}\n"
           f"            the ensemble as one model: models:/{ens.model_id} (python -m orchestrator promote registers it)")
     if audit is not None:
         print(f"audit:      {len(audit.suspects)} suspect label(s), {len(audit.corrections)} suggested correction(s) "
-              f"in {audit.out_dir} (apply with: run --corrections {audit.out_dir / 'corrections_suggested.csv'})")
+              f"in {audit.out_dir}; review or edit the suggestions, then apply them with:\n"
+              f"            {command_with(a.argv, '--corrections', audit.out_dir / 'corrections_suggested.csv')}")
     print(f"done in {res['seconds']:.0f} s" + (f" of a {opts.budget_s:.0f} s budget" if opts.budget_s else ""))
     return 0
 
@@ -476,12 +488,43 @@ def _export_storage(a) -> None:
             os.environ[env] = value
 
 
-def _record_corrections(a) -> None:
-    """--corrections holds for this and every later command on the workspace (core/label_table.py)."""
+def command_with(argv: list[str], option: str, value) -> str:
+    """This command line (``argv``) with ``option value`` instead of any value it had: what to
+    type to run it again with that change."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith(option + "="):
+            skip = False
+            continue
+        skip = arg == option
+        if not skip:
+            out.append(arg)
+    return shlex.join(["python", "-m", "orchestrator", *out, option, str(value)])
+
+
+@contextmanager
+def _corrections_taken(a):
+    """--corrections holds for this and every later command on the workspace (core/label_table.py),
+    once this command accepts it: a command refused (a DataError, a usage error) leaves the
+    workspace's record as it was."""
     if getattr(a, "corrections", None) is None:
+        yield
         return
-    path = set_corrections(Workspace(a.workspace), a.corrections)
+    ws = Workspace(a.workspace)
+    record = Path(ws.root) / CORRECTIONS_RECORD
+    before = record.read_text() if record.is_file() else None
+    path = set_corrections(ws, a.corrections)
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
+    try:
+        yield
+    except (DataError, TrackingError, PretrainedError, SystemExit):
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            write_text_atomic(before, record)
+        print("label corrections: not recorded (the command was refused): the workspace keeps "
+              f"{corrections_file(ws) or 'none'}", file=sys.stderr)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,9 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _record_corrections(args)
-        return args.run(args)
+        with _corrections_taken(args):
+            return args.run(args)
     except (DataError, TrackingError, PretrainedError) as exc:   # the user's to fix: the message says how
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.demo_data import write_demo_data
 from core.errors import DataError
-from core.label_table import load_labels
+from core.label_table import labels_hash, load_labels
 from core.labels import ALL, HEADS, Backbone, get_backbone, target_row
 from core.workspace import Workspace
 from results.voting import EVAL_VOTES
@@ -24,7 +24,7 @@ from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
 from .audit import AuditOptions, audit
-from .budget import PHASE_SHARES, Clock, HeadShare, share_out
+from .budget import PHASE_SHARES, BudgetTooSmall, Clock, HeadShare, share_out
 from .eda import write_eda
 from .ensemble import EnsembleOptions, ensemble
 from .preprocess import preprocess
@@ -32,6 +32,7 @@ from .ray_session import gpu_share, ray_session, trial_resources
 from .retrain import retrain_head
 from .study import TuneOptions, check_weights, tune_head
 from .run_ledger import run_ledger
+from .run_studies import study_prefix, voting_studies
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,21 @@ def ensure_data(data: Path) -> Path:
 
 
 def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
-    o = options
     data = ensure_data(data)
     ws.make()
-    # a rerun after a kill counts the killed run's seconds against the budget
-    with run_ledger(ws, o.study, o.budget_s, ws.tracking_uri(o.tracking_uri),
-                    [f"{o.study}-{t}" for t in o.targets]) as clock:
-        return _run_stages(data, ws, o, clock)
-
-
-def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
+    uri = ws.tracking_uri(options.tracking_uri)
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
+    labels = labels_hash(train)
+    # before anything trains: the study these labels train (orchestrator/run_studies.py) ...
+    o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
+    # ... and every head's voters
+    studies = voting_studies(uri, o.study, o.targets, labels, full=o.eval_vote == "full")
+    # a rerun after a kill counts the killed run's seconds against the budget
+    with run_ledger(ws, o.study, o.budget_s, uri, [f"{o.study}-{t}" for t in o.targets]) as clock:
+        return _run_stages(data, ws, o, clock, train, studies) | {"study": o.study}
+
+
+def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock, train, studies: dict) -> dict:
     write_eda(train, ws.results / "eda")
     check_start_weights(o)
     plans = {}
@@ -148,8 +153,8 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock) -> dict:
             # overrun is taken from the later ones, never from the ensemble's reserve
             plans[target] = sizer.plan(target, o.targets[i:], clock)
             train_head_models(data, ws, target, o, plans[target])
-        result = run_ensemble(data, ws, o)
-    audit = run_audit(data, ws, o)
+        result = ensemble(data, ws, ensemble_options(o, studies))
+    audit = run_audit(data, ws, o, studies)
     return {"plans": plans, "ensemble": result, "audit": audit, "seconds": clock.elapsed()}
 
 
@@ -244,7 +249,7 @@ class Sizer:
         train_s = clock.left() - self.reserve_s - overhead * len(left)
         if train_s < MIN_HEAD_S * len(left):
             if left == o.targets:   # nothing trained yet: say so rather than overrun
-                raise ValueError(f"budget too small: {clock.left():.0f} s left for {len(left)} model(s), "
+                raise BudgetTooSmall(f"budget too small: {clock.left():.0f} s left for {len(left)} model(s), "
                                  f"{self.reserve_s + overhead * len(left):.0f} s of it needed for trial "
                                  "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
             # earlier heads overran (a loaded machine): this one still gets its models, one
@@ -317,29 +322,19 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
                  seeds=plan.full_seeds)
 
 
-def trained_studies(o: RunOptions) -> dict[str, str]:
-    """head -> the study `run` trained for it: the joint study in every head, or the head's own."""
-    return {h: f"{o.study}-{ALL if o.joint else h}" for h in o.heads}
-
-
-def ensemble_options(o: RunOptions):
-    """The ensemble of exactly the studies this run trained (never another, newer study)."""
+def ensemble_options(o: RunOptions, studies: dict[str, str]):
+    """The ensemble of exactly ``studies`` (orchestrator/run_studies.py: never another, newer one)."""
     # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
     return EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
-                           study=trained_studies(o), use_ray=o.budget_s is not None and not o.smoke_test,
+                           study=studies, use_ray=o.budget_s is not None and not o.smoke_test,
                            gpus_per_model=o.gpus_per_trial, cpus_per_model=o.cpus_per_trial)
 
 
-def run_ensemble(data: Path, ws: Workspace, o: RunOptions):
-    res = ensemble(data, ws, ensemble_options(o))
-    return res
-
-
-def run_audit(data: Path, ws: Workspace, o: RunOptions):
-    """The label audit of the studies just trained: a report, never applied. Its failure (say,
+def run_audit(data: Path, ws: Workspace, o: RunOptions, studies: dict[str, str]):
+    """The label audit of the voting studies: a report, never applied. Its failure (say,
     --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
     try:
-        res = audit(data, ws, AuditOptions(study=trained_studies(o), tracking_uri=o.tracking_uri))
+        res = audit(data, ws, AuditOptions(study=studies, tracking_uri=o.tracking_uri))
     except DataError as exc:
         log.warning("label audit skipped: %s", exc)
         return None

@@ -23,7 +23,7 @@ from core.atomic import write_text_atomic
 from core.errors import DataError
 from core.workspace import Workspace
 
-from .budget import Clock
+from .budget import BudgetTooSmall, Clock
 
 HEARTBEAT_S = 5.0   # a killed run's count is at most this much short
 
@@ -62,7 +62,7 @@ def close_stale_runs(uri: str, studies: list[str]) -> int:
 def run_ledger(ws: Workspace, study: str, budget_s: float | None, uri: str, studies: list[str]):
     """Yields the run's Clock: over ``budget_s``, less what killed earlier runs used."""
     path = Path(ws.results) / f"run-{study}.json"
-    used = 0.0
+    used, old = 0.0, None
     if path.is_file():
         old = json.loads(path.read_text())
         if _alive(old):
@@ -92,6 +92,14 @@ def run_ledger(ws: Workspace, study: str, budget_s: float | None, uri: str, stud
     writer.start()
     try:
         yield clock
+    except BudgetTooSmall:   # refused before any trial started: the ledger is as it was
+        stop.set()
+        writer.join()
+        if old is None:
+            path.unlink()
+        else:
+            write_text_atomic(json.dumps(old), path)
+        raise
     finally:
         stop.set()
         writer.join()

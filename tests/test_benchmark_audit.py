@@ -58,7 +58,7 @@ def test_smoke_mode_plants_runs_audits_and_scores(tmp_path):
     for field, pr in out["precision_recall_at_k"].items():
         assert pr["planted"] == 1 and 0 <= pr["hits"] <= 1
     assert 0 <= out["arms"]["noisy"]["f1"] <= 1
-    assert (tmp_path / "ws-noisy" / "results" / "audit" / "suspects.png").is_file() or \
+    assert (tmp_path / "ws-noisy" / "results" / "audit" / "run-all" / "suspects.png").is_file() or \
         out["suggestions"]["suggested"] == 0
     assert json.loads((tmp_path / "arm-noisy.json").read_text())["budget"] == "smoke"
     # the arm started from the shared crops (hard links), and (b)'s corrections file is kept apart

@@ -98,9 +98,10 @@ def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
     from mlflow_runs import joint_oof_frame, log_model_run, log_study, store
 
     from core.dataset import load_train
-    from orchestrator.pipeline import RunOptions, ensemble_options
+    from orchestrator.run_studies import voting_studies
     from results.selection import choose_models
     client = store(tmp_path / "ws")
+    uri = client.tracking_uri
     train = load_train(demo_dir)
     rng = np.random.default_rng(0)
 
@@ -115,12 +116,42 @@ def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
     for h, s in per_head.items():
         log_study(client, demo_dir, tmp_path / s, study=s, k=2)
     again = joint("r2")
-    chosen = choose_models(client, study=ensemble_options(RunOptions()).study)
+    chosen = choose_models(client, study=voting_studies(uri, "run", ("all",), "", full=True))
     for head, models in chosen.items():
         assert {m.run_id for m in models} >= {again[2]} and {m.study for m in models} == {"run-all"}, head
-    by_head = ensemble_options(RunOptions(joint=False)).study
+    by_head = voting_studies(uri, "run", ("mask", "gender", "age"), "", full=True)
     assert by_head == per_head
     assert {m.study for m in choose_models(client, study=by_head)["age"]} == {"run-age"}
+    # --per-head --heads age: mask and gender vote with the run's own earlier per-head studies
+    assert voting_studies(uri, "run", ("age",), "", full=True) == per_head
+
+
+def test_a_partial_per_head_run_is_checked_before_training(tmp_path):
+    """`run --per-head --heads age` votes mask and gender with the run's studies of the current
+    labels (its own per-head ones, else the joint one), or stops before training, naming them."""
+    from mlflow_runs import log_model_run, store
+
+    from core.errors import DataError
+    from orchestrator.run_studies import study_prefix, voting_studies
+    client = store(tmp_path / "ws")
+    uri = client.tracking_uri
+    with pytest.raises(DataError, match="(?s)head mask: 'run-mask' has no finished cv models and 'run-all' has no "
+                                        "finished cv models.*--heads mask,gender,age"):
+        voting_studies(uri, "run", ("age",), "new", full=True)
+    for fold in (0, 1):
+        log_model_run(client, tmp_path, head="all", phase="cv", fold=fold, study="run-all", tags={"labels": "old"})
+    with pytest.raises(DataError, match="'run-all' has no full-data models"):
+        voting_studies(uri, "run", ("age",), "old", full=True)
+    assert voting_studies(uri, "run", ("age",), "old", full=False) == {"mask": "run-all", "gender": "run-all",
+                                                                       "age": "run-age"}
+    with pytest.raises(DataError, match="'run-all' was trained on another label table"):
+        voting_studies(uri, "run", ("age",), "new", full=False)
+    # the labels changed since run-all: the joint run trains the next study name
+    assert study_prefix(uri, "run", ("all",), "old") == "run"
+    assert study_prefix(uri, "run", ("all",), "new") == "run-2"
+    log_model_run(client, tmp_path, head="all", phase="cv", fold=0, study="run-2-all", tags={"labels": "new"})
+    assert study_prefix(uri, "run", ("all",), "new") == "run-2"     # its rerun finds it again
+    assert study_prefix(uri, "run", ("all",), "newer") == "run-3"
 
 
 def test_ensemble_study_per_head(demo_dir, tmp_path):

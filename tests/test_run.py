@@ -1,5 +1,9 @@
 """`run` end to end on the demo data: real Ray, Tune + Optuna, MLflow (SQLite), ensemble."""
+import io
+import json
+import shlex
 import time
+from contextlib import redirect_stdout
 from collections import Counter
 from pathlib import Path
 
@@ -27,8 +31,11 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     write_demo_data(root / "data", DemoSpec(train_persons=16, eval_persons=4))
     corr = ages(root / "data", root / "corrections.csv", 70)
-    assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test",
-                 "--corrections", str(corr)]) == 0
+    out = io.StringIO()
+    with redirect_stdout(out):   # what a user reads at the end (the audit's next command)
+        assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test",
+                     "--corrections", str(corr)]) == 0
+    (root / "run.out").write_text(out.getvalue())
     return root
 
 
@@ -84,7 +91,7 @@ def test_mlflow_has_every_stage(smoke_run):
 
 def test_run_audits_the_labels_and_the_audit_command_repeats_it(smoke_run):
     ws = smoke_run / "ws"
-    audit_dir = ws / "results" / "audit"
+    audit_dir = ws / "results" / "audit" / "run-all"
     suspects = pd.read_csv(audit_dir / "suspects.csv")
     assert list(suspects.columns[:6]) == ["person", "image", "field", "label", "evidence", "score"]
     assert main(["audit", "--data", str(smoke_run / "data"), "--workspace", str(ws), "--study", "run-all"]) == 0
@@ -107,16 +114,44 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
     assert time.time() - t0 < 600
 
 
-def test_changed_corrections_stop_what_was_trained_on_the_old_labels(smoke_run, capsys):
-    """Runs last on smoke_run: it changes the workspace's corrections."""
-    data, ws = str(smoke_run / "data"), str(smoke_run / "ws")
-    ages(smoke_run / "data", smoke_run / "corrections.csv", 20)   # the same file, edited
-    assert main(["ensemble", "--data", data, "--workspace", ws]) == 2       # manifest made before the edit
+def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
+    data, ws = str(smoke_run / "data"), smoke_run / "ws"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--data", data, "--workspace", str(ws), "--budget", "5s", "--model", "test_efficientnet",
+              "--img-size", "32"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "budget too small" in err and "Traceback" not in err
+    assert not (ws / "results" / "run-run.json").exists()   # the run ledger charged nothing
+
+
+def test_the_audits_printed_command_trains_the_next_study_on_the_corrected_labels(smoke_run, capsys):
+    """The loop README promises: `run` prints the command that applies the audit's suggestions;
+    after editing them, that command (as printed) trains the next study on the new labels, the
+    old study stays, and a command refused on the way leaves the workspace's corrections as
+    they were. Runs last on smoke_run: it changes the workspace's corrections."""
+    from core.label_table import RECORD
+    from results.tracking import find_runs
+    data, ws = str(smoke_run / "data"), smoke_run / "ws"
+    [line] = [ln for ln in (smoke_run / "run.out").read_text().splitlines() if ln.strip().startswith("python -m")]
+    argv = shlex.split(line)[3:]                       # as printed, less `python -m orchestrator`
+    suggested = Path(argv[argv.index("--corrections") + 1])
+    assert suggested.parent == ws / "results" / "audit" / "run-all" and "--smoke-test" in argv
+    ages(smoke_run / "data", suggested, 20)            # the user's edit of the suggestions
+    recorded = json.loads((ws / RECORD).read_text())
+    assert main(["ensemble", "--data", data, "--workspace", str(ws), "--corrections", str(suggested)]) == 2
     assert "rerun `python -m orchestrator preprocess`" in capsys.readouterr().err
-    assert main(["run", "--data", data, "--workspace", ws, "--smoke-test"]) == 2   # re-preprocessed, then the study
-    assert "--study NEW_PREFIX" in capsys.readouterr().err
-    assert main(["retrain", "--data", data, "--workspace", ws, "--head", "all", "--study", "run-all"]) == 2
-    assert main(["ensemble", "--data", data, "--workspace", ws]) == 2
+    assert json.loads((ws / RECORD).read_text()) == recorded   # refused: the old corrections stay
+    assert main(argv) == 0
+    assert "study:      run-2 (the labels changed" in capsys.readouterr().out
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    old, new = (find_runs(uri, study=s, phase="cv") for s in ("run-all", "run-2-all"))
+    assert len(new) == 2 and set(new["status"]) == {"FINISHED"} and len(old) == 2   # the old study stays
+    assert set(new["tags.labels"]).isdisjoint(set(old["tags.labels"]))
+    assert json.loads((ws / RECORD).read_text())["path"] == str(suggested.resolve())
+    sub = pd.read_csv(ws / "results" / "submission.csv")
+    assert (sub["ans"] % 3 == 0).mean() > 0.5, "the new study did not learn the corrected ages (<30)"
+    # the old study cannot go on with the new labels
+    assert main(["retrain", "--data", data, "--workspace", str(ws), "--head", "all", "--study", "run-all"]) == 2
     assert "trained on another label table" in capsys.readouterr().err
 
 

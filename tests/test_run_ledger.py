@@ -53,3 +53,19 @@ def test_a_failed_run_keeps_its_ledger(tmp_path):
         with run_ledger(ws, "run", 100, f"sqlite:///{tmp_path / 'mlflow.db'}", ["run-all"]):
             raise RuntimeError("boom")
     assert json.loads((ws.results / "run-run.json").read_text())["budget_s"] == 100
+
+
+def test_a_budget_too_small_leaves_the_ledger_as_it_was(tmp_path):
+    from orchestrator.budget import BudgetTooSmall
+    ws = Workspace(tmp_path / "ws").make()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(BudgetTooSmall):
+        with run_ledger(ws, "run", 5, uri, ["run-all"]):
+            raise BudgetTooSmall("budget too small")
+    assert not (ws.results / "run-run.json").exists()        # nothing charged
+    _killed_ledger(ws, used_s=40)
+    killed = json.loads((ws.results / "run-run.json").read_text())
+    with pytest.raises(BudgetTooSmall):
+        with run_ledger(ws, "run", 45, uri, ["run-all"]):
+            raise BudgetTooSmall("budget too small")
+    assert json.loads((ws.results / "run-run.json").read_text()) == killed   # the killed run's count only

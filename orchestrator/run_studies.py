@@ -1,0 +1,86 @@
+"""Which studies a `run` trains and which vote for each head, decided before anything trains.
+
+* **A changed label table starts the next study.** A study's trials all train on one label
+  table (core/label_table.py). When train.csv or the corrections changed since the studies of
+  ``--study run`` were trained (the audit's loop: `run --corrections FILE`), `run` trains the
+  next free name, ``run-2`` (then ``run-3``, ...), and says so; the old studies stay in MLflow
+  for comparison. A rerun with the same labels finds its own study again.
+* **Every head votes with a study trained on these labels.** `run --per-head --heads age`
+  trains the age study only; mask and gender vote with the run's earlier studies of the same
+  name (``run-mask``, else the joint ``run-all``), which must hold finished cv models (and
+  full-data models when they vote) trained on the current labels. Otherwise the run stops
+  before training, naming what is missing and the command that makes it.
+"""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from core.errors import DataError
+from core.labels import ALL, HEADS
+from results.tracking import find_runs
+
+log = logging.getLogger(__name__)
+
+
+def _labels_of(runs: pd.DataFrame) -> set[str]:
+    if runs.empty or "tags.labels" not in runs:
+        return set()
+    return set(runs["tags.labels"].dropna()) - {""}
+
+
+def study_prefix(uri: str, prefix: str, targets: tuple[str, ...], labels: str) -> str:
+    """``prefix``, or the first of ``prefix-2``, ``prefix-3``, ... whose studies hold no run
+    trained on another label table than ``labels``."""
+    for n in range(1, 1000):
+        name = prefix if n == 1 else f"{prefix}-{n}"
+        other = set().union(*(_labels_of(find_runs(uri, study=f"{name}-{t}")) for t in targets)) - {labels}
+        if not other:
+            if n > 1:
+                log.warning("the labels changed since study %r was trained (train.csv or the corrections): "
+                            "this run trains study %r on the current labels (table %s); %r stays in MLflow "
+                            "for comparison", f"{prefix}-{targets[0]}", f"{name}-{targets[0]}", labels,
+                            f"{prefix}-{targets[0]}")
+            return name
+    raise DataError(f"study names {prefix}-2 ... {prefix}-999 are all taken by other label tables; "
+                    "pass --study NEW_PREFIX")
+
+
+def _usable(uri: str, study: str, head: str, labels: str, full: bool) -> str | None:
+    """Why ``study`` cannot vote for ``head`` (None: it can)."""
+    cv = find_runs(uri, study=study, phase="cv")
+    cv = cv[cv["status"] == "FINISHED"] if not cv.empty else cv
+    if cv.empty:
+        return f"{study!r} has no finished cv models"
+    if _labels_of(cv) - {labels}:
+        return f"{study!r} was trained on another label table"
+    if full and find_runs(uri, study=study, phase="full").query("status == 'FINISHED'").empty:
+        return f"{study!r} has no full-data models (they vote under --eval-vote full)"
+    return None
+
+
+def voting_studies(uri: str, prefix: str, trained: tuple[str, ...], labels: str, full: bool) -> dict[str, str]:
+    """head -> the study that votes for it: the study this run trains for it (a target in
+    ``trained``), else the run's earlier one of its own name or the joint one."""
+    if ALL in trained:
+        return {h: f"{prefix}-{ALL}" for h in HEADS}
+    out, missing = {h: f"{prefix}-{h}" for h in trained}, []
+    for head in (h for h in HEADS if h not in trained):
+        why = []
+        for study in (f"{prefix}-{head}", f"{prefix}-{ALL}"):
+            reason = _usable(uri, study, head, labels, full)
+            if reason is None:
+                out[head] = study
+                break
+            why.append(reason)
+        else:
+            missing.append(f"head {head}: {' and '.join(why)}")
+    if missing:
+        raise DataError([f"--heads {','.join(trained)} trains only those heads, but the ensemble votes with every "
+                         f"head; {m}" for m in missing] +
+                        [f"train them too (`run --per-head --heads {','.join(HEADS)} --study {prefix}`), "
+                         "or train them first on the current labels with the same --study"])
+    for head in (h for h in HEADS if h not in trained):
+        log.info("%s: votes with study %r (not trained by this run)", head, out[head])
+    return out
