@@ -19,9 +19,10 @@ def test_benchmark_smoke_mode_runs(script, request):
     if script in ELSEWHERE:
         pytest.skip(ELSEWHERE[script])
     args = []
-    if script in ("quality.py", "ablation.py"):
-        # quality.py --smoke ran once for the suite (conftest's budget_run); ablation.py reuses
-        # its finished workspace (a `run` of its own would cost the suite another minute)
+    if script in ("quality.py", "ablation.py", "calibration_transfer.py"):
+        # quality.py --smoke ran once for the suite (conftest's budget_run); ablation.py and
+        # calibration_transfer.py reuse its finished workspace (a `run` of their own would cost
+        # the suite another minute)
         made = request.getfixturevalue("budget_run")
         if script == "quality.py":   # the fixture ran it: check what it measured
             assert 0 <= made["f1"] <= 1 and made["wall_s"] > 0

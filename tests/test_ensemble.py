@@ -50,10 +50,14 @@ def test_a_rerun_fold_votes_once(tmp_path, demo_dir):
     client = store(tmp_path / "ws")
     first = log_model_run(client, tmp_path, head="mask", phase="cv", fold=0)
     second = log_model_run(client, tmp_path, head="mask", phase="cv", fold=0)
-    log_model_run(client, tmp_path, head="mask", phase="cv", fold=1, status="FAILED")
+    failed = log_model_run(client, tmp_path, head="mask", phase="cv", fold=1, status="FAILED")
     for h in ("gender", "age"):
         log_model_run(client, tmp_path, head=h, phase="cv", fold=0)
-    assert [m.run_id for m in choose_models(client)["mask"]] == [second]
+    # a fold that never finished is not left out in silence: the OOF rows would miss its persons
+    with pytest.raises(DataError, match=f"cv fold 1 has no finished run \\(MLflow run {failed} is FAILED\\)"):
+        choose_models(client)
+    again = log_model_run(client, tmp_path, head="mask", phase="cv", fold=1)   # its resumed or rerun trial
+    assert [m.run_id for m in choose_models(client)["mask"]] == [second, again]
     assert first != second
 
 
