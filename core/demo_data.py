@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 
 from .labels import IMAGE_KINDS, age_group, encode
@@ -80,6 +79,7 @@ def _persons(rng: random.Random, n: int, first_id: int) -> list[dict]:
 def write_demo_data(out: Path | str, spec: DemoSpec = DemoSpec()) -> Path:
     """Write train/ and eval/ (plus eval/answers.csv with the true classes and eval/ages.csv with
     the true ages, for benchmarks) under ``out``."""
+    import pandas as pd   # heavy: the CLI reads DemoSpec for its --help
     out = Path(out)
     rng = random.Random(spec.seed)
     train = _persons(rng, spec.train_persons, 1)
@@ -97,6 +97,7 @@ def write_demo_data(out: Path | str, spec: DemoSpec = DemoSpec()) -> Path:
 
 
 def _write_eval(out: Path, persons: list[dict], rng: random.Random) -> None:
+    import pandas as pd   # heavy, as in write_demo_data
     (out / "eval" / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for p in persons:

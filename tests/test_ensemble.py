@@ -251,7 +251,7 @@ def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, 
     ws, client, ids = study_ws
     out = tmp_path / "sub.csv"
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--vote", "hard",
-               "--no-calibrate", "--no-full", "--tta", "none", "--submission", str(out)])
+               "--no-calibrate", "--no-full", "--eval-vote", "all", "--tta", "none", "--submission", str(out)])
     assert rc == 0 and len(pd.read_csv(out)) == len(pd.read_csv(demo_dir / "eval" / "info.csv"))
     per_class = pd.read_csv(Workspace(ws).results / "ensemble" / "per_class.csv")
     assert (per_class["offset"] == 0).all()
@@ -308,8 +308,8 @@ def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_pat
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick
-    local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "local.csv"))
-    on_ray = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "ray.csv",
+    local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, eval_vote="all", submission=tmp_path / "local.csv"))
+    on_ray = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, eval_vote="all", submission=tmp_path / "ray.csv",
                                                      use_ray=True, num_cpus=1))
     assert len(on_ray.models) == 3
     assert pd.read_csv(local.submission).equals(pd.read_csv(on_ray.submission))
