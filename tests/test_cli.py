@@ -3,15 +3,39 @@ import sys
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli import COMMANDS, main
 
 DESIGN_COMMANDS = ("preprocess", "tune", "retrain", "ensemble", "run", "demo-data", "eda")
+NOT_FOR_HELP = ("mlflow", "sklearn", "matplotlib", "torch")
 
 
 def test_help_lists_design_commands():
     out = subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in DESIGN_COMMANDS:
         assert cmd in out
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_imports_no_stage(command):
+    """`--help` builds the parser only: no stage's stack (README 'Commands'), so it answers at once."""
+    probe = ("import runpy, sys\ntry:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
+             "except SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
+    argv = [sys.executable, "-c", probe, *([command] if command else []), "--help"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    *help_text, loaded = proc.stdout.strip().splitlines()
+    assert "usage: python -m orchestrator" in help_text[0]
+    assert not set(loaded.split()) & set(NOT_FOR_HELP), f"{command} --help imported {set(loaded.split()) & set(NOT_FOR_HELP)}"
+
+
+def test_help_shows_each_default_from_its_declaration():
+    """Defaults in the help come from the option records, never a restated literal."""
+    from orchestrator.options import GPU_SHARE, TuneOptions
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "tune", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    flat = " ".join(out.split())
+    assert f"two trials a card) (default: {GPU_SHARE})" in flat
+    assert f"--max-failures MAX_FAILURES retries of a crashed trial from its checkpoint (default: {TuneOptions.max_failures})" in flat
+    assert "--experiment EXPERIMENT MLflow experiment name (default: orchestrator)" in flat
 
 
 def test_demo_data_then_eda_write_plots(tmp_path):

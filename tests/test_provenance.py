@@ -1,4 +1,4 @@
-"""Provenance (issue 18): nothing stale is reused, the right studies vote, a study is pinned to
+"""Provenance: nothing stale is reused, the right studies vote, a study is pinned to
 its inputs, the calibration is applied only when checked, and a trial can be reproduced."""
 import json
 
