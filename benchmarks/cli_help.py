@@ -1,7 +1,8 @@
 """How long `python -m orchestrator [COMMAND] --help` takes, and which heavy stacks it imports.
 
 Each call is a fresh interpreter, as a user starts it; the figure is the median wall time of
---repeat calls. ``--compare DIR`` times another checkout (an older commit, say) side by side:
+--repeat calls. ``--compare DIR`` times another checkout (an older commit, say) side by side,
+its calls alternating with this checkout's so that both see the same load:
 
     git clone -q . ../before && git -C ../before checkout -q COMMIT
     python benchmarks/cli_help.py --compare ../before
@@ -35,12 +36,14 @@ def help_call(checkout: Path, command: str) -> tuple[float, str]:
     return wall, out.rsplit("HEAVY ", 1)[-1].strip() or "none"
 
 
-def measure(checkout: Path, commands: list[str], repeat: int) -> list[dict]:
-    rows = []
+def measure(checkouts: list[Path], commands: list[str], repeat: int) -> list[list[dict]]:
+    """Per checkout, a row per command; the checkouts' calls alternate, so both see the same load."""
+    rows = [[] for _ in checkouts]
     for command in commands:
-        calls = [help_call(checkout, command) for _ in range(repeat)]
-        rows.append({"command": f"{command} --help".strip(), "median_s": round(statistics.median(c[0] for c in calls), 2),
-                     "imports": calls[-1][1]})
+        calls = [[help_call(c, command) for c in checkouts] for _ in range(repeat)]
+        for i, _ in enumerate(checkouts):
+            rows[i].append({"command": f"{command} --help".strip(), "imports": calls[-1][i][1],
+                            "median_s": round(statistics.median(c[i][0] for c in calls), 2)})
     return rows
 
 
@@ -52,8 +55,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="one call each of the top level and tune (CI)")
     a = ap.parse_args()
     commands, repeat = (["", "tune"], 1) if a.smoke else (a.commands.split(","), a.repeat)
-    now = measure(ROOT, commands, repeat)
-    before = measure(a.compare.resolve(), commands, repeat) if a.compare else None
+    now, before = (measure([ROOT, a.compare.resolve()], commands, repeat) if a.compare
+                   else (measure([ROOT], commands, repeat)[0], None))
     print("| command | this checkout (s) | imports |" + (" compared (s) | imports |" if before else ""))
     print("| --- | --- | --- |" + (" --- | --- |" if before else ""))
     for i, row in enumerate(now):

@@ -220,11 +220,16 @@ def _tune_args(p):
     add_flags(p, dict.fromkeys(TRIAL_FLAGS), *TRIAL_FLAGS)   # unset: the recipe's (TuneOptions.trial)
 
 
+def _tune_options(a) -> TuneOptions:
+    """The study's options; the trial settings given go to TuneOptions.trial (else the recipe's)."""
+    trial = {k: getattr(a, k) for k in TRIAL_FLAGS if getattr(a, k) is not None}
+    return _options(a, TuneOptions, **picked(a, TuneOptions, trial=trial))
+
+
 def _tune(a) -> int:
     from results.tables import markdown_table   # heavy (pandas)
     from .study import StudyInterrupted, tune_head   # heavy (mlflow, Ray Tune)
-    trial = {k: getattr(a, k) for k in TRIAL_FLAGS if getattr(a, k) is not None}
-    opts = _options(a, TuneOptions, **picked(a, TuneOptions, trial=trial))
+    opts = _tune_options(a)
     ws = Workspace(a.workspace)
     try:
         table = tune_head(a.data, ws, a.head, opts)

@@ -38,6 +38,38 @@ def test_help_shows_each_default_from_its_declaration():
     assert "--experiment EXPERIMENT MLflow experiment name (default: orchestrator)" in flat
 
 
+COMMON = {"data", "workspace", "tracking_uri", "storage", "artifact_location", "log_level", "corrections",
+          "command", "run", "parser"}
+
+
+def test_every_flag_lands_in_the_options_its_stage_takes():
+    """A flag no option record takes would be parsed and then dropped: each is a record's field."""
+    from core.faces import CropSettings
+    from orchestrator import cli
+    from orchestrator.options import (AuditOptions, EnsembleOptions, PreprocessOptions, PromoteOptions,
+                                      RetrainOptions, RunOptions, TuneOptions)
+    from dataclasses import fields
+    takes = {"tune": (TuneOptions, {"head", *cli.TRIAL_FLAGS}), "retrain": (RetrainOptions, {"head"}),
+             "run": (RunOptions, set()), "ensemble": (EnsembleOptions, set()), "audit": (AuditOptions, set()),
+             "promote": (PromoteOptions, set()), "preprocess": (PreprocessOptions, {f.name for f in fields(CropSettings)})}
+    for command, (record, also) in takes.items():
+        args = cli.build_parser([command]).parse_args([command, *(["--head", "age"] if "head" in also else [])])
+        stray = set(vars(args)) - COMMON - also - {f.name for f in fields(record)}
+        assert not stray, f"{command}: {stray} reach no field of {record.__name__}"
+
+
+def test_tune_flags_become_the_study_options_and_trial_settings():
+    from orchestrator import cli
+    from orchestrator.options import GPU_SHARE
+    args = cli.build_parser(["tune"]).parse_args(["tune", "--head", "age", "--epochs", "3", "--img-size", "48",
+                                                  "--search-backbones", "lite0-64,resnet10t-64", "--fold", "1"])
+    opts = cli._tune_options(args)
+    assert opts.trial == {"epochs": 3, "img_size": 48} and opts.fold == "1" and opts.gpus_per_trial == GPU_SHARE
+    assert opts.search_backbones == ("lite0-64", "resnet10t-64") and opts.k == 5 and opts.samples == 20
+    with pytest.raises(ValueError, match=r"trial setting\(s\) lr_max: use TrialConfig fields"):
+        type(opts)(trial={"lr_max": 1.0})
+
+
 def test_demo_data_then_eda_write_plots(tmp_path):
     data, ws = tmp_path / "data", tmp_path / "ws"
     assert main(["demo-data", "--data", str(data), "--persons", "12", "--eval-persons", "2"]) == 0
