@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from results.audit import AuditInputs, audit_suspects, person_predictions, suggested_corrections
 from results.contact_sheet import contact_sheet
 from results.run_schema import AUDIT, OOF_FILE, run_status, start_run
-from results.selection import ChosenModel, Studies, choose_models, study_of
+from results.selection import ChosenModel, choose_models, study_of
 from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from results.calibration import CalibrationSpec
     from results.selection import Studies
 
-# A trial's (or a prediction task's) GPU share where the cluster has GPUs: this project's models
-# (EfficientNet-B3 at 224 px and smaller) leave most of a card idle while one trial decodes and
-# augments images, so two per card keep it busier; tune, retrain, run and ensemble all use it.
+# A trial's (or a prediction task's) GPU share where the cluster has GPUs, for tune, retrain, run
+# and ensemble alike: two per card, since a trial also decodes and augments on its CPUs, time in
+# which a card of its own would wait (benchmarks/gpu/check.py's packing step measures one vs two).
 GPU_SHARE = 0.5
 CPUS_PER_TRIAL = 1.0
 PHASES = ("search", "cv", "both")
