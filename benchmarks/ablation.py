@@ -37,7 +37,7 @@ from results.selection import choose_models  # noqa: E402
 def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
     chosen = choose_models(client)
     full = sorted({m.run_id for ms in chosen.values() for m in ms if m.phase == "full"})
-    base = EnsembleOptions(use_ray=True, calibrate=False)
+    base = EnsembleOptions(use_ray=True, calibrate=False, eval_vote="all")   # every model votes; arms change it
     return [
         ("one full-data model, no TTA", replace(base, runs=tuple(full[:1]), tta=())),
         ("one full-data model + hflip TTA", replace(base, runs=tuple(full[:1]))),

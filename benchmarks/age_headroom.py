@@ -1,4 +1,4 @@
-"""How good must the age head be for 18-class macro F1 >= 0.60? (issue 7's headroom)
+"""How good must the age head be for 18-class macro F1 >= 0.60?
 
 Keeps a real submission's mask and gender predictions and replaces its age predictions with
 those of a simulated age *estimator*: the true age plus Gaussian noise of sigma years (one draw

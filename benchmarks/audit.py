@@ -1,4 +1,4 @@
-"""Label audit on planted errors (issue: find wrong labels from out-of-fold evidence).
+"""Label audit on planted errors (the goal: find wrong labels from out-of-fold evidence).
 
 Plants label errors in a copy of the utkmask training persons (persons.txt lines 1-1000, laid
 out by utkmask's own make_utkmask.py; eval persons lines 2001-3000 as benchmarks/quality.py):
@@ -39,13 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import UTK, layout  # noqa: E402
-from core.labels import COMPETITION_OLD_AGE, GENDERS, YOUNG_AGE_LIMIT, age_group  # noqa: E402
+from core.labels import COMPETITION_OLD_AGE, GENDERS, SEED, YOUNG_AGE_LIMIT, age_group  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 
 RATES = {"gender": 0.03, "age": 0.03, "swap": 0.02}   # share of training persons per planted error
 SWAP = ("incorrect_mask", "normal")
 ARMS = ("crops", "noisy", "clean", "audit", "corrected", "report")
-SEED = 777
 
 
 # -- planting ----------------------------------------------------------------------------

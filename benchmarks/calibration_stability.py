@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.labels import SEED  # noqa: E402
 from results.calibration import REPEATS, fit_offsets, heldout_check, heldout_f1  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def real_oof(ws: Path, study: str | None):
     return oof.log_probs, oof.y, oof.persons
 
 
-def synthetic_oof(n: int = 700, seed: int = 777):
+def synthetic_oof(n: int = 700, seed: int = SEED):
     from benchmarks.ensemble_calibration import synthetic_oof as make
     return make(n, seed)
 

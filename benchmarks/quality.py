@@ -1,4 +1,4 @@
-"""Model quality on real faces within a CPU budget (issue: macro F1 >= 0.60 in 23 minutes).
+"""Model quality on real faces within a CPU budget (the goal: macro F1 >= 0.60 in 23 minutes).
 
 Lays out ../shared/utkmask as the competition does (train: the first --train-persons of
 persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv), runs the

@@ -131,7 +131,7 @@ def main() -> None:
 
 
 def measure(a, data: Path, ws: Workspace) -> None:
-    ensure_folds(load_train(data), ws.root, FoldSpec(5, 777))
+    ensure_folds(load_train(data), ws.root, FoldSpec(5))
     cfg = recipe_config("mask", model=a.model, pretrained="none", img_size=a.img_size, batch_size=a.batch_size,
                         num_workers=a.num_workers, epochs=a.epochs, max_batches=a.batches if a.smoke else 0)
     torch.set_num_threads(a.cpus_per_trial)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 
-from .labels import IMAGE_KINDS, age_group, encode
+from .labels import IMAGE_KINDS, SEED, age_group, encode
 
 W, H = 192, 256   # portrait size (3:4 like the competition's 384x512)
 MASK_COLOURS = [(120, 170, 215), (235, 235, 230), (35, 35, 40), (225, 160, 180), (60, 80, 140)]
@@ -27,7 +26,7 @@ MASK_COLOURS = [(120, 170, 215), (235, 235, 230), (35, 35, 40), (225, 160, 180),
 class DemoSpec:
     train_persons: int = 60   # persons in train/ (7 images each)
     eval_persons: int = 20    # persons in eval/ (7 images each)
-    seed: int = 777
+    seed: int = SEED
 
 
 def sample_age(rng: random.Random) -> int:
@@ -80,6 +79,7 @@ def _persons(rng: random.Random, n: int, first_id: int) -> list[dict]:
 def write_demo_data(out: Path | str, spec: DemoSpec = DemoSpec()) -> Path:
     """Write train/ and eval/ (plus eval/answers.csv with the true classes and eval/ages.csv with
     the true ages, for benchmarks) under ``out``."""
+    import pandas as pd   # heavy: the CLI reads DemoSpec for its --help
     out = Path(out)
     rng = random.Random(spec.seed)
     train = _persons(rng, spec.train_persons, 1)
@@ -97,6 +97,7 @@ def write_demo_data(out: Path | str, spec: DemoSpec = DemoSpec()) -> Path:
 
 
 def _write_eval(out: Path, persons: list[dict], rng: random.Random) -> None:
+    import pandas as pd   # heavy, as in write_demo_data
     (out / "eval" / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for p in persons:

@@ -15,8 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .atomic import write_csv_atomic
-
-SEED = 777
+from .labels import SEED
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 # image kind (file stem) -> mask state: wear 0, incorrect 1, not wear 2
 IMAGE_KINDS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0,
@@ -21,6 +20,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 COMPETITION_OLD_AGE = 60   # scoring always uses <30 / 30-59 / >=60
 YOUNG_AGE_LIMIT = 30
 NUM_CLASSES = 18
+SEED = 777   # the recipe's seed: fold assignment, weight init, the search sampler, the demo data
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ def num_outputs(target: str) -> int:
 
 def age_group(age, old_from: int = COMPETITION_OLD_AGE):
     """0 (<30), 1 (30..old_from-1), 2 (>=old_from); works on ints and arrays."""
+    import numpy as np   # heavy for what only reads the head table (the CLI's --help)
     age = np.asarray(age)
     out = np.where(age < YOUNG_AGE_LIMIT, 0, np.where(age < old_from, 1, 2))
     return int(out) if out.ndim == 0 else out
@@ -155,11 +156,13 @@ def age_group(age, old_from: int = COMPETITION_OLD_AGE):
 
 def encode(mask, gender, age_grp):
     """Heads -> 18-class label (scalars or arrays)."""
+    import numpy as np   # heavy, as in age_group
     return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age_grp)
 
 
 def decode(label):
     """18-class label -> (mask, gender, age_group)."""
+    import numpy as np   # heavy, as in age_group
     label = np.asarray(label)
     if np.any((label < 0) | (label >= NUM_CLASSES)):
         raise ValueError(f"class labels must lie in 0..{NUM_CLASSES - 1}")

@@ -10,8 +10,10 @@ import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 PACKAGE = "mask-orchestrator"
 ROOT = Path(__file__).resolve().parents[1]

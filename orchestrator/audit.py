@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 
 from results.audit import AuditInputs, audit_suspects, person_predictions, suggested_corrections
 from results.contact_sheet import contact_sheet
-from results.run_schema import AUDIT, EXPERIMENT, OOF_FILE, run_status, start_run
-from results.selection import ChosenModel, Studies, choose_models, study_of
+from results.run_schema import AUDIT, OOF_FILE, run_status, start_run
+from results.selection import ChosenModel, choose_models, study_of
 from results.tracking import check_tracking
 
 from core.atomic import write_csv_atomic
@@ -37,19 +37,10 @@ from core.manifest import read_manifest
 from core.workspace import Workspace
 
 from .ensemble import oof_predictions
+from .options import AuditOptions
 
 log = logging.getLogger(__name__)
 FIELDS = ("gender", "age", "swap", "mask")
-
-
-@dataclass(frozen=True)
-class AuditOptions:
-    study: Studies = None           # the study whose cv folds give the evidence: one, or head -> study (None: the newest)
-    tracking_uri: str | None = None
-    experiment: str = EXPERIMENT
-    min_score: float = 0.5          # list a suspect (and suggest its fix) from this much contradicting OOF mass
-    max_share: float = 0.05         # suggest fixes for at most this share of the persons per field
-    sheet_persons: int = 12         # persons on the contact sheet
 
 
 @dataclass(frozen=True)

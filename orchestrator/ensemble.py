@@ -19,9 +19,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from results.calibration import Calibration, CalibrationSpec, fit_offsets, heldout_check
+from results.calibration import Calibration, fit_offsets, heldout_check
 from results.report import ReportInputs, write_report
-from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, EXPERIMENT, OOF_FILE, global_tracking_uri, run_status,
+from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, OOF_FILE, global_tracking_uri, run_status,
                                 start_run)
 from results.selection import ChosenModel, Studies, check_artifacts, choose_models, model_file, models_table
 from results.submission import write_submission
@@ -36,33 +36,10 @@ from core.label_table import check_runs_labels, current_labels
 from core.manifest import read_manifest
 from core.workspace import Workspace
 
+from .options import EnsembleOptions
 from .ray_session import ray_session, trial_resources
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EnsembleOptions:
-    runs: tuple[str, ...] = ()          # run ids, MLflow filters, models:/NAME@ALIAS; () = default
-    vote: str = "soft"                  # soft (mean probabilities) | hard (majority of argmax)
-    tta: tuple[str, ...] = ("hflip",)   # test-time augmentations (trainables.predict); () = none
-    calibrate: bool = True              # fit per-class offsets on the OOF predictions
-    study: Studies = None               # default selection: this study, or head -> study (else the newest)
-    tracking_uri: str | None = None     # default: Workspace.tracking_uri()
-    include_full: bool = True           # default selection: add the full-data model
-    eval_vote: str = "all"              # who votes on the eval images: all chosen models, or "full":
-                                        # the full-data ones only (fold models still give the OOF
-                                        # estimate and the calibration)
-    batch_size: int = 64                # images per forward pass
-    experiment: str = EXPERIMENT
-    submission: Path | None = None      # default: WS/results/submission.csv
-    report_dir: Path | None = None      # default: WS/results/ensemble
-    use_ray: bool = False               # one Ray task per model (implied by address)
-    address: str | None = None          # Ray address ('auto' = a `ray up` cluster)
-    num_cpus: int | None = None         # CPUs of a local Ray started here
-    gpus_per_model: float = 1.0         # GPU share of one model's prediction task (CPU without GPUs)
-    cpus_per_model: float = 1
-    calibration: CalibrationSpec = CalibrationSpec()
 
 
 @dataclass(frozen=True)

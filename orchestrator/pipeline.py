@@ -16,88 +16,24 @@ from pathlib import Path
 from core.demo_data import write_demo_data
 from core.errors import DataError
 from core.label_table import labels_hash, load_labels
-from core.labels import ALL, HEADS, Backbone, get_backbone, target_row
 from core.workspace import Workspace
-from results.voting import EVAL_VOTES
 from search_spaces import recipe_config
 from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
-from .audit import AuditOptions, audit
+from .audit import audit
 from .budget import PHASE_SHARES, BudgetTooSmall, Clock, HeadShare, share_out
 from .eda import write_eda
-from .ensemble import EnsembleOptions, ensemble
+from .ensemble import ensemble
 from .preprocess import preprocess
-from .ray_session import gpu_share, ray_session, trial_resources
+from .ray_session import ray_session, trial_resources
 from .retrain import retrain_head
-from .study import TuneOptions, check_weights, tune_head
+from .options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
+from .study import check_weights, tune_head
 from .run_ledger import run_ledger
 from .run_studies import study_prefix, voting_studies
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    budget_s: float | None = None        # wall-clock seconds for the whole chain (None: fixed settings)
-    heads: tuple[str, ...] = tuple(HEADS)
-    joint: bool = True                   # one model for every head (labels.ALL); False: one per head (the recipe)
-    smoke_test: bool = False             # CI: tiny model, 32 px, 1 epoch, 2 folds
-    backbone: str | None = None          # a core.labels.BACKBONES name for every target (None: each
-                                         # target's row's run_backbone, measured on a CPU budget)
-    model: str | None = None             # timm model, input side and starting weights: override the
-    img_size: int | None = None          # backbone's (None: keep them)
-    pretrained: str | None = None        # none | hub | an installed weights package (lite0) | a file
-    batch_size: int = 64
-    precision: str = "auto"              # auto | bf16 | fp32 (auto: bf16 where the CPU/GPU runs it fast)
-    folds: int = 2                       # person-level folds (cv models vote in the ensemble)
-    num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
-    epochs: int = 4                      # epochs per trial (a budget replaces this)
-    max_epochs: int = 60                 # cap on what a budget may give one trial
-    full_seeds: int = 0                  # full-data models per target (0: one per trial slot of the cluster)
-    study: str = "run"                   # study name prefix: <study>-<head>
-    gpus_per_trial: float | None = None  # None: TRIAL_GPU_SHARE where the cluster has GPUs, else 0
-    cpus_per_trial: float = 1
-    tracking_uri: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None
-    calibrate: bool = True               # macro-F1 offsets fitted on the OOF predictions
-    eval_vote: str = "full"              # who votes on the eval images: "full" (the full-data models,
-                                         # which saw every person; the folds give OOF + calibration) or "all"
-
-    def __post_init__(self):
-        unknown = [h for h in self.heads if h not in HEADS]
-        if unknown:
-            raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs {self.max_epochs}: a trial trains at least 1 epoch")
-        if self.eval_vote not in EVAL_VOTES:   # checked here, not after the training
-            raise ValueError(f"eval_vote {self.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
-        for t in self.targets:
-            self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
-        if self.joint and set(self.heads) != set(HEADS):
-            raise ValueError("a joint model predicts every head; use --per-head to train only "
-                             f"{', '.join(self.heads)}")
-
-    def backbone_of(self, target: str) -> Backbone:
-        """The model, input side and weights ``target`` trains with: its row's run backbone (or
-        ``backbone``), with any of model / img_size / pretrained the user set instead (another
-        model without ``pretrained`` trains from scratch: weights belong to their architecture)."""
-        bb = get_backbone(self.backbone or target_row(target).run_backbone)
-        pretrained = self.pretrained
-        if pretrained is None and self.model not in (None, bb.model):
-            pretrained = "none"   # the backbone's weights are its model's: another one starts from scratch
-        return replace(bb, **{k: v for k, v in dict(model=self.model, img_size=self.img_size,
-                                                    pretrained=pretrained).items() if v is not None})
-
-    def on_cluster(self) -> "RunOptions":
-        """These options with the GPU share resolved against the running Ray cluster (needs Ray up)."""
-        return replace(self, gpus_per_trial=gpu_share(self.gpus_per_trial, TRIAL_GPU_SHARE))
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        """What the studies train: one joint model, or each head on its own."""
-        return (ALL,) if self.joint else self.heads
 
 
 @dataclass(frozen=True)
@@ -177,7 +113,6 @@ ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
 AUDIT_FIXED_S = 15.0        # the label audit after it: OOF downloads again, contact sheet, MLflow run
 MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
 VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
-TRIAL_GPU_SHARE = 0.5       # run's small models: two trials share a GPU (tune's default too)
 SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
 
 
@@ -297,22 +232,22 @@ class Sizer:
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
     sized = {} if o.smoke_test else asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size)
-    opts = TuneOptions(precision=o.precision, num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test,
-                       study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, address=o.address,
-                       gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial,
-                       resume=True, verbose=1, val_from=plan.val_from, **sized)   # a status table every ~30 s
+    # the options both records declare (folds, the cluster's, ...) pass as they are
+    opts = TuneOptions(**picked(o, TuneOptions, num_samples=plan.num_samples, study=f"{o.study}-{target}",
+                                resume=True, verbose=1,   # a status table every ~30 s
+                                trial=dict(precision=o.precision, val_from=plan.val_from, **sized)))
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
         # before it reports (a busy machine) and leave cv nothing to train
-        tune_head(data, ws, target, replace(opts, phase="search", deadline=plan.search_end,
-                                            epochs=None if o.smoke_test else plan.search_epochs))
+        tune_head(data, ws, target, replace(opts.with_trial(epochs=None if o.smoke_test else plan.search_epochs),
+                                            phase="search", deadline=plan.search_end))
     # under a budget a phase whose trials run in one wave trains until its deadline, the learning
     # rate annealed to it (trainables/schedule.py): the plan's epochs are its estimate, max_epochs
     # the cap; in waves each trial keeps its planned epochs (and still stops at the deadline)
     cv_epochs = o.max_epochs if plan.cv_to_deadline else plan.epochs
-    best = tune_head(data, ws, target, replace(opts, phase="cv", deadline=plan.cv_end,
-                                               epochs=None if o.smoke_test else cv_epochs))
+    best = tune_head(data, ws, target, replace(opts.with_trial(epochs=None if o.smoke_test else cv_epochs),
+                                               phase="cv", deadline=plan.cv_end))
     log.info(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
     retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,

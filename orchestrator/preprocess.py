@@ -36,15 +36,14 @@ from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
 from core.gates import hold
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
+from .options import WORKER_GPU_SHARE, PreprocessOptions
 from .ray_session import gpu_share, init_ray
 from .storage import warn_if_not_shared
 from core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-BATCH = 32                     # images per task: big enough to batch MTCNN, small enough to retry
-MAX_FAILED = 0.01              # the CLI exits non-zero when more than this share cannot be read
-GPU_SHARE = 0.25               # MTCNN is small: four workers share one GPU by default
+BATCH = PreprocessOptions.batch_size
 
 
 @dataclass(frozen=True)
@@ -239,7 +238,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     Args:
         address: Ray cluster ("auto": the running one); None starts Ray locally.
         workers: batches in flight at once (default: every CPU, or GPUs / num_gpus_per_worker).
-        num_gpus_per_worker: GPUs each worker asks Ray for; 0: CPU workers; None: GPU_SHARE of a
+        num_gpus_per_worker: GPUs each worker asks Ray for; 0: CPU workers; None: WORKER_GPU_SHARE of a
             GPU where the cluster has GPUs, else CPU. MTCNN runs on CUDA wherever torch sees it.
         batch_size: images per Ray task.
         _kill_once: tests only: the first batch to find this file missing creates it and
@@ -254,7 +253,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     todo = [it for it in stats.to_dict("records") if it["path"] not in recs]
     init_ray(address)
     warn_if_not_shared(ws, tune=False)   # workers on other hosts must see the crop folder
-    gpus = gpu_share(num_gpus_per_worker, GPU_SHARE)
+    gpus = gpu_share(num_gpus_per_worker, WORKER_GPU_SHARE)
     workers = workers or _default_workers(gpus)
     # one CPU each even on a GPU: decoding and cropping are CPU work
     resources = {"num_cpus": 1, "num_gpus": gpus}

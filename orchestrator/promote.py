@@ -18,8 +18,9 @@ from core.errors import DataError
 from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, EXPERIMENT, MODEL_NAME, global_tracking_uri,
                                 logged_model_id, tag_filter)
 
-DEFAULT_NAME = "orchestrator-ensemble"
-DEFAULT_ALIAS = "champion"
+from .options import PromoteOptions
+
+DEFAULT_NAME, DEFAULT_ALIAS = PromoteOptions.name, PromoteOptions.alias
 LOGGED = re.compile(r"^(?:models:/)?(m-[0-9a-f]{32})$")
 RUN = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/(.+))?$")
 

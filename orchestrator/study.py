@@ -27,6 +27,7 @@ from core.errors import DataError, StudyFailed
 from core.folds import FoldSpec, ensure_folds
 from core.label_table import check_runs_labels, current_labels
 from core.labels import Backbone, check_target, get_backbone
+from .options import TuneOptions
 from .pins import Pins, pin_study, study_pins
 from .ray_session import auto_concurrency, ray_session, trial_resources
 from .storage import warn_if_not_shared
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 METRIC, MODE = "val_f1", "max"
 SEARCHED = ("lr", "loss", "gamma", "smoothing", "strength", "old_from")  # may come from the space
 BACKBONE_FIELDS = tuple(f.name for f in fields(Backbone))   # ... and these, when the backbone is searched
-PHASES = ("search", "cv", "both")
 
 
 class StudyInterrupted(RuntimeError):
@@ -49,72 +49,11 @@ class StudyInterrupted(RuntimeError):
         self.finished = list(finished)
 
 
-@dataclass(frozen=True)
-class TuneOptions:
-    num_samples: int | None = None   # search trials (default 20; smoke 2); 0: no search, cv trains the recipe
-    folds: int | None = None         # K person-level folds (default 5; smoke 2)
-    fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
-    search_folds: int = 1            # folds a search trial trains side by side (F1 averaged)
-    phase: str = "both"              # search | cv | both
-    gpus_per_trial: float = 0.5      # fractional GPUs pack trials onto one GPU
-    cpus_per_trial: float = 1
-    max_concurrent: int = 0          # 0 = as many trials as the cluster fits
-    resume: bool = False             # continue an interrupted study (Tuner.restore)
-    smoke_test: bool = False         # tiny model, small images, 1 epoch, 2 trials, CPU
-    backbone: str | None = None      # a core.labels.BACKBONES name (default: the head's recipe, b3-224-hub)
-    search_backbones: tuple[str, ...] = ()   # backbones the search picks among (empty: not searched)
-    model: str | None = None         # timm model (default: the backbone's)
-    img_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    pretrained: str | None = None    # none | hub | a local weights file (None: the recipe's hub; smoke: none)
-    precision: str = "auto"          # auto | bf16 | fp32 (TrialConfig.precision)
-    num_workers: int = 0             # DataLoader workers per trial
-    max_batches: int = 0             # cap batches per epoch (0 = all)
-    val_from: int | None = None      # first validated epoch of a cv trial (default 1: every epoch)
-    time_budget_s: float | None = None  # stop the search when exceeded
-    deadline: float = 0.0            # unix time by which every trial must end (run --budget)
-    study: str | None = None         # study name (default: the head's name)
-    tracking_uri: str | None = None
-    experiment: str = EXPERIMENT
-    address: str | None = None       # Ray address ("auto" on a `ray up` cluster)
-    num_cpus: int | None = None      # CPUs of a local Ray started here
-    seed: int = 777
-    max_failures: int = 2            # retries of a crashed trial (from its checkpoint)
-    grace_period: int = 1            # ASHA: epochs before a trial may be stopped
-    verbose: int = 1                 # 0 quiet, 1 a status table per phase every ~30 s, 2 also Tune's own output
-    fault_marker: str = ""           # test hook (RunContext.fault_marker)
-
-    def __post_init__(self):
-        if self.phase not in PHASES:
-            raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
-        if self.fold != "all" and not str(self.fold).isdigit():
-            raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
-        for b in filter(None, (self.backbone, *self.search_backbones)):
-            get_backbone(b)   # ValueError naming the valid ones: a usage error
-
-    @property
-    def k(self) -> int:
-        return self.folds or (2 if self.smoke_test else 5)
-
-    @property
-    def samples(self) -> int:
-        if self.num_samples is not None:
-            return self.num_samples
-        return 2 if self.smoke_test else 20
-
-    def study_name(self, head: str) -> str:
-        return self.study or (f"{head}-smoke" if self.smoke_test else head)
-
-
 def base_config(head: str, o: TuneOptions) -> TrialConfig:
     """The recipe's config for ``head`` with the options' overrides (smoke: tiny and fast)."""
-    over = dict(SMOKE) if o.smoke_test else {}
-    over.update({k: v for k, v in dict(model=o.model, img_size=o.img_size, epochs=o.epochs,
-                                       batch_size=o.batch_size, pretrained=o.pretrained).items() if v is not None})
+    over = (dict(SMOKE) if o.smoke_test else {}) | o.trial
     fold = 0 if o.fold == "all" else int(o.fold)
-    return recipe_config(head, backbone=o.backbone, folds=o.k, search_folds=o.search_folds, fold_seed=o.seed, seed=o.seed, fold=fold,
-                         precision=o.precision, num_workers=o.num_workers, max_batches=o.max_batches, **over)
+    return recipe_config(head, backbone=o.backbone, folds=o.k, fold_seed=o.seed, seed=o.seed, fold=fold, **over)
 
 
 @dataclass(frozen=True)
@@ -292,8 +231,8 @@ def cv_config(plan: StudyPlan) -> TrialConfig:
         best = plan.base
     else:
         best = best_search_config(plan.uri, plan.head, plan.study, o.experiment)
-    epochs = {} if o.epochs is None else {"epochs": o.epochs}   # a budget may give cv more than a search trial
-    return replace(best, search_folds=1, val_from=o.val_from or 1, **epochs)
+    epochs = {k: o.trial[k] for k in ("epochs",) if k in o.trial}   # a budget may give cv more than a search trial
+    return replace(best, search_folds=1, val_from=o.trial.get("val_from", 1), **epochs)
 
 
 def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.labels import SEED
 from core.metrics import macro_f1
 from .voting import predict_classes
 
@@ -95,7 +96,7 @@ def _heldout_preds(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray
 
 
 def heldout_f1(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k: int = 5,
-               spec: CalibrationSpec = CalibrationSpec(), seed: int = 777) -> float:
+               spec: CalibrationSpec = CalibrationSpec(), seed: int = SEED) -> float:
     """Macro F1 of calibrated predictions on data the offsets were not fitted on.
 
     ``f1_after`` is measured on the fitting data and so flatters the offsets (18 of them
@@ -129,7 +130,7 @@ class HeldOutCheck:
 
 
 def heldout_check(log_probs: np.ndarray, y_true: np.ndarray, groups: np.ndarray, k: int = 5,
-                  spec: CalibrationSpec = CalibrationSpec(), seed: int = 777, repeats: int = REPEATS,
+                  spec: CalibrationSpec = CalibrationSpec(), seed: int = SEED, repeats: int = REPEATS,
                   shrinks: tuple[float, ...] = SHRINKS) -> HeldOutCheck | None:
     """What the offsets do on persons they were not fitted on, for each share of them, averaged
     over ``repeats`` person partitions (seed, seed+1, ...); None with fewer than k persons.

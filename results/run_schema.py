@@ -25,6 +25,9 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "orchestrator"
+VOTES = ("soft", "hard")       # an ensemble run's param vote: mean probabilities, or majority of argmax
+EVAL_VOTES = ("all", "full")   # its param eval_vote: who votes on the eval images (every chosen model, or
+                               # the full-data ones)
 # MLflow 3's UI shows an experiment as model training (runs, models) or GenAI (traces, judges);
 # this tag says which (older 3.x UIs read it; 3.17 reads the ``workflowType`` URL parameter too)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

@@ -10,9 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from core.labels import HEADS, NUM_CLASSES, decode
-
-VOTES = ("soft", "hard")
-EVAL_VOTES = ("all", "full")   # who votes on the eval images: every chosen model, or the full-data ones
+from .run_schema import EVAL_VOTES, VOTES  # noqa: F401 (EVAL_VOTES: declared beside VOTES, with the params they fill)
 LOG_FLOOR = 1e-6      # probabilities are floored here before the log (a hard vote has zeros)
 TIE_WEIGHT = 1e-3     # weight of the summed probability in a hard vote: breaks ties only
 

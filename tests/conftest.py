@@ -71,7 +71,7 @@ def crops_ws(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def faults_record(tmp_path_factory) -> Path:
-    """Where the fault tests leave their records ($FAULTS_RECORD, else a folder of this session):
+    """Where the fault tests leave their records ($FAULTS_RECORD, else a temporary folder of this test run):
     benchmarks/faults_table.py's smoke test then tables the records this suite made."""
     os.environ.setdefault("FAULTS_RECORD", str(tmp_path_factory.mktemp("faults")))
     return Path(os.environ["FAULTS_RECORD"])

@@ -132,7 +132,8 @@ def test_browser_register_a_trial_model_and_vote_with_its_alias(smoke_store, mlf
             browser.close()
     # the ensemble votes with the version the alias names (a joint model: every head)
     uri = f"models:/{NAME}@{ALIAS}"
-    assert main(["ensemble", "--data", str(data), "--workspace", str(ws.root), "--runs", uri, "--tta", "none"]) == 0
+    assert main(["ensemble", "--data", str(data), "--workspace", str(ws.root), "--runs", uri, "--tta", "none",
+                 "--eval-vote", "all"]) == 0
     models = pd.read_csv(ws.results / "ensemble" / "models.csv")
     assert set(models["source"]) == {uri} and set(models["run_id"]) == {fold0.info.run_id}
     assert set(models["model_id"]) == {logged_model_id(client, fold0)} and len(models) == 3

@@ -3,15 +3,71 @@ import sys
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli import COMMANDS, main
 
 DESIGN_COMMANDS = ("preprocess", "tune", "retrain", "ensemble", "run", "demo-data", "eda")
+NOT_FOR_HELP = ("mlflow", "sklearn", "matplotlib", "torch")
 
 
 def test_help_lists_design_commands():
     out = subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in DESIGN_COMMANDS:
         assert cmd in out
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_imports_no_stage(command):
+    """`--help` builds the parser only: no stage's stack (README 'Commands'), so it answers at once."""
+    probe = ("import runpy, sys\ntry:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
+             "except SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
+    argv = [sys.executable, "-c", probe, *([command] if command else []), "--help"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    *help_text, loaded = proc.stdout.strip().splitlines()
+    assert "usage: python -m orchestrator" in help_text[0]
+    assert not set(loaded.split()) & set(NOT_FOR_HELP), f"{command} --help imported {set(loaded.split()) & set(NOT_FOR_HELP)}"
+
+
+def test_help_shows_each_default_from_its_declaration():
+    """Defaults in the help come from the option records, never a restated literal."""
+    from orchestrator.options import GPU_SHARE, TuneOptions
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "tune", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    flat = " ".join(out.split())
+    assert f"two trials a card) (default: {GPU_SHARE})" in flat
+    assert f"--max-failures MAX_FAILURES retries of a crashed trial from its checkpoint (default: {TuneOptions.max_failures})" in flat
+    assert "--experiment EXPERIMENT MLflow experiment name (default: orchestrator)" in flat
+
+
+COMMON = {"data", "workspace", "tracking_uri", "storage", "artifact_location", "log_level", "corrections",
+          "command", "run", "parser"}
+
+
+def test_every_flag_lands_in_the_options_its_stage_takes():
+    """A flag no option record takes would be parsed and then dropped: each is a record's field."""
+    from core.faces import CropSettings
+    from orchestrator import cli
+    from orchestrator.options import (AuditOptions, EnsembleOptions, PreprocessOptions, PromoteOptions,
+                                      RetrainOptions, RunOptions, TuneOptions)
+    from dataclasses import fields
+    takes = {"tune": (TuneOptions, {"head", *cli.TRIAL_FLAGS}), "retrain": (RetrainOptions, {"head"}),
+             "run": (RunOptions, set()), "ensemble": (EnsembleOptions, set()), "audit": (AuditOptions, set()),
+             "promote": (PromoteOptions, set()), "preprocess": (PreprocessOptions, {f.name for f in fields(CropSettings)})}
+    for command, (record, also) in takes.items():
+        args = cli.build_parser([command]).parse_args([command, *(["--head", "age"] if "head" in also else [])])
+        stray = set(vars(args)) - COMMON - also - {f.name for f in fields(record)}
+        assert not stray, f"{command}: {stray} reach no field of {record.__name__}"
+
+
+def test_tune_flags_become_the_study_options_and_trial_settings():
+    from orchestrator import cli
+    from orchestrator.options import GPU_SHARE
+    args = cli.build_parser(["tune"]).parse_args(["tune", "--head", "age", "--epochs", "3", "--img-size", "48",
+                                                  "--search-backbones", "lite0-64,resnet10t-64", "--fold", "1"])
+    opts = cli._tune_options(args)
+    assert opts.trial == {"epochs": 3, "img_size": 48} and opts.fold == "1" and opts.gpus_per_trial == GPU_SHARE
+    assert opts.search_backbones == ("lite0-64", "resnet10t-64") and opts.k == 5 and opts.samples == 20
+    with pytest.raises(ValueError, match=r"trial setting\(s\) lr_max: use TrialConfig fields"):
+        type(opts)(trial={"lr_max": 1.0})
 
 
 def test_demo_data_then_eda_write_plots(tmp_path):

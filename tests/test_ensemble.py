@@ -199,7 +199,7 @@ def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
 
 def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     """Real model files (trainables' format) and OOF artifacts -> submission, report, MLflow run."""
-    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     res = ensemble(demo_dir, ws, EnsembleOptions())
@@ -250,12 +250,12 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
 
 
 def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, tmp_path):
-    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.cli import main
     ws, client, ids = study_ws
     out = tmp_path / "sub.csv"
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(ws), "--vote", "hard",
-               "--no-calibrate", "--no-full", "--tta", "none", "--submission", str(out)])
+               "--no-calibrate", "--no-full", "--eval-vote", "all", "--tta", "none", "--submission", str(out)])
     assert rc == 0 and len(pd.read_csv(out)) == len(pd.read_csv(demo_dir / "eval" / "info.csv"))
     per_class = pd.read_csv(Workspace(ws).results / "ensemble" / "per_class.csv")
     assert (per_class["offset"] == 0).all()
@@ -264,7 +264,7 @@ def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, 
 
 
 def test_ensemble_cli_reports_missing_runs_and_bad_options(study_ws, demo_dir, capsys):
-    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.cli import main
     ws, client, ids = study_ws
     ghost = "fedcba9876543210fedcba9876543210"
@@ -298,7 +298,7 @@ def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
 
 
 def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, capsys):
-    pytest.importorskip("results.tracking", reason="needs results.tracking (issue #4)")
+    pytest.importorskip("results.tracking", reason="needs results.tracking")
     from orchestrator.cli import main
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(tmp_path / "ws"),
                "--tracking-uri", "http://127.0.0.1:9"])
@@ -308,12 +308,12 @@ def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, c
 @pytest.mark.slow
 def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path):
     """One Ray task per model (a real local Ray, 1 CPU) gives the same submission."""
-    pytest.importorskip("trainables.predict", reason="needs the trainables package (issue #4)")
+    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick
-    local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "local.csv"))
-    on_ray = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, submission=tmp_path / "ray.csv",
+    local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, eval_vote="all", submission=tmp_path / "local.csv"))
+    on_ray = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, eval_vote="all", submission=tmp_path / "ray.csv",
                                                      use_ray=True, num_cpus=1))
     assert len(on_ray.models) == 3
     assert pd.read_csv(local.submission).equals(pd.read_csv(on_ray.submission))

@@ -13,7 +13,8 @@ from core.faces import CropSettings
 from core.workspace import Workspace
 from conftest import workspace_sharing_crops
 from orchestrator.ensemble import EnsembleOptions, ensemble
-from orchestrator.pipeline import TRIAL_GPU_SHARE, RunOptions, Sizer, trial_slots
+from orchestrator.options import GPU_SHARE as TRIAL_GPU_SHARE
+from orchestrator.pipeline import RunOptions, Sizer, trial_slots
 from orchestrator.preprocess import preprocess
 from orchestrator.ray_session import gpu_share
 from orchestrator.study import TuneOptions, tune_head
@@ -77,7 +78,7 @@ def max_overlap(uri: str, run_ids) -> int:
 def test_gpu_tune_half_a_gpu_per_trial_runs_4_trials_at_once_each_on_its_ray_gpu(gpu_ray, gpu_ws):
     data, ws = gpu_ws
     opts = TuneOptions(smoke_test=True, verbose=0, phase="search", num_samples=4, gpus_per_trial=0.5,
-                       cpus_per_trial=1, study="gpu", epochs=2)
+                       cpus_per_trial=1, study="gpu", trial=dict(epochs=2))
     with GpuWatch() as watch:
         tune_head(data, ws, "all", opts)
     runs = find_runs(ws.tracking_uri(), head="all", study="gpu", phase="search")
@@ -96,7 +97,7 @@ def test_gpu_ensemble_prediction_tasks_hold_their_gpu_share(gpu_ray, gpu_ws):
     if runs.empty:
         pytest.skip("needs the models of the tune test above")
     two = tuple(runs["run_id"][:2])   # two joint models: each votes in every head
-    opts = EnsembleOptions(runs=two, use_ray=True, gpus_per_model=1.0, calibrate=False, submission=ws.root / "sub.csv")
+    opts = EnsembleOptions(runs=two, eval_vote="all", use_ray=True, gpus_per_model=1.0, calibrate=False, submission=ws.root / "sub.csv")
     with GpuWatch() as watch:
         res = ensemble(data, ws, opts)
     assert res.submission.is_file() and set(res.models["run_id"]) == set(two)

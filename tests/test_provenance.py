@@ -1,4 +1,4 @@
-"""Provenance (issue 18): nothing stale is reused, the right studies vote, a study is pinned to
+"""Provenance: nothing stale is reused, the right studies vote, a study is pinned to
 its inputs, the calibration is applied only when checked, and a trial can be reproduced."""
 import json
 
@@ -259,7 +259,7 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws, caplog):
     train.to_csv(csv, index=False)
     manifest.to_parquet(ws.manifest, index=False)
     with pytest.raises(DataError, match=r"settings .* -> .*--study s-2"):
-        prepare(data, ws, "gender", TuneOptions(smoke_test=True, study="s", resume=True, img_size=48))
+        prepare(data, ws, "gender", TuneOptions(smoke_test=True, study="s", resume=True, trial=dict(img_size=48)))
     np.testing.assert_array_equal(load_head_data(plan.base, ws, pins=pins.as_dict()).fold, split)
 
 
@@ -272,7 +272,7 @@ def test_reproduce_a_smoke_trial_bit_for_bit(own_ws, capsys):
     from orchestrator.study import TuneOptions, tune_head
     data, ws = own_ws
     table = tune_head(data, ws, "gender", TuneOptions(smoke_test=True, study="r", phase="cv", fold="0",
-                                                     num_samples=0, epochs=2, num_cpus=2, verbose=0))
+                                                     num_samples=0, trial=dict(epochs=2), num_cpus=2, verbose=0))
     run_id = table["run_id"].iloc[0]
     tags = MlflowClient(ws.tracking_uri()).get_run(run_id).data.tags
     assert {"input.labels", "input.folds", "input.crops", "input.settings", "input.code"} <= set(tags)

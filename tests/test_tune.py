@@ -108,8 +108,8 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, c
     data, ws = tws
     marker = tmp_path / "crashed"
     caplog.set_level("INFO", logger="orchestrator.progress")
-    tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, epochs=2, study="crash",
-                                                search_folds=2, fault_marker=str(marker)), verbose=1))
+    tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, trial=dict(epochs=2, search_folds=2),
+                                                study="crash", fault_marker=str(marker)), verbose=1))
     assert marker.exists()   # the worker process did exit mid-trial
     # the status table a person watches: the phase, its trials, their epoch and F1
     table = [r.getMessage() for r in caplog.records if r.name == "orchestrator.progress"][-1]
@@ -124,7 +124,7 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, c
 
 def test_interrupted_study_resumes_without_redoing_finished_trials(ray_local, tws):
     data, ws = tws
-    opts = smoke(phase="search", num_samples=4, epochs=3, max_concurrent=1, study="resume")
+    opts = smoke(phase="search", num_samples=4, trial=dict(epochs=3), max_concurrent=1, study="resume")
 
     def interrupt(held):   # Ctrl-C's twin for Tune (SIGUSR1), then the held trial goes on
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -177,7 +177,7 @@ def test_a_fold_that_fails_for_good_stops_the_study_and_resumes_with_this_runs_d
         return default_models(client, exp, "orchestrator", "mask", "foldfail", include_full=False)
 
     first, second = time.time() + 3600, time.time() + 1800
-    opts = smoke(phase="cv", num_samples=0, epochs=2, max_concurrent=1, study="foldfail", max_failures=0,
+    opts = smoke(phase="cv", num_samples=0, trial=dict(epochs=2), max_concurrent=1, study="foldfail", max_failures=0,
                  fault_marker=str(tmp_path / "crashed"), deadline=first)
     with pytest.raises(StudyFailed, match=r"fold \d \(MLflow run [0-9a-f]{32}; log in .*\): .*--phase cv --resume"):
         tune_head(data, ws, "mask", opts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from core.labels import TARGETS
+from core.labels import SEED, TARGETS
 from results.run_schema import EXPERIMENT
 
 from .schedule import SHAPES
@@ -23,7 +23,7 @@ class TrialConfig:
     fold: int = 0                   # validation fold, or FULL_DATA (-1) to train on everything
     folds: int = 5                  # K of the person-level fold assignment
     search_folds: int = 1           # folds fold, fold+1, ... trained side by side; metrics averaged
-    fold_seed: int = 777            # seed of the fold assignment
+    fold_seed: int = SEED           # seed of the fold assignment
     model: str = "efficientnet_b3"  # any timm model name
     pretrained: str = "none"        # none (from scratch; "" in older files) | hub (timm's download)
                                     # | a local weights file (trainables/pretrained.py)
@@ -42,7 +42,7 @@ class TrialConfig:
     class_weights: bool = False     # weight the loss by inverse class frequency
     strength: float = 1.0           # augmentation strength: 0 none, 1 the recipe, 2 max
     old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
-    seed: int = 777
+    seed: int = SEED
     num_workers: int = 0            # DataLoader worker processes
     precision: str = "auto"         # auto | bf16 | fp32: bf16 autocast where the hardware runs it
                                     # fast (trainables.loop.uses_bf16), else fp32

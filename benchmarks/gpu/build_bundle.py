@@ -3,7 +3,8 @@
 The target (benchmarks/README.md, "GPU"): Python 3.12 on x86-64 Linux with CUDA, torch, timm,
 numpy, pandas, pyarrow, scikit-learn, scipy, opencv-headless, tqdm and the rest of
 ``image_packages.txt`` installed, but not ray, mlflow, optuna, albumentations or facenet-pytorch;
-no network; files reach it at most 64 MiB at a time. So this script, on a machine with PyPI:
+no network, so files are copied to it (in parts small enough for any upload limit). So this
+script, on a machine with PyPI:
 
 1. resolves REQUIREMENTS for cp312 manylinux x86-64 (``pip install --dry-run --report``),
 2. keeps what the image lacks and downloads those wheels (facenet-pytorch without its deps:

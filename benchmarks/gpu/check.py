@@ -1,7 +1,7 @@
 """The GPU check: install the wheel bundle, then take in one go every measurement that
 benchmarks/README.md "GPU" asks of a real card, at fixed small sizes; figures go to OUT.
 
-    # on the card (Python 3.12, the image's torch; see benchmarks/README.md for the device calls)
+    # on the GPU box (Python 3.12, the image's torch; benchmarks/README.md "GPU" says how to prepare it)
     python3 benchmarks/gpu/check.py OUT --bundle benchmarks/_work/gpu/bundle --utk benchmarks/_work/gpu/utk
     # rehearsal on a CPU: the same steps, tiny; --bundle a bundle built with --python 3.11
     python benchmarks/gpu/check.py OUT --size tiny --utk ../shared/utkmask [--bundle ...]
@@ -12,8 +12,8 @@ workers, then CPU workers on every core, same images), throughput (a trial's loa
 against the step on tensors already on the device), packing (one trial slot alone against two
 on one GPU: the speed probe's Ray actors with a trial's resources), budget (`run --budget` on
 utkmask, scored by benchmarks/quality.py). OUT gets figures.json (every figure, the device, the
-date, the settings, each step's seconds), figures.md and check.log: three files, so they all
-come back from the device tool (at most 8).
+date, the settings, each step's seconds), figures.md and check.log: three small files to copy
+back from the box.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def step_throughput(a, s: dict) -> dict:
     from trainables.config import FULL_DATA
     from trainables.loop import device_of, uses_bf16
     data, ws = a.work / "mtcnn-data", Workspace(a.work / "ws-mtcnn-gpu")   # the GPU workers' crops
-    ensure_folds(load_train(data), ws.root, FoldSpec(5, 777))
+    ensure_folds(load_train(data), ws.root, FoldSpec(5))
     base = recipe_config("mask", model=s["model"], pretrained="none", img_size=s["img_size"],
                          batch_size=s["batch_size"], fold=FULL_DATA)
     out = {"model": s["model"], "img_size": s["img_size"], "batch_size": s["batch_size"],

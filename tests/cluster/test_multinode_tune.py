@@ -123,7 +123,7 @@ def test_node_lost_mid_trial_resumes_from_its_checkpoint_elsewhere(cluster, serv
     with NodeWatch(dict(nodes)) as watch, Gate("epoch", epoch=1, phase="search") as gate:
         t0 = time.time()
         killer = gate.then(kill, also=lambda: _driver_knows(ws, "nodeloss", "search", "checkpoint_000000"))
-        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, epochs=3))
+        tune_head(data, ws, "mask", opts(c, server, study="nodeloss", phase="search", num_samples=1, trial=dict(epochs=3)))
     killer.join()
     nodes["w3"] = c.add_node(num_cpus=1, **NODE)   # the autoscaler's replacement, for the next tests
     assert info.get("killed") in ("w1", "w2") and info["killed"] in info["running"], info
@@ -181,7 +181,7 @@ def test_sigint_to_the_driver_then_resume_from_the_cli(cluster, server, tws):
 def test_mlflow_server_stopped_mid_study_then_restarted_and_resumed(cluster, server, tws):
     c, _ = cluster
     data, ws = tws
-    o = opts(c, server, study="outage", phase="search", num_samples=2, epochs=2, max_concurrent=2, max_failures=0)
+    o = opts(c, server, study="outage", phase="search", num_samples=2, trial=dict(epochs=2), max_concurrent=2, max_failures=0)
     info = {}
     t0 = time.time()
 
@@ -237,8 +237,8 @@ def test_trial_killed_while_writing_its_checkpoint_restarts_from_the_last_whole_
     with Gate("checkpoint", epoch=2, written=1) as gate:
         t0 = time.time()
         killer = gate.then(kill, also=lambda: _driver_knows(ws, "ckptkill", "search", "checkpoint_000000"))
-        tune_head(data, ws, "mask", opts(c, server, study="ckptkill", phase="search", num_samples=1, epochs=3,
-                                         search_folds=2))
+        tune_head(data, ws, "mask", opts(c, server, study="ckptkill", phase="search", num_samples=1,
+                                         trial=dict(epochs=3, search_folds=2)))
     killer.join()
     assert info.get("held", {}).get("written") == 1, f"the trial was not killed mid-checkpoint: {info}"
     runs = find_runs(server.uri, study="ckptkill")
