@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from trainables.mlflow_model import IMAGE, RUNTIME, column_bytes, example_crop, 
 from trainables.models import load_model_file
 from trainables.predict import predict_probs
 
+from .detector import decode_bytes
 from .face_crop import PhotoCropper
 
 LOADER = __name__
@@ -68,6 +70,7 @@ class EnsembleModel:
         self.spec = json.loads((folder / SPEC).read_text())
         self.members = [load_model_file(folder / m["file"]) for m in self.spec["members"]]
         self._cropper = None   # MTCNN is built with the first photo: callers with crops never pay for it
+        self._lock = threading.Lock()   # a server predicts in threads: one MTCNN
 
     def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:
@@ -90,6 +93,10 @@ class EnsembleModel:
         empty = [str(i) for i in range(n) if photos[i] is None and crops[i] is None]
         if empty:
             raise ValueError(f"row(s) {', '.join(empty)}: no {PHOTO!r} and no {IMAGE!r}; send a photo or a face crop")
+        errors = {i: decode_bytes(c).error if c else "empty crop" for i, c in enumerate(crops) if photos[i] is None}
+        bad = [f"row {i}: {IMAGE}: {e}" for i, e in errors.items() if e]
+        if bad:
+            raise ValueError("; ".join(bad) + "; send JPEG or PNG face crops")
         rows = [i for i in range(n) if photos[i] is not None]
         faces = [GIVEN] * n
         for i, fc in zip(rows, self.cropper().crop([photos[i] for i in rows], rows) if rows else []):
@@ -97,15 +104,15 @@ class EnsembleModel:
         return crops, faces
 
     def cropper(self) -> PhotoCropper:
-        if self._cropper is None:
-            face = self.spec.get("face")
-            if not face:
-                raise ValueError(f"this model was logged without the crop settings of its training crops, so "
-                                 f"it cannot crop photos; send face crops in column {IMAGE!r}")
-            from trainables.loop import device_of   # MTCNN runs where the members predict
-            self._cropper = PhotoCropper(CropSettings(**face["settings"]),
-                                         Priors(None if face["prior"] is None else np.asarray(face["prior"])),
-                                         str(device_of()))
+        face = self.spec.get("face")
+        if not face:
+            raise ValueError(f"this model was logged without the crop settings of its training crops, so "
+                             f"it cannot crop photos; send face crops in column {IMAGE!r}")
+        with self._lock:
+            if self._cropper is None:
+                from trainables.loop import device_of   # MTCNN runs where the members predict
+                prior = Priors(None if face["prior"] is None else np.asarray(face["prior"]))
+                self._cropper = PhotoCropper(CropSettings(**face["settings"]), prior, str(device_of()))
         return self._cropper
 
     def answer(self, crops: list[bytes]) -> pd.DataFrame:

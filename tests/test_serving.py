@@ -65,7 +65,7 @@ def registered(budget_run, tmp_path_factory):
     if real:
         with ray_session(num_cpus=2):
             preprocess(data, ws.make(), progress=False)
-    ensemble(data, ws, EnsembleOptions())
+    ensemble(data, ws, EnsembleOptions(eval_vote="full"))   # as `run` votes: the full-data models
     promote(ws.tracking_uri(), name=NAME, alias=ALIAS)
     return data, ws, real
 
@@ -194,9 +194,11 @@ def test_a_bad_photo_gets_a_400_naming_it_and_the_server_keeps_answering(registe
     data, ws, _ = registered
     sub = pd.read_csv(ws.results / "submission.csv")
     photo = (data / "eval" / "images" / sub["ImageID"].iloc[-1]).read_bytes()
-    for bad, why in ((b"this is not a photo", "not an image PIL can read"), (b"", "empty photo")):
-        status, out = _invoke(server, ["photo"], [[photo], [bad]])
+    for column, bad, why in (("photo", b"this is not a photo", "row 1: not an image PIL can read"),
+                             ("photo", b"", "row 1: empty photo"),
+                             ("image", b"\xff\xd8 a crop", "row 1: image: not an image PIL can read")):
+        status, out = _invoke(server, [column], [[photo], [bad]])
         assert status == 400, out
-        assert f"row 1: {why}" in out["message"] and "send JPEG or PNG photos" in out["message"], out["message"]
+        assert why in out["message"] and "send JPEG or PNG" in out["message"], out["message"]
     status, out = _invoke(server, ["photo"], [[photo]])
     assert status == 200 and out["predictions"][0]["class"] == sub["ans"].iloc[-1], out
