@@ -70,6 +70,18 @@ def registered(budget_run, tmp_path_factory):
     return data, ws, real
 
 
+def test_a_photo_is_cropped_as_preprocess_cropped_it(crops_ws):
+    """What the served model runs on a photo makes each eval image's crop file byte for byte."""
+    from core.manifest import read_manifest
+    from orchestrator.face_crop import PhotoCropper
+    from orchestrator.preprocess import crop_priors
+    data, ws = crops_ws
+    ev = read_manifest(ws.manifest).query("split == 'eval'")
+    got = PhotoCropper(*crop_priors(ws)).crop([(data / p).read_bytes() for p in ev["path"]])
+    assert [g.method for g in got] == ev["method"].tolist()
+    assert [g.crop for g in got] == [(ws.crops / c).read_bytes() for c in ev["crop"]]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
