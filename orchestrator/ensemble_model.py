@@ -18,6 +18,7 @@ global_prior, centre; ``given`` for a crop sent in ``image``).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import threading
@@ -29,6 +30,7 @@ import pandas as pd
 from core.faces import CropSettings, Priors
 from core.labels import class_names, decode, output_slices
 from results.voting import joint_log_probs, predict_classes, vote
+from trainables.loop import device_of
 from trainables.mlflow_model import IMAGE, RUNTIME, column_bytes, example_crop, requirements
 from trainables.models import load_model_file
 from trainables.predict import predict_probs
@@ -76,7 +78,7 @@ class EnsembleModel:
         try:
             crops, faces = self.crops(model_input)
         except ValueError as exc:   # bad input (PhotoError too), not a failure of the model
-            from mlflow.exceptions import MlflowException   # a 400 with this message when served
+            from mlflow.exceptions import MlflowException   # heavy; served, it becomes a 400 with this message
             raise MlflowException.invalid_parameter_value(str(exc)) from exc
         out = self.answer(crops)
         out["face"] = faces
@@ -110,8 +112,8 @@ class EnsembleModel:
                              f"it cannot crop photos; send face crops in column {IMAGE!r}")
         with self._lock:
             if self._cropper is None:
-                from trainables.loop import device_of   # MTCNN runs where the members predict
                 prior = Priors(None if face["prior"] is None else np.asarray(face["prior"]))
+                # MTCNN runs where the members predict
                 self._cropper = PhotoCropper(CropSettings(**face["settings"]), prior, str(device_of()))
         return self._cropper
 
@@ -144,7 +146,6 @@ def signature():
 
 def code_paths() -> list[str]:
     """This package's folders: the logged model carries the code that loads it."""
-    import importlib
     return [str(Path(importlib.import_module(p).__file__).parent) for p in PACKAGES]
 
 

@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "search_plots"
@@ -45,7 +47,7 @@ class SearchSummary:
 
 def load_study(tune_experiment: str):
     """The Optuna study saved with a Tune experiment (path or URI), or None where there is none."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs   # heavy; reads a local path or the s3://... of --storage alike
     fs, root = pafs.FileSystem.from_uri(tune_experiment if "://" in tune_experiment
                                         else str(Path(tune_experiment).resolve()))
     infos = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -60,7 +62,7 @@ def load_study(tune_experiment: str):
 
 def _importances(study, complete: list) -> tuple[dict, str]:
     """fANOVA importances, or {} and why they cannot be had (too few or identical trials)."""
-    import optuna
+    import optuna   # heavy, as matplotlib below: only after a search
     names = {p for t in complete for p in t.params}
     varying = {p for p in names if len({repr(t.params.get(p)) for t in complete}) > 1}
     if len(complete) < 2 or not varying:
@@ -79,10 +81,10 @@ def _importances(study, complete: list) -> tuple[dict, str]:
 def write_plots(study, out: Path) -> SearchSummary:
     """optimization_history.png, param_importances.png, parallel_coordinate.png and slice.png
     (those the trials allow) in ``out``."""
-    import matplotlib   # only here: the CLI's other paths never pay for it
+    import matplotlib   # heavy: only here, so the CLI's other paths never pay for it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
+    import optuna   # heavy, as matplotlib
     from optuna.visualization import matplotlib as views
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -109,14 +111,13 @@ def write_plots(study, out: Path) -> SearchSummary:
 
 
 def _figure(axes):
-    import numpy as np
     return np.atleast_1d(axes).flat[0].figure   # plot_slice gives one Axes per parameter
 
 
 def log_search_plots(uri: str, run_id: str, tune_experiment: str) -> SearchSummary:
     """Plots of the search saved with ``tune_experiment`` on the parent run ``run_id``; its
     description and tag ``top_param`` say which parameter mattered most (or why none is named)."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient   # heavy, as optuna
     study = load_study(tune_experiment)
     if study is None:
         summary = SearchSummary(0, note=f"no Optuna study saved in {tune_experiment}: no plots")
