@@ -76,13 +76,15 @@ def test_the_registered_model_carries_its_code_and_no_pickle(registered):
     _, ws, _ = registered
     client = MlflowClient(ws.tracking_uri())
     version = client.get_model_version_by_alias(NAME, ALIAS)
-    folder = Path(client.get_logged_model(version.model_id).artifact_location.removeprefix("file://"))
+    assert version.source.startswith("models:/m-"), version.source   # the ensemble run's logged model
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    folder = Path(model.artifact_location.removeprefix("file://"))
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     conf = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
     assert conf["loader_module"] == "orchestrator.ensemble_model" and conf["code"] == "code"
-    assert {"code/orchestrator/ensemble_model.py", "code/orchestrator/face_crop.py", "data/ensemble.json"} <= files
+    assert {"code/orchestrator/ensemble_model.py", "code/orchestrator/face_crop.py", "data/ensemble/ensemble.json"} <= files
     assert not any(f.endswith((".pkl", ".pickle")) or "__pycache__" in f for f in files)
-    spec = json.loads((folder / "data" / "ensemble.json").read_text())
+    spec = json.loads((folder / "data" / "ensemble" / "ensemble.json").read_text())
     assert spec["face"]["settings"]["size"] == 224 and len(spec["face"]["prior"]) == 4
 
 
