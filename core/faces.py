@@ -6,6 +6,7 @@ A box is (x1, y1, x2, y2) in source pixels; a *normalised* box divides by (w, h,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 
@@ -102,6 +103,13 @@ def cut(img: Image.Image, box, size: int) -> Image.Image:
     return img.resize((size, size), Image.BICUBIC, box=tuple(float(v) for v in box))
 
 
+def crop_jpeg(img: Image.Image, box, s: CropSettings) -> bytes:
+    """The crop file's bytes: training decodes these, so a crop made elsewhere must be made alike."""
+    buf = io.BytesIO()
+    cut(img, box, s.size).save(buf, format="JPEG", quality=s.jpeg_quality)
+    return buf.getvalue()
+
+
 @dataclass
 class Priors:
     """Where faces usually are, as normalised boxes: over all detections and per person."""
@@ -139,3 +147,12 @@ def pick_weak(candidates, prior, s: CropSettings):
     and the second pass's faces."""
     ok = [c for c in candidates if c[4] >= s.weak_min_prob and iou(c[:4], prior) >= s.weak_min_iou]
     return max(ok, key=lambda c: c[4]) if ok else None
+
+
+def miss_box(candidates, prior, how: str, s: CropSettings) -> tuple[tuple[float, ...], float, str]:
+    """(face box, prob, method) of an image without a confident face: a weak face that agrees
+    with the prior (fallback "prior"), else the prior box itself (method ``how``, prob NaN)."""
+    face = pick_weak(candidates, prior, s) if s.fallback == "prior" else None
+    if face:
+        return tuple(face[:4]), float(face[4]), "weak_detect"
+    return tuple(prior), float("nan"), how

@@ -49,6 +49,12 @@ class CropCache:
         self.parts = self.dir / "_parts"
         self.state_file = self.dir / "_state.parquet"
 
+    @staticmethod
+    def stored_settings(crops_dir: Path) -> CropSettings | None:
+        """The settings the crops under ``crops_dir`` were made with (None: no crops yet)."""
+        meta = Path(crops_dir) / "settings.json"
+        return CropSettings(**json.loads(meta.read_text())["settings"]) if meta.is_file() else None
+
     def open(self) -> "CropCache":
         """Claim the crop folder for these settings; crops made with other settings are dropped."""
         self.root.mkdir(parents=True, exist_ok=True)

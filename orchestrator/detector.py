@@ -45,12 +45,12 @@ def decode(path: Path) -> Decoded:
         return Decoded(None, f"unreadable file: {exc}")
     if not data:
         return Decoded(None, "empty file (0 bytes)")
-    dec = _decode_bytes(data)
+    dec = decode_bytes(data)
     dec.digest = hashlib.sha1(data).hexdigest()
     return dec
 
 
-def _decode_bytes(data: bytes) -> Decoded:
+def decode_bytes(data: bytes) -> Decoded:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -127,6 +127,14 @@ class Detector:
         except Exception as exc:  # a degenerate image must not fail the batch
             log.warning("MTCNN failed on one image (%s); treating it as no face", exc)
             return None, None
+
+    def weak_faces(self, img: Image.Image, found) -> list[tuple[float, float, float, float, float]]:
+        """What a fallback may still pick for an image without a confident face: the main pass's
+        best face ``found`` (below the threshold) and, with second_pass, the low-threshold faces."""
+        cands = [] if found is None else [(*(float(v) for v in found[0]), float(found[1]))]
+        if self.s.second_pass and min(img.size) >= self.s.min_side:
+            cands += self.candidates(img)
+        return cands
 
     def candidates(self, img: Image.Image) -> list[tuple[float, float, float, float, float]]:
         """Every face the low-threshold pass sees: (x1, y1, x2, y2, prob) in source px."""

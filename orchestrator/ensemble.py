@@ -37,6 +37,7 @@ from core.manifest import read_manifest
 from core.workspace import Workspace
 
 from .options import EnsembleOptions
+from .preprocess import crop_priors
 from .ray_session import ray_session, trial_resources
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def _report_inputs(oof: Oof | None, cal: CalibrationOutcome, train, eval_pred, c
                         cal.heldout_f1)
 
 
-def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal) -> tuple[str, str]:
+def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, cal, face) -> tuple[str, str]:
     exp = client.get_experiment_by_name(opts.experiment)
     name = f"ensemble · {opts.vote} vote · {sum(len(m) for m in chosen.values())} models"
     rid = start_run(client, exp.experiment_id, role=ENSEMBLE, name=name, tags={"stage": "ensemble"})
@@ -307,13 +308,15 @@ def _log_mlflow(client: MlflowClient, opts, chosen, metrics, files, submission, 
         client.log_dict(rid, {"status": cal.status, "applied": cal.applied, "shrink": cal.shrink,
                               "fitted_offsets": None if cal.fitted is None else cal.fitted.offsets.tolist()},
                         "calibration.json")
-        model_id = log_ensemble_model(client, rid, chosen, opts, cal)
+        model_id = log_ensemble_model(client, rid, chosen, opts, cal, face)
     return rid, model_id
 
 
-def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOptions, cal: CalibrationOutcome) -> str:
+def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOptions, cal: CalibrationOutcome,
+                       face: tuple | None = None) -> str:
     """What voted on the eval images, as the run's logged pyfunc model ``ensemble``: it predicts
-    what submission.csv holds (same members, vote, TTA and offsets)."""
+    what submission.csv holds (same members, vote, TTA and offsets), from the eval photos too
+    when ``face`` (preprocess.crop_priors) holds how their crops were made."""
     import mlflow
     from mlflow.models import Model
 
@@ -325,14 +328,15 @@ def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOpt
         files = [model_file(client, c, Path(tmp) / "download" / str(i)) for i, c in enumerate(models)]
         folder = write_ensemble(Path(tmp) / "ensemble", [(f, c.model_target) for f, c in zip(files, models)],
                                 {h: [index[c.run_id] for c in ms] for h, ms in voters.items()},
-                                vote_how=opts.vote, tta=opts.tta, offsets=cal.offsets, batch_size=opts.batch_size)
+                                vote_how=opts.vote, tta=opts.tta, offsets=cal.offsets, batch_size=opts.batch_size,
+                                face=face)
         run = client.get_run(rid)
         model_id = client.create_logged_model(run.info.experiment_id, name=ENSEMBLE_MODEL_NAME, source_run_id=rid,
                                               params=run.data.params, tags={"role": ENSEMBLE},
                                               model_type="pyfunc").model_id
         with global_tracking_uri(client.tracking_uri):
             Model.log(artifact_path=None, name=ENSEMBLE_MODEL_NAME, flavor=mlflow.pyfunc, run_id=rid,
-                      model_id=model_id, data_path=str(folder), **pyfunc_spec(64))
+                      model_id=model_id, data_path=str(folder), **pyfunc_spec())
     return model_id
 
 
@@ -376,7 +380,10 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = opts.report_dir or ws.results / "ensemble"
     metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
-    rid, model_id = _log_mlflow(client, opts, chosen, metrics, files, submission, cal)
+    face = crop_priors(ws)
+    if face is None:
+        log.warning("no crop settings in %s: the logged ensemble model takes face crops only, not photos", ws.crops)
+    rid, model_id = _log_mlflow(client, opts, chosen, metrics, files, submission, cal, face)
     log.info("calibration %s", cal.status)
     return EnsembleResult(Path(submission), report_dir, metrics, cal.offsets,
                           models_table(chosen), rid, model_id)

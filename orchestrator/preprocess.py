@@ -16,7 +16,6 @@ per worker process: tasks reuse their process, and the detector is cached in it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from core.atomic import write_bytes_atomic, write_parquet_atomic
 from .crop_cache import CropCache, crop_name
 from .detector import Detector, decode
 from core.dataset import load_eval, load_train
-from core.faces import CropSettings, Priors, crop_box, cut, normalise, pick_weak
+from core.faces import CropSettings, Priors, crop_box, crop_jpeg, miss_box, normalise
 from core.gates import hold
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
@@ -94,9 +93,7 @@ def _detector(s: CropSettings):
 
 
 def _save_crop(img, box, s: CropSettings, crops_dir: Path, name: str) -> None:
-    buf = io.BytesIO()
-    cut(img, box, s.size).save(buf, format="JPEG", quality=s.jpeg_quality)
-    write_bytes_atomic(buf.getvalue(), crops_dir / name)
+    write_bytes_atomic(crop_jpeg(img, box, s), crops_dir / name)
 
 
 def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, key: str) -> dict:
@@ -114,10 +111,7 @@ def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, k
         x1, y1, x2, y2 = box
         return dict(rec, status="crop", method="detect", prob=found[1], crop=name, fx1=fx1,
                     fy1=fy1, fx2=fx2, fy2=fy2, x1=x1, y1=y1, x2=x2, y2=y2)
-    cands = [] if found is None else [(*(float(v) for v in found[0]), found[1])]
-    if s.second_pass and min(w, h) >= s.min_side:
-        cands += det.candidates(dec.img)
-    return dict(rec, status="pending", candidates=json.dumps(cands))
+    return dict(rec, status="pending", candidates=json.dumps(det.weak_faces(dec.img, found)))
 
 
 def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
@@ -207,8 +201,19 @@ def _batches(items: list[dict], size: int) -> list[list[dict]]:
 
 def _priors(recs: dict[str, dict], persons: dict[str, str]) -> Priors:
     return Priors.from_detections(
-        (persons[p], normalise((r["fx1"], r["fy1"], r["fx2"], r["fy2"]), r["w"], r["h"]))
+        (persons.get(p, ""), normalise((r["fx1"], r["fy1"], r["fx2"], r["fy2"]), r["w"], r["h"]))
         for p, r in recs.items() if r["method"] in ("detect",))
+
+
+def crop_priors(ws: Workspace) -> tuple[CropSettings, Priors] | None:
+    """The settings and the global prior the workspace's crops were last made with: what crops
+    a new photo as this run cropped its eval images (None where no preprocess run left them)."""
+    settings = CropCache.stored_settings(ws.crops)
+    state = None if settings is None else CropCache(ws.crops, settings).state_file
+    if state is None or not state.is_file():
+        return None
+    recs = pd.read_parquet(state).to_dict("records")
+    return settings, Priors(_priors({r["path"]: r for r in recs}, {}).global_box)
 
 
 def _choose(rec: dict, person: str, priors: Priors, s: CropSettings) -> dict:
@@ -216,8 +221,7 @@ def _choose(rec: dict, person: str, priors: Priors, s: CropSettings) -> dict:
     w, h = rec["w"], rec["h"]
     prior, how = priors.box(person, w, h, s)
     cands = json.loads(rec["candidates"]) if rec["candidates"] else []
-    face = pick_weak(cands, prior, s) if s.fallback == "prior" else None
-    fbox, prob, method = (face[:4], face[4], "weak_detect") if face else (prior, float("nan"), how)
+    fbox, prob, method = miss_box(cands, prior, how, s)
     x1, y1, x2, y2 = crop_box(fbox, w, h, s)
     fx1, fy1, fx2, fy2 = (float(v) for v in fbox)
     return dict(rec, method=method, prob=prob, fx1=fx1, fy1=fy1, fx2=fx2, fy2=fy2,

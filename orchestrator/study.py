@@ -211,7 +211,20 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
                       search_alg=StartBeforeDeadline(searcher, max_concurrent, (str(plan.ws.root), plan.study,
                                                                                 "search")), scheduler=asha,
                       num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)
-    return _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
+    table = _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
+    report_search(plan, parent)
+    return table
+
+
+def report_search(plan: StudyPlan, parent: str) -> None:
+    """Optuna's plots of the finished search on its parent run, and which parameter mattered most."""
+    from results.search_plots import ARTIFACT_DIR, log_search_plots   # heavy (optuna, mlflow): after a search
+    try:
+        summary = log_search_plots(plan.uri, parent, plan.exp_path("search"))
+    except Exception as exc:   # the search is finished and recorded: a plot must not stop the cv phase
+        log.warning("%s: Optuna's plots of the search could not be made (%s: %s)", plan.study, type(exc).__name__, exc)
+        return
+    log.info("%s %s (plots: MLflow run %s, %s/)", plan.study, summary.line(), parent, ARTIFACT_DIR)
 
 
 def best_search_config(uri: str, head: str, study: str, experiment: str = EXPERIMENT) -> TrialConfig:

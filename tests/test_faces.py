@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.detector import decode
-from core.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, pick_weak
+from core.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, miss_box, pick_weak
 
 
 def test_iou():
@@ -62,6 +62,14 @@ def test_weak_face_must_be_probable_and_near_the_prior():
     better = (95, 100, 195, 205, 0.95)
     assert pick_weak([far, weak], prior, s) is None
     assert pick_weak([far, weak, good, better], prior, s) == better
+
+
+def test_a_miss_takes_a_weak_face_near_the_prior_else_the_prior():
+    prior, s = (100, 100, 200, 200), CropSettings(weak_min_prob=0.5)
+    assert miss_box([(105, 100, 205, 200, 0.7)], prior, "global_prior", s) == ((105, 100, 205, 200), 0.7, "weak_detect")
+    box, prob, how = miss_box([(300, 300, 400, 400, 0.99)], prior, "global_prior", s)
+    assert (box, how) == (prior, "global_prior") and np.isnan(prob)
+    assert miss_box([(105, 100, 205, 200, 0.7)], prior, "centre", CropSettings(fallback="centre"))[2] == "centre"
 
 
 def test_settings_key_changes_with_any_setting():

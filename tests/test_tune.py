@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from core.errors import DataError
 from orchestrator.retrain import retrain_head
-from orchestrator.study import StudyInterrupted, TuneOptions, tune_head
+from orchestrator.study import SEARCHED, StudyInterrupted, TuneOptions, tune_head
 from conftest import workspace_sharing_crops
 from fault_gate import Gate, gates_folder
 from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
@@ -68,6 +68,19 @@ def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws,
     assert search["tags.trial_id"].is_unique and set(search["tags.stage"]) == {"tune"}
     parent = find_runs(uri(ws), head=head, study=f"{head}-smoke", phase="search", role="study")
     assert len(parent) == 1 and set(search["tags.mlflow.parentRunId"]) == {parent["run_id"][0]}
+    # Optuna's plots of the search on its parent run; its description names the top parameter, or
+    # why none is named (one trial; smoke trials that all score alike)
+    plots = {a.path for a in MlflowClient(uri(ws)).list_artifacts(parent["run_id"][0], "search_plots")}
+    top, note = parent["tags.top_param"][0], parent["tags.mlflow.note.content"][0]
+    views = {"optimization_history", "parallel_coordinate", "slice"} | ({"param_importances"} if top != "none" else set())
+    assert plots == {f"search_plots/{v}.png" for v in views}
+    assert note.startswith(f"search: {len(search)} trial(s) complete; ")
+    if top != "none":
+        assert top in SEARCHED and f"{top} mattered most" in note
+    elif head == "mask":
+        assert "every trial scored the same" in note or "not ranked" in note, note
+    else:
+        assert "too few trials to rank the parameters (1 complete" in note, note
     run = search.iloc[0]
     assert metric_steps(ws, run["run_id"]) == [1]
     assert {"metrics.val_f1", "metrics.val_loss", "metrics.val_acc", "metrics.train_loss",

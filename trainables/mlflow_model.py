@@ -46,15 +46,21 @@ def _load_pyfunc(data_path: str, model_config=None) -> CropModel:
 
 
 def image_bytes(model_input) -> list[bytes]:
-    """The ``image`` column as bytes (MLflow's REST serving sends base64 text)."""
+    """The ``image`` column as bytes."""
     if not isinstance(model_input, pd.DataFrame) or IMAGE not in model_input.columns:
         raise ValueError(f"input must be a DataFrame with a column {IMAGE!r} of encoded face crops (JPEG/PNG bytes)")
+    return [b"" if v is None else v for v in column_bytes(model_input, IMAGE)]
+
+
+def column_bytes(model_input: pd.DataFrame, column: str) -> list[bytes | None]:
+    """A column of encoded images as bytes, None where a row has none. MLflow's REST serving
+    decodes a binary column's base64 text; a caller in Python may still pass that text."""
     out = []
-    for v in model_input[IMAGE]:
+    for v in model_input[column]:
         if isinstance(v, str):
             import base64
             v = base64.b64decode(v)
-        out.append(bytes(v))
+        out.append(None if v is None or (isinstance(v, float) and v != v) else bytes(v))   # NaN: a gap
     return out
 
 
@@ -81,10 +87,13 @@ def signature(head: str):
     return ModelSignature(inputs=Schema([ColSpec("binary", IMAGE)]), outputs=Schema(outputs))
 
 
-def requirements() -> list[str]:
+RUNTIME = ("torch", "timm", "albumentations", "pillow", "pandas", "mlflow")
+
+
+def requirements(dists: tuple[str, ...] = ("mask-orchestrator", *RUNTIME)) -> list[str]:
     """Pinned to what trained the model (no inference: MLflow would load the model in a subprocess)."""
     out = []
-    for dist in ("mask-orchestrator", "torch", "timm", "albumentations", "pillow", "pandas", "mlflow"):
+    for dist in dists:
         try:
             out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:
