@@ -61,8 +61,10 @@ def _check_person_row(line: int, row, csv_path: Path, seen: dict, problems: list
         warnings.append(f"{where}: age {row['age']!r} read as {age}")
 
 
-def _person_folder(data_dir: Path, line: int, path: str, csv_path: Path, problems: list) -> Path | None:
-    """The person's image folder, or None (a problem noted) when it is missing or not in train/images."""
+def _person_folder(data_dir: Path, line: int, path: str, csv_path: Path, problems: list,
+                   owners: dict[Path, int]) -> Path | None:
+    """The person's image folder, or None (a problem noted) when it is missing, not in
+    train/images, or another row's (``owners``: resolved folder -> its line)."""
     root = data_dir / "train" / "images"
     folder = root / path
     where = f"{csv_path} line {line}"
@@ -71,7 +73,11 @@ def _person_folder(data_dir: Path, line: int, path: str, csv_path: Path, problem
                         "put the person's folder inside train/images and give its name")
     elif not path or not folder.is_dir():
         problems.append(f"{where}: image folder {folder} does not exist; fix the path column or add the folder")
+    elif folder.resolve() in owners:   # one folder, two persons: the same photos under two labels, in two folds
+        problems.append(f"{where}: path {path!r} is the folder of line {owners[folder.resolve()]} too; "
+                        "give every person their own folder")
     else:
+        owners[folder.resolve()] = line
         return folder
     return None
 
@@ -117,13 +123,14 @@ def load_train(data_dir: Path | str, *, old_from: int = COMPETITION_OLD_AGE,
     problems: list[str] = []
     warnings: list[str] = []
     seen: dict[str, int] = {}
+    owners: dict[Path, int] = {}
     rows = []
     if people.empty:
         problems.append(f"{csv_path}: no persons listed; add one row per person under the header")
     for i, row in people.iterrows():
         line = i + 2  # header is line 1
         _check_person_row(line, row, csv_path, seen, problems, warnings)
-        folder = _person_folder(data_dir, line, row["path"], csv_path, problems)
+        folder = _person_folder(data_dir, line, row["path"], csv_path, problems, owners)
         if folder is None:
             continue
         for kind, f in _person_images(folder, f"{csv_path} line {line}", problems, warnings).items():
