@@ -1,11 +1,27 @@
 """Reading the data set's CSV files: every problem names the file and the fix."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import DataError
+
+MAX_AGE = 130                        # years: anything above is a typo, not a person
+WHOLE = re.compile(r"[0-9]+")        # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+WHOLE_FLOAT = re.compile(r"[0-9]+\.0*")   # 35.0: a spreadsheet's export of the whole number 35
+
+
+def parse_age(text: str) -> tuple[int | None, str]:
+    """(age in years, "") or (None, why not); "35.0" is read as 35 (spreadsheets write ages so)."""
+    t = text.strip()
+    if not (WHOLE.fullmatch(t) or WHOLE_FLOAT.fullmatch(t)):
+        return None, f"age {text!r} is not a whole number; write the age in years"
+    age = int(t.split(".")[0])
+    if age > MAX_AGE:
+        return None, f"age {text!r} is over {MAX_AGE}; write the age in years"
+    return age, ""
 
 
 def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:

@@ -8,35 +8,18 @@ usable-but-odd data (a missing image kind, a stray file) is a warning, never a s
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from .corrections import apply_corrections
-from .csv_input import read_csv
+from .csv_input import WHOLE, parse_age, read_csv
 from .errors import DataError
 from .labels import COMPETITION_OLD_AGE, GENDERS, IMAGE_EXTS, IMAGE_KINDS, age_group, encode
 
 log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
-MAX_AGE = 130                        # years: anything above is a typo, not a person
-WHOLE = re.compile(r"[0-9]+")        # ASCII digits only: str.isdigit() also takes '²', which int() refuses
-WHOLE_FLOAT = re.compile(r"[0-9]+\.0*")   # 35.0: a spreadsheet's export of the whole number 35
-
-
-def parse_age(text: str) -> tuple[int | None, str]:
-    """(age in years, "") or (None, why not); "35.0" is read as 35 (spreadsheets write ages so)."""
-    t = text.strip()
-    if not (WHOLE.fullmatch(t) or WHOLE_FLOAT.fullmatch(t)):
-        return None, f"age {text!r} is not a whole number; write the age in years"
-    age = int(t.split(".")[0])
-    if age > MAX_AGE:
-        return None, f"age {text!r} is over {MAX_AGE}; write the age in years"
-    return age, ""
-
-
 def inside(path: Path, root: Path) -> bool:
     """``path`` (symlinks followed) lies in ``root`` (resolved): '..', an absolute path or a link
     leading out of the data set would otherwise read another folder without a word."""

@@ -480,7 +480,7 @@ def _record_corrections(a) -> None:
     """--corrections holds for this and every later command on the workspace (core/label_table.py)."""
     if getattr(a, "corrections", None) is None:
         return
-    path = set_corrections(Workspace(a.workspace), a.corrections)
+    path = set_corrections(Workspace(a.workspace), a.corrections, getattr(a, "data", None))   # a bad file is not recorded
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
 
 

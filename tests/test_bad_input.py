@@ -16,11 +16,12 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from core.dataset import EVAL_COLUMNS, MAX_AGE, TRAIN_COLUMNS, load_eval, load_train
+from core.csv_input import MAX_AGE
+from core.dataset import EVAL_COLUMNS, TRAIN_COLUMNS, load_eval, load_train
 from core.errors import DataError
 from core.labels import GENDERS, IMAGE_KINDS
 from tests.bad_input import attempt
-from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, problem_lines, render
+from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, padded, problem_lines, render
 
 ALL_KINDS = tuple(IMAGE_KINDS)
 EXTS = (".jpg", ".JPG", ".jpeg", ".png")
@@ -140,3 +141,210 @@ def test_train_csv(people, lay):
             return
         assert out.name == ("warned" if warn else "accepted"), (out.error, out.warnings)
         _check_loaded(out.result, people)
+
+
+# -- eval/info.csv -----------------------------------------------------------------------
+IMAGE_IDS = ("ok", "dotdot", "absolute", "link_out", "missing", "empty", "duplicate")
+
+
+@st.composite
+def eval_rows(draw) -> list[dict]:
+    names = st.text(st.characters(exclude_categories=["Cs", "Cc"], exclude_characters="/\\"), min_size=1, max_size=8)
+    rows = []
+    for i in range(draw(st.integers(0, 5))):
+        how = draw(st.one_of(st.just("ok"), st.sampled_from(IMAGE_IDS)))
+        if how == "duplicate" and not rows:
+            how = "ok"
+        rows.append({"how": how, "name": f"{i}{draw(names)}{draw(st.sampled_from(EXTS))}", "ans": draw(ODD_TEXT)})
+    return rows
+
+
+def _image_id(i: int, r: dict, rows: list[dict], root: Path, outside: Path) -> str:
+    if r["how"] == "ok":
+        (root / r["name"]).write_bytes(b"")
+    if r["how"] == "link_out":
+        os.symlink(outside / "normal.jpg", root / r["name"])
+    if r["how"] == "duplicate":
+        return rows[0]["cell"]
+    return {"dotdot": "../../../outside/normal.jpg", "absolute": str(outside / "normal.jpg"),
+            "empty": ""}.get(r["how"], r["name"])
+
+
+@given(rows=eval_rows(), lay=layout(EVAL_COLUMNS))
+@example(rows=[{"how": "link_out", "name": "0a.jpg", "ans": ""}],   # a link out of DATA was read as an eval image
+         lay={"columns": list(EVAL_COLUMNS), "names": {c: c for c in EVAL_COLUMNS}, "dropped": None, "twin": None,
+              "bom": False, "crlf": False, "quote_all": False})
+def test_info_csv(rows, lay):
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        data, outside = tmp / "data", _outside(tmp)
+        root = data / "eval" / "images"
+        root.mkdir(parents=True)
+        for i, r in enumerate(rows):
+            r["cell"] = _image_id(i, r, rows, root, outside)
+        csv_path = data / "eval" / "info.csv"
+        csv_path.write_bytes(render(lay, [{"ImageID": r["cell"], "ans": r["ans"]} for r in rows]))
+        out = attempt("eval/info.csv", lambda: load_eval(data), refusals=(DataError,), watch=[data])
+        if header_broken(lay):
+            assert out.name == "refused" and str(csv_path) in str(out.error), out.error
+            return
+        bad = {i + 2 for i, r in enumerate(rows) if r["how"] != "ok"}
+        if bad:
+            assert out.name == "refused" and problem_lines(out.error.problems) == bad, out.error or out.result
+            return
+        assert out.name == "accepted", out.error
+        assert list(out.result["image_id"]) == [r["name"] for r in rows]
+        assert all((data / p).resolve().parent == root.resolve() for p in out.result["path"])
+
+
+# -- a corrections CSV and the workspace's record of it ----------------------------------
+TRAIN_IDS = ("000123", "7", "a b")
+
+
+def _small_data(tmp: Path) -> Path:
+    """Three persons, all seven images each (the corrections' train.csv)."""
+    data = tmp / "data"
+    root = data / "train" / "images"
+    for i, pid in enumerate(TRAIN_IDS):
+        (root / f"p{i}").mkdir(parents=True)
+        for k in ALL_KINDS:
+            (root / f"p{i}" / f"{k}.jpg").write_bytes(b"")
+    lines = ["id,gender,race,age,path"] + [f"{pid},male,Asian,{20 + 10 * i},p{i}" for i, pid in enumerate(TRAIN_IDS)]
+    (data / "train" / "train.csv").parent.mkdir(parents=True, exist_ok=True)
+    (data / "train" / "train.csv").write_text("\n".join(lines) + "\n")
+    return data
+
+
+@st.composite
+def correction_rows(draw) -> list[dict]:
+    person = st.one_of(padded(st.sampled_from(TRAIN_IDS)), st.sampled_from(["123", "0007", ""]), ODD_TEXT)
+    value = {"gender": genders(), "age": ages(),
+             "swap": st.one_of(st.tuples(st.sampled_from(ALL_KINDS), st.sampled_from(ALL_KINDS), st.sampled_from(":|"))
+                               .map(lambda t: f"{t[0]}{t[2]}{t[1]}"), ODD_TEXT)}
+    rows = []
+    for _ in range(draw(st.integers(0, 5))):
+        field = draw(st.one_of(st.sampled_from(list(value)), ODD_TEXT))
+        rows.append({"id": draw(person), "field": draw(padded(st.just(field))),
+                     "value": draw(value.get(field.strip(), ODD_TEXT)), "note": draw(ODD_TEXT)})
+    return rows
+
+
+def _apply_model(rows: list[dict]) -> tuple[set[int], dict]:
+    """(bad lines, person -> {gender, age, mask per kind}) by the corrections' rules."""
+    state = {pid: {"gender": 0, "age": 20 + 10 * i, **{k: IMAGE_KINDS[k] for k in ALL_KINDS}}
+             for i, pid in enumerate(TRAIN_IDS)}
+    bad = set()
+    for i, r in enumerate(rows):
+        pid, field, value = r["id"].strip(), r["field"].strip(), r["value"].strip()
+        kinds = value.replace("|", ":").split(":")
+        if pid not in state or field not in ("gender", "age", "swap"):
+            bad.add(i + 2)
+        elif field == "gender" and value.lower() in GENDERS:
+            state[pid]["gender"] = GENDERS[value.lower()]
+        elif field == "age" and _age_ok(value) is not None:
+            state[pid]["age"] = _age_ok(value)
+        elif field == "swap" and len(kinds) == 2 and all(k in ALL_KINDS for k in kinds):
+            a, b = kinds
+            state[pid][a], state[pid][b] = state[pid][b], state[pid][a]
+        else:
+            bad.add(i + 2)
+    return bad, state
+
+
+@given(rows=correction_rows(), lay=layout(("id", "field", "value")))
+@example(rows=[{"id": "000123", "field": "age", "value": "\u00b2", "note": ""}],   # '²' passed isdigit, crashed int()
+         lay={"columns": ["id", "field", "value"], "names": {c: c for c in ("id", "field", "value")}, "dropped": None,
+              "twin": None, "bom": False, "crlf": False, "quote_all": False})
+def test_corrections_csv(rows, lay):
+    from core.label_table import RECORD, set_corrections
+    from core.workspace import Workspace
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        data, ws = _small_data(tmp), Workspace(tmp / "ws").make()
+        (ws.root / RECORD).write_text('{"path": "/earlier/corrections.csv"}')   # what a refusal must keep
+        corr = tmp / "corrections.csv"
+        corr.write_bytes(render(lay, rows))
+        out = attempt("corrections CSV", lambda: set_corrections(ws, corr, data) and load_train(data, corrections=corr),
+                      refusals=(DataError,), watch=[ws.root, data])
+        if header_broken(lay):
+            assert out.name == "refused" and str(corr) in str(out.error), out.error
+            return
+        bad, state = _apply_model(rows)
+        if bad:
+            assert out.name == "refused" and problem_lines(out.error.problems) == bad, out.error or out.result
+            assert all(p.startswith(str(corr)) for p in out.error.problems), out.error
+            return
+        assert out.name == "accepted", out.error
+        for r in out.result.itertuples():
+            assert (r.gender, r.age, r.mask) == (state[r.person]["gender"], state[r.person]["age"], state[r.person][r.kind])
+
+
+RECORDS = st.one_of(st.builds(lambda p: {"path": p}, st.sampled_from(["GOOD", "MISSING", "", None, 5, ["GOOD"]])),
+                    st.dictionaries(ODD_TEXT, st.one_of(ODD_TEXT, st.integers(), st.none()), max_size=2),
+                    st.lists(ODD_TEXT, max_size=2), st.integers(), st.none())
+
+
+@given(record=RECORDS, form=st.sampled_from(["json", "bom", "cut", "text"]), junk=ODD_TEXT)
+@example(record={"path": "GOOD"}, form="cut", junk="")   # a half-written or hand-edited record was a traceback
+def test_corrections_record(record, form, junk):
+    import json
+
+    from core.label_table import RECORD, corrections_file
+    from core.workspace import Workspace
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ws, good = Workspace(tmp / "ws").make(), tmp / "corrections.csv"
+        good.write_text("id,field,value\n")
+        if isinstance(record, dict) and record.get("path") in ("GOOD", "MISSING"):
+            record = {**record, "path": str(tmp / "corrections.csv" if record["path"] == "GOOD" else tmp / "gone.csv")}
+        text = json.dumps(record)
+        text = {"json": text, "bom": "\ufeff" + text, "cut": text[: len(text) // 2], "text": junk}[form]
+        (ws.root / RECORD).write_text(text, encoding="utf-8")
+        out = attempt("WS/corrections.json", lambda: corrections_file(ws), refusals=(DataError,), watch=[ws.root])
+        if form in ("json", "bom") and record == {"path": str(good)}:
+            assert out.name == "accepted" and out.result == good
+        else:
+            assert out.name == "refused" and str(ws.root / RECORD) in str(out.error), out.result
+
+
+# -- the scoring helpers' answers file ---------------------------------------------------
+@st.composite
+def answer_rows(draw) -> list[dict]:
+    ans = st.one_of(st.integers(0, 17).map(str), st.integers(-3, 40).map(str), padded(st.integers(0, 17).map(str)),
+                    st.sampled_from(["3.0", "", "x", "\u00b3"]), ODD_TEXT)
+    image_ids = st.one_of(st.integers(0, 9).map(lambda i: f"{i}.jpg"), ODD_TEXT)
+    return [{"ImageID": draw(image_ids), "ans": draw(ans)} for _ in range(draw(st.integers(0, 8)))]
+
+
+@given(rows=answer_rows(), lay=layout(("ImageID", "ans")), shift=st.integers(0, 17))
+@example(rows=[{"ImageID": "0.jpg", "ans": "18"}], shift=0,   # class 18 broke the confusion matrix's reshape
+         lay={"columns": ["ImageID", "ans"], "names": {"ImageID": "ImageID", "ans": "ans"}, "dropped": None,
+              "twin": None, "bom": False, "crlf": False, "quote_all": False})
+@example(rows=[{"ImageID": "0.jpg", "ans": "1"}], shift=0,   # a header without 'ans' was a KeyError
+         lay={"columns": ["ImageID"], "names": {"ImageID": "ImageID"}, "dropped": "ans",
+              "twin": None, "bom": False, "crlf": False, "quote_all": False})
+def test_answers_file(rows, lay, shift):
+    from sklearn.metrics import f1_score
+
+    from results.scoring import score_submission
+    with tempfile.TemporaryDirectory() as d:
+        answers, sub = Path(d) / "answers.csv", Path(d) / "submission.csv"
+        answers.write_bytes(render(lay, rows))
+        ok = [r for r in rows if re.fullmatch(r"[0-9]+", r["ans"].strip(), flags=re.ASCII) and int(r["ans"]) < 18]
+        ids = list(dict.fromkeys(r["ImageID"] for r in rows))
+        truth = {r["ImageID"]: int(r["ans"]) for r in ok}
+        pred = {i: (truth.get(i, 0) + shift) % 18 for i in ids}
+        sub.write_bytes(render(dict(lay, columns=["ImageID", "ans"], names={"ImageID": "ImageID", "ans": "ans"},
+                                    dropped=None, twin=None), [{"ImageID": i, "ans": str(p)} for i, p in pred.items()]))
+        out = attempt("answers file", lambda: score_submission(sub, answers), refusals=(DataError,), watch=[Path(d)])
+        if header_broken(lay):
+            assert out.name == "refused" and str(answers) in str(out.error), out.error
+            return
+        bad = {i + 2 for i, r in enumerate(rows) if r not in ok or r["ImageID"] in [x["ImageID"] for x in rows[:i]]}
+        if bad:
+            assert out.name == "refused" and problem_lines(out.error.problems) == bad, out.error or out.result
+            return
+        assert out.name == "accepted", out.error
+        if ids:
+            y = [truth[i] for i in ids]
+            assert abs(out.result["f1"] - f1_score(y, [pred[i] for i in ids], average="macro")) < 1e-9
