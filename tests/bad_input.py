@@ -51,8 +51,9 @@ class Outcome:
         return "warned" if self.warnings else "accepted"
 
 
-def attempt(kind: str, fn, *, refusals: tuple[type[BaseException], ...], watch=()) -> Outcome:
-    """Run ``fn`` on one generated input and count its outcome under ``kind``."""
+def attempt(kind: str, fn, *, refusals: tuple[type[BaseException], ...], watch=(), odd=lambda result: "") -> Outcome:
+    """Run ``fn`` on one generated input and count its outcome under ``kind``. ``odd(result)``: a
+    warning the result itself carries (an image's decoding note), counted as logged ones are."""
     before = snapshot(watch)
     handler = _Warnings()
     root = logging.getLogger()
@@ -60,7 +61,8 @@ def attempt(kind: str, fn, *, refusals: tuple[type[BaseException], ...], watch=(
     level = root.level
     root.setLevel(min(level, logging.WARNING) if level else logging.WARNING)
     try:
-        out = Outcome(kind, result=fn(), warnings=handler.messages)
+        result = fn()
+        out = Outcome(kind, result=result, warnings=handler.messages + [w for w in [odd(result)] if w])
     except refusals as exc:
         out = Outcome(kind, error=exc)
     except Exception:

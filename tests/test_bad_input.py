@@ -348,3 +348,177 @@ def test_answers_file(rows, lay, shift):
         if ids:
             y = [truth[i] for i in ids]
             assert abs(out.result["f1"] - f1_score(y, [pred[i] for i in ids], average="macro")) < 1e-9
+
+
+# -- a --pretrained weights file ---------------------------------------------------------
+TINY = "test_efficientnet"   # timm's own test architecture: 88 tensors, 0.36 M parameters
+MUTATIONS = ("none", "drop", "reshape", "extra", "half", "non_tensor", "int_key", "empty", "junk", "cut", "list",
+             "missing")
+
+
+def _tiny_state() -> dict:
+    import timm
+    import torch
+    torch.manual_seed(777)
+    return {k: torch.randn(v.shape).to(v.dtype) for k, v in timm.create_model(TINY).state_dict().items()}
+
+
+def _mutate(state: dict, how: str, at: int):
+    import torch
+    keys = list(state)
+    k = keys[at % len(keys)]
+    if how == "drop":
+        state.pop(k)
+    elif how == "reshape":
+        state[k] = torch.zeros(*state[k].shape, 2)
+    elif how == "extra":
+        state["extra.weight"] = torch.zeros(3)
+    elif how == "half":
+        state[k] = state[k].half()
+    elif how == "non_tensor":
+        state[k] = "not a tensor"
+    elif how == "int_key":
+        state[at] = state.pop(k)
+    elif how == "empty":
+        state.clear()
+    return [state] if how == "list" else state
+
+
+@st.composite
+def weights_files(draw) -> dict:
+    return {"layout": draw(st.sampled_from(["timm", "other"])), "wrap": draw(st.sampled_from(["", "state_dict", "model"])),
+            "format": draw(st.sampled_from([".pth", ".safetensors"])), "how": draw(st.sampled_from(MUTATIONS)),
+            "at": draw(st.integers(0, 200)), "cut": draw(st.floats(0, 1)), "junk": draw(st.binary(max_size=64))}
+
+
+def _write_weights(path: Path, state, f: dict) -> None:
+    import torch
+    if f["how"] == "junk":
+        path.write_bytes(f["junk"])
+        return
+    if f["how"] == "missing":
+        return
+    tensors = isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    if path.suffix == ".safetensors" and tensors:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({f["wrap"]: state} if f["wrap"] else state, path)
+    if f["how"] == "cut":
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * f["cut"] * 0.99)])
+
+
+def _weights_accepted(f: dict, ours: dict, heads: tuple[str, ...]) -> bool:
+    """A file is used only when every tensor fits: by name (timm's layout; its classifier optional)
+    or, in another layout, by order with none missing, added or reshaped."""
+    k = list(ours)[f["at"] % len(ours)]
+    if f["how"] in ("non_tensor", "int_key", "empty", "junk", "cut", "list", "missing", "extra"):
+        return False
+    if f["layout"] == "other" and f["format"] == ".safetensors":   # sorted by name: the order is lost
+        return False
+    if f["how"] in ("drop", "reshape"):
+        return f["layout"] == "timm" and k.startswith(heads)
+    return True
+
+
+@given(f=weights_files())
+@example(f={"layout": "timm", "wrap": "", "format": ".pth", "how": "int_key", "at": 3, "cut": 0.0, "junk": b""})  # int key: AttributeError
+@example(f={"layout": "other", "wrap": "", "format": ".safetensors", "how": "none", "at": 0, "cut": 0.0,  # mapped by a
+            "junk": b""})                                                              # sorted order, not the file's
+def test_pretrained_weights_file(f):
+    import timm
+
+    from trainables.models import classifier_prefixes, pretrained_backbone
+    from trainables.pretrained import PretrainedError
+    ours = _tiny_state()
+    heads = classifier_prefixes(timm.create_model(TINY))
+    state = dict(ours) if f["layout"] == "timm" else {f"layer{i}.w": v for i, v in enumerate(ours.values())}
+    state = _mutate(state, f["how"], f["at"])
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"weights{f['format']}"
+        _write_weights(path, state, f)
+        out = attempt("--pretrained weights file", lambda: pretrained_backbone(TINY, str(path)),
+                      refusals=(PretrainedError,), watch=[Path(d)])
+        if not _weights_accepted(f, ours, heads):
+            assert out.name == "refused" and str(path) in str(out.error), out.result
+            return
+        assert out.name == "accepted", out.error
+        pairs = zip(state.values(), ours.items()) if f["layout"] == "other" else \
+            ((state[k], (k, v)) for k, v in ours.items() if k in state)
+        want = {k: theirs.to(v.dtype) for theirs, (k, v) in pairs if not k.startswith(heads)}
+        assert list(out.result) == [k for k in ours if not k.startswith(heads)]
+        assert all(out.result[k].dtype == ours[k].dtype and (out.result[k] == want[k]).all() for k in want)
+
+
+# -- image files -------------------------------------------------------------------------
+class ImageRefused(Exception):
+    """decode() returned no image: preprocessing records the reason in the manifest's error column."""
+
+
+FORMATS = {"JPEG": ("RGB", "L", "CMYK"), "PNG": ("RGB", "L", "P", "RGBA", "LA", "I;16", "1"),
+           "GIF": ("P", "L"), "BMP": ("RGB", "L", "P"), "TIFF": ("RGB", "L", "CMYK", "I;16", "F", "RGBA"),
+           "WEBP": ("RGB", "RGBA")}
+LOSSLESS = ("PNG", "BMP", "TIFF")
+
+
+@st.composite
+def image_files(draw) -> dict:
+    fmt = draw(st.sampled_from(list(FORMATS)))
+    return {"format": fmt, "mode": draw(st.sampled_from(FORMATS[fmt])), "w": draw(st.integers(1, 40)),
+            "h": draw(st.integers(1, 40)), "seed": draw(st.integers(0, 2**16)),
+            "how": draw(st.sampled_from(["none", "none", "cut", "flip", "prefix", "suffix", "junk"])),
+            "at": draw(st.floats(0, 1)), "junk": draw(st.binary(max_size=64))}
+
+
+def _image(f: dict):
+    import numpy as np
+    from PIL import Image
+    rgb = np.random.default_rng(f["seed"]).integers(0, 256, (f["h"], f["w"], 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    if f["mode"] == "I;16":
+        return Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    if f["mode"] == "F":
+        return Image.fromarray(rgb[..., 0].astype(np.float32))
+    return img.convert(f["mode"])
+
+
+def _file_bytes(f: dict, img) -> bytes:
+    from tests.image_files import encode
+    data = encode(img, f["format"])
+    k = int(len(data) * f["at"])
+    return {"none": data, "cut": data[:k], "flip": data[:k] + bytes([data[k] ^ 0x55]) + data[k + 1:] if k < len(data) else data,
+            "prefix": f["junk"] + data, "suffix": data + f["junk"], "junk": f["junk"]}[f["how"]]
+
+
+@given(f=image_files())
+@example(f={"format": "PNG", "mode": "I;16", "w": 8, "h": 8, "seed": 0, "how": "none", "at": 0.0, "junk": b""})  # was white
+def test_image_file(f):
+    import numpy as np
+
+    from orchestrator.detector import decode
+
+    def run():
+        dec = decode(path)
+        if dec.img is None:
+            raise ImageRefused(dec.error)
+        return dec
+
+    img = _image(f)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"mask1.{f['format'].lower()}"
+        path.write_bytes(_file_bytes(f, img))
+        out = attempt("image file", run, refusals=(ImageRefused,),
+                      odd=lambda dec: dec.note if dec.note.startswith("partly") else "")
+    if out.error is not None:
+        assert str(out.error), "refused without a reason"
+        assert f["how"] != "none" or f["format"] == "WEBP" and min(f["w"], f["h"]) < 1, out.error
+        return
+    dec = out.result
+    assert dec.img.mode == "RGB" and min(dec.img.size) >= 1
+    if f["how"] == "none":
+        assert dec.img.size == (f["w"], f["h"])
+        if f["format"] in LOSSLESS and f["mode"] in ("RGB", "L", "P", "1"):
+            assert (np.asarray(dec.img) == np.asarray(img.convert("RGB"))).all()
+        if f["mode"] == "I;16":   # 16 bits scaled to 8, not clipped to white
+            assert np.abs(np.asarray(dec.img)[..., 0].astype(int) - np.asarray(img) // 257).max() <= 1
