@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from core.errors import DataError
 from core.labels import ALL, HEADS, TARGETS
 
+from .tracking import local_folder
 from .run_schema import (ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE, MODEL_PHASES, is_model_run, logged_model_id,
                          weights_uri)
 
@@ -243,12 +244,33 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
     return out
 
 
+def moved_folder(client: MlflowClient, c: ChosenModel) -> str:
+    """The local artifact folder the store records for ``c`` (its run's and its logged model's)
+    where that folder is gone, else "". A store copied without its artifacts, or an artifact
+    folder moved, otherwise fails mid-ensemble with MLflow's own error."""
+    locations = [client.get_run(c.run_id).info.artifact_uri]
+    if c.model_id:
+        locations.append(client.get_logged_model(c.model_id).artifact_location)
+    for loc in locations:
+        folder = local_folder(loc)
+        if folder is not None and not folder.is_dir():
+            return str(folder)
+    return ""
+
+
 def check_artifacts(client: MlflowClient, chosen: dict[str, list[ChosenModel]]) -> None:
     """Every chosen run must hold its model (a logged model, or an older store's model file);
     say which do not before any work starts."""
     problems = []
     for models in chosen.values():
         for c in models:
+            moved = moved_folder(client, c)
+            if moved:
+                problems.append(f"MLflow run {c.run_id} (head {c.head}, study {c.study}): its artifact folder {moved} "
+                                f"is gone (moved or deleted after the run logged it); move it back to that path, "
+                                f"or train the model again (`python -m orchestrator tune --head {c.model_target} "
+                                "--study NEW_NAME`, then retrain) and pick it")
+                continue
             if c.model_id:
                 continue
             names = {a.path for a in client.list_artifacts(c.run_id, "model")}
