@@ -90,3 +90,9 @@ def write_records(folder: Path) -> Path | None:
             row[o] = row.get(o, 0) + c[o]
     path.write_text(json.dumps(old, indent=1, sort_keys=True))
     return path
+
+
+def count(kind: str, outcome: str) -> None:
+    """Count an outcome read from a stage's output (an image's manifest row) rather than a raise."""
+    assert outcome in OUTCOMES, outcome
+    COUNTS[kind][outcome] += 1

@@ -53,3 +53,40 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded an oversized image"))
     dec = decode(f)
     assert dec.img is None and "12000x12000" in dec.error and f"{MAX_PIXELS // 1_000_000} MP" in dec.error
+
+
+@pytest.mark.slow
+def test_preprocess_records_refused_images_and_crops_the_rest(tmp_path):
+    """Every kind above among the training photos of a small study: the refused ones are rows
+    with a reason in the manifest's error column, every other image is cropped, and the run ends."""
+    from core.demo_data import DemoSpec, write_demo_data
+    from core.faces import CropSettings
+    from core.labels import IMAGE_KINDS
+    from core.manifest import crop_whole
+    from core.workspace import Workspace
+    from orchestrator.preprocess import preprocess
+    from orchestrator.ray_session import ray_session
+    from tests.bad_input import count
+    data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=3, eval_persons=1))
+    folders = sorted((data / "train" / "images").iterdir())
+    placed = {}
+    for i, (kind, (make, suffix, _)) in enumerate(KINDS.items()):
+        folder, image_kind = folders[i // len(IMAGE_KINDS)], list(IMAGE_KINDS)[i % len(IMAGE_KINDS)]
+        for old in folder.glob(f"{image_kind}.*"):
+            old.unlink()
+        (folder / f"{image_kind}{suffix}").write_bytes(make())
+        placed[(folder / f"{image_kind}{suffix}").relative_to(data).as_posix()] = kind
+    ws = Workspace(tmp_path / "ws").make()
+    with ray_session(num_cpus=2):
+        manifest = preprocess(data, ws, CropSettings(size=64), progress=False)
+    rows = manifest.set_index("path")
+    for path, kind in placed.items():
+        row = rows.loc[path]
+        refused = row["crop"] == ""
+        count("image in a preprocess run", "refused" if refused else "warned" if row["note"] else "accepted")
+        assert refused == (not KINDS[kind][2]), (kind, row["error"], row["note"])
+        assert bool(row["error"]) == refused, (kind, row["error"])
+        if not refused:
+            assert crop_whole(ws.crops / row["crop"]) and row["x2"] <= 48 + 0.5 and row["y2"] <= 64 + 0.5, (kind, row)
+    assert (manifest.loc[~manifest["path"].isin(placed), "crop"] != "").all()   # the rest goes on
+    assert manifest.attrs["summary"].failed == sum(not d for _, _, d in KINDS.values())
