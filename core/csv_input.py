@@ -10,6 +10,7 @@ from .errors import DataError
 
 MAX_AGE = 130                        # years: anything above is a typo, not a person
 WHOLE = re.compile(r"[0-9]+")        # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+MANGLED = re.compile(r"\.\d+$")      # pandas' suffix on a repeated column name
 WHOLE_FLOAT = re.compile(r"[0-9]+\.0*")   # 35.0: a spreadsheet's export of the whole number 35
 
 
@@ -32,7 +33,9 @@ def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
     except Exception as exc:  # pandas raises many types for unreadable CSVs
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from exc
     df.columns = [c.strip() for c in df.columns]
-    twice = sorted({c for c in df.columns if list(df.columns).count(c) > 1 and c in required})
+    # pandas renames a repeated name "id" to "id.1"; "id" and "id " only meet once stripped
+    named = [MANGLED.sub("", c).strip() for c in df.columns]
+    twice = sorted({c for c in named if named.count(c) > 1 and c in required})
     if twice:   # "age" and "age " read as two columns: which one holds the ages is a guess
         raise DataError(f"{path}: column(s) {', '.join(twice)} appear twice in the header (spaces around a "
                         "name do not count); keep one of each")

@@ -13,7 +13,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import example, given
+from functools import lru_cache
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.csv_input import MAX_AGE
@@ -22,6 +24,11 @@ from core.errors import DataError
 from core.labels import GENDERS, IMAGE_KINDS
 from tests.bad_input import attempt
 from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, padded, problem_lines, render
+
+def examples(share: float) -> settings:
+    """This test's share of the profile's example count: cheap inputs get more cases."""
+    return settings(max_examples=max(5, round(settings.default.max_examples * share)))
+
 
 ALL_KINDS = tuple(IMAGE_KINDS)
 EXTS = (".jpg", ".JPG", ".jpeg", ".png")
@@ -105,6 +112,7 @@ def _check_loaded(table, people: list[dict]) -> None:
         assert {IMAGE_KINDS[k] for k in rows["kind"]} == set(rows["mask"])
 
 
+@examples(1)
 @given(people=persons(), lay=layout(TRAIN_COLUMNS))
 @example(   # a path out of DATA was read without a word
     people=[{"id": "1", "gender": "male", "age": "30", "race": "", "how": "dotdot", "kinds": {"mask1": ".jpg"},
@@ -170,6 +178,7 @@ def _image_id(i: int, r: dict, rows: list[dict], root: Path, outside: Path) -> s
             "empty": ""}.get(r["how"], r["name"])
 
 
+@examples(2.5)
 @given(rows=eval_rows(), lay=layout(EVAL_COLUMNS))
 @example(rows=[{"how": "link_out", "name": "0a.jpg", "ans": ""}],   # a link out of DATA was read as an eval image
          lay={"columns": list(EVAL_COLUMNS), "names": {c: c for c in EVAL_COLUMNS}, "dropped": None, "twin": None,
@@ -251,7 +260,11 @@ def _apply_model(rows: list[dict]) -> tuple[set[int], dict]:
     return bad, state
 
 
+@examples(1)
 @given(rows=correction_rows(), lay=layout(("id", "field", "value")))
+@example(rows=[], lay={"columns": ["field", "id", "value", "id "], "names": {"field": "field", "id": "id ", "value": "value",
+                                                                             "id ": "id "},   # "id " twice: pandas
+                      "dropped": None, "twin": "id", "bom": False, "crlf": False, "quote_all": False})   # made "id .1"
 @example(rows=[{"id": "000123", "field": "age", "value": "\u00b2", "note": ""}],   # '²' passed isdigit, crashed int()
          lay={"columns": ["id", "field", "value"], "names": {c: c for c in ("id", "field", "value")}, "dropped": None,
               "twin": None, "bom": False, "crlf": False, "quote_all": False})
@@ -284,6 +297,7 @@ RECORDS = st.one_of(st.builds(lambda p: {"path": p}, st.sampled_from(["GOOD", "M
                     st.lists(ODD_TEXT, max_size=2), st.integers(), st.none())
 
 
+@examples(4)
 @given(record=RECORDS, form=st.sampled_from(["json", "bom", "cut", "text"]), junk=ODD_TEXT)
 @example(record={"path": "GOOD"}, form="cut", junk="")   # a half-written or hand-edited record was a traceback
 def test_corrections_record(record, form, junk):
@@ -316,6 +330,7 @@ def answer_rows(draw) -> list[dict]:
     return [{"ImageID": draw(image_ids), "ans": draw(ans)} for _ in range(draw(st.integers(0, 8)))]
 
 
+@examples(2.5)
 @given(rows=answer_rows(), lay=layout(("ImageID", "ans")), shift=st.integers(0, 17))
 @example(rows=[{"ImageID": "0.jpg", "ans": "18"}], shift=0,   # class 18 broke the confusion matrix's reshape
          lay={"columns": ["ImageID", "ans"], "names": {"ImageID": "ImageID", "ans": "ans"}, "dropped": None,
@@ -357,10 +372,15 @@ MUTATIONS = ("none", "drop", "reshape", "extra", "half", "non_tensor", "int_key"
 
 
 def _tiny_state() -> dict:
+    return dict(_tiny_tensors())
+
+
+@lru_cache(maxsize=1)
+def _tiny_tensors() -> tuple:
     import timm
     import torch
     torch.manual_seed(777)
-    return {k: torch.randn(v.shape).to(v.dtype) for k, v in timm.create_model(TINY).state_dict().items()}
+    return tuple((k, torch.randn(v.shape).to(v.dtype)) for k, v in timm.create_model(TINY).state_dict().items())
 
 
 def _mutate(state: dict, how: str, at: int):
@@ -422,17 +442,24 @@ def _weights_accepted(f: dict, ours: dict, heads: tuple[str, ...]) -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
+def _tiny_heads() -> tuple[str, ...]:
+    import timm
+
+    from trainables.models import classifier_prefixes
+    return classifier_prefixes(timm.create_model(TINY))
+
+
+@examples(1)
 @given(f=weights_files())
 @example(f={"layout": "timm", "wrap": "", "format": ".pth", "how": "int_key", "at": 3, "cut": 0.0, "junk": b""})  # int key: AttributeError
 @example(f={"layout": "other", "wrap": "", "format": ".safetensors", "how": "none", "at": 0, "cut": 0.0,  # mapped by a
             "junk": b""})                                                              # sorted order, not the file's
 def test_pretrained_weights_file(f):
-    import timm
-
-    from trainables.models import classifier_prefixes, pretrained_backbone
+    from trainables.models import pretrained_backbone
     from trainables.pretrained import PretrainedError
     ours = _tiny_state()
-    heads = classifier_prefixes(timm.create_model(TINY))
+    heads = _tiny_heads()
     state = dict(ours) if f["layout"] == "timm" else {f"layer{i}.w": v for i, v in enumerate(ours.values())}
     state = _mutate(state, f["how"], f["at"])
     with tempfile.TemporaryDirectory() as d:
@@ -491,6 +518,7 @@ def _file_bytes(f: dict, img) -> bytes:
             "prefix": f["junk"] + data, "suffix": data + f["junk"], "junk": f["junk"]}[f["how"]]
 
 
+@examples(8)
 @given(f=image_files())
 @example(f={"format": "PNG", "mode": "I;16", "w": 8, "h": 8, "seed": 0, "how": "none", "at": 0.0, "junk": b""})  # was white
 def test_image_file(f):
