@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bad_input_table.py             # the suite's bounded, seeded run (~1 min)
     PYTHONPATH=. python benchmarks/bad_input_table.py --long      # the long sweep: tens of thousands of cases
+    PYTHONPATH=. python benchmarks/bad_input_table.py --smoke     # two cheap input kinds, seconds (the tests run it)
     PYTHONPATH=. python benchmarks/bad_input_table.py --records DIR   # the table of records a test run left in DIR
 
 The tests (tests/test_bad_input.py: Hypothesis over every file a user hands the orchestrator;
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from results.tables import markdown_table  # noqa: E402
 
 TESTS = ("tests/test_bad_input.py", "tests/test_images_as_they_come.py", "tests/test_damaged_workspace.py")
+SMOKE = ("tests/test_bad_input.py", "-k", "info_csv or corrections_record")
 RECORD_FILE = "bad_input.json"
 COLUMNS = {"accepted": "accepted", "warned": "warned", "refused": "refused",
            "traceback": "tracebacks", "partial_write": "partial writes"}
@@ -55,6 +57,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=Path, help="a folder of records: print their table, run nothing")
     ap.add_argument("--long", action="store_true", help="Hypothesis profile 'long' (tests/conftest.py)")
+    ap.add_argument("--smoke", action="store_true", help="only " + " ".join(SMOKE))
     a = ap.parse_args(argv)
     if a.records:
         recs = read_records(a.records)
@@ -64,8 +67,8 @@ def main(argv: list[str]) -> int:
         env = dict(os.environ, BAD_INPUT_RECORD=d, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0",
                    HYPOTHESIS_PROFILE="long" if a.long else "default")
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
-                              cwd=ROOT, env=env)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               *(SMOKE if a.smoke else TESTS)], cwd=ROOT, env=env)
         recs = read_records(Path(d))
         print(f"\n{'long' if a.long else 'default'} profile, {time.time() - t0:.0f} s:\n")
         print(table(recs))

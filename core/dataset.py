@@ -20,6 +20,8 @@ from .labels import COMPETITION_OLD_AGE, GENDERS, IMAGE_EXTS, IMAGE_KINDS, age_g
 log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
+
+
 def inside(path: Path, root: Path) -> bool:
     """``path`` (symlinks followed) lies in ``root`` (resolved): '..', an absolute path or a link
     leading out of the data set would otherwise read another folder without a word."""
