@@ -83,6 +83,7 @@ def write_records(folder: Path) -> Path | None:
     if not COUNTS:
         return None
     path = Path(folder) / RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.is_file() else {}
     for kind, c in COUNTS.items():
         row = old.setdefault(kind, {o: 0 for o in OUTCOMES})

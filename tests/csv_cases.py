@@ -22,23 +22,33 @@ def padded(draw, inner) -> str:
     return draw(SPACE) + draw(inner) + draw(SPACE)
 
 
+@st.composite
+def mostly(draw, plain, odd, share: float = 0.85):
+    """``plain`` in ``share`` of the draws, else ``odd``: a file whose every cell may be odd is
+    almost never accepted, and the accepted path must be exercised as much as the refusals."""
+    return draw(plain if draw(st.floats(0, 1)) < share else odd)
+
+
 def ids() -> st.SearchStrategy[str]:
     """Person ids: digits with and without leading zeros, other text, empty."""
-    return st.one_of(st.integers(0, 999).map(str), st.integers(0, 999).map(lambda i: f"{i:06d}"),
-                     padded(st.integers(0, 99).map(str)), ODD_TEXT)
+    return mostly(st.integers(0, 10**6).map(str),
+                  st.one_of(st.integers(0, 999).map(str), st.integers(0, 999).map(lambda i: f"{i:06d}"),
+                            padded(st.integers(0, 99).map(str)), ODD_TEXT))
 
 
 def ages() -> st.SearchStrategy[str]:
-    return st.one_of(st.integers(-5, 200).map(str), st.integers(0, 99).map(lambda a: f"{a}.0"),
-                     padded(st.integers(0, 99).map(str)),
-                     st.sampled_from(["35.5", "", "abc", "\u00b2", "\u0663", "1e2", "-0", "+40",
-                                      "99999999999999999999999"]),
-                     ODD_TEXT)
+    return mostly(st.integers(0, 99).map(str),
+                  st.one_of(st.integers(-5, 200).map(str), st.integers(0, 99).map(lambda a: f"{a}.0"),
+                            padded(st.integers(0, 99).map(str)),
+                            st.sampled_from(["35.5", "", "abc", "\u00b2", "\u0663", "1e2", "-0", "+40",
+                                             "99999999999999999999999"]),
+                            ODD_TEXT))
 
 
 def genders() -> st.SearchStrategy[str]:
-    return st.one_of(padded(st.sampled_from(["male", "female", "Male", "FEMALE"])),
-                     st.sampled_from(["m", "", "unknown", "m\u00e4nnlich"]), ODD_TEXT)
+    return mostly(st.sampled_from(["male", "female"]),
+                  st.one_of(padded(st.sampled_from(["male", "female", "Male", "FEMALE"])),
+                            st.sampled_from(["m", "", "unknown", "m\u00e4nnlich"]), ODD_TEXT))
 
 
 EXTRA_COLUMNS = st.lists(st.sampled_from(["note", "Unnamed: 0", "source", "extra col"]), max_size=2, unique=True)

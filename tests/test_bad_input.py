@@ -23,7 +23,7 @@ from core.dataset import EVAL_COLUMNS, TRAIN_COLUMNS, load_eval, load_train
 from core.errors import DataError
 from core.labels import GENDERS, IMAGE_KINDS
 from tests.bad_input import attempt
-from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, padded, problem_lines, render
+from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, mostly, padded, problem_lines, render
 
 def examples(share: float) -> settings:
     """This test's share of the profile's example count: cheap inputs get more cases."""
@@ -56,14 +56,14 @@ def _outside(tmp: Path) -> Path:
 def persons(draw) -> list[dict]:
     rows = []
     for _ in range(draw(st.integers(0, 4) if draw(st.integers(0, 19)) == 0 else st.integers(1, 4))):
-        kinds = draw(st.one_of(st.just(ALL_KINDS), st.lists(st.sampled_from(ALL_KINDS), unique=True)))
-        how = draw(st.one_of(st.just("ok"), st.sampled_from(PATHS)))
+        kinds = draw(mostly(st.just(ALL_KINDS), st.lists(st.sampled_from(ALL_KINDS), unique=True)))
+        how = draw(mostly(st.just("ok"), st.sampled_from(PATHS)))
         if how == "shared" and not (rows and rows[0]["how"] in ("ok", "dot", "slash")):
             how = "ok"   # "shared": the folder row 0 holds already
         rows.append({"id": draw(ids()), "gender": draw(genders()), "age": draw(ages()), "race": draw(ODD_TEXT),
                      "how": how,
                      "kinds": {k: draw(st.sampled_from(EXTS)) for k in kinds},
-                     "extra": draw(st.sampled_from(["", "", "", "stray", "twin", "hidden", "link"]))})
+                     "extra": draw(mostly(st.just(""), st.sampled_from(["stray", "twin", "hidden", "link"])))})
     return rows
 
 
@@ -226,13 +226,13 @@ def _small_data(tmp: Path) -> Path:
 
 @st.composite
 def correction_rows(draw) -> list[dict]:
-    person = st.one_of(padded(st.sampled_from(TRAIN_IDS)), st.sampled_from(["123", "0007", ""]), ODD_TEXT)
+    person = mostly(padded(st.sampled_from(TRAIN_IDS)), st.one_of(st.sampled_from(["123", "0007", ""]), ODD_TEXT))
     value = {"gender": genders(), "age": ages(),
-             "swap": st.one_of(st.tuples(st.sampled_from(ALL_KINDS), st.sampled_from(ALL_KINDS), st.sampled_from(":|"))
-                               .map(lambda t: f"{t[0]}{t[2]}{t[1]}"), ODD_TEXT)}
+             "swap": mostly(st.tuples(st.sampled_from(ALL_KINDS), st.sampled_from(ALL_KINDS), st.sampled_from(":|"))
+                            .map(lambda t: f"{t[0]}{t[2]}{t[1]}"), ODD_TEXT)}
     rows = []
     for _ in range(draw(st.integers(0, 5))):
-        field = draw(st.one_of(st.sampled_from(list(value)), ODD_TEXT))
+        field = draw(mostly(st.sampled_from(list(value)), ODD_TEXT))
         rows.append({"id": draw(person), "field": draw(padded(st.just(field))),
                      "value": draw(value.get(field.strip(), ODD_TEXT)), "note": draw(ODD_TEXT)})
     return rows
@@ -292,9 +292,10 @@ def test_corrections_csv(rows, lay):
             assert (r.gender, r.age, r.mask) == (state[r.person]["gender"], state[r.person]["age"], state[r.person][r.kind])
 
 
-RECORDS = st.one_of(st.builds(lambda p: {"path": p}, st.sampled_from(["GOOD", "MISSING", "", None, 5, ["GOOD"]])),
-                    st.dictionaries(ODD_TEXT, st.one_of(ODD_TEXT, st.integers(), st.none()), max_size=2),
-                    st.lists(ODD_TEXT, max_size=2), st.integers(), st.none())
+RECORDS = mostly(st.just({"path": "GOOD"}),
+                 st.one_of(st.builds(lambda p: {"path": p}, st.sampled_from(["MISSING", "", None, 5, ["GOOD"]])),
+                           st.dictionaries(ODD_TEXT, st.one_of(ODD_TEXT, st.integers(), st.none()), max_size=2),
+                           st.lists(ODD_TEXT, max_size=2), st.integers(), st.none()), share=0.5)
 
 
 @examples(4)
@@ -324,9 +325,11 @@ def test_corrections_record(record, form, junk):
 # -- the scoring helpers' answers file ---------------------------------------------------
 @st.composite
 def answer_rows(draw) -> list[dict]:
-    ans = st.one_of(st.integers(0, 17).map(str), st.integers(-3, 40).map(str), padded(st.integers(0, 17).map(str)),
-                    st.sampled_from(["3.0", "", "x", "\u00b3"]), ODD_TEXT)
-    image_ids = st.one_of(st.integers(0, 9).map(lambda i: f"{i}.jpg"), ODD_TEXT)
+    ans = mostly(st.integers(0, 17).map(str),
+                 st.one_of(st.integers(-3, 40).map(str), padded(st.integers(0, 17).map(str)),
+                           st.sampled_from(["3.0", "", "x", "\u00b3"]), ODD_TEXT))
+    image_ids = mostly(st.integers(0, 10**6).map(lambda i: f"{i}.jpg"),
+                       st.one_of(st.integers(0, 9).map(lambda i: f"{i}.jpg"), ODD_TEXT))
     return [{"ImageID": draw(image_ids), "ans": draw(ans)} for _ in range(draw(st.integers(0, 8)))]
 
 
