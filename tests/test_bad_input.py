@@ -286,6 +286,8 @@ def test_corrections_csv(rows, lay):
         if bad:
             assert out.name == "refused" and problem_lines(out.error.problems) == bad, out.error or out.result
             assert all(p.startswith(str(corr)) for p in out.error.problems), out.error
+            for line in (i + 2 for i, r in enumerate(rows) if r["id"].strip() in ("123", "0007")):   # zeros lost
+                assert any(f"line {line}: " in p and "leading zeros count" in p for p in out.error.problems)
             return
         assert out.name == "accepted", out.error
         for r in out.result.itertuples():
