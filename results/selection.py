@@ -245,17 +245,13 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
 
 
 def moved_folder(client: MlflowClient, c: ChosenModel) -> str:
-    """The local artifact folder the store records for ``c`` (its run's and its logged model's)
-    where that folder is gone, else "". A store copied without its artifacts, or an artifact
-    folder moved, otherwise fails mid-ensemble with MLflow's own error."""
-    locations = [client.get_run(c.run_id).info.artifact_uri]
-    if c.model_id:
-        locations.append(client.get_logged_model(c.model_id).artifact_location)
-    for loc in locations:
-        folder = local_folder(loc)
-        if folder is not None and not folder.is_dir():
-            return str(folder)
-    return ""
+    """The local folder that should hold ``c``'s model (its logged model's, or an older run's
+    artifact folder) where that folder is gone, else "". A store copied without its artifacts,
+    or an artifact folder moved, otherwise fails mid-ensemble with MLflow's own error."""
+    location = (client.get_logged_model(c.model_id).artifact_location if c.model_id
+                else client.get_run(c.run_id).info.artifact_uri)
+    folder = local_folder(location)
+    return str(folder) if folder is not None and not folder.is_dir() else ""
 
 
 def check_artifacts(client: MlflowClient, chosen: dict[str, list[ChosenModel]]) -> None:
