@@ -245,11 +245,14 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
 
 
 def moved_folder(client: MlflowClient, c: ChosenModel) -> str:
-    """The local folder that should hold ``c``'s model (its logged model's, or an older run's
-    artifact folder) where that folder is gone, else "". A store copied without its artifacts,
-    or an artifact folder moved, otherwise fails mid-ensemble with MLflow's own error."""
-    location = (client.get_logged_model(c.model_id).artifact_location if c.model_id
-                else client.get_run(c.run_id).info.artifact_uri)
+    """The local folder that should hold ``c``'s model where that folder is gone, else "": its
+    logged model's folder, or for an older run its experiment's artifact root (a run's own folder
+    exists only once it logged a file). A store copied without its artifacts, or an artifact
+    folder moved, otherwise fails mid-ensemble with MLflow's own error."""
+    if c.model_id:
+        location = client.get_logged_model(c.model_id).artifact_location
+    else:
+        location = client.get_experiment(client.get_run(c.run_id).info.experiment_id).artifact_location
     folder = local_folder(location)
     return str(folder) if folder is not None and not folder.is_dir() else ""
 
