@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .csv_input import read_csv
+from .csv_input import parse_age, read_csv
 from .errors import DataError
 from .labels import GENDERS, IMAGE_KINDS
 
@@ -24,17 +24,18 @@ def _apply_one(df: pd.DataFrame, person: str, field: str, value: str) -> str:
     """Apply one correction in place; returns a description or raises ValueError(fix)."""
     rows = df["person"] == person
     if field == "gender":
-        if value not in GENDERS:
+        if value.lower() not in GENDERS:
             raise ValueError(f"gender {value!r} is not one of {', '.join(GENDERS)}")
         old = int(df.loc[rows, "gender"].iloc[0])
-        df.loc[rows, "gender"] = GENDERS[value]
-        return f"person {person}: gender {list(GENDERS)[old]} -> {value}"
+        df.loc[rows, "gender"] = GENDERS[value.lower()]
+        return f"person {person}: gender {list(GENDERS)[old]} -> {value.lower()}"
     if field == "age":
-        if not value.isdigit():
-            raise ValueError(f"age {value!r} is not a whole number")
+        age, why = parse_age(value)
+        if age is None:
+            raise ValueError(why)
         old = int(df.loc[rows, "age"].iloc[0])
-        df.loc[rows, "age"] = int(value)
-        return f"person {person}: age {old} -> {value}"
+        df.loc[rows, "age"] = age
+        return f"person {person}: age {old} -> {age}"
     kinds = value.replace("|", ":").split(":")
     if len(kinds) != 2 or any(k not in IMAGE_KINDS for k in kinds):
         raise ValueError(f"swap {value!r} must be two image kinds like incorrect_mask:normal")
@@ -44,6 +45,12 @@ def _apply_one(df: pd.DataFrame, person: str, field: str, value: str) -> str:
     ma, mb = int(df.loc[a, "mask"].iloc[0]), int(df.loc[b, "mask"].iloc[0])
     df.loc[a, "mask"], df.loc[b, "mask"] = mb, ma
     return f"person {person}: swapped mask labels of {kinds[0]} and {kinds[1]}"
+
+
+def _near(person: str, persons: set[str]) -> str:
+    """A hint for an id a spreadsheet stripped of its leading zeros (123 for 000123)."""
+    alike = sorted(p for p in persons if p.lstrip("0") == person.lstrip("0") and p != person)
+    return f" (train.csv has {', '.join(map(repr, alike[:3]))}: ids are text, leading zeros count)" if alike else ""
 
 
 def apply_corrections(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -56,7 +63,7 @@ def apply_corrections(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         where = f"{path} line {i + 2}"
         person, field, value = row["id"].strip(), row["field"].strip(), row["value"].strip()
         if person not in persons:
-            problems.append(f"{where}: id {person!r} is not in train.csv; fix the id")
+            problems.append(f"{where}: id {person!r} is not in train.csv; fix the id{_near(person, persons)}")
         elif field not in FIELDS:
             problems.append(f"{where}: field {field!r} is not one of {', '.join(FIELDS)}")
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .corrections import apply_corrections
-from .csv_input import read_csv
+from .csv_input import WHOLE, parse_age, read_csv
 from .errors import DataError
 from .labels import COMPETITION_OLD_AGE, GENDERS, IMAGE_EXTS, IMAGE_KINDS, age_group, encode
 
@@ -22,16 +22,49 @@ TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
 
 
-def _check_person_row(line: int, row, csv_path: Path, seen: dict, problems: list) -> None:
+def inside(path: Path, root: Path) -> bool:
+    """``path`` (symlinks followed) lies in ``root`` (resolved): '..', an absolute path or a link
+    leading out of the data set would otherwise read another folder without a word."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _check_person_row(line: int, row, csv_path: Path, seen: dict, problems: list, warnings: list) -> None:
     where = f"{csv_path} line {line}"
-    if row["id"] in seen:
-        problems.append(f"{where}: duplicate id {row['id']!r} (also on line {seen[row['id']]}); "
+    pid = row["id"].strip()
+    if not pid:
+        problems.append(f"{where}: empty id; give every person an id")
+    elif pid in seen:
+        problems.append(f"{where}: duplicate id {pid!r} (also on line {seen[pid]}); "
                         "give every person a unique id")
-    seen.setdefault(row["id"], line)
+    seen.setdefault(pid, line)
     if row["gender"].strip().lower() not in GENDERS:
         problems.append(f"{where}: unknown gender {row['gender']!r}; use one of {', '.join(GENDERS)}")
-    if not row["age"].strip().isdigit():
-        problems.append(f"{where}: age {row['age']!r} is not a whole number; write the age in years")
+    age, why = parse_age(row["age"])
+    if age is None:
+        problems.append(f"{where}: {why}")
+    elif not WHOLE.fullmatch(row["age"].strip()):
+        warnings.append(f"{where}: age {row['age']!r} read as {age}")
+
+
+def _person_folder(data_dir: Path, line: int, path: str, csv_path: Path, problems: list,
+                   owners: dict[Path, int]) -> Path | None:
+    """The person's image folder, or None (a problem noted) when it is missing, not in
+    train/images, or another row's (``owners``: resolved folder -> its line)."""
+    root = data_dir / "train" / "images"
+    folder = root / path
+    where = f"{csv_path} line {line}"
+    if path and not inside(folder, root):
+        problems.append(f"{where}: path {path!r} leads outside {root} (to {folder.resolve()}); "
+                        "put the person's folder inside train/images and give its name")
+    elif not path or not folder.is_dir():
+        problems.append(f"{where}: image folder {folder} does not exist; fix the path column or add the folder")
+    elif folder.resolve() in owners:   # one folder, two persons: the same photos under two labels, in two folds
+        problems.append(f"{where}: path {path!r} is the folder of line {owners[folder.resolve()]} too; "
+                        "give every person their own folder")
+    else:
+        owners[folder.resolve()] = line
+        return folder
+    return None
 
 
 def _person_images(folder: Path, where: str, problems: list, warnings: list) -> dict[str, Path]:
@@ -41,7 +74,10 @@ def _person_images(folder: Path, where: str, problems: list, warnings: list) -> 
         if f.name.startswith(".") or f.is_dir():
             continue  # hidden files (._mask1.jpg from macOS) are not images of the person
         kind, ext = f.stem, f.suffix.lower()
-        if kind not in IMAGE_KINDS or ext not in IMAGE_EXTS:
+        if not inside(f, folder):
+            problems.append(f"{where}: {f} is a link to {f.resolve()}, outside the person's folder; "
+                            "copy the image into the folder instead")
+        elif kind not in IMAGE_KINDS or ext not in IMAGE_EXTS:
             warnings.append(f"{where}: ignoring unexpected file {f} (expected "
                             f"{'/'.join(IMAGE_KINDS)} with {'/'.join(IMAGE_EXTS)})")
         elif kind in found:
@@ -72,28 +108,27 @@ def load_train(data_dir: Path | str, *, old_from: int = COMPETITION_OLD_AGE,
     problems: list[str] = []
     warnings: list[str] = []
     seen: dict[str, int] = {}
+    owners: dict[Path, int] = {}
     rows = []
+    if people.empty:
+        problems.append(f"{csv_path}: no persons listed; add one row per person under the header")
     for i, row in people.iterrows():
         line = i + 2  # header is line 1
-        _check_person_row(line, row, csv_path, seen, problems)
-        folder = data_dir / "train" / "images" / row["path"]
-        if not row["path"] or not folder.is_dir():
-            problems.append(f"{csv_path} line {line}: image folder {folder} does not exist; "
-                            "fix the path column or add the folder")
+        _check_person_row(line, row, csv_path, seen, problems, warnings)
+        folder = _person_folder(data_dir, line, row["path"], csv_path, problems, owners)
+        if folder is None:
             continue
         for kind, f in _person_images(folder, f"{csv_path} line {line}", problems, warnings).items():
-            rows.append({"person": row["id"], "path": f.relative_to(data_dir).as_posix(),
-                         "kind": kind, "gender_name": row["gender"].strip().lower(),
-                         "age_text": row["age"].strip(), "race": row["race"]})
+            rows.append({"person": row["id"].strip(), "path": f.relative_to(data_dir).as_posix(),
+                         "kind": kind, "gender": GENDERS.get(row["gender"].strip().lower(), -1),
+                         "age": parse_age(row["age"])[0], "race": row["race"]})
     if problems:
         raise DataError(problems)
     for w in warnings:
         log.warning(w)
     df = pd.DataFrame(rows)
     df["mask"] = df["kind"].map(IMAGE_KINDS).astype(int)
-    df["gender"] = df["gender_name"].map(GENDERS).astype(int)
-    df["age"] = df["age_text"].astype(int)
-    df = df.drop(columns=["gender_name", "age_text"])
+    df = df.astype({"gender": int, "age": int})[["person", "path", "kind", "race", "mask", "gender", "age"]]
     if corrections is not None:
         df = apply_corrections(df, Path(corrections))
     return add_labels(df, old_from)
@@ -118,9 +153,13 @@ def load_eval(data_dir: Path | str) -> pd.DataFrame:
     for i in info.index[dup]:
         problems.append(f"{csv_path} line {i + 2}: ImageID {info.at[i, 'ImageID']!r} listed "
                         "twice; list every eval image once")
+    root = data_dir / "eval" / "images"
     for i, image_id in info["ImageID"].items():
-        if not (data_dir / "eval" / "images" / image_id).is_file():
-            problems.append(f"{csv_path} line {i + 2}: image {data_dir / 'eval/images' / image_id}"
+        if image_id and not inside(root / image_id, root):
+            problems.append(f"{csv_path} line {i + 2}: ImageID {image_id!r} leads outside {root} "
+                            f"(to {(root / image_id).resolve()}); put the image inside eval/images and give its name")
+        elif not image_id or not (root / image_id).is_file():
+            problems.append(f"{csv_path} line {i + 2}: image {root / image_id}"
                             " does not exist; add the file or remove the row")
     if problems:
         raise DataError(problems)

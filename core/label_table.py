@@ -30,9 +30,11 @@ CLEAR = ("none", "")                 # --corrections none: train on train.csv as
 HASHED = ("path", "person", "mask", "gender", "age")   # what a label table is, per image
 
 
-def set_corrections(ws: Workspace, corrections: Path | str | None) -> Path | None:
+def set_corrections(ws: Workspace, corrections: Path | str | None, data: Path | str | None = None) -> Path | None:
     """Record ``corrections`` as the workspace's corrections file (``none``: clear it).
-    Returns the file now in effect. ``None`` leaves the record as it is."""
+    Returns the file now in effect. ``None`` leaves the record as it is. With ``data`` (a data
+    set with its train.csv), the file is applied first: a file with a bad row is refused and
+    the record stays as it was, so no later command inherits it."""
     record = Path(ws.root) / RECORD
     if corrections is None:
         return corrections_file(ws)
@@ -43,6 +45,8 @@ def set_corrections(ws: Workspace, corrections: Path | str | None) -> Path | Non
     if not path.is_file():
         raise DataError(f"--corrections {corrections}: no such file; give a CSV with columns "
                         "id,field,value[,note] (README 'Data layout'), or 'none'")
+    if data is not None and (Path(data) / "train" / "train.csv").is_file():
+        load_train(data, corrections=path)   # DataError naming the file's bad lines
     write_text_atomic(json.dumps({"path": str(path)}), record)
     return path
 
@@ -52,10 +56,14 @@ def corrections_file(ws: Workspace) -> Path | None:
     record = Path(ws.root) / RECORD
     if not record.is_file():
         return None
-    path = Path(json.loads(record.read_text())["path"])
+    fix = "pass --corrections FILE (or --corrections none to train without corrections)"
+    try:
+        path = Path(json.loads(record.read_text(encoding="utf-8-sig"))["path"])
+    except (ValueError, KeyError, TypeError) as exc:   # edited by hand: not JSON, no "path", not a string
+        raise DataError(f"{record}: not a corrections record ({type(exc).__name__}: {exc}); it holds "
+                        f'{{"path": "/absolute/corrections.csv"}}; {fix}') from exc
     if not path.is_file():
-        raise DataError(f"{record}: the workspace's corrections file {path} no longer exists; "
-                        "pass --corrections FILE (or --corrections none to train without corrections)")
+        raise DataError(f"{record}: the workspace's corrections file {path} no longer exists; {fix}")
     return path
 
 

@@ -24,12 +24,36 @@ COLUMNS = ("path", "person", "split", "image_id", "kind", "mask", "gender", "age
            "x1", "y1", "x2", "y2", "prob", "fallback", "error", "crop")
 
 
+RERUN = "rerun `python -m orchestrator preprocess`: it crops only what is missing and reuses every whole crop"
+JPEG_END = b"\xff\xd9"   # every crop is a JPEG written whole (core.atomic), so it ends with this marker
+
+
 def read_manifest(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise DataError(f"{path}: no crop manifest; run `python -m orchestrator preprocess` first")
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # a cut or edited file: pyarrow raises several types
+        raise DataError(f"{path}: the crop manifest is damaged ({type(exc).__name__}: {exc}); {RERUN}") from exc
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: manifest lacks column(s) {', '.join(missing)}; "
                         "re-run `python -m orchestrator preprocess`")
     return df
+
+
+def crop_whole(path: Path) -> bool:
+    """The crop file is there and whole (not cut short after it was written)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-len(JPEG_END), 2)
+            return f.read() == JPEG_END
+    except OSError:   # missing, or shorter than the marker
+        return False
+
+
+def check_crops(crops_dir: Path, crops: list[str]) -> None:
+    """DataError naming the crop files that are missing or cut short, and the rerun that fixes them."""
+    bad = [c for c in crops if not crop_whole(Path(crops_dir) / c)]
+    if bad:
+        raise DataError(f"{crops_dir}: {len(bad)} crop file(s) missing or cut short (first: {bad[0]}); {RERUN}")

@@ -384,7 +384,7 @@ def _corrections_taken(a, refused: tuple):
     ws = Workspace(a.workspace)
     record = Path(ws.root) / RECORD
     before = record.read_text() if record.is_file() else None
-    path = set_corrections(ws, a.corrections)
+    path = set_corrections(ws, a.corrections, getattr(a, "data", None))   # a bad file is not recorded
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
     try:
         yield

@@ -22,6 +22,7 @@ import pandas as pd
 
 from core.atomic import write_parquet_atomic, write_text_atomic
 from core.faces import CropSettings
+from core.manifest import crop_whole
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class CropCache:
         same = ((recs["src_size"].to_numpy() == cur.loc[recs["path"], "src_size"].to_numpy())
                 & (recs["src_mtime"].to_numpy() == cur.loc[recs["path"], "src_mtime"].to_numpy()))
         recs = recs[same]
-        has_crop = [c == "" or (self.root / c).is_file() for c in recs["crop"]]
+        has_crop = [c == "" or crop_whole(self.root / c) for c in recs["crop"]]   # a damaged crop is made again
         return {r["path"]: r for r in recs[has_crop].to_dict("records")}
 
     def write_part(self, name: str, records: list[dict]) -> None:

@@ -1,21 +1,29 @@
 """Image decoding and the MTCNN face detector (facenet-pytorch), as used by one worker.
 
 Both never raise on a bad image: decoding returns an error string, detection returns None.
+Images come as phones and exports make them: EXIF-rotated (turned upright here, so boxes are
+in upright pixels), 16-bit, CMYK, palette, with alpha; an image too large to decode safely
+(or a decompression bomb) is refused from its header, before a pixel is decoded.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core.faces import REF_SIDE, CropSettings
 
 log = logging.getLogger(__name__)
+
+MAX_PIXELS = 64_000_000   # larger images are refused before decoding: a 12000x12000 photo is 432 MB of RGB
+#                           per worker before MTCNN's copies (phones take 12-50 MP; faces need far fewer)
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")   # 16/32-bit grey: PIL's convert() clips to 255
 
 
 @dataclass
@@ -26,10 +34,19 @@ class Decoded:
     digest: str = ""            # sha1 of the file's bytes (names the crop made from it)
 
 
+def _wide_to_grey(img: Image.Image) -> Image.Image:
+    """16-bit (or wider) grey scaled to 8 bits, not clipped: convert("L") turns a 16-bit photo white."""
+    a = np.asarray(img, dtype=np.float64)
+    top = 255.0 if img.mode in ("I", "F") and a.max(initial=0) <= 255 else 65535.0   # "I" may hold 8-bit values
+    return Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
     if img.mode == "RGB":
         return img, ""
     note = f"mode {img.mode}"
+    if img.mode in WIDE_MODES:
+        return _wide_to_grey(img).convert("RGB"), note
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")       # transparent pixels become white, not black
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -50,14 +67,44 @@ def decode(path: Path) -> Decoded:
     return dec
 
 
-def decode_bytes(data: bytes) -> Decoded:
+def _open(data: bytes) -> tuple[Image.Image | None, str]:
+    """The image with only its header read, or (None, why it is refused)."""
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # refused below, by size
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return None, "not an image PIL can read"
+    except Image.DecompressionBombError as exc:
+        return None, f"refused before decoding: {exc}"
+    except Exception as exc:  # PIL raises many types on a garbled header
+        return None, f"cannot read the image header: {exc}"
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        return None, (f"refused before decoding: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the "
+                      f"{MAX_PIXELS / 1e6:.0f} MP limit (a decompression bomb, or a photo to downscale)")
+    return img, ""
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, str]:
+    """The image turned as its EXIF orientation says (phones store portraits sideways)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in (1, None):
+            return img, ""
+        return ImageOps.exif_transpose(img), f"EXIF orientation {orientation}"
+    except Exception as exc:  # a garbled EXIF block must not lose the picture
+        return img, f"EXIF unreadable ({exc}), kept as stored"
+
+
+def decode_bytes(data: bytes) -> Decoded:
+    img, why = _open(data)
+    if img is None:
+        return Decoded(None, why)
+    try:
         img.load()
         note = ""
-    except UnidentifiedImageError:
-        return Decoded(None, "not an image PIL can read")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # PIL's decoders raise many types on damaged data
         # a truncated JPEG still holds its top rows: keep what decodes rather than lose the image
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
@@ -70,8 +117,12 @@ def decode_bytes(data: bytes) -> Decoded:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
     if min(img.size) < 1:
         return Decoded(None, f"empty image {img.size}")
-    rgb, mode_note = _to_rgb(img)
-    return Decoded(rgb, note="; ".join(n for n in (note, mode_note) if n))
+    img, turn_note = _upright(img)
+    try:
+        rgb, mode_note = _to_rgb(img)
+    except (ValueError, OSError) as exc:   # a mode PIL cannot turn into RGB
+        return Decoded(None, f"cannot convert mode {img.mode} to RGB: {exc}")
+    return Decoded(rgb, note="; ".join(n for n in (note, turn_note, mode_note) if n))
 
 
 class Detector:

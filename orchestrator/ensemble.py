@@ -33,7 +33,7 @@ from core.dataset import EVAL_COLUMNS
 from core.errors import DataError
 from core.labels import HEADS, decode, num_outputs, output_slices
 from core.label_table import check_runs_labels, current_labels
-from core.manifest import read_manifest
+from core.manifest import crop_whole, read_manifest
 from core.workspace import Workspace
 
 from .options import EnsembleOptions
@@ -66,8 +66,9 @@ def eval_crops(data: Path, ws: Workspace, manifest: pd.DataFrame) -> tuple[list[
             problems.append(f"eval image {image_id} (eval/info.csv) is not in the crop manifest {ws.manifest}")
         elif not ev.at[image_id, "crop"]:
             problems.append(f"eval image {image_id} has no crop ({ev.at[image_id, 'error'] or 'no reason given'})")
-        elif not (ws.crops / ev.at[image_id, "crop"]).is_file():
-            problems.append(f"eval image {image_id}: crop file {ws.crops / ev.at[image_id, 'crop']} is missing")
+        elif not crop_whole(ws.crops / ev.at[image_id, "crop"]):
+            problems.append(f"eval image {image_id}: crop file {ws.crops / ev.at[image_id, 'crop']} is missing "
+                            "or cut short")
     if problems:
         raise DataError(problems + ["fix: re-run `python -m orchestrator preprocess` (it crops what is missing)"])
     return order, [ws.crops / ev.at[i, "crop"] for i in order]

@@ -64,7 +64,15 @@ def pin_file(ws: Workspace, study: str) -> Path:
 
 def read_pins(ws: Workspace, study: str) -> Pins | None:
     path = pin_file(ws, study)
-    return Pins(**json.loads(path.read_text())["pins"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return Pins(**json.loads(path.read_text())["pins"])
+    except (ValueError, KeyError, TypeError) as exc:   # edited by hand: not JSON, keys renamed or missing
+        raise DataError(f"{path}: not the study's record of its inputs ({type(exc).__name__}: {exc}); it holds "
+                        f"{{\"study\": ..., \"pins\": {{{', '.join(map(repr, Pins.__dataclass_fields__))}}}}} as "
+                        f"the study wrote it: restore it from a backup, or start a new study (--study "
+                        f"{free_name(ws, study)}) so no trial continues on inputs nobody can check") from exc
 
 
 def free_name(ws: Workspace, study: str) -> str:

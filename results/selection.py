@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from core.errors import DataError
 from core.labels import ALL, HEADS, TARGETS
 
+from .tracking import local_folder
 from .run_schema import (ENSEMBLE, EXPERIMENT, LEGACY_MODEL_FILE, MODEL_PHASES, is_model_run, logged_model_id,
                          weights_uri)
 
@@ -261,12 +262,32 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
     return out
 
 
+def moved_folder(client: MlflowClient, c: ChosenModel) -> str:
+    """The local folder that should hold ``c``'s model where that folder is gone, else "": its
+    logged model's folder, or for an older run its experiment's artifact root (a run's own folder
+    exists only once it logged a file). A store copied without its artifacts, or an artifact
+    folder moved, otherwise fails mid-ensemble with MLflow's own error."""
+    if c.model_id:
+        location = client.get_logged_model(c.model_id).artifact_location
+    else:
+        location = client.get_experiment(client.get_run(c.run_id).info.experiment_id).artifact_location
+    folder = local_folder(location)
+    return str(folder) if folder is not None and not folder.is_dir() else ""
+
+
 def check_artifacts(client: MlflowClient, chosen: dict[str, list[ChosenModel]]) -> None:
     """Every chosen run must hold its model (a logged model, or an older store's model file);
     say which do not before any work starts."""
     problems = []
     for models in chosen.values():
         for c in models:
+            moved = moved_folder(client, c)
+            if moved:
+                problems.append(f"MLflow run {c.run_id} (head {c.head}, study {c.study}): its artifact folder {moved} "
+                                f"is gone (moved or deleted after the run logged it); move it back to that path, "
+                                f"or train the model again (`python -m orchestrator tune --head {c.model_target} "
+                                "--study NEW_NAME`, then retrain) and pick it")
+                continue
             if c.model_id:
                 continue
             names = {a.path for a in client.list_artifacts(c.run_id, "model")}

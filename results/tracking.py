@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
@@ -58,6 +58,14 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def local_folder(uri: str) -> Path | None:
+    """The local folder an artifact location names (file:// or a path); None for s3://, http://, ..."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
 
 
 def find_runs(uri: str, *, head: str | None = None, study: str | None = None, phase: str | None = None,

@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.bad_input import write_records
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -13,6 +16,14 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Ray nodes and drivers use 127.0.0.1, not the machine's network address (tests/cluster/ starts
 # multi-node clusters on this machine; nothing may listen beyond loopback)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+# The generated bad-input tests: a fixed seed and a bounded count in the suite (seconds); the long
+# sweep (`pytest --hypothesis-profile long`, benchmarks/bad_input_table.py --long) tries 50x more.
+_GENERATED = dict(derandomize=True, deadline=None, database=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("default", max_examples=20, **_GENERATED)   # x each test's share (tests/test_bad_input.py)
+settings.register_profile("long", max_examples=1000, **_GENERATED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 UTKMASK = ROOT.parent / "shared" / "utkmask"
@@ -75,6 +86,16 @@ def faults_record(tmp_path_factory) -> Path:
     benchmarks/faults_table.py's smoke test then tables the records this suite made."""
     os.environ.setdefault("FAULTS_RECORD", str(tmp_path_factory.mktemp("faults")))
     return Path(os.environ["FAULTS_RECORD"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bad_input_record(tmp_path_factory) -> Path:
+    """Where the bad-input tests' counts go ($BAD_INPUT_RECORD, else a folder of this session),
+    written when the session ends (tests/bad_input.py)."""
+    os.environ.setdefault("BAD_INPUT_RECORD", str(tmp_path_factory.mktemp("bad-input")))
+    folder = Path(os.environ["BAD_INPUT_RECORD"])
+    yield folder
+    write_records(folder)
 
 
 def benchmark_smoke(script: str, *args: str) -> str:

@@ -22,7 +22,7 @@ from core.errors import DataError
 from core.folds import FoldSpec, fold_file
 from core.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
 from core.label_table import manifest_labels_hash
-from core.manifest import read_manifest
+from core.manifest import check_crops, read_manifest
 from core.provenance import pinned_folds_key, rows_hash
 from core.workspace import Workspace
 
@@ -122,6 +122,7 @@ def crops_key(ws: Workspace, crops: list[str], size: int) -> str:
 def crop_cache(ws: Workspace, crops: list[str], size: int) -> np.ndarray:
     """The crops decoded at ``size``×``size`` into one memmap, built once per content (under a
     file lock); an unchanged crop set is never decoded again."""
+    check_crops(ws.crops, crops)   # a crop deleted or cut after preprocessing: say so, not a trial's traceback
     key = crops_key(ws, crops, size)
     path = ws.root / "cache" / f"crops_{size}_{key}.npy"
     shape = (len(crops), size, size, 3)

@@ -80,6 +80,11 @@ def timm_weights(model_name: str, source: str, *, classifier: bool) -> dict[str,
         if all(k in ours or k.startswith(head) for k in theirs):   # timm's names
             mapped = to_timm_layout({k: v for k, v in theirs.items() if keep(k)},
                                     {k: v for k, v in ours.items() if keep(k)}, what=what)
+        elif Path(path).suffix == ".safetensors":   # its tensors are stored sorted by dtype and name
+            raise WeightsError(f"{what}: a .safetensors file keeps no tensor order, so only timm's names can be "
+                               "matched and these are not timm's (first: "
+                               f"{next(k for k in theirs if k not in ours and not k.startswith(head))!r}); save the "
+                               "state dict with torch.save, or in timm's names")
         else:
             mapped = {k: v for k, v in map_by_order(theirs, ours, what=what).items() if keep(k)}
     except WeightsError as exc:

@@ -89,7 +89,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+    if not isinstance(blob, dict) or not blob or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                          for k, v in blob.items()):
         raise WeightsError(f"{path}: holds no state dict (a mapping of names to tensors)")
     return dict(blob)
 
