@@ -79,7 +79,7 @@ def attempt(kind: str, fn, *, refusals: tuple[type[BaseException], ...], watch=(
 
 
 def write_records(folder: Path) -> Path | None:
-    """Add this session's counts to ``folder/bad_input.json`` (a longer sweep may run in parts)."""
+    """Add this test run's counts to ``folder/bad_input.json`` (a longer sweep may run in parts)."""
     if not COUNTS:
         return None
     path = Path(folder) / RECORD_FILE

@@ -90,7 +90,7 @@ def faults_record(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def bad_input_record(tmp_path_factory) -> Path:
-    """Where the bad-input tests' counts go ($BAD_INPUT_RECORD, else a folder of this session),
+    """Where the bad-input tests' counts go ($BAD_INPUT_RECORD, else a folder of this test run),
     written when the session ends (tests/bad_input.py)."""
     os.environ.setdefault("BAD_INPUT_RECORD", str(tmp_path_factory.mktemp("bad-input")))
     folder = Path(os.environ["BAD_INPUT_RECORD"])

@@ -324,7 +324,7 @@ def test_corrections_record(record, form, junk):
             assert out.name == "refused" and str(ws.root / RECORD) in str(out.error), out.result
 
 
-# -- the scoring helpers' answers file ---------------------------------------------------
+# -- the answers file of the scoring functions ---------------------------------------------------
 @st.composite
 def answer_rows(draw) -> list[dict]:
     ans = mostly(st.integers(0, 17).map(str),
