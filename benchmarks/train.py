@@ -45,10 +45,11 @@ def demo_workspace(work: Path = WORK, persons: int = 60) -> tuple[Path, Workspac
         write_demo_data(data, DemoSpec(persons, 4))
         rows = []
         for r in load_train(data).to_dict("records"):
-            crop = r["path"].replace("/", "__") + ".png"
+            crop = r["path"].replace("/", "__") + ".jpg"   # JPEG, as preprocess writes them (checked whole)
             with Image.open(data / r["path"]) as im:
                 w, h = im.size
-                im.crop((0, (h - w) // 2, w, (h + w) // 2)).resize((128, 128)).save(ws.crops / crop)
+                im.convert("RGB").crop((0, (h - w) // 2, w, (h + w) // 2)).resize((128, 128)).save(
+                    ws.crops / crop, "JPEG", quality=95)
             rows.append({**{k: r[k] for k in ("path", "person", "kind", "mask", "gender", "age", "label")},
                          "split": "train", "image_id": "", "x1": 0.0, "y1": 0.0, "x2": 0.0, "y2": 0.0,
                          "prob": float("nan"), "fallback": True, "error": "", "crop": crop})
