@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from core.labels import SEED
+
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "search_plots"
 TOP_PARAM_TAG = "top_param"
 NOTE_TAG = "mlflow.note.content"       # the run's description in the MLflow UI
 STATE_GLOB = "searcher-state-*.pkl"    # ray.tune.search.Searcher.CKPT_FILE_TMPL
-IMPORTANCE_SEED = 777                  # fANOVA's forest is random: the same study ranks the same way
+IMPORTANCE_SEED = SEED                 # fANOVA's forest is random: the same study ranks the same way
 
 
 @dataclass(frozen=True)
