@@ -25,12 +25,11 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from core.labels import NUM_CLASSES, decode
 from core.manifest import read_manifest
-from core.metrics import macro_f1
 from core.workspace import Workspace
 from orchestrator.ensemble import (EnsembleOptions, calibrate, eval_crops, oof_predictions, predict_eval)
 from results.calibration import CalibrationSpec, fit_offsets
+from results.scoring import score_classes
 from results.selection import choose_models
 from results.tables import markdown_table
 from results.voting import joint_log_probs, predict_classes
@@ -41,9 +40,7 @@ def voters(chosen: dict, phase: str) -> dict:
 
 
 def score(y: np.ndarray, pred: np.ndarray) -> dict:
-    heads = {f"{n}_f1": round(macro_f1(t, p, k), 4)
-             for (n, k), t, p in zip((("mask", 3), ("gender", 2), ("age", 3)), decode(y), decode(pred))}
-    return {"f1": round(macro_f1(y, pred, NUM_CLASSES), 4)} | heads
+    return {k: round(v, 4) for k, v in score_classes(y, pred).items() if k != "accuracy"}
 
 
 def transfer(data: Path, ws: Workspace, persons: int, study: str) -> list[dict]:

@@ -115,11 +115,11 @@ def audit_dir(ws: Workspace, study: str) -> Path:
     return ws.results / "audit" / study.replace(",", "+")
 
 
-def with_corrections_in_effect(ws: Workspace, suggested: pd.DataFrame) -> pd.DataFrame:
+def with_corrections_in_effect(current: Path | None, suggested: pd.DataFrame) -> pd.DataFrame:
     """The file to train on next: the corrections already in effect (the audited labels include
     them), then the new suggestions. Corrections apply in order (core/corrections.py), so a new
-    suggestion for a field overrides the earlier one and a second swap undoes the first."""
-    current = corrections_file(ws)
+    suggestion for a field overrides the earlier one and a second swap undoes the first.
+    ``current``: the workspace's corrections file (None: none in effect)."""
     if current is None:
         return suggested
     kept = read_csv(current, ("id", "field", "value"), "columns are id,field,value[,note]")
@@ -137,7 +137,7 @@ def write_outputs(inp: AuditInputs, suspects, corrections, ws: Workspace, person
         raise DataError(f"{target} is the workspace's corrections file in effect, and auditing study {study!r} "
                         "would overwrite it; copy it elsewhere and pass --corrections COPY first")
     write_csv_atomic(suspects, out / "suspects.csv")
-    write_csv_atomic(with_corrections_in_effect(ws, corrections), target)
+    write_csv_atomic(with_corrections_in_effect(current, corrections), target)
     manifest = read_manifest(ws.manifest).drop_duplicates("path").set_index("path")
     sheet = contact_sheet(suspects, person_predictions(inp), lambda p: ws.crops / manifest.at[p, "crop"],
                           out / "suspects.png", persons)

@@ -39,7 +39,12 @@ def score_submission(submission: Path | str, answers: Path | str) -> dict[str, f
     if missing.any():
         raise DataError(f"{submission}: {int(missing.sum())} image(s) of {answers} have no prediction "
                         f"(first: {ans.index[missing][0]}); write a full submission")
-    y, p = ans.to_numpy(), sub.loc[ans.index].to_numpy()
+    return score_classes(ans.to_numpy(), sub.loc[ans.index].to_numpy())
+
+
+def score_classes(y, p) -> dict[str, float]:
+    """18-class macro F1 and accuracy, and each head's macro F1, of predicted classes ``p``
+    against the true classes ``y``."""
     out = {"f1": macro_f1(y, p, NUM_CLASSES), "accuracy": accuracy(y, p)}
     for (name, head), yt, yp in zip(HEADS.items(), decode(y), decode(p)):
         out[f"{name}_f1"] = macro_f1(yt, yp, head.num_classes)
