@@ -53,6 +53,11 @@ class CropSettings:
                 cast = lambda v: tuple(float(x) for x in v)  # noqa: E731
             if cast:
                 object.__setattr__(self, f.name, cast(getattr(self, f.name)))
+        for name in ("thresholds", "second_thresholds"):   # MTCNN indexes three; one over 1 finds nothing
+            t = getattr(self, name)
+            if len(t) != 3 or not all(0 <= v <= 1 for v in t):
+                raise ValueError(f"CropSettings.{name} {','.join(f'{v:g}' for v in t)}: give three "
+                                 "probabilities in [0, 1], for MTCNN's P-, R- and O-net (e.g. 0.6,0.7,0.7)")
 
     def as_dict(self) -> dict:
         return asdict(self)

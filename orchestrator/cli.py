@@ -125,7 +125,8 @@ def _preprocess_args(p):
 def _preprocess(a) -> int:
     from core.faces import CropSettings   # heavy, as in _preprocess_args
     from .preprocess import preprocess   # heavy (pandas, Ray, MTCNN)
-    m = preprocess(a.data, Workspace(a.workspace).make(), CropSettings(**picked(a, CropSettings)), address=a.address,
+    settings = _options(a, CropSettings, **picked(a, CropSettings))   # a bad --thresholds: exit 2, nothing made
+    m = preprocess(a.data, Workspace(a.workspace).make(), settings, address=a.address,
                    workers=a.workers, num_gpus_per_worker=a.gpus_per_worker, progress=a.progress,
                    batch_size=a.batch_size)
     s = m.attrs["summary"]

@@ -35,7 +35,7 @@ from trainables.mlflow_model import IMAGE, RUNTIME, column_bytes, example_crop, 
 from trainables.models import load_model_file
 from trainables.predict import predict_probs
 
-from .detector import decode_bytes
+from .detector import CROPS
 from .face_crop import PhotoCropper
 
 LOADER = __name__
@@ -95,7 +95,7 @@ class EnsembleModel:
         empty = [str(i) for i in range(n) if photos[i] is None and crops[i] is None]
         if empty:
             raise ValueError(f"row(s) {', '.join(empty)}: no {PHOTO!r} and no {IMAGE!r}; send a photo or a face crop")
-        errors = {i: decode_bytes(c).error if c else "empty crop" for i, c in enumerate(crops) if photos[i] is None}
+        errors = {i: CROPS.data(c).error if c else "empty crop" for i, c in enumerate(crops) if photos[i] is None}
         bad = [f"row {i}: {IMAGE}: {e}" for i, e in errors.items() if e]
         if bad:
             raise ValueError("; ".join(bad) + "; send JPEG or PNG face crops")

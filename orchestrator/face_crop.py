@@ -5,7 +5,6 @@ crops otherwise sees other pixels than its training did and answers worse withou
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from core.faces import CropSettings, Priors, crop_box, crop_jpeg, miss_box
@@ -29,9 +28,7 @@ class PhotoCropper:
 
     def __init__(self, settings: CropSettings, prior: Priors, device: str = "cpu"):
         self.s, self.prior = settings, prior
-        self.det = Detector(settings, device)
-        # a server predicts in threads; the detector sets MTCNN's min_face_size per image size
-        self._lock = threading.Lock()
+        self.det = Detector(settings, device)   # holds no per-call state: a server's threads share it
 
     def crop(self, photos: list[bytes], rows: list[int] | None = None) -> list[FaceCrop]:
         """One crop per photo; ``rows`` number the photos in errors (default 0, 1, ...)."""
@@ -42,9 +39,8 @@ class PhotoCropper:
             raise PhotoError("; ".join(bad) + "; send JPEG or PNG photos")
         # as preprocess: tiny images skip the detector; same-size photos are detected as a batch
         ok = [i for i, d in enumerate(decs) if min(d.img.size) >= self.s.min_side]
-        with self._lock:
-            found = dict(zip(ok, self.det.detect([decs[i].img for i in ok])))
-            return [self._one(d.img, found.get(i)) for i, d in enumerate(decs)]
+        found = dict(zip(ok, self.det.detect([decs[i].img for i in ok])))
+        return [self._one(d.img, found.get(i)) for i, d in enumerate(decs)]
 
     def _one(self, img, found) -> FaceCrop:
         w, h = img.size
