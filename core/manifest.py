@@ -24,6 +24,10 @@ COLUMNS = ("path", "person", "split", "image_id", "kind", "mask", "gender", "age
            "x1", "y1", "x2", "y2", "prob", "fallback", "error", "crop")
 
 
+# what reading a cut or edited parquet file raises: pyarrow's ArrowInvalid (a ValueError) and
+# IOError (an OSError), a UnicodeDecodeError or JSONDecodeError (ValueErrors) or a KeyError from
+# edited pandas metadata (seen by cutting and flipping bytes of a manifest)
+PARQUET_ERRORS = (OSError, ValueError, KeyError)
 RERUN = "rerun `python -m orchestrator preprocess`: it crops only what is missing and reuses every whole crop"
 JPEG_END = b"\xff\xd9"   # every crop is a JPEG written whole (core.atomic), so it ends with this marker
 
@@ -33,7 +37,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: no crop manifest; run `python -m orchestrator preprocess` first")
     try:
         df = pd.read_parquet(path)
-    except Exception as exc:  # a cut or edited file: pyarrow raises several types
+    except PARQUET_ERRORS as exc:
         raise DataError(f"{path}: the crop manifest is damaged ({type(exc).__name__}: {exc}); {RERUN}") from exc
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:

@@ -8,7 +8,7 @@ Layout under ``Workspace.crops``:
   <key>/_parts/*.parquet  records written by workers batch by batch (merged into _state next run)
 Every file is written atomically, so a killed run leaves whole files or none. A record counts
 only while its source file is unchanged (same size and mtime as recorded with its content
-hash) and its crop file exists.
+hash) and its crop file exists; an image that failed is tried again on every run.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.atomic import write_parquet_atomic, write_text_atomic
 from core.faces import CropSettings
-from core.manifest import crop_whole
+from core.manifest import PARQUET_ERRORS, crop_whole
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class CropCache:
         for part in sorted(self.parts.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns):
             try:
                 frames.append(pd.read_parquet(part))
-            except Exception as exc:  # atomic writes make this unlikely; never trust a bad part
+            except PARQUET_ERRORS as exc:  # atomic writes make this unlikely; never trust a bad part
                 log.warning("ignoring unreadable cache part %s (%s)", part, exc)
         if not frames:
             return {}
@@ -91,7 +91,10 @@ class CropCache:
         recs = recs[recs["path"].isin(cur.index)]
         same = ((recs["src_size"].to_numpy() == cur.loc[recs["path"], "src_size"].to_numpy())
                 & (recs["src_mtime"].to_numpy() == cur.loc[recs["path"], "src_mtime"].to_numpy()))
-        recs = recs[same]
+        # a failed image is tried again: its cause may lie outside the file (permissions, a mount,
+        # a cloud placeholder not yet downloaded) where size and mtime do not change, and a retry
+        # is cheap (decoding fails before the detector runs)
+        recs = recs[same & (recs["status"] != "error").to_numpy()]
         has_crop = [c == "" or crop_whole(self.root / c) for c in recs["crop"]]   # a damaged crop is made again
         return {r["path"]: r for r in recs[has_crop].to_dict("records")}
 

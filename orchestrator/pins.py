@@ -106,24 +106,26 @@ def _refuse_or_warn(ws: Workspace, study: str, old: dict, new: dict, why: str) -
 
 def pin_study(ws: Workspace, study: str, pins: Pins, *, what: str = "resume") -> Pins:
     """Record a new study's pins, or check a known study's: other inputs stop with an error
-    naming what changed and a free study name."""
+    naming what changed and a free study name. Returns the pins the trials log: the inputs at
+    hand (equal to the recorded ones, but for the code, which may have changed since)."""
     old = read_pins(ws, study)
     if old is None:
         write_text_atomic(json.dumps({"study": study, "pins": pins.as_dict()}, indent=1), pin_file(ws, study))
         return pins
     _refuse_or_warn(ws, study, old.as_dict(), pins.as_dict(), f"A {what} would mix them")
-    return old
+    return pins
 
 
 
 
 def check_study_data(ws: Workspace, study: str, labels: str, manifest_train: pd.DataFrame) -> dict:
     """A retrain trains the study's config on all data: the labels, crops and code must be the
-    study's. Returns the study's pins to log ({} for a study made before pins were recorded)."""
+    study's. Returns the pins to log: the study's, with the code at hand ({} for a study made
+    before pins were recorded)."""
     old = read_pins(ws, study)
     if old is None:
         return {}
     now = {"labels": labels, "crops": rows_hash(manifest_train, ("path", "crop")),
            "code": code_version()}
     _refuse_or_warn(ws, study, old.as_dict(), now, "Its full-data model would not be the model its folds validated")
-    return old.as_dict()
+    return old.as_dict() | {"code": now["code"]}

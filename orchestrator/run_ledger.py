@@ -2,7 +2,9 @@
 handler runs) knows what the killed run left behind.
 
 While `run` works it rewrites ``results/run-<study>.json`` every few seconds with the seconds it
-has used, and removes it when it has finished. A rerun that finds the ledger of a dead run
+has used, and removes it when it has finished; it holds ``results/run-<study>.lock`` meanwhile, so
+two runs started at once cannot both proceed. A run on this host is live while its process is; a
+run on another host while its ledger is younger than REMOTE_DEAD_S. A rerun that finds the ledger of a dead run
 therefore knows that run stopped unfinished, and
   - counts the seconds it used against ``--budget`` (the budget is the whole chain's, however
     many times it is started), or says that nothing is left;
@@ -11,6 +13,7 @@ therefore knows that run stopped unfinished, and
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -26,13 +29,30 @@ from core.workspace import Workspace
 from .budget import BudgetTooSmall, Clock
 
 HEARTBEAT_S = 5.0   # a killed run's count is at most this much short
+REMOTE_DEAD_S = 6 * HEARTBEAT_S   # a run on another host is dead once its ledger is this much older
+#                                   than its heartbeat (room for a slow NFS write and clock skew)
 
 
-def _alive(rec: dict) -> bool:
-    """The ledger's writer still runs (same host, same pid, same process start)."""
+def _alive(rec: dict, path: Path) -> bool:
+    """The ledger's writer still runs: on this host, its process (same pid, same process start);
+    on another host, whose processes cannot be seen, its heartbeat is recent."""
     if rec.get("host") != socket.gethostname():
-        return False
+        return time.time() - path.stat().st_mtime < REMOTE_DEAD_S
     return bool(rec.get("proc_start")) and _proc_start(rec.get("pid", "")) == rec["proc_start"]
+
+
+@contextmanager
+def _claimed(path: Path, study: str, ws: Workspace):
+    """Holds an exclusive lock beside the ledger while the run works, so two runs that start at
+    once cannot both find no ledger and proceed; the system drops the lock when its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"another `run` is working on study {study!r} in {ws.root} (it holds "
+                            f"{path.with_suffix('.lock')}); wait for it, or use --study NEW_NAME") from None
+        yield
 
 
 def _proc_start(pid="self") -> str:
@@ -62,12 +82,20 @@ def close_stale_runs(uri: str, studies: list[str]) -> int:
 def run_ledger(ws: Workspace, study: str, budget_s: float | None, uri: str, studies: list[str]):
     """Yields the run's Clock: over ``budget_s``, less what killed earlier runs used."""
     path = Path(ws.results) / f"run-{study}.json"
+    with _claimed(path, study, ws):
+        with _ledger(path, ws, study, budget_s, uri, studies) as clock:
+            yield clock
+
+
+@contextmanager
+def _ledger(path: Path, ws: Workspace, study: str, budget_s: float | None, uri: str, studies: list[str]):
     used, old = 0.0, None
     if path.is_file():
         old = json.loads(path.read_text())
-        if _alive(old):
-            raise DataError(f"another `run` (pid {old['pid']}) is working on study {study!r} in {ws.root}; "
-                            "wait for it, or use --study NEW_NAME")
+        if _alive(old, path):
+            raise DataError(f"another `run` (pid {old['pid']}) on host {old.get('host')} is working on study "
+                            f"{study!r} in {ws.root}; wait for it, or use --study NEW_NAME (a run stopped "
+                            f"on another host counts as stopped {REMOTE_DEAD_S:.0f} s after its last heartbeat)")
         used = float(old.get("used_s", 0.0))
         closed = close_stale_runs(uri, studies)
         print(f"run: the last run of study {study!r} stopped unfinished after {used:.0f} s (killed, failed or interrupted): its finished "

@@ -187,9 +187,9 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
                         f"of experiment {experiment!r} at {client.tracking_uri}; run "
                         f"`python -m orchestrator tune --head {head}` (and retrain), or pick runs with --runs")
     study = study or cv[0].data.tags.get("study", "")   # newest study when none is named
-    chosen = [_votes_for(_chosen(client, r, "default"), head) for r in _newest_per_fold(
-        [r for r in cv if r.data.tags.get("study", "") == study])]
-    check_folds_finished(client, exp_id, head, study, {c.fold for c in chosen})
+    ours = [r for r in cv if r.data.tags.get("study", "") == study]
+    chosen = [_votes_for(_chosen(client, r, "default"), head) for r in _newest_per_fold(ours)]
+    check_folds_finished(client, exp_id, head, study, {c.fold for c in chosen}, _fold_count(ours))
     full = _search(client, exp_id, head, "full", study or None) if include_full else []
     # every full-data model of the newest retrain (one per seed when it trained several)
     key = full[0].data.tags.get("retrain") if full else None
@@ -197,19 +197,33 @@ def default_models(client: MlflowClient, exp_id: str, experiment: str, head: str
     return chosen + [_votes_for(_chosen(client, r, "default"), head) for r in newest]
 
 
-def check_folds_finished(client, exp_id: str, head: str, study: str, finished: set[str]) -> None:
+def _fold_count(runs: list) -> int | None:
+    """K of the folds the study's cv runs were trained on (their ``folds`` param); None if unknown."""
+    ks = {int(r.data.params["folds"]) for r in runs if str(r.data.params.get("folds", "")).isdigit()}
+    return max(ks) if ks else None
+
+
+def check_folds_finished(client, exp_id: str, head: str, study: str, finished: set[str],
+                         k: int | None = None) -> None:
     """A study votes with all of its folds or not at all: a fold whose runs all failed (or were
-    killed) would leave the OOF rows, the calibration and the report on part of the data."""
+    killed), or that has no run at all (its trial died before its logger started), would leave
+    the OOF rows, the calibration and the report on part of the data. ``k``: the study's number
+    of folds (None: only folds that have a run are checked)."""
     lost = {}
     for r in _search(client, exp_id, head, "cv", study, finished=False):
         fold = r.data.tags.get("fold", "")
         if fold not in finished:
             lost.setdefault(fold, r)
-    if lost:
-        raise DataError([f"study {study!r}, head {head}: cv fold {fold} has no finished run (MLflow run "
-                         f"{r.info.run_id} is {r.info.status}); continue the study with `python -m orchestrator "
-                         f"tune --head {r.data.tags.get('head', head)} --study {study} --phase cv --resume` "
-                         "(or rerun `run`), or pick runs with --runs" for fold, r in sorted(lost.items())])
+    unseen = sorted({str(f) for f in range(k or 0)} - finished - set(lost), key=int)
+    def resume(target: str) -> str:
+        return (f"continue the study with `python -m orchestrator tune --head {target} --study {study} --phase cv "
+                "--resume` (or rerun `run`), or pick runs with --runs")
+    problems = [f"study {study!r}, head {head}: cv fold {fold} has no finished run (MLflow run {r.info.run_id} "
+                f"is {r.info.status}); {resume(r.data.tags.get('head', head))}" for fold, r in sorted(lost.items())]
+    problems += [f"study {study!r}, head {head}: cv fold {fold} of {k} has no MLflow run at all (its trial "
+                 f"stopped before it logged anything); {resume(head)}" for fold in unseen]
+    if problems:
+        raise DataError(problems)
 
 
 Studies = str | Mapping[str, str] | None   # one study for every head, a study per head, or the newest

@@ -76,13 +76,25 @@ def check_hub(model: str) -> None:
         where, reason = cfg.url, _url_unreachable(cfg.url)
     if reason:
         raise PretrainedError(f"--pretrained hub: the pretrained weights of {model!r} are not cached here and "
-                              f"{where} cannot be reached ({reason}); {ways_out(model)}")
+                              f"cannot be fetched from {where} ({reason}); {ways_out(model)}")
+
+
+def _http_refusal(status: int) -> str:
+    """Why an HTTP answer other than 200 means the weights cannot be fetched (every trial would fail)."""
+    if status in (401, 403):
+        return f"HTTP {status}: the repository is gated or private (accept its terms on the hub, set HF_TOKEN)"
+    if status == 404:
+        return f"HTTP {status}: no such repository or file"
+    return f"HTTP {status}"
 
 
 def _hf_unreachable(repo: str, filename: str | None) -> str:
-    """"" when cached or the hub answers (any HTTP status); else why not."""
+    """"" when cached or the hub serves the file; else why not (offline, a network error, or an
+    HTTP refusal: a gated repository, a missing file)."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError
+    # the base error of the hub's HTTP library (httpx, or its fork, by version): its network errors
+    transport = next(c for c in HfHubHTTPError.__mro__[1:] if c.__name__ == "HTTPError")
     repo, _, revision = repo.partition("@")
     files = (filename,) if filename else SAFE_FILES
     if any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
@@ -91,9 +103,10 @@ def _hf_unreachable(repo: str, filename: str | None) -> str:
         return "HF_HUB_OFFLINE is set"
     try:   # retry_on_errors defaults to False: a network error answers at once
         get_hf_file_metadata(hf_hub_url(repo, files[0], revision=revision or None), timeout=HUB_TIMEOUT_S)
-    except HfHubHTTPError:   # the hub answered (a missing file, a gated repo): it is reachable
-        return ""
-    except Exception as exc:   # DNS, refused, timeout, proxy: httpx's errors, not one base class
+    except HfHubHTTPError as exc:   # the hub answered, but not with the file
+        status = getattr(exc.response, "status_code", None)
+        return _http_refusal(status) if status else f"{type(exc).__name__}: {exc}"
+    except (transport, OSError) as exc:   # DNS, refused, timeout, proxy, offline mode
         return f"{type(exc).__name__}: {exc}"
     return ""
 
@@ -107,8 +120,8 @@ def _url_unreachable(url: str) -> str:
         return ""
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S).close()
-    except urllib.error.HTTPError:   # an answer, so reachable
-        return ""
+    except urllib.error.HTTPError as exc:   # an answer, but not the file
+        return _http_refusal(exc.code)
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""

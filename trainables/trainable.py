@@ -64,7 +64,12 @@ def train_head(config: dict) -> None:
         log.set_tags({"trained_to_deadline": "1", "deadline": f"{deadline:.1f}"})
     if state.epoch:   # restored from a checkpoint: its augmentation draws restarted (`reproduce`)
         log.set_tags({"resumed_from_epoch": str(state.epoch)})
-    best_dir = Path(tempfile.mkdtemp(prefix="best-"))
+    scratch, system_temp = _scratch(Workspace(ctx.workspace), tc), tempfile.tempdir
+    # this process's temporary files (MLflow stages each logged model in one) go there too:
+    # Tune runs one trial at a time per actor
+    tempfile.tempdir = str(scratch)
+    best_dir = scratch / "best"
+    best_dir.mkdir()
     timing = TrialTime(deadline, val_share(parts[0]))
     try:
         while state.epoch < cfg.epochs:
@@ -98,7 +103,18 @@ def train_head(config: dict) -> None:
         log.finish("FAILED")
         raise
     finally:
-        shutil.rmtree(best_dir, ignore_errors=True)
+        tempfile.tempdir = system_temp   # the actor may run another trial
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _scratch(ws: Workspace, tc) -> Path:
+    """The trial's scratch folder, in its own folder of Tune's storage in the workspace: a trial
+    killed hard (no ``finally`` runs) leaves its files there, not in the system's temp folder,
+    and its retry or resume (same trial folder) removes them first."""
+    scratch = ws.tune / tc.get_experiment_name() / Path(tc.get_trial_dir()).name / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)   # what a killed attempt of this trial left
+    scratch.mkdir(parents=True)
+    return scratch
 
 
 def val_share(parts) -> float:
