@@ -30,7 +30,7 @@ def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
         raise DataError(f"{path}: file not found; {fix}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for unreadable CSVs
+    except (ValueError, OSError) as exc:  # ParserError, EmptyDataError, UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from exc
     df.columns = [c.strip() for c in df.columns]
     # pandas renames a repeated name "id" to "id.1"; "id" and "id " only meet once stripped

@@ -218,10 +218,15 @@ def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
 
 def report_search(plan: StudyPlan, parent: str) -> None:
     """Optuna's plots of the finished search on its parent run, and which parameter mattered most."""
+    import pickle
+
+    from mlflow.exceptions import MlflowException
     from results.search_plots import ARTIFACT_DIR, log_search_plots   # heavy (optuna, mlflow): after a search
     try:
         summary = log_search_plots(plan.uri, parent, plan.exp_path("search"))
-    except Exception as exc:   # the search is finished and recorded: a plot must not stop the cv phase
+    # the search is finished and recorded: a plot must not stop the cv phase. Named: a damaged
+    # searcher state, what Optuna's and matplotlib's plots raise on odd trials, an MLflow outage
+    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, OSError, MlflowException) as exc:
         log.warning("%s: Optuna's plots of the search could not be made (%s: %s)", plan.study, type(exc).__name__, exc)
         return
     log.info("%s %s (plots: MLflow run %s, %s/)", plan.study, summary.line(), parent, ARTIFACT_DIR)

@@ -45,9 +45,11 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     if scheme in ("http", "https"):
         for k, v in fast.items():
             os.environ.setdefault(k, v)
+    from mlflow.exceptions import MlflowException   # heavy, as the client
+    from sqlalchemy.exc import SQLAlchemyError      # a database store's own (not a database, cannot open)
     try:
         _client(uri).search_experiments(max_results=1)
-    except Exception as exc:  # MLflow raises many types (connection, DB, permission)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:   # a server down, a bad URI, a bad DB file
         raise TrackingError(f"MLflow tracking store {uri} is unreachable ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); start the server "
                             "(`mlflow server ...`), fix --tracking-uri / $MLFLOW_TRACKING_URI, "

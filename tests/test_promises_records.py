@@ -234,3 +234,66 @@ def test_a_killed_trials_scratch_stays_in_its_folder_and_its_retry_removes_it(ra
     left = [p.name for p in private_temp.iterdir() if p.name != "ray"]
     assert not [n for n in left if n.startswith("best-")], left   # nothing in the system temp folder
     assert not list(ws.tune.rglob("scratch")), list(ws.tune.rglob("scratch"))
+
+
+# -- the except audit: the errors each catch names still cover what damaged input raises ------
+def _damaged(good: bytes, seed: int) -> bytes:
+    """``good`` cut, with bytes flipped, or with foreign bytes spliced in (by seed)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, len(good)))
+    if seed % 3 == 0:
+        return good[:k]
+    if seed % 3 == 1:
+        out = bytearray(good)
+        for i in rng.integers(0, len(good), 4):
+            out[int(i)] ^= 0x5A
+        return bytes(out)
+    return good[:k] + rng.bytes(64) + good[k:]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_damaged_manifest_is_a_data_error(tmp_path, seed):
+    import pandas as pd
+    from core.manifest import read_manifest
+    path = tmp_path / "manifest.parquet"
+    pd.DataFrame({"path": [f"train/{i}.jpg" for i in range(50)], "x1": range(50)}).to_parquet(path, index=False)
+    path.write_bytes(_damaged(path.read_bytes(), seed))
+    with pytest.raises(DataError, match="manifest"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_damaged_weights_file_is_a_weights_error(tmp_path, seed):
+    import torch
+    from safetensors.torch import save_file
+    from trainables.weights import WeightsError, read_state_dict
+    sd = {"a": torch.arange(40.0).reshape(8, 5), "b": torch.arange(7)}
+    for suffix in (".pt", ".safetensors"):
+        path = tmp_path / f"w{suffix}"
+        torch.save(sd, path) if suffix == ".pt" else save_file(sd, str(path))
+        path.write_bytes(_damaged(path.read_bytes(), seed))
+        try:
+            read_state_dict(path)   # a flip inside a tensor's values still loads
+        except WeightsError as exc:
+            assert str(path) in str(exc)
+
+
+def test_a_csv_that_is_not_text_is_a_data_error(tmp_path):
+    from core.csv_input import read_csv
+    for name, raw in {"binary": bytes(range(256)) * 4, "empty": b"", "ragged": b"a,b\n1,2,3,4\n\"x"}.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(raw)
+        try:
+            read_csv(path, ("a", "b"), "fix it")
+        except DataError as exc:
+            assert str(path) in str(exc)
+
+
+@pytest.mark.parametrize("store", ["not-a-database", "a-folder"])
+def test_a_tracking_store_that_cannot_be_opened_is_a_tracking_error(tmp_path, store):
+    from results.tracking import TrackingError, check_tracking
+    db = tmp_path / "mlflow.db"
+    db.mkdir() if store == "a-folder" else db.write_bytes(b"not a database " * 64)
+    with pytest.raises(TrackingError, match="is unreachable"):
+        check_tracking(f"sqlite:///{db}")

@@ -77,6 +77,9 @@ def installed_line() -> str:
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """A state dict from a torch or safetensors file (a checkpoint's ``state_dict`` unwrapped)."""
     import torch   # heavy: this module's tables are read by the CLI before any model is built
+    import pickle
+
+    from safetensors import SafetensorError
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -84,7 +87,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             blob = load_file(str(path))
         else:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:   # not a torch / safetensors file at all
+    # not a torch / safetensors file at all: what cut, flipped and foreign bytes raised
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, ValueError, IndexError, EOFError, OSError) as exc:
         raise WeightsError(f"{path}: not a weights file ({type(exc).__name__}: {exc})") from exc
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
