@@ -37,7 +37,10 @@ def _alive(rec: dict, path: Path) -> bool:
     """The ledger's writer still runs: on this host, its process (same pid, same process start);
     on another host, whose processes cannot be seen, its heartbeat is recent."""
     if rec.get("host") != socket.gethostname():
-        return time.time() - path.stat().st_mtime < REMOTE_DEAD_S
+        try:
+            return time.time() - path.stat().st_mtime < REMOTE_DEAD_S
+        except FileNotFoundError:   # it finished meanwhile
+            return False
     return bool(rec.get("proc_start")) and _proc_start(rec.get("pid", "")) == rec["proc_start"]
 
 
