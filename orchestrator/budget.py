@@ -4,12 +4,21 @@ The orchestrator, not the user, sizes the work: preprocessing runs first and is 
 the ensemble's share is reserved, and what is left is split over the heads and their
 phases. Each trial also gets a deadline, so a slow machine stops training early instead
 of overrunning.
+
+Only arithmetic lives here, on plain numbers: orchestrator/pipeline.py measures the cluster
+and the training speed and hands them over.
 """
 from __future__ import annotations
 
+import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
+
+from trainables.config import FORWARD_COST
+
+log = logging.getLogger(__name__)
 
 _UNITS = {"h": 3600, "m": 60, "s": 1}
 
@@ -56,9 +65,30 @@ class HeadShare:
         return self.search_s + self.cv_s + self.full_s
 
 
+# What the sizing assumes: each number, what it covers and where it comes from
+# (benchmarks/README.md, "run --budget").
+TRIAL_OVERHEAD_S = 6.0   # a wave of trials' start-up and wrap-up: Ray starting the actors (importing
+                         # torch and timm), MLflow's run, artifacts and checkpoints; measured ~3.1 s a
+                         # trial on the 2-core box at load 12-16 ("per-trial overhead"), and twice that
+                         # leaves room for a more loaded machine, where start-up runs longer
+ENSEMBLE_FIXED_S = 30.0  # the ensemble's work that no image count scales: MLflow downloads, the
+                         # report's plots, the submission (its predictions are costed by image)
+AUDIT_FIXED_S = 15.0     # the label audit after it: the OOF downloads again, the contact sheet, its MLflow run
+MIN_HEAD_S = 10.0        # less training than this per target is not worth starting: it is less than
+                         # two trials' start-up (a judgment, not a measurement)
+VALIDATED_EPOCHS = 3     # cv trials validate (with TTA) only their last 3 epochs under a budget: the
+                         # learning rate anneals to the deadline, so the best epoch is one of the last,
+                         # and with 2 folds validating an epoch costs as much as training it
+SPEED_MARGIN = 0.95      # plan at 95% of the measured speed: the speed drifts (up to 2x within minutes
+                         # on the 2-core box) and a loaded machine slows trials down; a 23-minute run
+                         # planned at the full speed had its folds stopped after 11 and 10 of 12 epochs
+PREDICTED_VIEWS = 2      # an image is predicted as itself and its horizontal flip (trainables/loop.py TTA_VIEWS)
+
+
 # the age head is the hard one (rare >=60 class, from-scratch features): it gets the most
 HEAD_WEIGHTS = {"mask": 0.25, "gender": 0.25, "age": 0.5, "all": 1.0}
 PHASE_SHARES = (0.3, 0.5, 0.2)   # search, cv, full-data retrain
+NO_SEARCH_SHARES = (0.0, 1.0, 0.0)   # no search: cv and the retrain share it all, split by their cost
 
 
 def share_out(seconds: float, heads: tuple[str, ...], weights: dict[str, float] = HEAD_WEIGHTS,
@@ -70,3 +100,165 @@ def share_out(seconds: float, heads: tuple[str, ...], weights: dict[str, float] 
         s = seconds * weights[h] / total_w
         out[h] = HeadShare(*(s * p for p in phases))
     return out
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """What one target's study gets: trials, epochs and, under a budget, deadlines."""
+    num_samples: int              # search trials; 0: no search (cv trains the recipe's config)
+    search_epochs: int            # per search trial
+    epochs: int                   # per cv trial
+    full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
+    full_seeds: int = 1           # full-data models trained side by side
+    val_from: int = 1             # first validated epoch of a cv trial
+    search_end: float = 0.0       # unix deadlines (0 = none)
+    cv_end: float = 0.0
+    full_end: float = 0.0
+    cv_to_deadline: bool = False   # the phase's trials run in one wave: each trains until the phase's
+    full_to_deadline: bool = False # deadline (with waves, the first would take every wave's time)
+
+
+def trial_slots(resources: dict, cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials the cluster runs side by side: its CPUs per trial's CPUs and, for GPU trials, its
+    GPUs per trial's GPU share (4 GPUs at 0.5 a trial: 8), whichever is fewer."""
+    slots = resources.get("CPU", 1) // max(cpus_per_trial, 1e-9)
+    if gpus_per_trial > 0:
+        slots = min(slots, resources.get("GPU", 0) // gpus_per_trial)
+    return max(1, int(slots))
+
+
+def waves(trials: int, slots: int) -> int:
+    """Waves of ``trials`` on ``slots`` trial slots (3 folds on 2 slots: 2 waves)."""
+    return math.ceil(trials / slots)
+
+
+def ensemble_reserve_s(models: int, n_eval: int, slots: int, images_per_s: float) -> float:
+    """Seconds kept for the ensemble and the audit: their fixed work, and ``models`` predicting the
+    ``n_eval`` eval images in TTA views, side by side on the trial slots (the OOF table is already made)."""
+    return (ENSEMBLE_FIXED_S + AUDIT_FIXED_S
+            + models * n_eval * PREDICTED_VIEWS * FORWARD_COST / (slots * images_per_s))
+
+
+@dataclass(frozen=True)
+class Trials:
+    """One target's trials in each phase, on the cluster's trial slots."""
+    samples: int   # search trials (0: no search)
+    folds: int     # cv trials, one per fold
+    seeds: int     # full-data models
+    slots: int     # trials the cluster runs side by side
+
+    @property
+    def search_start_s(self) -> float:
+        """The search's start-up, a wave at a time (none without a search)."""
+        return waves(self.samples, self.slots) * TRIAL_OVERHEAD_S
+
+    @property
+    def cv_start_s(self) -> float:
+        return waves(self.folds, self.slots) * TRIAL_OVERHEAD_S
+
+    @property
+    def full_start_s(self) -> float:
+        return waves(self.seeds, self.slots) * TRIAL_OVERHEAD_S
+
+    @property
+    def start_s(self) -> float:
+        """Start-up of all three phases: set aside before the training time is shared out."""
+        return self.search_start_s + self.cv_start_s + self.full_start_s
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a target's plan is sized from, in plain numbers (measured by orchestrator/pipeline.py)."""
+    trials: Trials
+    n_train: int             # training images
+    images_per_s: float      # one trial's measured training speed on the target's backbone
+    max_epochs: int          # cap on what a budget gives one trial
+    reserve_s: float = 0.0   # kept for the ensemble and the audit
+
+
+@dataclass(frozen=True)
+class EpochCosts:
+    """Seconds one epoch of each phase takes, its trials in waves on the trial slots."""
+    cv_s: float       # training every fold
+    full_s: float     # training every full-data model
+    val_s: float      # validating every fold: its held-out images in TTA views
+    search_s: float   # one search trial, validated every epoch (ASHA compares trials at each)
+
+
+def epoch_costs(sizing: Sizing) -> EpochCosts:
+    t, n = sizing.trials, sizing.n_train
+    one = sizing.images_per_s * SPEED_MARGIN
+    per_fold = n * (t.folds - 1) / t.folds
+    held_out = n / t.folds
+    return EpochCosts(cv_s=waves(t.folds, t.slots) * per_fold / one,
+                      full_s=waves(t.seeds, t.slots) * n / one,
+                      val_s=waves(t.folds, t.slots) * held_out * PREDICTED_VIEWS * FORWARD_COST / one,
+                      search_s=(per_fold + held_out * PREDICTED_VIEWS * FORWARD_COST) / one)
+
+
+def fitting_epochs(time_s: float, cost: EpochCosts, max_epochs: int) -> int:
+    """Epochs of cv and of the full-data retrain (the same number: the retrain repeats the folds'
+    best epoch) that fit ``time_s``, their last VALIDATED_EPOCHS cv epochs validated."""
+    epochs = math.floor((time_s - VALIDATED_EPOCHS * cost.val_s) / (cost.cv_s + cost.full_s))
+    if epochs < VALIDATED_EPOCHS:   # so few epochs that every one of them is validated
+        epochs = math.floor(time_s / (cost.cv_s + cost.full_s + cost.val_s))
+    return max(1, min(max_epochs, epochs))
+
+
+def search_epochs(search_s: float, cost: EpochCosts, trials: Trials, epochs: int) -> int:
+    """Epochs of one search trial in the search's share, in waves; at most the cv trials' ``epochs``."""
+    if not trials.samples:
+        return epochs
+    return max(1, min(epochs, math.floor(search_s / waves(trials.samples, trials.slots) / cost.search_s)))
+
+
+def budget_plan(sizing: Sizing, share: HeadShare, start: float) -> HeadPlan:
+    """The plan that fits ``share``; its phases' deadlines count from ``start`` (unix seconds), each
+    phase's trials first starting up (set aside before the share was made), then training."""
+    t, cost = sizing.trials, epoch_costs(sizing)
+    time_s = share.cv_s + share.full_s
+    epochs = fitting_epochs(time_s, cost, sizing.max_epochs)
+    search_end = start + t.search_start_s + share.search_s
+    cv_end = search_end + t.cv_start_s + epochs * cost.cv_s + min(epochs, VALIDATED_EPOCHS) * cost.val_s
+    return HeadPlan(t.samples, search_epochs(share.search_s, cost, t, epochs), epochs, epochs, t.seeds,
+                    val_from=max(1, epochs - VALIDATED_EPOCHS + 1), search_end=search_end, cv_end=cv_end,
+                    full_end=search_end + t.cv_start_s + t.full_start_s + time_s,
+                    cv_to_deadline=waves(t.folds, t.slots) == 1, full_to_deadline=waves(t.seeds, t.slots) == 1)
+
+
+def fixed_plan(trials: Trials, epochs: int) -> HeadPlan:
+    """Without a budget: ``epochs`` for every trial, the full-data retrain at the folds' median."""
+    return HeadPlan(trials.samples, epochs, epochs, None, trials.seeds)
+
+
+def overrun_plan(now: float) -> HeadPlan:
+    """Earlier targets overran (a loaded machine): this one still gets its models, one epoch per
+    trial and no search, rather than failing the whole run at the end."""
+    return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
+
+
+def training_s(sizing: Sizing, left_s: float, targets: int) -> float:
+    """What ``left_s`` leaves to train ``targets`` targets, once the ensemble's reserve and every
+    target's trial start-up are set aside."""
+    return left_s - sizing.reserve_s - sizing.trials.start_s * targets
+
+
+def plan_target(sizing: Sizing, target: str, left: tuple[str, ...], left_s: float, *, first: bool) -> HeadPlan:
+    """``target``'s plan, with ``left_s`` seconds on the clock and the targets ``left`` (``target``
+    first) still to train; ``first``: nothing trained yet, so a budget too small is the user's."""
+    train_s = training_s(sizing, left_s, len(left))
+    if train_s < MIN_HEAD_S * len(left):
+        if first:   # say so rather than overrun
+            raise BudgetTooSmall(f"budget too small: {left_s:.0f} s left for {len(left)} model(s), "
+                                 f"{sizing.reserve_s + sizing.trials.start_s * len(left):.0f} s of it needed "
+                                 "for trial start-up and the ensemble; raise --budget or use a smaller "
+                                 "--model / --img-size")
+        log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, left_s)
+        return overrun_plan(time.time())
+    phases = PHASE_SHARES if sizing.trials.samples else NO_SEARCH_SHARES
+    share = share_out(train_s, left, phases=phases)[target]
+    plan = budget_plan(sizing, share, time.time())
+    log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {sizing.trials.folds} folds "
+             f"and {plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "
+             "until its phase's deadline")
+    return plan

@@ -8,8 +8,6 @@ trains the chosen model, and gives each head's phases epochs and deadlines that 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,11 +16,11 @@ from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
 from search_spaces import recipe_config
-from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
 from .audit import audit
-from .budget import PHASE_SHARES, BudgetTooSmall, Clock, HeadShare, share_out
+from .budget import (Clock, HeadPlan, Sizing, Trials, ensemble_reserve_s, fixed_plan, plan_target,
+                     trial_slots)
 from .eda import write_eda
 from .ensemble import ensemble
 from .preprocess import preprocess
@@ -34,22 +32,6 @@ from .run_ledger import run_ledger
 from .run_studies import study_prefix, voting_studies
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadPlan:
-    """What one target's study gets: trials, epochs and, under a budget, deadlines."""
-    num_samples: int              # search trials; 0: no search (cv trains the recipe's config)
-    search_epochs: int            # per search trial
-    epochs: int                   # per cv trial
-    full_epochs: int | None       # cap for the full-data retrain (None: the folds' median)
-    full_seeds: int = 1           # full-data models trained side by side
-    val_from: int = 1             # first validated epoch of a cv trial
-    search_end: float = 0.0       # unix deadlines (0 = none)
-    cv_end: float = 0.0
-    full_end: float = 0.0
-    cv_to_deadline: bool = False   # the phase's trials run in one wave: each trains until the phase's
-    full_to_deadline: bool = False # deadline (with waves, the first would take every wave's time)
 
 
 def ensure_data(data: Path) -> Path:
@@ -108,23 +90,6 @@ def check_start_weights(o: RunOptions) -> None:
             checked.add((bb.model, bb.pretrained))
 
 
-TRIAL_OVERHEAD_S = 6.0      # Ray Tune start + MLflow logging per trial, measured on 2 cores
-ENSEMBLE_FIXED_S = 30.0     # MLflow downloads, report plots, submission
-AUDIT_FIXED_S = 15.0        # the label audit after it: OOF downloads again, contact sheet, MLflow run
-MIN_HEAD_S = 10.0           # less training than this per head is not worth starting
-VALIDATED_EPOCHS = 3        # under a budget cv trials validate (with TTA) only their last epochs
-SPEED_MARGIN = 0.95         # plan at 95% of the measured speed: a loaded machine slows trials down
-
-
-def trial_slots(resources: dict, cpus_per_trial: float, gpus_per_trial: float) -> int:
-    """Trials the cluster runs side by side: its CPUs per trial's CPUs and, for GPU trials, its
-    GPUs per trial's GPU share (4 GPUs at 0.5 a trial: 8), whichever is fewer."""
-    slots = resources.get("CPU", 1) // max(cpus_per_trial, 1e-9)
-    if gpus_per_trial > 0:
-        slots = min(slots, resources.get("GPU", 0) // gpus_per_trial)
-    return max(1, int(slots))
-
-
 @dataclass(frozen=True)
 class Sizer:
     """Turns the time left into a target's plan, at this machine's measured training speed."""
@@ -164,69 +129,25 @@ class Sizer:
         one = min(speeds.values())
         sizer = cls(o, n_train, parallel, one, speeds=speeds)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
-        # prediction with 2 TTA views, models side by side; the OOF table is already made
-        reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
+        reserve = ensemble_reserve_s(models, n_eval, parallel, one)
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
         return replace(sizer, reserve_s=reserve, probes=tuple(probes))
 
-    def rounds(self, trials: int) -> int:
-        """Waves of ``trials`` on the cluster's trial slots (3 folds on 2 slots: 2 waves)."""
-        return math.ceil(trials / self.parallel)
+    def trials(self) -> Trials:
+        """The options' trials per phase on this cluster (one search trial is no search)."""
+        o = self.options
+        return Trials(o.num_samples if o.num_samples > 1 else 0, o.folds, self.seeds, self.parallel)
 
     def plan(self, target: str, left: tuple[str, ...], clock: Clock) -> HeadPlan:
+        """``target``'s plan from the time ``clock`` has left, the targets ``left`` still to train."""
         o = self.options
-        samples = o.num_samples if o.num_samples > 1 else 0
         if not self.one_images_per_s:
-            return HeadPlan(samples, o.epochs, o.epochs, None, self.seeds)
-        overhead = sum(map(self.rounds, (samples, o.folds, self.seeds))) * TRIAL_OVERHEAD_S
-        train_s = clock.left() - self.reserve_s - overhead * len(left)
-        if train_s < MIN_HEAD_S * len(left):
-            if left == o.targets:   # nothing trained yet: say so rather than overrun
-                raise BudgetTooSmall(f"budget too small: {clock.left():.0f} s left for {len(left)} model(s), "
-                                 f"{self.reserve_s + overhead * len(left):.0f} s of it needed for trial "
-                                 "start-up and the ensemble; raise --budget or use a smaller --model / --img-size")
-            # earlier heads overran (a loaded machine): this one still gets its models, one
-            # epoch per trial, rather than failing the whole run at the end
-            log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, clock.left())
-            now = time.time()
-            return HeadPlan(0, 1, 1, 1, full_seeds=1, search_end=now, cv_end=now, full_end=now)
-        share = share_out(train_s, left, phases=PHASE_SHARES if samples else (0.0, 1.0, 0.0))[target]
+            return fixed_plan(self.trials(), o.epochs)
         speed = (self.speeds or {}).get(target, self.one_images_per_s)
-        plan = replace(self, one_images_per_s=speed).budget_plan(share, samples, time.time())
-        log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {o.folds} folds and "
-              f"{plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "
-              "until its phase's deadline")
-        return plan
-
-    def budget_plan(self, share: HeadShare, samples: int, start: float) -> HeadPlan:
-        """Epochs that fit ``share``: cv and the full-data retrain get the same number of epochs
-        (the retrain repeats the folds' best epoch), so their time splits by their cost."""
-        o, one = self.options, self.one_images_per_s * SPEED_MARGIN
-        per_fold = self.n_train * (o.folds - 1) / o.folds
-        cv_epoch = self.rounds(o.folds) * per_fold / one
-        full_epoch = self.rounds(self.seeds) * self.n_train / one
-        # validating one epoch of every fold: its held-out images, 2 TTA views
-        val_epoch = self.rounds(o.folds) * (self.n_train / o.folds) * 2 * FORWARD_COST / one
-        time_s = share.cv_s + share.full_s
-        epochs = math.floor((time_s - VALIDATED_EPOCHS * val_epoch) / (cv_epoch + full_epoch))
-        if epochs < VALIDATED_EPOCHS:   # so few epochs that every one of them is validated
-            epochs = math.floor(time_s / (cv_epoch + full_epoch + val_epoch))
-        epochs = max(1, min(o.max_epochs, epochs))
-        cv_val = min(epochs, VALIDATED_EPOCHS) * val_epoch
-        # a search trial validates (with TTA) every epoch: ASHA compares trials at each of them
-        search_epoch = (per_fold + (self.n_train / o.folds) * 2 * FORWARD_COST) / one
-        search_epochs = max(1, min(epochs, math.floor(share.search_s / self.rounds(samples)
-                                                       / search_epoch))) if samples else epochs
-        # deadlines: each phase's trials first start (plan() set that time aside), then train
-        start_s = {n: self.rounds(n) * TRIAL_OVERHEAD_S for n in (samples, o.folds, self.seeds)}
-        search_end = start + start_s[samples] + share.search_s
-        cv_end = search_end + start_s[o.folds] + epochs * cv_epoch + cv_val
-        return HeadPlan(samples, search_epochs, epochs, epochs, self.seeds,
-                        val_from=max(1, epochs - VALIDATED_EPOCHS + 1), search_end=search_end,
-                        cv_end=cv_end, full_end=search_end + start_s[o.folds] + start_s[self.seeds] + time_s,
-                        cv_to_deadline=self.rounds(o.folds) == 1, full_to_deadline=self.rounds(self.seeds) == 1)
+        sizing = Sizing(self.trials(), self.n_train, speed, o.max_epochs, self.reserve_s)
+        return plan_target(sizing, target, left, clock.left(), first=left == o.targets)
 
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:

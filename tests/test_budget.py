@@ -1,8 +1,10 @@
 import time
+from dataclasses import replace
 
 import pytest
 
-from orchestrator.budget import Clock, parse_duration, share_out
+from orchestrator.budget import (TRIAL_OVERHEAD_S, Clock, HeadShare, Sizing, Trials, budget_plan, parse_duration,
+                                 share_out, trial_slots, waves)
 from search_spaces import SMOKE
 
 
@@ -33,29 +35,26 @@ def test_share_out_adds_up_and_favours_age():
 
 
 def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
-    from orchestrator.budget import HeadShare
-    from orchestrator.pipeline import TRIAL_OVERHEAD_S, RunOptions, Sizer
-    sizer = Sizer(RunOptions(budget_s=1380, folds=2), n_train=7000, parallel=2, one_images_per_s=100.0)
-    plan = sizer.budget_plan(HeadShare(0.0, 900.0, 0.0), samples=0, start=0.0)
+    two_folds = Sizing(Trials(samples=0, folds=2, seeds=2, slots=2), n_train=7000, images_per_s=100.0, max_epochs=60)
+    plan = budget_plan(two_folds, HeadShare(0.0, 900.0, 0.0), start=0.0)
     # 2 folds side by side: 3,500 images an epoch; 2 full-data seeds side by side: 7,000
     assert plan.num_samples == 0 and plan.full_seeds == 2
     assert plan.epochs == plan.full_epochs == 7
     assert plan.val_from == 5                     # only the last 3 cv epochs are validated
-    # the trials' start-up comes on top of the training share (plan() set it aside)
+    # the trials' start-up comes on top of the training share (plan_target set it aside)
     assert 0 < plan.cv_end < plan.full_end <= 900 + 2 * TRIAL_OVERHEAD_S
-    three_folds = Sizer(RunOptions(budget_s=1380, folds=3), n_train=7000, parallel=2, one_images_per_s=100.0)
-    assert three_folds.rounds(3) == 2             # the third fold waits for a free slot
-    assert three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).epochs < plan.epochs
+    three_folds = replace(two_folds, trials=Trials(samples=0, folds=3, seeds=2, slots=2))
+    assert waves(3, 2) == 2                       # the third fold waits for a free slot
+    assert budget_plan(three_folds, HeadShare(0.0, 900.0, 0.0), 0.0).epochs < plan.epochs
     # one wave: each trial trains until the phase's deadline; in waves the first would take it all
     assert plan.cv_to_deadline and plan.full_to_deadline
-    assert not three_folds.budget_plan(HeadShare(0.0, 900.0, 0.0), 0, 0.0).cv_to_deadline
+    assert not budget_plan(three_folds, HeadShare(0.0, 900.0, 0.0), 0.0).cv_to_deadline
 
 
 def test_max_epochs_caps_what_a_long_budget_would_give():
-    from orchestrator.budget import HeadShare
-    from orchestrator.pipeline import RunOptions, Sizer
-    capped = Sizer(RunOptions(budget_s=1380, folds=2, max_epochs=3), n_train=7000, parallel=2, one_images_per_s=100.0)
-    plan = capped.budget_plan(HeadShare(0.0, 900.0, 0.0), samples=0, start=0.0)
+    from orchestrator.pipeline import RunOptions
+    capped = Sizing(Trials(samples=0, folds=2, seeds=2, slots=2), n_train=7000, images_per_s=100.0, max_epochs=3)
+    plan = budget_plan(capped, HeadShare(0.0, 900.0, 0.0), start=0.0)
     assert plan.epochs == plan.full_epochs == 3 and plan.val_from == 1   # 7 fit (above): the cap holds
     with pytest.raises(ValueError, match="at least 1 epoch"):
         RunOptions(max_epochs=0)
@@ -63,10 +62,8 @@ def test_max_epochs_caps_what_a_long_budget_would_give():
 
 def test_a_short_share_validates_every_epoch_and_still_trains_more_than_one():
     """3 validated epochs cost more than a short share has: then every epoch is validated."""
-    from orchestrator.budget import HeadShare
-    from orchestrator.pipeline import RunOptions, Sizer
-    sizer = Sizer(RunOptions(budget_s=1380, folds=2, full_seeds=1), n_train=7000, parallel=2, one_images_per_s=103.0)
-    plan = sizer.budget_plan(HeadShare(0.0, 300.0, 0.0), samples=0, start=0.0)
+    sizing = Sizing(Trials(samples=0, folds=2, seeds=1, slots=2), n_train=7000, images_per_s=103.0, max_epochs=60)
+    plan = budget_plan(sizing, HeadShare(0.0, 300.0, 0.0), start=0.0)
     assert plan.epochs == 2 and plan.val_from == 1
 
 
@@ -81,22 +78,19 @@ def test_run_options_name_a_bad_vote_or_head_choice_before_any_training():
 
 
 def test_a_search_gets_its_own_epochs_and_cv_the_epochs_that_fit_after_it():
-    from orchestrator.budget import HeadShare
-    from orchestrator.pipeline import RunOptions, Sizer
-    sizer = Sizer(RunOptions(budget_s=1380, folds=2, num_samples=4), n_train=7000, parallel=2, one_images_per_s=100.0)
-    plan = sizer.budget_plan(HeadShare(200.0, 700.0, 0.0), samples=4, start=0.0)
+    sizing = Sizing(Trials(samples=4, folds=2, seeds=2, slots=2), n_train=7000, images_per_s=100.0, max_epochs=60)
+    plan = budget_plan(sizing, HeadShare(200.0, 700.0, 0.0), start=0.0)
     # 4 search trials on 2 slots in 200 s: 100 s each. A search epoch trains 3,500 images and
     # validates the other 3,500 in 2 TTA views (every epoch: ASHA compares them), at 95 images/s
     # ~74 s: one epoch fits, two would overrun into cv's time
     assert plan.num_samples == 4 and plan.search_epochs == 1
     assert plan.epochs == plan.full_epochs > plan.search_epochs
     # 150 s a trial: two validated epochs (147 s), not the four that training alone would fit
-    assert sizer.budget_plan(HeadShare(300.0, 700.0, 0.0), samples=4, start=0.0).search_epochs == 2
+    assert budget_plan(sizing, HeadShare(300.0, 700.0, 0.0), start=0.0).search_epochs == 2
     assert 0 < plan.search_end < plan.cv_end < plan.full_end
 
 
 def test_trial_slots_are_bounded_by_cpus_and_gpus():
-    from orchestrator.pipeline import trial_slots
     assert trial_slots({"CPU": 2.0}, 1, 0) == 2
     assert trial_slots({"CPU": 64.0, "GPU": 4.0}, 1, 0.5) == 8        # GPUs bound GPU trials
     assert trial_slots({"CPU": 6.0, "GPU": 4.0}, 2, 0.5) == 3         # ... and CPUs still do

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from orchestrator.budget import BudgetTooSmall, Clock
+from orchestrator.budget import BudgetTooSmall, Clock, ensemble_reserve_s
 from orchestrator.pipeline import HeadPlan, RunOptions, Sizer
 
 NOW = 1_000_000.0   # the frozen wall clock (unix seconds)
@@ -147,3 +147,10 @@ def test_the_grid_reaches_every_branch_of_the_sizing(frozen_clock):
                      "every epoch validated", "every epoch validated, shorter search",
                      "last epochs validated", "last epochs validated, shorter search",
                      "last epochs validated, capped", "last epochs validated, capped, shorter search"}
+
+
+@pytest.mark.parametrize("models,n_eval,slots,speed", [(1, 50, 1, 23.0), (9, 3500, 2, 100.0), (8, 1200, 4, 481.5)])
+def test_the_ensembles_reserve_is_its_fixed_work_and_every_models_predictions(models, n_eval, slots, speed):
+    fixed_s = 30.0 + 15.0   # the ensemble's downloads, plots and submission, then the audit's
+    predict_s = models * n_eval * PREDICT / (slots * speed)   # the models side by side on the slots
+    assert ensemble_reserve_s(models, n_eval, slots, speed) == fixed_s + predict_s
