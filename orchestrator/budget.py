@@ -118,7 +118,7 @@ class HeadPlan:
     full_to_deadline: bool = False # deadline (with waves, the first would take every wave's time)
 
 
-def trial_slots(resources: dict, cpus_per_trial: float, gpus_per_trial: float) -> int:
+def trial_slots(resources: dict[str, float], cpus_per_trial: float, gpus_per_trial: float) -> int:
     """Trials the cluster runs side by side: its CPUs per trial's CPUs and, for GPU trials, its
     GPUs per trial's GPU share (4 GPUs at 0.5 a trial: 8), whichever is fewer."""
     slots = resources.get("CPU", 1) // max(cpus_per_trial, 1e-9)
