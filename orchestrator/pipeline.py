@@ -26,7 +26,7 @@ from .budget import PHASE_SHARES, BudgetTooSmall, Clock, HeadShare, share_out
 from .eda import write_eda
 from .ensemble import ensemble
 from .preprocess import preprocess
-from .ray_session import ray_session, trial_resources
+from .ray_session import cluster_capacity, ray_session, trial_resources
 from .retrain import retrain_head
 from .options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
 from .study import check_weights, tune_head
@@ -135,6 +135,7 @@ class Sizer:
     reserve_s: float = 0.0        # kept for the ensemble
     probes: tuple[dict, ...] = ()  # what each trial slot's speed probe read (trainables/speed.py)
     speeds: dict | None = None     # target -> one trial's training speed on its backbone
+    forward_cost: float = FORWARD_COST   # predicting an image's view as a share of a training step (measured under a budget)
 
     @property
     def seeds(self) -> int:
@@ -142,10 +143,9 @@ class Sizer:
 
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
-        import ray
         o = o.on_cluster()
         res = trial_resources(o.gpus_per_trial, o.cpus_per_trial)   # what a trial will hold
-        parallel = trial_slots(ray.cluster_resources(), res["cpu"], res["gpu"])
+        parallel = trial_slots(cluster_capacity(), res["cpu"], res["gpu"])   # what it can grow to
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
         from trainables.speed import probe_trial_slots   # heavy (torch, timm): only under a budget
@@ -162,10 +162,12 @@ class Sizer:
         speeds = {t: min(p["images_per_s"] for p in probed[bb]) for t, bb in arch.items()}
         probes = [p for ps in probed.values() for p in ps]
         one = min(speeds.values())
-        sizer = cls(o, n_train, parallel, one, speeds=speeds)
+        # the probe predicted with 2 TTA views, as the ensemble does: per view, against a step
+        forward_cost = one / (2 * min(p["predict_images_per_s"] for p in probes))
+        sizer = cls(o, n_train, parallel, one, speeds=speeds, forward_cost=forward_cost)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
         # prediction with 2 TTA views, models side by side; the OOF table is already made
-        reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * FORWARD_COST / (parallel * one)
+        reserve = ENSEMBLE_FIXED_S + AUDIT_FIXED_S + models * n_eval * 2 * forward_cost / (parallel * one)
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
@@ -208,7 +210,7 @@ class Sizer:
         cv_epoch = self.rounds(o.folds) * per_fold / one
         full_epoch = self.rounds(self.seeds) * self.n_train / one
         # validating one epoch of every fold: its held-out images, 2 TTA views
-        val_epoch = self.rounds(o.folds) * (self.n_train / o.folds) * 2 * FORWARD_COST / one
+        val_epoch = self.rounds(o.folds) * (self.n_train / o.folds) * 2 * self.forward_cost / one
         time_s = share.cv_s + share.full_s
         epochs = math.floor((time_s - VALIDATED_EPOCHS * val_epoch) / (cv_epoch + full_epoch))
         if epochs < VALIDATED_EPOCHS:   # so few epochs that every one of them is validated
@@ -216,7 +218,7 @@ class Sizer:
         epochs = max(1, min(o.max_epochs, epochs))
         cv_val = min(epochs, VALIDATED_EPOCHS) * val_epoch
         # a search trial validates (with TTA) every epoch: ASHA compares trials at each of them
-        search_epoch = (per_fold + (self.n_train / o.folds) * 2 * FORWARD_COST) / one
+        search_epoch = (per_fold + (self.n_train / o.folds) * 2 * self.forward_cost) / one
         search_epochs = max(1, min(epochs, math.floor(share.search_s / self.rounds(samples)
                                                        / search_epoch))) if samples else epochs
         # deadlines: each phase's trials first start (plan() set that time aside), then train
