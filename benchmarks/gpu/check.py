@@ -207,16 +207,18 @@ def _released(wait_s: float = 30.0) -> list[dict]:
 
 
 def step_trials(a, s: dict) -> dict:
-    """Two real trials of `tune` sharing the card: their tags, overlap, loss, precision; the
-    best model predicting on the CPU; `reproduce` of one of them."""
+    """Two real trials of `tune` sharing the card (the recipe's config on 2 folds: no search, so
+    no trial is stopped early): their tags, overlap, loss, precision; the best model
+    predicting on the CPU; `reproduce` of one of them."""
     import torch
     from mlflow.tracking import MlflowClient
 
     from results.tracking import download_model, find_runs, most_at_once
     from trainables.loop import precision_for
     data, ws = a.work / "mtcnn-data", a.work / "ws-mtcnn-gpu"   # the GPU workers' crops
-    cmd = [sys.executable, "-m", "orchestrator", "tune", "--head", "mask", "--phase", "search", "--num-samples", "2",
-           "--max-concurrent", "2", "--study", "gpu-check", "--gpus-per-trial", str(s["gpus_per_trial"]),
+    study = f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}"   # a rerun of the step is a new study
+    cmd = [sys.executable, "-m", "orchestrator", "tune", "--head", "mask", "--phase", "both", "--num-samples", "0",
+           "--folds", "2", "--max-concurrent", "2", "--study", study, "--gpus-per-trial", str(s["gpus_per_trial"]),
            "--cpus-per-trial", str(s["cpus_per_trial"]), "--model", s["model"], "--pretrained", "none",
            "--img-size", str(s["img_size"]), "--batch-size", str(s["batch_size"]), "--epochs", str(s["trial_epochs"]),
            "--data", str(data), "--workspace", str(ws)]
@@ -225,7 +227,7 @@ def step_trials(a, s: dict) -> dict:
     if res.returncode:
         raise SystemExit(f"tune exited {res.returncode}")
     uri = f"sqlite:///{ws}/mlflow.db"
-    runs = find_runs(uri, head="mask", phase="search", study="gpu-check")
+    runs = find_runs(uri, head="mask", phase="cv", study=study)
     client = MlflowClient(uri)
     losses = {r: [m.value for m in sorted(client.get_metric_history(r, "train_loss"), key=lambda m: m.step)]
               for r in runs["run_id"]}
@@ -279,6 +281,8 @@ def step_probe(a, s: dict) -> dict:
     trial's loader (its CPUs but one as workers) and train_one_epoch, on the card."""
     from dataclasses import replace
 
+    import torch
+
     from benchmarks.train import images_per_s
     from core.workspace import Workspace
     from search_spaces import recipe_config
@@ -289,6 +293,7 @@ def step_probe(a, s: dict) -> dict:
     cfg = recipe_config("mask", model=s["model"], pretrained="none", img_size=s["img_size"],
                         batch_size=s["batch_size"], fold=FULL_DATA)
     workers = max(0, int(s["cpus_per_trial"]) - 1)
+    torch.set_num_threads(int(s["cpus_per_trial"]))   # a trial's threads for both (Ray sets them so)
     trial, _ = images_per_s(replace(cfg, num_workers=workers), ws, s["batches"])
     probe = train_images_per_s(cfg, batches=s["probe_batches"], threads=int(s["cpus_per_trial"]), device=device_of())
     return {"trial_images_per_s": sig(trial), "probe_images_per_s": sig(probe), "probe_over_trial": sig(probe / trial),
@@ -305,7 +310,7 @@ def verdicts(fig: dict) -> dict:
         "trials_tagged_cuda0": all(d.startswith("cuda:0") for d in tr["devices"]) if on_card and tr.get("devices") else None,
         "two_trials_overlap_on_one_card": tr["overlap"] >= 2 if "overlap" in tr else None,
         "loss_finite_and_falling": (all(math.isfinite(v) for ls in losses for v in ls)
-                                    and all(ls[-1] < ls[0] for ls in losses)) if losses else None,
+                                    and all(len(ls) > 1 and ls[-1] < ls[0] for ls in losses)) if losses else None,
         "precision_matches_card": tr["precisions"] == [tr["expected_precision"]] if on_card and "precisions" in tr else None,
         "probe_within_20pct_of_trial": abs(pr["probe_over_trial"] - 1) <= 0.2 if "probe_over_trial" in pr else None,
         "no_crop_worker_on_the_card_after": mt["gpu"]["gpu_processes_after"] == [] if on_card and "gpu" in mt else None,
