@@ -301,7 +301,7 @@ def step_probe(a, s: dict) -> dict:
 
 
 def verdicts(fig: dict) -> dict:
-    """What the issue asks of a card, each True / False (None where this run could not tell)."""
+    """What a card must show (benchmarks/README.md "GPU"), each True / False (None where this run could not tell)."""
     st = fig["steps"]
     tr, mt, pr = st.get("trials", {}), st.get("mtcnn", {}), st.get("probe", {})
     on_card = str(fig.get("device", "cpu")).startswith("cpu") is False
