@@ -7,6 +7,7 @@ import math
 import os
 import signal
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,14 @@ def autoscaling_config() -> dict | None:
     if path is not None and path.is_file():
         return yaml.safe_load(path.read_text())
     if args is None:
-        log.warning("the Ray cluster's autoscaler runs on another machine and its config is not readable "
-                    "here (run the driver on the head node): trials are sized from the nodes up now only")
+        _say_unreadable_once()
     return None
+
+
+@cache
+def _say_unreadable_once() -> None:
+    log.warning("the Ray cluster's autoscaler runs on another machine and its config is not readable "
+                "here (run the driver on the head node): trials are sized from the nodes up now only")
 
 
 def _monitor_args(pid: int | None, proc: Path = Path("/proc")) -> list[str] | None:
