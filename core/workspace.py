@@ -56,6 +56,11 @@ class Workspace:
         return self.root / "results"
 
     @property
+    def weights(self) -> Path:
+        """Starting-weights files staged for trials (trainables.pretrained.stage_weights)."""
+        return self.root / "weights"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

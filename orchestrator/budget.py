@@ -132,11 +132,13 @@ def waves(trials: int, slots: int) -> int:
     return math.ceil(trials / slots)
 
 
-def ensemble_reserve_s(models: int, n_eval: int, slots: int, images_per_s: float) -> float:
+def ensemble_reserve_s(models: int, n_eval: int, slots: int, images_per_s: float,
+                       forward_cost: float = FORWARD_COST) -> float:
     """Seconds kept for the ensemble and the audit: their fixed work, and ``models`` predicting the
-    ``n_eval`` eval images in TTA views, side by side on the trial slots (the OOF table is already made)."""
+    ``n_eval`` eval images in TTA views, side by side on the trial slots (the OOF table is already made);
+    ``forward_cost`` is one view's prediction as a share of a training step (measured under a budget)."""
     return (ENSEMBLE_FIXED_S + AUDIT_FIXED_S
-            + models * n_eval * PREDICTED_VIEWS * FORWARD_COST / (slots * images_per_s))
+            + models * n_eval * PREDICTED_VIEWS * forward_cost / (slots * images_per_s))
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ class Sizing:
     images_per_s: float      # one trial's measured training speed on the target's backbone
     max_epochs: int          # cap on what a budget gives one trial
     reserve_s: float = 0.0   # kept for the ensemble and the audit
+    forward_cost: float = FORWARD_COST   # one view's prediction as a share of a training step (measured)
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,8 @@ def epoch_costs(sizing: Sizing) -> EpochCosts:
     held_out = n / t.folds
     return EpochCosts(cv_s=waves(t.folds, t.slots) * per_fold / one,
                       full_s=waves(t.seeds, t.slots) * n / one,
-                      val_s=waves(t.folds, t.slots) * held_out * PREDICTED_VIEWS * FORWARD_COST / one,
-                      search_s=(per_fold + held_out * PREDICTED_VIEWS * FORWARD_COST) / one)
+                      val_s=waves(t.folds, t.slots) * held_out * PREDICTED_VIEWS * sizing.forward_cost / one,
+                      search_s=(per_fold + held_out * PREDICTED_VIEWS * sizing.forward_cost) / one)
 
 
 def fitting_epochs(time_s: float, cost: EpochCosts, max_epochs: int) -> int:

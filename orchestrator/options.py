@@ -60,7 +60,7 @@ class TuneOptions:
     fold: str | int = "all"          # "all" or one fold K: the search fold and the cv folds
     phase: str = "both"              # search | cv | both
     gpus_per_trial: float = GPU_SHARE
-    cpus_per_trial: float = CPUS_PER_TRIAL
+    cpus_per_trial: float | None = None   # None: CPUS_PER_TRIAL, or a GPU trial's share of a GPU node's CPUs
     max_concurrent: int = 0          # 0 = as many trials as the cluster fits
     resume: bool = False             # continue an interrupted study (Tuner.restore)
     smoke_test: bool = False         # tiny model, small images, 1 epoch, 2 trials, CPU
@@ -115,7 +115,7 @@ class RetrainOptions:
     study: str | None = None             # the study whose cv runs to use (None: the head's newest)
     seeds: int = 1                       # full-data models side by side: seeds seed, seed+1, ... (all vote)
     gpus_per_trial: float = GPU_SHARE
-    cpus_per_trial: float = CPUS_PER_TRIAL
+    cpus_per_trial: float | None = None   # None: CPUS_PER_TRIAL, or a GPU trial's share of a GPU node's CPUs
     address: str | None = None
     experiment: str = EXPERIMENT
 
@@ -140,7 +140,7 @@ class RunOptions:
     full_seeds: int = 0                  # full-data models per target (0: one per trial slot of the cluster)
     study: str = "run"                   # study name prefix: <study>-<head>
     gpus_per_trial: float | None = None  # None: GPU_SHARE where the cluster has GPUs, else 0
-    cpus_per_trial: float = CPUS_PER_TRIAL
+    cpus_per_trial: float | None = None   # None: CPUS_PER_TRIAL, or a GPU trial's share of a GPU node's CPUs
     tracking_uri: str | None = None
     address: str | None = None
     num_cpus: int | None = None
@@ -263,7 +263,8 @@ FLAGS: dict[str, Flag] = {
     "study": Flag("study name", unset="the head's name; smoke: HEAD-smoke"),
     "gpus_per_trial": Flag("GPU share of a trial (0.5: two trials a card)", unset=f"{GPU_SHARE} where the cluster "
                            "has GPUs, else 0"),
-    "cpus_per_trial": Flag("CPUs of a trial"),
+    "cpus_per_trial": Flag("CPUs of a trial (they run its DataLoader workers)", unset=f"{CPUS_PER_TRIAL:g}; a GPU trial: "
+                           "its GPU share of a GPU node's CPUs (4 CPUs a GPU at 0.5: 2)"),
     "folds": Flag("K person-level folds", unset="%d; smoke %d" % SCALE["folds"]),
     "fold": Flag("'all' (search on fold 0, cv on every fold) or one fold K"),
     "search_folds": Flag("folds a search trial trains side by side, its F1 averaged", unset="the recipe's"),
@@ -281,9 +282,10 @@ FLAGS: dict[str, Flag] = {
     "epochs": Flag("epochs per trial", unset="the recipe's per head"),
     "batch_size": Flag("images per batch", unset="the recipe's"),
     "pretrained": Flag(PRETRAINED, unset="the backbone's"),
-    "precision": Flag("bf16 autocast or fp32; auto: bf16 on a GPU, or on a CPU with AVX512-BF16/AMX, where it "
+    "precision": Flag("bf16 or fp16 autocast, or fp32; auto: bf16 on a GPU of compute capability 8.0 or newer "
+                      "(fp16 with loss scaling on older ones) or on a CPU with AVX512-BF16/AMX, where it "
                       "trains ~2x faster; fp32 elsewhere", unset="the recipe's", kwargs=dict(choices=PRECISIONS)),
-    "num_workers": Flag("DataLoader workers per trial", unset="the recipe's"),
+    "num_workers": Flag("DataLoader workers per trial", unset="the trial's CPUs but one"),
     "time_budget_s": Flag("stop the search after this many seconds", unset="no limit"),
     "max_failures": Flag("retries of a crashed trial from its checkpoint"),
     "old_from": Flag(f"training age boundary of 'old' (scoring always uses {COMPETITION_OLD_AGE})",

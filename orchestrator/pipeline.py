@@ -16,15 +16,16 @@ from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
 from search_spaces import recipe_config
+from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
 from .audit import audit
-from .budget import (Clock, HeadPlan, Sizing, Trials, ensemble_reserve_s, fixed_plan, plan_target,
-                     trial_slots)
+from .budget import (PREDICTED_VIEWS, Clock, HeadPlan, Sizing, Trials, ensemble_reserve_s, fixed_plan,
+                     plan_target, trial_slots)
 from .eda import write_eda
 from .ensemble import ensemble
 from .preprocess import preprocess
-from .ray_session import ray_session, trial_resources
+from .ray_session import cluster_capacity, ray_session, trial_resources
 from .retrain import retrain_head
 from .options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
 from .study import check_weights, tune_head
@@ -100,6 +101,7 @@ class Sizer:
     reserve_s: float = 0.0        # kept for the ensemble
     probes: tuple[dict, ...] = ()  # what each trial slot's speed probe read (trainables/speed.py)
     speeds: dict | None = None     # target -> one trial's training speed on its backbone
+    forward_cost: float = FORWARD_COST   # predicting an image's view as a share of a training step (measured under a budget)
 
     @property
     def seeds(self) -> int:
@@ -107,10 +109,9 @@ class Sizer:
 
     @classmethod
     def measure(cls, o: RunOptions, n_train: int, n_eval: int) -> "Sizer":
-        import ray
         o = o.on_cluster()
         res = trial_resources(o.gpus_per_trial, o.cpus_per_trial)   # what a trial will hold
-        parallel = trial_slots(ray.cluster_resources(), res["cpu"], res["gpu"])
+        parallel = trial_slots(cluster_capacity(), res["cpu"], res["gpu"])   # what it can grow to
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
         from trainables.speed import probe_trial_slots   # heavy (torch, timm): only under a budget
@@ -127,9 +128,11 @@ class Sizer:
         speeds = {t: min(p["images_per_s"] for p in probed[bb]) for t, bb in arch.items()}
         probes = [p for ps in probed.values() for p in ps]
         one = min(speeds.values())
-        sizer = cls(o, n_train, parallel, one, speeds=speeds)
+        # the probe predicted with 2 TTA views, as the ensemble does: per view, against a step
+        forward_cost = one / (PREDICTED_VIEWS * min(p["predict_images_per_s"] for p in probes))
+        sizer = cls(o, n_train, parallel, one, speeds=speeds, forward_cost=forward_cost)
         models = len(o.targets) * (sizer.seeds if o.eval_vote == "full" else o.folds + sizer.seeds)
-        reserve = ensemble_reserve_s(models, n_eval, parallel, one)
+        reserve = ensemble_reserve_s(models, n_eval, parallel, one, forward_cost)
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
@@ -146,7 +149,7 @@ class Sizer:
         if not self.one_images_per_s:
             return fixed_plan(self.trials(), o.epochs)
         speed = (self.speeds or {}).get(target, self.one_images_per_s)
-        sizing = Sizing(self.trials(), self.n_train, speed, o.max_epochs, self.reserve_s)
+        sizing = Sizing(self.trials(), self.n_train, speed, o.max_epochs, self.reserve_s, self.forward_cost)
         return plan_target(sizing, target, left, clock.left(), first=left == o.targets)
 
 

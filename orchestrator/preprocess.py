@@ -36,7 +36,7 @@ from core.gates import hold
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
 from .options import WORKER_GPU_SHARE, PreprocessOptions
-from .ray_session import gpu_share, init_ray
+from .ray_session import cluster_capacity, gpu_share, init_ray
 from .storage import warn_if_not_shared
 from core.workspace import Workspace
 
@@ -178,7 +178,11 @@ def _run_tasks(fn, batches, args: tuple, resources: dict, workers: int, desc: st
     """Run ``fn`` over batches with at most ``workers`` in flight; yields records as they finish."""
     import ray
     from tqdm import tqdm
-    remote = ray.remote(max_retries=3)(fn).options(**resources)   # retried if a worker process dies
+    # retried if a worker process dies. A GPU task's process exits after its batch (max_calls=1,
+    # Ray's default only for tasks declared with num_gpus, not for .options(num_gpus=)): an idle
+    # worker would keep its CUDA context and cached MTCNN on the card after preprocessing ends
+    calls = 1 if resources.get("num_gpus") else 0
+    remote = ray.remote(max_retries=3, max_calls=calls)(fn).options(**resources)
     bar = tqdm(total=sum(len(b) for b in batches), desc=desc, unit="img", disable=not progress,
                smoothing=0.1)
     pending, todo = {}, list(batches)
@@ -256,7 +260,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     recs = cache.load(stats)
     todo = [it for it in stats.to_dict("records") if it["path"] not in recs]
     init_ray(address)
-    warn_if_not_shared(ws, tune=False)   # workers on other hosts must see the crop folder
+    warn_if_not_shared(ws, tune=False, address=address)   # workers on other hosts must see the crop folder
     gpus = gpu_share(num_gpus_per_worker, WORKER_GPU_SHARE)
     workers = workers or _default_workers(gpus)
     # one CPU each even on a GPU: decoding and cropping are CPU work
@@ -268,7 +272,8 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
         recs[r["path"]] = r
     persons = dict(zip(images["path"], images["person"]))
     redo = _fallback_todo(recs, persons, settings)
-    for r in _run_tasks(crop_batch, _batches(redo, batch_size), args, resources, workers,
+    # fallback crops are CPU work: they reserve no GPU share
+    for r in _run_tasks(crop_batch, _batches(redo, batch_size), args, {"num_cpus": 1}, workers,
                         "fallback", progress):
         recs[r["path"]] = r
     cache.consolidate(list(recs.values()))
@@ -293,8 +298,7 @@ def _fallback_todo(recs: dict[str, dict], persons: dict[str, str], s: CropSettin
 
 
 def _default_workers(num_gpus: float) -> int:
-    import ray
-    res = ray.cluster_resources()
+    res = cluster_capacity()   # an autoscaling cluster: what it can grow to
     slots = int(res.get("CPU", 1))
     if num_gpus:
         slots = min(slots, int(res.get("GPU", 0) / num_gpus))

@@ -137,18 +137,30 @@ def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | Non
         raise DataError(f"reproduce: MLflow run {run_id} logged no epoch (no train_loss); nothing to compare")
     threads = threads or int(tags.get("torch_threads") or 1)
     torch.set_num_threads(threads)
-    cfg = replace(cfg, num_workers=0)   # the loader's worker count does not change what it yields
-    notes += _why_not_exact(tags)
+    # the loader's worker count does not change what it yields (trainables.data.SeededShuffle);
+    # the precision the trial resolved on its device is the one to train in here too
+    cfg = replace(cfg, num_workers=0, precision=tags.get("precision") or cfg.precision)
+    notes += _why_not_exact(tags) + [_what_is_compared(logged, cfg)]
     table = compare(logged, retrain(cfg, ws, pins, epochs))
     exact = bool(np.array_equal(table["logged"].to_numpy(), table["reproduced"].to_numpy()))
     max_diff = float(table["diff"].max()) if table["diff"].notna().all() else float("inf")
     return Reproduction(run_id, table, exact, max_diff, tolerance, tuple(notes))
 
 
+def _what_is_compared(logged: dict, cfg: TrialConfig) -> str:
+    from trainables.loop import device_of, precision_of   # heavy (torch), as retrain
+    device = device_of()
+    names = sorted({k for k, _ in logged})
+    return (f"compares the {len(logged)} per-epoch values the trial logged ({', '.join(names)}) with a "
+            f"retrain here on {device.type} in {precision_of(device, cfg.precision)}, without DataLoader workers")
+
+
 def _why_not_exact(tags: dict) -> list[str]:
     notes = []
     if tags.get("device", "cpu") != "cpu":
-        notes.append(f"trained on {tags['device']}: GPU kernels are not bit-for-bit deterministic")
+        notes.append(f"trained on {tags['device']} in {tags.get('precision', 'an untagged precision')}: GPU "
+                     "kernels are deterministic only where torch has deterministic versions of them, and "
+                     "another card or CPU computes in another order")
     if tags.get("resumed_from_epoch"):
         notes.append(f"resumed from a checkpoint at epoch {tags['resumed_from_epoch']}: its augmentation "
                      "draws restarted there")

@@ -21,7 +21,7 @@ from trainables.config import FULL_DATA, RunContext, TrialConfig
 from core.deadlines import set_deadline
 from core.errors import DataError
 from core.label_table import current_labels
-from .options import CPUS_PER_TRIAL, GPU_SHARE, RetrainOptions
+from .options import GPU_SHARE, RetrainOptions
 from .pins import check_study_data
 from .ray_session import ray_session, trial_resources
 from .storage import warn_if_not_shared
@@ -57,7 +57,7 @@ def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
 
 def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
                  tracking_uri: str | None = None, *, experiment: str = EXPERIMENT,
-                 gpus_per_trial: float = GPU_SHARE, cpus_per_trial: float = CPUS_PER_TRIAL, address: str | None = None,
+                 gpus_per_trial: float = GPU_SHARE, cpus_per_trial: float | None = None, address: str | None = None,
                  num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,   # as TuneOptions.verbose
                  deadline: float = 0.0, epochs: int | None = None, seeds: int = RetrainOptions.seeds) -> list[str]:
     """Train the full-data model(s); returns their MLflow run ids.
@@ -97,7 +97,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
         space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
     set_deadline(ws.root, study, "full", deadline)   # what its trials read (core/deadlines.py)
     with ray_session(address, num_cpus):
-        warn_if_not_shared(ws, uri)
+        warn_if_not_shared(ws, uri, address=address)
         tuner = build_tuner(trial_trainable(trial_resources(gpus_per_trial, cpus_per_trial)), space, name=name,
                             ws=ws, max_failures=max_failures, verbose=verbose, label=f"{study} · full",
                             deadline=(study, "full"))

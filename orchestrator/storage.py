@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core.errors import DataError
+
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs", "mlflow-artifacts",
@@ -77,17 +79,35 @@ def unshared(locations: dict[str, str], hosts: int, mounts: str | None = None) -
             path = local_path(loc)
             kind = fs_type(path, mounts) or "unknown"
             out.append(f"{what} is {path}, on this machine's local disk ({kind}), but the Ray cluster has "
-                       f"nodes on {hosts} hosts: nodes elsewhere cannot read or write it. Put it on shared "
+                       f"(or may add) nodes on {hosts} hosts: nodes elsewhere cannot read or write it. Put it on shared "
                        "storage: --workspace on an NFS/EFS mount, --storage s3://BUCKET/tune or an NFS "
                        "path, and an MLflow server (--tracking-uri http://HEAD:5000) whose "
                        "--artifacts-destination (or --artifact-location) is shared")
     return out
 
 
-def cluster_hosts() -> int:
-    """How many distinct machines the live Ray nodes run on (needs a connected Ray)."""
+def cluster_hosts(address: str | None = None) -> int:
+    """How many distinct machines the live Ray nodes run on (needs a connected Ray); a cluster
+    joined through ``address`` counts as at least 2: an autoscaling one has only its head when
+    the driver starts, and its workers come later, on other machines."""
     import ray
-    return len({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
+    live = len({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")})
+    return max(live, 2) if address else live
+
+
+def check_tracking_store(tracking_uri: str | None, hosts: int, mounts: str | None = None) -> None:
+    """DataError for an MLflow SQLite store on a network file system while trials may run on
+    several hosts: SQLite's file locks do not hold over NFS/EFS, so trials writing from several
+    nodes can corrupt it (and lose runs)."""
+    if hosts <= 1 or not tracking_uri or urlparse(tracking_uri).scheme != "sqlite":
+        return
+    path = local_path(tracking_uri)
+    kind = fs_type(path, mounts)
+    if kind in NETWORK_FS or kind.startswith("fuse"):
+        raise DataError(f"the MLflow store {tracking_uri} is a SQLite file on a network file system ({kind}), "
+                        "and trials on several hosts would write it at once: SQLite's locks do not hold there "
+                        "and the store can corrupt. Start an MLflow tracking server on the head (cluster.yaml "
+                        "starts one) and pass --tracking-uri http://HEAD:5000 or set MLFLOW_TRACKING_URI")
 
 
 def stage_locations(ws, tracking_uri: str | None = None, tune: bool = True) -> dict[str, str]:
@@ -104,9 +124,14 @@ def stage_locations(ws, tracking_uri: str | None = None, tune: bool = True) -> d
     return locs
 
 
-def warn_if_not_shared(ws, tracking_uri: str | None = None, tune: bool = True) -> list[str]:
-    """Log (and return) a warning for each place a multi-host cluster cannot share."""
-    msgs = unshared(stage_locations(ws, tracking_uri, tune), cluster_hosts())
+def warn_if_not_shared(ws, tracking_uri: str | None = None, tune: bool = True,
+                       address: str | None = None) -> list[str]:
+    """Log (and return) a warning for each place a multi-host cluster cannot share; DataError for
+    a SQLite MLflow store on a network file system (check_tracking_store). ``address``: the
+    cluster was joined through --address (multi-host, even before its workers start)."""
+    hosts = cluster_hosts(address)
+    check_tracking_store(tracking_uri, hosts)
+    msgs = unshared(stage_locations(ws, tracking_uri, tune), hosts)
     for m in msgs:
         log.warning(m)
     return msgs

@@ -20,7 +20,7 @@ from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from search_spaces import SMOKE, recipe_config, recipe_point, search_space, with_backbones
 from trainables.config import RunContext, TrialConfig
-from trainables.pretrained import HUB, check_source, is_none
+from trainables.pretrained import HUB, check_source, is_none, stage_weights
 
 from core.deadlines import current_deadline, set_deadline
 from core.errors import DataError, StudyFailed
@@ -91,6 +91,7 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     for b in o.search_backbones:   # every backbone the search may pick can start
         check_weights(replace(base, **asdict(get_backbone(b))))
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
+    base = replace(base, pretrained=stage_weights(base.pretrained, ws.weights))   # trials read the copy
     uri = resolve_tracking_uri(ws, o.tracking_uri)
     check_tracking(uri)
     exp_id = ensure_experiment(uri, o.experiment, ws.root / "mlartifacts", location=ws.artifact_location)
@@ -379,7 +380,7 @@ def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
     plan = prepare(Path(data), ws if isinstance(ws, Workspace) else Workspace(ws), head, options)
     tables = []
     with ray_session(options.address, options.num_cpus):
-        warn_if_not_shared(plan.ws, plan.uri)
+        warn_if_not_shared(plan.ws, plan.uri, address=options.address)
         resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
         concurrent = options.max_concurrent or auto_concurrency(resources)
         if options.phase in ("search", "both") and options.samples > 0:

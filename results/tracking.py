@@ -116,3 +116,16 @@ def download_model(uri: str, run_id: str, dst: Path | None = None) -> Path:
         return download_artifact(uri, run_id, LEGACY_MODEL_FILE, dst)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=weights_uri(client, model_id), tracking_uri=uri,
                                                     dst_path=None if dst is None else str(dst)))
+
+
+def most_at_once(uri: str, run_ids) -> int:
+    """The most of these MLflow runs (trials) that were running at one moment: whether trials
+    really ran side by side (each run spans its trial's training)."""
+    client = _client(uri)
+    infos = [client.get_run(r).info for r in run_ids]
+    edges = sorted([(i.start_time, 1) for i in infos] + [(i.end_time, -1) for i in infos])
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best

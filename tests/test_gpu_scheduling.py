@@ -18,7 +18,7 @@ from orchestrator.pipeline import RunOptions, Sizer, trial_slots
 from orchestrator.preprocess import preprocess
 from orchestrator.ray_session import gpu_share
 from orchestrator.study import TuneOptions, tune_head
-from results.tracking import find_runs
+from results.tracking import find_runs, most_at_once
 from search_spaces import SMOKE
 from trainables import loop
 
@@ -63,18 +63,6 @@ class GpuWatch:
         self._thread.join()
 
 
-def max_overlap(uri: str, run_ids) -> int:
-    """The most of these MLflow runs (trials) that were running at one moment."""
-    from mlflow.tracking import MlflowClient
-    infos = [MlflowClient(uri).get_run(r).info for r in run_ids]
-    edges = sorted([(i.start_time, 1) for i in infos] + [(i.end_time, -1) for i in infos])
-    now = best = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
-
-
 def test_gpu_tune_half_a_gpu_per_trial_runs_4_trials_at_once_each_on_its_ray_gpu(gpu_ray, gpu_ws):
     data, ws = gpu_ws
     opts = TuneOptions(smoke_test=True, verbose=0, phase="search", num_samples=4, gpus_per_trial=0.5,
@@ -88,7 +76,7 @@ def test_gpu_tune_half_a_gpu_per_trial_runs_4_trials_at_once_each_on_its_ray_gpu
     assert sorted(runs["tags.ray_gpu_ids"]) == ["0", "0", "1", "1"]
     assert (runs["tags.cuda_visible_devices"] == runs["tags.ray_gpu_ids"]).all()
     assert set(runs["tags.device"]) == {"cpu"}   # torch sees no CUDA: the trial trained on the CPU
-    assert max_overlap(ws.tracking_uri(), runs["run_id"]) == 4
+    assert most_at_once(ws.tracking_uri(), runs["run_id"]) == 4
 
 
 def test_gpu_ensemble_prediction_tasks_hold_their_gpu_share(gpu_ray, gpu_ws):

@@ -62,11 +62,12 @@ def test_tune_with_a_local_weights_file_trains_from_it_end_to_end(crops_ws, tmp_
     assert rc == 0
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"
     [run] = [r for _, r in find_runs(uri, head="all", phase="search").iterrows()]
-    assert run["params.pretrained"] == str(tmp_path / "w.pth")
+    staged = run["params.pretrained"]   # the copy in the workspace that every trial reads
+    assert staged.startswith(f"{ws.resolve()}/weights/") and staged.endswith("-w.pth")
     model, cfg = load_model_file(download_model(uri, run["run_id"], tmp_path / "dl"))
     w = model.state_dict()["conv_stem.weight"].flatten()
     cos = torch.nn.functional.cosine_similarity(w, donor["conv_stem.weight"].flatten(), dim=0)
-    assert cfg.pretrained == str(tmp_path / "w.pth") and cos > 0.9   # a fresh init would be ~0
+    assert cfg.pretrained == staged and cos > 0.9   # a fresh init would be ~0
 
 
 def test_a_weights_file_of_another_architecture_stops_tune_before_ray(crops_ws, tmp_path, capsys):

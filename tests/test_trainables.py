@@ -99,7 +99,7 @@ def test_strength_out_of_range_is_rejected():
     ("head", "hair", "unknown head 'hair'; valid heads: mask, gender, age"),
     ("optimizer", "sgd", "valid optimizers: adam, adamw"),
     ("fold", 7, "fold 7 is outside 0..4"),
-    ("precision", "fp16", "unknown precision 'fp16'; valid precisions: auto, bf16, fp32"),
+    ("precision", "fp8", "unknown precision 'fp8'; valid precisions: auto, bf16, fp16, fp32"),
 ])
 def test_config_validation_names_valid_choices(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -212,8 +212,9 @@ def test_speed_probe_augments_every_batch_in_the_trials_precision(monkeypatch):
     def recording_autocast(device, precision):
         calls["precision"].add(precision)
         return autocast(device, precision)
+    import trainables.loop as loop
     monkeypatch.setattr(speed, "train_transform", counting_transform)
-    monkeypatch.setattr(speed, "autocast", recording_autocast)
+    monkeypatch.setattr(loop, "autocast", recording_autocast)   # the trial's own epoch code
     cfg = smoke("mask", precision="fp32")
     assert speed.train_images_per_s(cfg, batches=2, warmup=1, threads=1) > 0
     assert calls == {"augment": 3 * cfg.batch_size, "precision": {"fp32"}}

@@ -14,7 +14,7 @@ from .schedule import SHAPES
 
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
 FORWARD_COST = 0.5   # predicting an image (decode, forward, logging) as a share of a training step
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class TrialConfig:
     strength: float = 1.0           # augmentation strength: 0 none, 1 the recipe, 2 max
     old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
     seed: int = SEED
-    num_workers: int = 0            # DataLoader worker processes
-    precision: str = "auto"         # auto | bf16 | fp32: bf16 autocast where the hardware runs it
-                                    # fast (trainables.loop.uses_bf16), else fp32
+    num_workers: int = -1           # DataLoader worker processes; -1: the trial's CPUs but one
+    precision: str = "auto"         # auto | bf16 | fp16 | fp32: autocast where the hardware runs it
+                                    # fast (trainables.loop.precision_for), else fp32
     max_batches: int = 0            # cap batches per epoch (0 = all; smoke runs and benchmarks)
     val_from: int = 1               # first epoch validated (with TTA); earlier ones only train. The
                                     # last epoch, and one a deadline makes the last, always are
@@ -94,6 +94,8 @@ def validate(cfg: TrialConfig) -> None:
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
     _choice("schedule", cfg.schedule, SHAPES)
     _choice("precision", cfg.precision, PRECISIONS)
+    if cfg.num_workers < -1:
+        raise ValueError(f"num_workers {cfg.num_workers}: use 0 or more DataLoader workers, or -1 for the trial's CPUs but one")
     check_model_name(cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.errors import DataError
 from core.folds import FoldSpec, fold_file
@@ -98,7 +98,7 @@ def load_head_data(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None)
         raise DataError(f"{fold_file(ws.root, FoldSpec(cfg.folds, cfg.fold_seed), folds_key or None)}: no fold "
                         f"for {missing}; the data changed since the folds were made: start a new study")
     target, score = head_labels(rows, cfg.head, cfg.old_from)
-    images = crop_cache(ws, rows["crop"].tolist(), cfg.img_size)
+    images = crop_cache(ws, rows["crop"].tolist(), cfg.img_size, checked=bool(pins))   # a study checked them
     return HeadData(rows["path"].to_numpy(), images, target.astype(np.int64),
                     score.astype(np.int64), rows["fold"].to_numpy().astype(int))
 
@@ -119,9 +119,24 @@ def crops_key(ws: Workspace, crops: list[str], size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def crop_cache(ws: Workspace, crops: list[str], size: int) -> np.ndarray:
+def _checked_marker(ws: Workspace, crops: list[str], size: int) -> Path:
+    names = hashlib.sha1("\n".join(crops).encode()).hexdigest()[:16]
+    return ws.root / "cache" / f"checked_{size}_{names}"
+
+
+def crop_cache(ws: Workspace, crops: list[str], size: int, *, checked: bool = False) -> np.ndarray:
     """The crops decoded at ``size``×``size`` into one memmap, built once per content (under a
-    file lock); an unchanged crop set is never decoded again."""
+    file lock); an unchanged crop set is never decoded again.
+
+    ``checked``: a trial, whose study's driver already checked this crop set (crop_cache without
+    ``checked``, before Ray starts) and left a marker naming the memmap; it opens that memmap
+    without reading every crop file again: on shared storage (NFS/EFS) each of the thousands of
+    crops costs a round trip, for every fold model of every trial."""
+    marker = _checked_marker(ws, crops, size)
+    if checked and marker.is_file():
+        path = ws.root / "cache" / f"crops_{size}_{marker.read_text().strip()}.npy"
+        if path.is_file():
+            return np.load(path, mmap_mode="r")
     check_crops(ws.crops, crops)   # a crop deleted or cut after preprocessing: say so, not a trial's traceback
     key = crops_key(ws, crops, size)
     path = ws.root / "cache" / f"crops_{size}_{key}.npy"
@@ -137,8 +152,10 @@ def crop_cache(ws: Workspace, crops: list[str], size: int) -> np.ndarray:
             arr.flush()
             del arr
             tmp.rename(path)
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(key)
+        tmp.replace(marker)
     return np.load(path, mmap_mode="r")
-
 
 class CropDataset(Dataset):
     def __init__(self, data: HeadData, index: np.ndarray, transform):
@@ -148,6 +165,9 @@ class CropDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i):
+        if isinstance(i, tuple):   # (row, augmentation seed) from SeededShuffle
+            i, seed = i
+            self.transform.set_random_seed(seed)
         j = self.index[i]
         x = self.transform(image=np.asarray(self.data.images[j]))["image"]
         return x, torch.as_tensor(self.data.target[j]), torch.as_tensor(self.data.score[j])
@@ -160,20 +180,56 @@ def split_index(data: HeadData, fold: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(data.fold != fold), np.flatnonzero(data.fold == fold)
 
 
-def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bool = False
-                  ) -> tuple[DataLoader, DataLoader | None]:
-    """(train loader, validation loader or None for full-data training).
+class SeededShuffle(Sampler):
+    """A shuffle that hands each sample its augmentation seed too, both drawn from ``generator``:
+    a sample then looks the same whichever DataLoader worker process (each holds its own copy of
+    the transform and its random stream) or how many of them draw it, so `reproduce` without
+    workers sees what the trial saw."""
 
-    The train loader draws its shuffle from ``loader.generator``; seed it per epoch
-    (``seed + epoch``) so a trial resumed from a checkpoint sees the same batches.
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
+        return iter(zip(order, seeds))
+
+
+def trial_cpus() -> float:
+    """The CPUs Ray gave this process (1 outside Ray: plain loops load in the training process)."""
+    import sys
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return 1.0
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+
+
+def loader_workers(asked: int, cpus: float) -> int:
+    """DataLoader worker processes: ``asked`` if >= 0; auto (-1): the trial's CPUs but the one the
+    training loop runs on, so decoding and augmenting the next batches overlaps the compute."""
+    return asked if asked >= 0 else max(0, int(cpus) - 1)
+
+
+def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bool = False,
+                  cpus: float | None = None) -> tuple[DataLoader, DataLoader | None]:
+    """(train loader, validation loader or None for full-data training); ``cpus``: the trial's
+    (None: what Ray gave this process), for cfg.num_workers -1.
+
+    The train loader draws its shuffle and augmentation seeds from ``loader.generator``; seed it
+    per epoch (``seed + epoch``) so a trial resumed from a checkpoint sees the same batches.
     """
     tr, va = split_index(data, cfg.fold)
-    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin_memory,
-                  persistent_workers=cfg.num_workers > 0)
+    workers = loader_workers(cfg.num_workers, trial_cpus() if cpus is None else cpus)
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin_memory)
+    gen = torch.Generator().manual_seed(cfg.seed)
     train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std, seed=cfg.seed)),
-                       shuffle=True, drop_last=len(tr) > cfg.batch_size,
-                       generator=torch.Generator().manual_seed(cfg.seed), **common)
+                       sampler=SeededShuffle(len(tr), gen), drop_last=len(tr) > cfg.batch_size,
+                       generator=gen, persistent_workers=workers > 0, **common)
     if not len(va):
         return train, None
+    # validation runs a few times per trial: idle persistent workers would hold memory between
     val = DataLoader(CropDataset(data, va, eval_transform(cfg.img_size, mean, std)), shuffle=False, **common)
     return train, val

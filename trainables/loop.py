@@ -51,13 +51,48 @@ def _say_cpu_once(ids: tuple[str, ...]) -> None:
         log.info("torch sees no CUDA device: running on the CPU")
 
 
-def placement(device: torch.device) -> dict[str, str]:
-    """Where this process runs, as a trial's tags: the device, Ray's GPU ids, CUDA_VISIBLE_DEVICES,
+def placement(device: torch.device, precision: str = "auto") -> dict[str, str]:
+    """Where and how this process computes, as a trial's tags: the device, the precision it
+    trains in (``precision`` resolved on this device), Ray's GPU ids, CUDA_VISIBLE_DEVICES,
     torch's CPU threads."""
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
-    return {"device": name, "ray_gpu_ids": ",".join(ray_gpu_ids()),
+    return {"device": name, "precision": precision_of(device, precision), "ray_gpu_ids": ",".join(ray_gpu_ids()),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "torch_threads": str(torch.get_num_threads())}   # CPU sums depend on it (`reproduce`)
+
+
+def ray_gpu_share() -> float:
+    """The GPU share Ray gave this process (0 outside Ray or for a CPU trial)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return 0.0
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
+def memory_fraction(share: float) -> float | None:
+    """The share of a card's memory a trial holding ``share`` of one GPU may allocate (None:
+    the whole card, for a trial that has one or more to itself)."""
+    return share if 0 < share < 1 else None
+
+
+def cap_gpu_memory(device: torch.device, share: float) -> None:
+    """Trials that share a card (--gpus-per-trial 0.5) each get their share of its memory: a
+    trial whose batch does not fit then fails alone with CUDA out-of-memory, instead of the
+    first to allocate taking the card from its neighbour."""
+    fraction = memory_fraction(share)
+    if device.type == "cuda" and fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def deterministic(device: torch.device) -> None:
+    """Ask torch for the same result on every run of a config, as `reproduce` promises: cuDNN's
+    deterministic kernels without autotuning, deterministic algorithms where torch has them
+    (a warning, not an error, where it has none), and cuBLAS's fixed workspace (read when its
+    handle is made: set before the first matmul on the card)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @cache
@@ -71,17 +106,44 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+BF16_FROM = (8, 0)   # compute capability of the first cards with bf16 tensor cores (Ampere);
+                     # torch.cuda.is_bf16_supported() also counts older cards' slow emulation
+
+
+def precision_for(device_type: str, asked: str = "auto", capability: tuple[int, int] | None = None,
+                  cpu_bf16: bool = False) -> str:
+    """The precision a trial computes in: ``asked`` unless "auto"; auto on a GPU is bf16 from
+    compute capability 8.0 and fp16 (with a GradScaler) below it, on a CPU bf16 where the CPU
+    has it natively, else fp32."""
+    if asked != "auto":
+        return asked
+    if device_type == "cuda":
+        return "bf16" if capability is not None and tuple(capability) >= BF16_FROM else "fp16"
+    return "bf16" if cpu_bf16 else "fp32"
+
+
+def precision_of(device: torch.device, precision: str = "auto") -> str:
+    """``precision_for`` on this process's ``device``."""
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return precision_for(device.type, precision, cap, device.type == "cpu" and cpu_has_bf16())
+
+
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
+    return precision_of(device, precision) == "bf16"
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast (weights, optimizer and loss stay fp32) where ``precision`` asks for it."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+    """bf16 or fp16 autocast (weights, optimizer and loss stay fp32) where ``precision`` asks for it."""
+    dtype = AUTOCAST_DTYPES.get(precision_of(device, precision))
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler:
+    """fp16's gradients underflow without loss scaling; a disabled scaler is a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision_of(device, precision) == "fp16")
 
 
 # NHWC: oneDNN's convolutions run faster on it (with bf16 ~1.3x on the dev CPU), as on GPUs
@@ -100,9 +162,12 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
                     device: torch.device, *, max_batches: int = 0, precision: str = "auto",
                     stop_at: float = 0.0) -> float:
     """One pass over ``loader`` (at most ``max_batches`` batches if > 0, none begun after unix time
-    ``stop_at`` if > 0: a deadline); mean training loss. The scheduler steps per batch."""
+    ``stop_at`` if > 0: a deadline); mean training loss. The scheduler steps per batch.
+    The loss is summed on the device and read once at the end: a read per step would make the
+    CPU wait for the GPU every batch, so loading the next batch never overlaps the compute."""
     model.train()
-    total, n = 0.0, 0
+    scaler = grad_scaler(device, precision)
+    total, n = torch.zeros((), device=device), 0
     for i, (x, y, _) in enumerate(loader):
         if (max_batches and i >= max_batches) or (stop_at and i and time.time() >= stop_at):
             break
@@ -110,13 +175,14 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
         with autocast(device, precision):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
-        total += loss.item() * len(y)
+        total += loss.detach() * len(y)
         n += len(y)
-    return total / max(n, 1)
+    return total.item() / max(n, 1)
 
 
 ORIGINAL = "orig"   # the untransformed view's name in per-view tables (OOF predictions)

@@ -125,3 +125,26 @@ def _url_unreachable(url: str) -> str:
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
+
+
+def stage_weights(source: str, into: Path) -> str:
+    """Where trials load ``source`` from: a weights file is copied once into ``into`` (the shared
+    workspace's weights folder) under its content hash, and that absolute path is returned;
+    other sources come back as given. Trials run in their own folder, on any node: a path
+    relative to the driver's folder, or on the head's local disk, would not be found there."""
+    import hashlib
+    import shutil
+    if is_none(source) or source == HUB or find_source(source) is not None:
+        return source
+    path = Path(source).expanduser().resolve()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    staged = Path(into).resolve() / f"{digest.hexdigest()[:16]}-{path.name}"
+    if not staged.is_file():   # same bytes, same name: a rerun copies nothing
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staged.with_suffix(staged.suffix + ".part")
+        shutil.copyfile(path, tmp)
+        tmp.replace(staged)    # a reader on another node never sees half a file
+    return str(staged)

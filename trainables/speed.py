@@ -9,35 +9,60 @@ import torch
 
 from .augment import train_transform
 from .config import TrialConfig
-from .loop import autocast, batch_to, device_of, ray_gpu_ids, to_device
+from .loop import batch_to, device_of, predict_batch, ray_gpu_ids, to_device, train_one_epoch
 from .models import build_model, data_config
+
+
+def _batches(cfg: TrialConfig, model, device: torch.device, n: int):
+    """``n`` augmented batches of random crops, as the trial's loader yields them: (x, y, scored)."""
+    dc = data_config(model, cfg.img_size)
+    augment = train_transform(cfg.head, cfg.strength, cfg.img_size, dc["mean"], dc["std"], seed=0)
+    crops = np.random.default_rng(0).integers(0, 256, (cfg.batch_size, cfg.img_size, cfg.img_size, 3), np.uint8)
+    y = torch.zeros(cfg.batch_size, dtype=torch.long)
+    for _ in range(n):
+        yield torch.stack([augment(image=c)["image"] for c in crops]), y, y
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA runs asynchronously: a clock read before the queued kernels finish times nothing
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_images_per_s(cfg: TrialConfig, *, batches: int = 6, warmup: int = 2,
                        threads: int | None = None, device: torch.device | None = None) -> float:
-    """Augment + forward + backward + step of ``cfg``'s model on random batches, in the trial's
-    precision and memory format, after ``warmup`` batches (oneDNN picks its kernels on the first
-    ones). The augmentation runs in the trial's own thread, as with DataLoader workers = 0."""
+    """Training images per second of ``cfg``'s model through the trial's own epoch code
+    (trainables.loop.train_one_epoch: augment, forward, backward, step, in the trial's precision
+    and memory format), after ``warmup`` batches (cuDNN / oneDNN pick kernels on the first ones).
+    The augmentation runs in the measuring thread, as with DataLoader workers = 0."""
     if threads:
         torch.set_num_threads(threads)
     device = device or torch.device("cpu")
-    model = to_device(build_model(cfg, pretrained="none"), device).train()
+    model = to_device(build_model(cfg, pretrained="none"), device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    dc = data_config(model, cfg.img_size)
-    augment = train_transform(cfg.head, cfg.strength, cfg.img_size, dc["mean"], dc["std"], seed=0)
-    crops = np.random.default_rng(0).integers(0, 256, (cfg.batch_size, cfg.img_size, cfg.img_size, 3), np.uint8)
-    y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
-    for i in range(warmup + batches):
-        if i == warmup:
-            t0 = time.perf_counter()
-        x = batch_to(torch.stack([augment(image=c)["image"] for c in crops]), device)
-        with autocast(device, cfg.precision):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    loss = torch.nn.CrossEntropyLoss()
+    train_one_epoch(model, _batches(cfg, model, device, warmup), loss, opt, None, device, precision=cfg.precision)
+    _sync(device)
+    t0 = time.perf_counter()
+    train_one_epoch(model, _batches(cfg, model, device, batches), loss, opt, None, device, precision=cfg.precision)
+    _sync(device)
+    return batches * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def predict_images_per_s(cfg: TrialConfig, *, batches: int = 4, tta: tuple[str, ...] = ("hflip",),
+                         device: torch.device | None = None) -> float:
+    """Images per second the ensemble predicts with ``tta`` (each view a forward pass), measured
+    as ``predict_batch`` runs it (the trial's precision), after one warm-up batch."""
+    device = device or torch.device("cpu")
+    model = to_device(build_model(cfg, pretrained="none"), device).eval()
+    data = [batch_to(x, device) for x, _, _ in _batches(cfg, model, device, batches + 1)]
+    predict_batch(model, data[0], tta, cfg.head, cfg.precision)
+    _sync(device)
+    t0 = time.perf_counter()
+    for x in data[1:]:
+        probs = predict_batch(model, x, tta, cfg.head, cfg.precision)[1]
+    probs.cpu()   # the ensemble reads every batch back
+    _sync(device)
     return batches * cfg.batch_size / (time.perf_counter() - t0)
 
 
@@ -48,6 +73,7 @@ class _TrialSlot:
     def measure(self, cfg: TrialConfig, threads: int, batches: int) -> dict:
         device = device_of()
         return {"images_per_s": train_images_per_s(cfg, batches=batches, threads=threads, device=device),
+                "predict_images_per_s": predict_images_per_s(cfg, batches=max(1, batches // 2), device=device),
                 "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device.type,
                 "gpu_ids": ray_gpu_ids()}
 

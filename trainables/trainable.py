@@ -56,7 +56,7 @@ def train_head(config: dict) -> None:
     log = TrialLogger(ctx, cfg, trial_id=tc.get_trial_id(), trial_name=tc.get_trial_name(), run_id=state.run_id)
     state = TrialState(state.epoch, state.best_f1, state.best_epoch, log.run_id)
     where = _where(tc, ctx)
-    log.set_tags(placement(parts[0].device))   # where Ray put it: device, its GPU ids
+    log.set_tags(placement(parts[0].device, cfg.precision))   # where Ray put it: device, precision, GPU ids
     # the phase's deadline as this run's plan set it (a resumed trial's saved config holds the
     # killed run's: core/deadlines.py)
     deadline = current_deadline(ctx.workspace, ctx.study, ctx.phase, ctx.deadline)

@@ -17,7 +17,7 @@ from core.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index
-from .loop import EvalResult, device_of, evaluate, to_device, train_one_epoch
+from .loop import EvalResult, cap_gpu_memory, deterministic, device_of, ray_gpu_share, evaluate, to_device, train_one_epoch
 from .losses import build_target_loss
 from .models import build_model, data_config
 from .schedule import BudgetSchedule
@@ -60,11 +60,13 @@ class EpochResult:
 
 def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> Parts:
     """``pins``: the study's inputs (orchestrator.pins): its split, checked crops and labels."""
+    device = device_of()
+    deterministic(device)   # before the model reaches the card: cuBLAS reads its setting then
+    cap_gpu_memory(device, ray_gpu_share())
     torch.manual_seed(cfg.seed)
     data = load_head_data(cfg, ws, pins=pins)
     model = build_model(cfg)
     dc = data_config(model, cfg.img_size)
-    device = device_of()
     train, val = build_loaders(cfg, data, dc["mean"], dc["std"], pin_memory=device.type == "cuda")
     loss_fn = build_target_loss(cfg, data.target[split_index(data, cfg.fold)[0]]).to(device)
     model = to_device(model, device)

@@ -1,24 +1,24 @@
-"""The GPU check: install the wheel bundle, then take in one go every measurement that
-benchmarks/README.md "GPU" asks of a real card, at fixed small sizes; figures go to OUT.
+"""The GPU check: on one card, at fixed small sizes, every measurement and check that
+benchmarks/README.md "GPU" lists; figures and verdicts go to OUT.
 
-    # on the GPU box (Python 3.12, the image's torch; benchmarks/README.md "GPU" says how to prepare it)
-    python3 benchmarks/gpu/check.py OUT --bundle benchmarks/_work/gpu/bundle --utk benchmarks/_work/gpu/utk
-    # rehearsal on a CPU: the same steps, tiny; --bundle a bundle built with --python 3.11
-    python benchmarks/gpu/check.py OUT --size tiny --utk ../shared/utkmask [--bundle ...]
+    python benchmarks/gpu/check.py OUT --utk PATH/TO/utkmask [--bundle DIR] [--steps a,b]
+    python benchmarks/gpu/check.py OUT --size tiny --utk PATH/TO/utkmask   # a dry run on a CPU
 
-Steps, each in its own process and timed: install (the bundle into WORK/site, first on every
-step's PYTHONPATH), data (utkmask persons in the competition layout), mtcnn (preprocess with GPU
-workers, then CPU workers on every core, same images), throughput (a trial's loader + step
-against the step on tensors already on the device), packing (one trial slot alone against two
-on one GPU: the speed probe's Ray actors with a trial's resources), budget (`run --budget` on
-utkmask, scored by benchmarks/quality.py). OUT gets figures.json (every figure, the device, the
-date, the settings, each step's seconds), figures.md and check.log: three small files to copy
-back from the box.
+Steps, each in its own process and timed: install (the bundle, if given, into WORK/site, first
+on every step's PYTHONPATH), data (utkmask persons in the competition layout), mtcnn (preprocess
+with GPU workers, then CPU workers, same images; what holds memory on the card afterwards),
+throughput (a trial's loader + step against the step on tensors already on the device), packing
+(one trial slot alone against two on one GPU), trials (two `tune` trials sharing the card: tags,
+overlap, loss, precision; the model on the CPU; `reproduce`), probe (the budget's speed probe
+against a trial's loop), budget (`run --budget` on utkmask, scored by benchmarks/quality.py).
+OUT gets figures.json (every figure, the verdicts, the device, the date, the settings, each
+step's seconds), figures.md and check.log. Exits 1 when a check fails.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,24 +28,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-STEPS = ("install", "data", "mtcnn", "throughput", "packing", "budget")
+STEPS = ("install", "data", "mtcnn", "throughput", "packing", "trials", "probe", "budget")
 SIZES = {
     # one H100/H200, 16 cores: about 7 minutes in all (the budget run takes 3 of them)
     "card": dict(train=1000, eval_from=2001, eval_to=3000, mtcnn_persons=300, mtcnn_eval=20,
                  model="tf_efficientnet_lite0", pretrained="lite0", img_size=224, batch_size=64, batches=30,
                  loader_workers=(0, 6),
-                 probe_batches=20, cpus_per_trial=4, gpus_per_trial=0.5, budget="3m"),
-    # rehearsal on a loaded 2-core CPU: every step's code path, tiny
+                 probe_batches=20, cpus_per_trial=4, gpus_per_trial=0.5, trial_epochs=3, budget="3m"),
+    # a dry run on a CPU: every step's code path, tiny
     "tiny": dict(train=24, eval_from=2001, eval_to=2008, mtcnn_persons=6, mtcnn_eval=2,
                  model="tf_efficientnet_lite0", pretrained="lite0", img_size=64, batch_size=8, batches=2,
                  loader_workers=(0, 1),
-                 probe_batches=2, cpus_per_trial=1, gpus_per_trial=0.5, budget="4m"),
+                 probe_batches=2, cpus_per_trial=1, gpus_per_trial=0.5, trial_epochs=2, budget="4m"),
 }
 
 
 # -- the steps (each runs in a child process: `check.py --step NAME ...`) -----------------
 def sig(x: float) -> float:
-    """Three significant digits: a CPU rehearsal's 0.23 images/s and a card's 2,310 both read."""
+    """Three significant digits: a CPU's 0.23 images/s and a card's 2,310 both read."""
     return float(f"{x:.3g}")
 
 
@@ -106,7 +106,7 @@ def step_data(a, s: dict) -> dict:
 
 def _ray(a) -> None:
     """A local Ray over every core and the card's GPUs; one logical GPU where torch sees none
-    (the rehearsal), so the GPU paths are scheduled as on the card and run on the CPU."""
+    (a dry run on a CPU), so the GPU paths are scheduled as on the card and run on the CPU."""
     import ray
     import torch
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=None if torch.cuda.is_available() else 1,
@@ -127,10 +127,12 @@ def step_mtcnn(a, s: dict) -> dict:
         m = preprocess(data, Workspace(ws).make(), CropSettings(), num_gpus_per_worker=gpus, workers=workers,
                        progress=False)
         wall = time.time() - t
+        left = _released() if gpus else []   # crop workers must have let go of the card
         q = quality(m, data)
         out[name] = {"images": len(m), "seconds": round(wall, 1), "images_per_s": sig(len(m) / wall),
                      "crops_on_face": round(float(q["all"]), 4), "gpus_per_worker": gpus,
-                     "workers": workers or "default", "where": m["device"].mode().iloc[0]}
+                     "workers": workers or "default", "where": m["device"].mode().iloc[0],
+                     "gpu_processes_after": left}
     out["gpu_over_cpu"] = sig(out["gpu"]["images_per_s"] / out["cpu"]["images_per_s"])
     return out
 
@@ -185,8 +187,141 @@ def step_budget(a, s: dict) -> dict:
     return {"budget": s["budget"], "run_args": " ".join(run_args), **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
+def _gpu_processes() -> list[dict]:
+    """Processes holding memory on the card (nvidia-smi), other than this one; [] without a card."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [line.split(",") for line in out.splitlines() if line.strip()]
+    return [{"pid": int(p), "mib": int(m)} for p, m in rows if int(p) != os.getpid()]
+
+
+def _released(wait_s: float = 30.0) -> list[dict]:
+    """GPU processes left after preprocessing, given its workers ``wait_s`` to exit (asynchronous)."""
+    end = time.time() + wait_s
+    while (left := _gpu_processes()) and time.time() < end:
+        time.sleep(1)
+    return left
+
+
+def step_trials(a, s: dict) -> dict:
+    """Two real trials of `tune` sharing the card (the recipe's config on 2 folds: no search, so
+    no trial is stopped early): their tags, overlap, loss, precision; the best model
+    predicting on the CPU; `reproduce` of one of them."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from results.tracking import download_model, find_runs, most_at_once
+    from trainables.loop import precision_for
+    data, ws = a.work / "mtcnn-data", a.work / "ws-mtcnn-gpu"   # the GPU workers' crops
+    study = f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}"   # a rerun of the step is a new study
+    cmd = [sys.executable, "-m", "orchestrator", "tune", "--head", "mask", "--phase", "both", "--num-samples", "0",
+           "--folds", "2", "--max-concurrent", "2", "--study", study, "--gpus-per-trial", str(s["gpus_per_trial"]),
+           "--cpus-per-trial", str(s["cpus_per_trial"]), "--model", s["model"], "--pretrained", "none",
+           "--img-size", str(s["img_size"]), "--batch-size", str(s["batch_size"]), "--epochs", str(s["trial_epochs"]),
+           "--data", str(data), "--workspace", str(ws)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stdout.write(res.stdout[-10000:] + res.stderr[-10000:])
+    if res.returncode:
+        raise SystemExit(f"tune exited {res.returncode}")
+    uri = f"sqlite:///{ws}/mlflow.db"
+    runs = find_runs(uri, head="mask", phase="cv", study=study)
+    client = MlflowClient(uri)
+    losses = {r: [m.value for m in sorted(client.get_metric_history(r, "train_loss"), key=lambda m: m.step)]
+              for r in runs["run_id"]}
+    cuda = torch.cuda.is_available()
+    expected = precision_for("cuda", "auto", torch.cuda.get_device_capability(0)) if cuda else "n/a (no CUDA)"
+    best = runs.sort_values("metrics.best_val_f1", ascending=False).iloc[0]["run_id"]
+    return {"devices": sorted(set(runs["tags.device"])), "precisions": sorted(set(runs["tags.precision"])),
+            "expected_precision": expected, "overlap": most_at_once(uri, runs["run_id"]),
+            "train_loss": {r: [sig(v) for v in ls] for r, ls in losses.items()},
+            "cpu_agreement": _cpu_agreement(download_model(uri, best, a.work / "gpu-model"), data, ws),
+            "reproduce": _reproduce(best, data, ws)}
+
+
+def _cpu_agreement(model_file: Path, data: Path, ws: Path) -> float:
+    """Share of validation images whose argmax agrees between the model on the card (in the
+    trial's precision) and the same weights on the CPU in fp32."""
+    import torch
+
+    from core.workspace import Workspace
+    from trainables.data import build_loaders, load_head_data
+    from trainables.loop import batch_to, device_of, predict_batch, to_device
+    from trainables.models import data_config, load_model_file
+    model, cfg = load_model_file(model_file)
+    dc = data_config(model, cfg.img_size)
+    _, val = build_loaders(cfg, load_head_data(cfg, Workspace(ws)), dc["mean"], dc["std"], cpus=1)
+    dev = device_of()
+    on_card = to_device(load_model_file(model_file)[0], dev).eval()
+    on_cpu = to_device(model, torch.device("cpu")).eval()
+    same = total = 0
+    for x, _, _ in val:
+        a_ = predict_batch(on_card, batch_to(x, dev), (), cfg.head, cfg.precision)[1].argmax(1).cpu()
+        b_ = predict_batch(on_cpu, batch_to(x, torch.device("cpu")), (), cfg.head, "fp32")[1].argmax(1)
+        same, total = same + int((a_ == b_).sum()), total + len(x)
+    return round(same / max(total, 1), 4)
+
+
+def _reproduce(run_id: str, data: Path, ws: Path) -> dict:
+    """`reproduce RUN_ID` as a user runs it: its verdict line and largest difference."""
+    import re
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "reproduce", run_id, "--data", str(data),
+                          "--workspace", str(ws)], cwd=ROOT, capture_output=True, text=True)
+    out = res.stdout + res.stderr
+    m = re.search(r"largest difference (\S+)", out)
+    largest = 0.0 if "bit for bit" in out else (float(m.group(1)) if m else None)
+    verdict = next((line for line in out.splitlines() if line.startswith(f"run {run_id}")), out[-300:])
+    return {"rc": res.returncode, "largest_difference": largest, "verdict": verdict}
+
+
+def step_probe(a, s: dict) -> dict:
+    """The budget's speed probe against a real trial's loop on the same model and batch: the
+    trial's loader (its CPUs but one as workers) and train_one_epoch, on the card."""
+    from dataclasses import replace
+
+    import torch
+
+    from benchmarks.train import images_per_s
+    from core.workspace import Workspace
+    from search_spaces import recipe_config
+    from trainables.config import FULL_DATA
+    from trainables.loop import device_of
+    from trainables.speed import train_images_per_s
+    ws = Workspace(a.work / "ws-mtcnn-gpu")
+    cfg = recipe_config("mask", model=s["model"], pretrained="none", img_size=s["img_size"],
+                        batch_size=s["batch_size"], fold=FULL_DATA)
+    workers = max(0, int(s["cpus_per_trial"]) - 1)
+    torch.set_num_threads(int(s["cpus_per_trial"]))   # a trial's threads for both (Ray sets them so)
+    trial, _ = images_per_s(replace(cfg, num_workers=workers), ws, s["batches"])
+    probe = train_images_per_s(cfg, batches=s["probe_batches"], threads=int(s["cpus_per_trial"]), device=device_of())
+    return {"trial_images_per_s": sig(trial), "probe_images_per_s": sig(probe), "probe_over_trial": sig(probe / trial),
+            "loader_workers": workers}
+
+
+def verdicts(fig: dict) -> dict:
+    """What a card must show (benchmarks/README.md "GPU"), each True / False (None where this run could not tell)."""
+    st = fig["steps"]
+    tr, mt, pr = st.get("trials", {}), st.get("mtcnn", {}), st.get("probe", {})
+    on_card = str(fig.get("device", "cpu")).startswith("cpu") is False
+    losses = list(tr.get("train_loss", {}).values())
+    return {
+        "trials_tagged_cuda0": all(d.startswith("cuda:0") for d in tr["devices"]) if on_card and tr.get("devices") else None,
+        "two_trials_overlap_on_one_card": tr["overlap"] >= 2 if "overlap" in tr else None,
+        "loss_finite_and_falling": (all(math.isfinite(v) for ls in losses for v in ls)
+                                    and all(len(ls) > 1 and ls[-1] < ls[0] for ls in losses)) if losses else None,
+        "precision_matches_card": tr["precisions"] == [tr["expected_precision"]] if on_card and "precisions" in tr else None,
+        "probe_within_20pct_of_trial": abs(pr["probe_over_trial"] - 1) <= 0.2 if "probe_over_trial" in pr else None,
+        "no_crop_worker_on_the_card_after": mt["gpu"]["gpu_processes_after"] == [] if on_card and "gpu" in mt else None,
+        "cpu_predicts_as_card_99pct": tr["cpu_agreement"] >= 0.99 if on_card and "cpu_agreement" in tr else None,
+        "reproduce_largest_difference": tr.get("reproduce", {}).get("largest_difference"),
+    }
+
+
 STEP_FUNCS = {"install": step_install, "versions": step_versions, "data": step_data, "mtcnn": step_mtcnn,
-              "throughput": step_throughput, "packing": step_packing, "budget": step_budget}
+              "throughput": step_throughput, "packing": step_packing, "trials": step_trials, "probe": step_probe,
+              "budget": step_budget}
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -214,8 +349,10 @@ def run_step(a, step: str, log) -> dict:
 def markdown(fig: dict) -> str:
     rows = [f"| {step} | {r['seconds']} | {r['rc']} | {json.dumps({k: v for k, v in r.items() if k not in ('seconds', 'rc')})} |"
             for step, r in fig["steps"].items()]
+    checks = "\n".join(f"| {k} | {v} |" for k, v in fig.get("verdicts", {}).items())
     return (f"GPU check, {fig['date']}, size {fig['size']}, on {fig.get('device', '?')}\n\n"
-            "| step | seconds | rc | figures |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| step | seconds | rc | figures |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            "| check | result (None: not measurable on this device) |\n|---|---|\n" + checks + "\n")
 
 
 def main() -> None:
@@ -248,9 +385,13 @@ def main() -> None:
                     fig["device"] = r.get("device", "?")
                 print(f"{name}: {r['seconds']} s, rc {r['rc']}", flush=True)
                 fig["total_seconds"] = round(time.time() - t0, 1)
+                fig["verdicts"] = verdicts(fig)
                 (a.out / "figures.json").write_text(json.dumps(fig, indent=1, default=str))
                 (a.out / "figures.md").write_text(markdown(fig))
     print(markdown(fig))
+    failed = [k for k, v in fig.get("verdicts", {}).items() if v is False]
+    if failed:
+        raise SystemExit(f"GPU check failed: {', '.join(failed)} (figures in {a.out})")
 
 
 if __name__ == "__main__":
