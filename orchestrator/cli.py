@@ -19,15 +19,15 @@ from pathlib import Path
 
 from core.atomic import write_text_atomic
 from core.errors import DataError, StudyFailed
-from core.labels import SEED, TABLE, TARGETS
+from core.labels import TABLE, TARGETS
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.run_schema import ui_hint
 from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
 from .budget import BudgetTooSmall
-from .options import (SCALE, AuditOptions, EnsembleOptions, PreprocessOptions, PromoteOptions, RetrainOptions,
-                      RunOptions, TuneOptions, add_flags, picked)
+from .options import (AuditOptions, EnsembleOptions, FoldsOptions, PreprocessOptions, PromoteOptions,
+                      ReproduceOptions, RetrainOptions, RunOptions, TuneOptions, WeightsOptions, add_flags, picked)
 
 log = logging.getLogger("orchestrator")
 
@@ -99,7 +99,7 @@ def _eda(a) -> int:
 # -- folds -------------------------------------------------------------------------------
 def _folds_args(p):
     _train_args(p)
-    add_flags(p, dict(folds=SCALE["folds"][0], seed=SEED, fold_mode="person"), "folds", "seed", "fold_mode")
+    add_flags(p, FoldsOptions, "folds", "seed", "fold_mode")
 
 
 def _folds(a) -> int:
@@ -274,9 +274,8 @@ def _retrain(a) -> int:
 
 # -- reproduce ---------------------------------------------------------------------------
 def _reproduce_args(p):
-    from core.provenance import REPRODUCE_TOLERANCE   # heavy (pandas): for this command only
     p.add_argument("run_id", help="the MLflow run id of a trial (from its page in the MLflow UI)")
-    add_flags(p, dict(threads=None, tolerance=REPRODUCE_TOLERANCE), "threads", "tolerance")
+    add_flags(p, ReproduceOptions, "threads", "tolerance")
 
 
 def _reproduce(a) -> int:
@@ -293,7 +292,7 @@ def _reproduce(a) -> int:
 
 # -- weights -----------------------------------------------------------------------------
 def _weights_args(p):
-    add_flags(p, dict.fromkeys(("source", "model", "out")), "source", "model", "out",
+    add_flags(p, WeightsOptions, "source", "model", "out",
               model="the timm model the weights are for (default: the package's)")
 
 

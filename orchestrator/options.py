@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.labels import ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbone, get_backbone, target_row
+from core.provenance import REPRODUCE_TOLERANCE
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
 from trainables.config import PRECISIONS, TrialConfig
 from trainables.weights import SOURCES
@@ -240,6 +241,26 @@ class PromoteOptions:
     experiment: str = EXPERIMENT
 
 
+@dataclass(frozen=True)
+class FoldsOptions:
+    folds: int = SCALE["folds"][0]   # K person-level folds
+    seed: int = SEED                 # the assignment's shuffling seed
+    fold_mode: str = "person"        # person | image (leaks persons; for comparison only)
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    threads: int | None = None           # torch CPU threads (None: the trial's torch_threads tag)
+    tolerance: float = REPRODUCE_TOLERANCE
+
+
+@dataclass(frozen=True)
+class WeightsOptions:
+    source: str | None = None        # a weights package alias or a file (None: list the packages)
+    model: str | None = None         # the timm model the weights are for (None: the package's)
+    out: Path | None = None          # the timm-layout .safetensors file to write
+
+
 # -- the command line --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Flag:
@@ -358,18 +379,32 @@ def _default_of(defaults, name: str):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
+# annotation -> the type its flag parses to ("Studies": the text results.selection.parse_studies reads)
+VALUE_TYPES = {"int": int, "float": float, "Path": Path, "str": str, "Studies": str}
+
+
 def _type_of(defaults, name: str):
-    """A flag's value type from its field's annotation ("int | None": int), else TrialConfig's field."""
+    """A flag's value type from its field's annotation ("int | None": int): the record's field,
+    else TrialConfig's (a dict of defaults declares no types). A flag whose type is declared
+    nowhere is an error here, when the parser is built: never a string that crashes later."""
     declared = {f.name: f.type for f in fields(TrialConfig)}
     if not isinstance(defaults, dict):
         declared |= {f.name: f.type for f in fields(defaults)}
-    return {"int": int, "float": float, "Path": Path}.get(declared.get(name, "str").split("|")[0].strip(), str)
+    members = [t.strip() for t in str(declared.get(name, "")).split("|")]
+    found = [VALUE_TYPES[t] for t in members if t in VALUE_TYPES]
+    if not found:
+        raise TypeError(f"flag --{name.replace('_', '-')}: no value type declared (annotate its option "
+                        "record's field, or give Flag kwargs type=)")
+    return found[0]
 
 
 def add_flags(p: argparse.ArgumentParser, defaults, *names: str, **helps: str) -> None:
     """Add the ``FLAGS`` of ``names`` to ``p``, their defaults from ``defaults`` (an option record's
-    class, or a dict of them); ``helps`` replace a flag's help where a command means it its own way."""
+    class, or a dict of them); ``helps`` replace a flag's help where a command means it its own way.
+    ``p.declared_by`` keeps each flag's ``defaults``: where its type was declared (tests/test_flags.py)."""
+    declared_by = vars(p).setdefault("declared_by", {})
     for name in names:
+        declared_by[name] = defaults
         decl, default = FLAGS[name], _default_of(defaults, name)
         kw, text = dict(decl.kwargs), helps.get(name, decl.help)
         if isinstance(default, bool):
