@@ -54,6 +54,14 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def check_folds(k: int) -> None:
+    """K person-level folds: every fold is validated on persons the others trained on, so K >= 2;
+    refused with the options, before anything is preprocessed or trained."""
+    if k < 2:
+        raise ValueError(f"--folds {k}: person-level folds need at least 2 (each fold validates on persons "
+                         "the others train on); use --folds 2 or more")
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     num_samples: int | None = None   # search trials (None: SCALE's); 0: no search, cv trains the recipe
@@ -87,6 +95,12 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
+        check_folds(self.k)
+        if self.fold != "all" and int(self.fold) >= self.k:
+            raise ValueError(f"--fold {self.fold}: the folds are numbered 0 to {self.k - 1}")
+        if self.samples < 0 or (self.phase == "search" and self.samples == 0):
+            raise ValueError(f"--num-samples {self.samples} with --phase {self.phase}: a search needs at least "
+                             "1 trial (--phase cv trains the recipe's config without a search)")
         for b in filter(None, (self.backbone, *self.search_backbones)):
             get_backbone(b)   # ValueError naming the valid ones: a usage error
         study_level = {"head", "fold", "folds", "fold_seed", "seed"}   # the study sets these
@@ -149,6 +163,10 @@ class RunOptions:
     eval_vote: str = EVAL_VOTE           # who votes on the eval images (EnsembleOptions.eval_vote)
 
     def __post_init__(self):
+        check_folds(self.folds)
+        if self.num_samples < 0 or self.epochs < 1:
+            raise ValueError(f"--num-samples {self.num_samples}, --epochs {self.epochs}: give at least 0 search "
+                             "trials and 1 epoch")
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")

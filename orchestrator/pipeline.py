@@ -267,7 +267,7 @@ def ensemble_options(o: RunOptions, studies: dict[str, str]):
 
 def run_audit(data: Path, ws: Workspace, o: RunOptions, studies: dict[str, str]):
     """The label audit of the voting studies: a report, never applied. Its failure (say,
-    --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
+    a fold with no out-of-fold rows) is a warning: the submission is already written."""
     try:
         res = audit(data, ws, AuditOptions(study=studies, tracking_uri=o.tracking_uri))
     except DataError as exc:

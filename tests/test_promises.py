@@ -1,0 +1,76 @@
+"""Promises README.md makes that a careful reader broke (issue 30): each test here failed on the
+code before its fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.corrections import apply_corrections
+from core.dataset import load_eval, load_train
+from core.errors import DataError
+from results.scoring import read_classes
+
+
+# -- data errors name the real file line (blank lines and quoted line breaks count) ------------
+def _insert_blank_line_before(path: Path, line: int) -> list[str]:
+    lines = path.read_text().splitlines()
+    return lines[:line - 1] + [""] + lines[line - 1:]
+
+
+def test_bad_gender_after_a_blank_line_names_its_file_line(demo_copy):
+    """Seen: a bad gender on file line 11, after a blank line, was reported as "line 10"."""
+    csv_path = demo_copy / "train" / "train.csv"
+    lines = _insert_blank_line_before(csv_path, 5)   # the blank line is line 5
+    row = lines[10].split(",")                       # file line 11
+    lines[10] = ",".join([row[0], "robot", *row[2:]])
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        load_train(demo_copy)
+    assert any(p.startswith(f"{csv_path} line 11:") and "robot" in p for p in err.value.problems), err.value
+
+
+def test_eval_line_after_a_quoted_line_break_is_its_file_line(demo_copy):
+    """A quoted field over two lines moves every later row one line down the file."""
+    info = demo_copy / "eval" / "info.csv"
+    lines = info.read_text().splitlines()
+    lines.insert(2, "")                                   # line 3 blank
+    lines[3] = lines[3] + ',"a note\nover two lines"'     # lines 4-5: one record
+    lines[0] += ",note"
+    lines.insert(6, "missing.jpg,0")                      # file line 8: the two-line record pushed it
+    info.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        load_eval(demo_copy)
+    assert any(p.startswith(f"{info} line 8:") and "missing.jpg" in p for p in err.value.problems), err.value
+
+
+def test_corrections_and_submission_lines_skip_blank_lines(demo_copy, tmp_path):
+    train = load_train(demo_copy)
+    fix = tmp_path / "fix.csv"
+    fix.write_text(f"id,field,value\n\n{train['person'].iloc[0]},gender,female\n\nnobody,gender,male\n")
+    with pytest.raises(DataError) as err:
+        apply_corrections(train, fix)
+    assert [p.split(":")[0] for p in err.value.problems] == [f"{fix} line 5"], err.value
+    sub = tmp_path / "sub.csv"
+    sub.write_text("ImageID,ans\na.jpg,1\n\nb.jpg,99\n")
+    with pytest.raises(DataError) as err:
+        read_classes(sub, "a submission")
+    assert [p.split(":")[0] for p in err.value.problems] == [f"{sub} line 4"], err.value
+
+
+# -- options no stage can run are usage errors, before anything runs ---------------------------
+@pytest.mark.parametrize("argv", [
+    ["run", "--folds", "1"],                                      # seen: a ValueError after preprocessing
+    ["run", "--num-samples", "-1"],
+    ["tune", "--head", "age", "--phase", "search", "--num-samples", "0"],   # seen: No objects to concatenate
+    ["tune", "--head", "age", "--folds", "1"],
+    ["tune", "--head", "age", "--folds", "3", "--fold", "3"],
+])
+def test_unrunnable_options_exit_2_before_anything_runs(argv, tmp_path, capsys):
+    from orchestrator.cli import main
+    data, ws = tmp_path / "data", tmp_path / "ws"
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--data", str(data), "--workspace", str(ws)])
+    assert done.value.code == 2
+    assert "error: --" in capsys.readouterr().err   # the usage line names the option to change
+    assert not data.exists() and not ws.exists()   # no demo data written, nothing preprocessed
