@@ -17,6 +17,7 @@ from core.demo_data import write_demo_data
 from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
+from results.tracking import check_tracking
 from search_spaces import recipe_config
 from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
@@ -61,9 +62,10 @@ def ensure_data(data: Path) -> Path:
 
 
 def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
+    uri = ws.tracking_uri(options.tracking_uri)
+    check_tracking(uri)   # the study's name is read from MLflow next: a store that is down is the user's to fix
     data = ensure_data(data)
     ws.make()
-    uri = ws.tracking_uri(options.tracking_uri)
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
     labels = labels_hash(train)
     # before anything trains: the study these labels train (orchestrator/run_studies.py) ...

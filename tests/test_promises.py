@@ -74,3 +74,17 @@ def test_unrunnable_options_exit_2_before_anything_runs(argv, tmp_path, capsys):
     assert done.value.code == 2
     assert "error: --" in capsys.readouterr().err   # the usage line names the option to change
     assert not data.exists() and not ws.exists()   # no demo data written, nothing preprocessed
+
+
+# -- run with its MLflow server down: the clear error tune gives, exit 2 -----------------------
+def test_run_against_a_stopped_mlflow_server_is_a_clear_error(demo_dir, tmp_path, capsys, monkeypatch):
+    """Seen: a raw MlflowException traceback from experiments/get-by-name (run read MLflow for its
+    study's name before any tracking check)."""
+    from orchestrator.cli import main
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")   # the old code's traceback, fast
+    ws = tmp_path / "ws"
+    code = main(["run", "--smoke-test", "--data", str(demo_dir), "--workspace", str(ws),
+                 "--tracking-uri", "http://127.0.0.1:9"])   # port 9 (discard): nothing listens
+    err = capsys.readouterr().err
+    assert code == 2 and "MLflow tracking store http://127.0.0.1:9 is unreachable" in err, err
+    assert "start the server" in err and "Traceback" not in err
