@@ -229,6 +229,8 @@ class EnsembleOptions:
     gpus_per_model: float = GPU_SHARE   # GPU share of one model's prediction task (CPU without GPUs)
     cpus_per_model: float = CPUS_PER_TRIAL
     calibration: CalibrationSpec = field(default_factory=_calibration_spec)
+    record: bool = True                 # log the run and its ensemble model to MLflow; False (`reproduce`):
+                                        # a reproduction logs nothing, so `promote` never takes it as newest
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,27 @@ def test_run_against_a_stopped_mlflow_server_is_a_clear_error(demo_dir, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "MLflow tracking store http://127.0.0.1:9 is unreachable" in err, err
     assert "start the server" in err and "Traceback" not in err
+
+
+# -- reproduce never changes what promote picks ------------------------------------------------
+def test_reproducing_an_ensemble_leaves_promote_on_the_original(demo_dir, tmp_path):
+    """`reproduce` of an ensemble logged a new ensemble model, which `promote` then took as the
+    newest: a reproduction became the champion by accident."""
+    from mlflow_runs import log_study, store, write_manifest
+
+    from core.workspace import Workspace
+    from orchestrator.ensemble import EnsembleOptions, ensemble
+    from orchestrator.promote import promote
+    from orchestrator.reproduce import reproduce
+    from results.run_schema import ENSEMBLE, tag_filter
+    ws = tmp_path / "ws"
+    client = store(ws)
+    write_manifest(demo_dir, ws)
+    log_study(client, demo_dir, tmp_path / "art", k=2)
+    res = ensemble(demo_dir, ws, EnsembleOptions())
+    again = reproduce(demo_dir, Workspace(ws), res.mlflow_run_id)
+    assert again.exact, again.table   # the reproduction ran and matched
+    runs = client.search_runs([client.get_experiment_by_name("orchestrator").experiment_id],
+                              filter_string=tag_filter(role=ENSEMBLE))
+    assert [r.info.run_id for r in runs] == [res.mlflow_run_id]   # it logged no ensemble run of its own
+    assert promote(Workspace(ws).tracking_uri()).model_id == res.model_id
