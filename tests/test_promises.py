@@ -1,5 +1,5 @@
-"""Promises README.md makes that a careful reader broke (issue 30): each test here failed on the
-code before its fix."""
+"""Promises README.md makes that a careful reading of the code broke: each test here failed on
+the code before its fix."""
 from __future__ import annotations
 
 from pathlib import Path
