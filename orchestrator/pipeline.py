@@ -256,7 +256,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
                  verbose=1, deadline=plan.full_end,
                  epochs=o.max_epochs if plan.full_to_deadline and not o.smoke_test else plan.full_epochs,
-                 seeds=plan.full_seeds)
+                 seeds=plan.full_seeds, resume=True)   # a rerun reuses finished full-data models
 
 
 def ensemble_options(o: RunOptions, studies: dict[str, str]):
