@@ -17,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.atomic import write_text_atomic
+from core.atomic import write_bytes_atomic
 from core.errors import DataError, StudyFailed
 from core.labels import TABLE, TARGETS
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
@@ -371,29 +371,38 @@ def command_with(argv: list[str], option: str, value) -> str:
     return shlex.join(["python", "-m", "orchestrator", *out, option, str(value)])
 
 
+def _restore(path: Path, before: bytes | None) -> None:
+    """``path`` as it was: ``before``'s bytes, or no file (None)."""
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(before, path)
+
+
 @contextmanager
 def _corrections_taken(a, refused: tuple):
     """--corrections holds for this and every later command on the workspace (core/label_table.py),
     once this command accepts it: a command ``refused`` (a DataError, a usage error) leaves the
-    workspace's record as it was."""
+    workspace's record as it was, and the crop manifest too, whose labels `run`'s preprocess may
+    already have rewritten (the crops stay cached). A command that trained and then failed
+    (StudyFailed) was not refused: its studies trained on the corrections, and the resume it
+    prints continues them on those labels."""
     if getattr(a, "corrections", None) is None:
         yield
         return
     from core.label_table import RECORD, corrections_file, set_corrections   # heavy (pandas)
     ws = Workspace(a.workspace)
-    record = Path(ws.root) / RECORD
-    before = record.read_text() if record.is_file() else None
+    kept = [Path(ws.root) / RECORD, ws.manifest]
+    before = {f: f.read_bytes() if f.is_file() else None for f in kept}
     path = set_corrections(ws, a.corrections, getattr(a, "data", None))   # a bad file is not recorded
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
     try:
         yield
     except refused:
-        if before is None:
-            record.unlink(missing_ok=True)
-        else:
-            write_text_atomic(before, record)
+        for f in kept:
+            _restore(f, before[f])
         print("label corrections: not recorded (the command was refused): the workspace keeps "
-              f"{corrections_file(ws) or 'none'}", file=sys.stderr)
+              f"{corrections_file(ws) or 'none'} and the labels of its crop manifest", file=sys.stderr)
         raise
 
 
