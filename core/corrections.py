@@ -60,7 +60,7 @@ def apply_corrections(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     persons = set(df["person"])
     applied, problems = [], []
     for i, row in table.iterrows():
-        where = f"{path} line {i + 2}"
+        where = f"{path} line {i}"
         person, field, value = row["id"].strip(), row["field"].strip(), row["value"].strip()
         if person not in persons:
             problems.append(f"{where}: id {person!r} is not in train.csv; fix the id{_near(person, persons)}")

@@ -1,6 +1,7 @@
 """Reading the data set's CSV files: every problem names the file and the fix."""
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -25,7 +26,21 @@ def parse_age(text: str) -> tuple[int | None, str]:
     return age, ""
 
 
+def record_lines(path: Path) -> list[int]:
+    """The file line each data record starts on. pandas skips blank (and blank-looking) lines and
+    reads a quoted field over several lines, so a row's position plus 2 is not its line."""
+    lines = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader, start = csv.reader(f), 1
+        for row in reader:
+            if any(cell.strip() for cell in row) or len(row) > 1:   # ",," is a row; "  " is not
+                lines.append(start)
+            start = reader.line_num + 1
+    return lines[1:]   # the header's line is not a record's
+
+
 def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
+    """The table, its index the file line of each row (what an error about the row names)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; {fix}")
     try:
@@ -33,6 +48,8 @@ def read_csv(path: Path, required: tuple[str, ...], fix: str) -> pd.DataFrame:
     except (ValueError, OSError) as exc:  # ParserError, EmptyDataError, UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: not a readable CSV ({exc}); {fix}") from exc
     df.columns = [c.strip() for c in df.columns]
+    lines = record_lines(path)
+    df.index = lines if len(lines) == len(df) else df.index + 2   # + 2: below the header, from 1
     # pandas renames a repeated name "id" to "id.1"; "id" and "id " only meet once stripped
     named = [MANGLED.sub("", c).strip() for c in df.columns]
     twice = sorted({c for c in named if named.count(c) > 1 and c in required})

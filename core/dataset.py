@@ -113,7 +113,7 @@ def load_train(data_dir: Path | str, *, old_from: int = COMPETITION_OLD_AGE,
     if people.empty:
         problems.append(f"{csv_path}: no persons listed; add one row per person under the header")
     for i, row in people.iterrows():
-        line = i + 2  # header is line 1
+        line = i  # read_csv: the index is the file line
         _check_person_row(line, row, csv_path, seen, problems, warnings)
         folder = _person_folder(data_dir, line, row["path"], csv_path, problems, owners)
         if folder is None:
@@ -151,17 +151,17 @@ def load_eval(data_dir: Path | str) -> pd.DataFrame:
     problems = []
     dup = info["ImageID"].duplicated(keep="first")
     for i in info.index[dup]:
-        problems.append(f"{csv_path} line {i + 2}: ImageID {info.at[i, 'ImageID']!r} listed "
+        problems.append(f"{csv_path} line {i}: ImageID {info.at[i, 'ImageID']!r} listed "
                         "twice; list every eval image once")
     root = data_dir / "eval" / "images"
     for i, image_id in info["ImageID"].items():
         if image_id and not inside(root / image_id, root):
-            problems.append(f"{csv_path} line {i + 2}: ImageID {image_id!r} leads outside {root} "
+            problems.append(f"{csv_path} line {i}: ImageID {image_id!r} leads outside {root} "
                             f"(to {(root / image_id).resolve()}); put the image inside eval/images and give its name")
         elif not image_id or not (root / image_id).is_file():
-            problems.append(f"{csv_path} line {i + 2}: image {root / image_id}"
+            problems.append(f"{csv_path} line {i}: image {root / image_id}"
                             " does not exist; add the file or remove the row")
     if problems:
         raise DataError(problems)
-    return pd.DataFrame({"image_id": info["ImageID"],
+    return pd.DataFrame({"image_id": info["ImageID"].tolist(),   # in order, numbered from 0
                          "path": ["eval/images/" + x for x in info["ImageID"]]})

@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .atomic import write_csv_atomic
+from .errors import DataError
 from .labels import SEED
 
 
@@ -35,6 +36,10 @@ def assign_folds(train: pd.DataFrame, spec: FoldSpec = FoldSpec()) -> pd.Series:
     """Fold number of every row of ``train`` (index-aligned)."""
     fold = np.full(len(train), -1)
     y = train["label"].to_numpy()
+    units = train["person"].nunique() if spec.mode == "person" else len(train)
+    if spec.k > units:   # sklearn's ValueError would be a traceback, after preprocessing
+        raise DataError(f"{spec.k} {spec.mode}-level folds need at least {spec.k} {spec.mode}s; the training "
+                        f"set has {units}: use --folds {units} or fewer")
     if spec.mode == "person":
         splitter = StratifiedGroupKFold(spec.k, shuffle=True, random_state=spec.seed)
         splits = splitter.split(train, y, groups=train["person"].to_numpy())

@@ -17,17 +17,17 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.atomic import write_text_atomic
+from core.atomic import write_bytes_atomic
 from core.errors import DataError, StudyFailed
-from core.labels import SEED, TABLE, TARGETS
+from core.labels import TABLE, TARGETS
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
 from results.run_schema import ui_hint
 from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
 from .budget import BudgetTooSmall
-from .options import (SCALE, AuditOptions, EnsembleOptions, PreprocessOptions, PromoteOptions, RetrainOptions,
-                      RunOptions, TuneOptions, add_flags, picked)
+from .options import (AuditOptions, EnsembleOptions, FoldsOptions, PreprocessOptions, PromoteOptions,
+                      ReproduceOptions, RetrainOptions, RunOptions, TuneOptions, WeightsOptions, add_flags, picked)
 
 log = logging.getLogger("orchestrator")
 
@@ -99,7 +99,7 @@ def _eda(a) -> int:
 # -- folds -------------------------------------------------------------------------------
 def _folds_args(p):
     _train_args(p)
-    add_flags(p, dict(folds=SCALE["folds"][0], seed=SEED, fold_mode="person"), "folds", "seed", "fold_mode")
+    add_flags(p, FoldsOptions, "folds", "seed", "fold_mode")
 
 
 def _folds(a) -> int:
@@ -275,9 +275,8 @@ def _retrain(a) -> int:
 
 # -- reproduce ---------------------------------------------------------------------------
 def _reproduce_args(p):
-    from core.provenance import REPRODUCE_TOLERANCE   # heavy (pandas): for this command only
     p.add_argument("run_id", help="the MLflow run id of a trial (from its page in the MLflow UI)")
-    add_flags(p, dict(threads=None, tolerance=REPRODUCE_TOLERANCE), "threads", "tolerance")
+    add_flags(p, ReproduceOptions, "threads", "tolerance")
 
 
 def _reproduce(a) -> int:
@@ -294,7 +293,7 @@ def _reproduce(a) -> int:
 
 # -- weights -----------------------------------------------------------------------------
 def _weights_args(p):
-    add_flags(p, dict.fromkeys(("source", "model", "out")), "source", "model", "out",
+    add_flags(p, WeightsOptions, "source", "model", "out",
               model="the timm model the weights are for (default: the package's)")
 
 
@@ -373,29 +372,38 @@ def command_with(argv: list[str], option: str, value) -> str:
     return shlex.join(["python", "-m", "orchestrator", *out, option, str(value)])
 
 
+def _restore(path: Path, before: bytes | None) -> None:
+    """``path`` as it was: ``before``'s bytes, or no file (None)."""
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(before, path)
+
+
 @contextmanager
 def _corrections_taken(a, refused: tuple):
     """--corrections holds for this and every later command on the workspace (core/label_table.py),
     once this command accepts it: a command ``refused`` (a DataError, a usage error) leaves the
-    workspace's record as it was."""
+    workspace's record as it was, and the crop manifest too, whose labels `run`'s preprocess may
+    already have rewritten (the crops stay cached). A command that trained and then failed
+    (StudyFailed) was not refused: its studies trained on the corrections, and the resume it
+    prints continues them on those labels."""
     if getattr(a, "corrections", None) is None:
         yield
         return
     from core.label_table import RECORD, corrections_file, set_corrections   # heavy (pandas)
     ws = Workspace(a.workspace)
-    record = Path(ws.root) / RECORD
-    before = record.read_text() if record.is_file() else None
+    kept = [Path(ws.root) / RECORD, ws.manifest]
+    before = {f: f.read_bytes() if f.is_file() else None for f in kept}
     path = set_corrections(ws, a.corrections, getattr(a, "data", None))   # a bad file is not recorded
     print(f"label corrections: {path or 'none'} (recorded in the workspace for later commands)")
     try:
         yield
     except refused:
-        if before is None:
-            record.unlink(missing_ok=True)
-        else:
-            write_text_atomic(before, record)
+        for f in kept:
+            _restore(f, before[f])
         print("label corrections: not recorded (the command was refused): the workspace keeps "
-              f"{corrections_file(ws) or 'none'}", file=sys.stderr)
+              f"{corrections_file(ws) or 'none'} and the labels of its crop manifest", file=sys.stderr)
         raise
 
 

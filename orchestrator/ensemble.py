@@ -354,6 +354,14 @@ def check_options(opts: EnsembleOptions) -> None:
         raise DataError(problems)
 
 
+def _record(client: MlflowClient, ws: Workspace, opts, chosen, metrics, files, submission, cal) -> tuple[str, str]:
+    """The ensemble's MLflow run and its logged pyfunc model: (run id, model id)."""
+    face = crop_priors(ws)
+    if face is None:
+        log.warning("no crop settings in %s: the logged ensemble model takes face crops only, not photos", ws.crops)
+    return _log_mlflow(client, opts, chosen, metrics, files, submission, cal, face)
+
+
 def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = EnsembleOptions()) -> EnsembleResult:
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     opts = options
@@ -381,10 +389,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = opts.report_dir or ws.results / "ensemble"
     metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
-    face = crop_priors(ws)
-    if face is None:
-        log.warning("no crop settings in %s: the logged ensemble model takes face crops only, not photos", ws.crops)
-    rid, model_id = _log_mlflow(client, opts, chosen, metrics, files, submission, cal, face)
+    rid, model_id = _record(client, ws, opts, chosen, metrics, files, submission, cal) if opts.record else ("", "")
     log.info("calibration %s", cal.status)
     return EnsembleResult(Path(submission), report_dir, metrics, cal.offsets,
                           models_table(chosen), rid, model_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.labels import ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbone, get_backbone, target_row
+from core.provenance import REPRODUCE_TOLERANCE
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
 from trainables.config import PRECISIONS, TrialConfig
 from trainables.weights import SOURCES
@@ -53,6 +54,14 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def check_folds(k: int) -> None:
+    """K person-level folds: every fold is validated on persons the others trained on, so K >= 2;
+    refused with the options, before anything is preprocessed or trained."""
+    if k < 2:
+        raise ValueError(f"--folds {k}: person-level folds need at least 2 (each fold validates on persons "
+                         "the others train on); use --folds 2 or more")
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     num_samples: int | None = None   # search trials (None: SCALE's); 0: no search, cv trains the recipe
@@ -86,6 +95,12 @@ class TuneOptions:
             raise ValueError(f"phase {self.phase!r}: use one of {', '.join(PHASES)}")
         if self.fold != "all" and not str(self.fold).isdigit():
             raise ValueError(f"--fold {self.fold!r}: use 'all' or a fold number")
+        check_folds(self.k)
+        if self.fold != "all" and int(self.fold) >= self.k:
+            raise ValueError(f"--fold {self.fold}: the folds are numbered 0 to {self.k - 1}")
+        if self.samples < 0 or (self.phase == "search" and self.samples == 0):
+            raise ValueError(f"--num-samples {self.samples} with --phase {self.phase}: a search needs at least "
+                             "1 trial (--phase cv trains the recipe's config without a search)")
         for b in filter(None, (self.backbone, *self.search_backbones)):
             get_backbone(b)   # ValueError naming the valid ones: a usage error
         study_level = {"head", "fold", "folds", "fold_seed", "seed"}   # the study sets these
@@ -148,6 +163,10 @@ class RunOptions:
     eval_vote: str = EVAL_VOTE           # who votes on the eval images (EnsembleOptions.eval_vote)
 
     def __post_init__(self):
+        check_folds(self.folds)
+        if self.num_samples < 0 or self.epochs < 1:
+            raise ValueError(f"--num-samples {self.num_samples}, --epochs {self.epochs}: give at least 0 search "
+                             "trials and 1 epoch")
         unknown = [h for h in self.heads if h not in HEADS]
         if unknown:
             raise ValueError(f"unknown head(s) {', '.join(unknown)}; valid heads: {', '.join(HEADS)}")
@@ -210,6 +229,8 @@ class EnsembleOptions:
     gpus_per_model: float = GPU_SHARE   # GPU share of one model's prediction task (CPU without GPUs)
     cpus_per_model: float = CPUS_PER_TRIAL
     calibration: CalibrationSpec = field(default_factory=_calibration_spec)
+    record: bool = True                 # log the run and its ensemble model to MLflow; False (`reproduce`):
+                                        # a reproduction logs nothing, so `promote` never takes it as newest
 
 
 @dataclass(frozen=True)
@@ -238,6 +259,26 @@ class PromoteOptions:
     name: str = "orchestrator-ensemble"
     alias: str = "champion"
     experiment: str = EXPERIMENT
+
+
+@dataclass(frozen=True)
+class FoldsOptions:
+    folds: int = SCALE["folds"][0]   # K person-level folds
+    seed: int = SEED                 # the assignment's shuffling seed
+    fold_mode: str = "person"        # person | image (leaks persons; for comparison only)
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    threads: int | None = None           # torch CPU threads (None: the trial's torch_threads tag)
+    tolerance: float = REPRODUCE_TOLERANCE
+
+
+@dataclass(frozen=True)
+class WeightsOptions:
+    source: str | None = None        # a weights package alias or a file (None: list the packages)
+    model: str | None = None         # the timm model the weights are for (None: the package's)
+    out: Path | None = None          # the timm-layout .safetensors file to write
 
 
 # -- the command line --------------------------------------------------------------------
@@ -360,18 +401,32 @@ def _default_of(defaults, name: str):
     return f.default if f.default is not MISSING else f.default_factory()
 
 
+# annotation -> the type its flag parses to ("Studies": the text results.selection.parse_studies reads)
+VALUE_TYPES = {"int": int, "float": float, "Path": Path, "str": str, "Studies": str}
+
+
 def _type_of(defaults, name: str):
-    """A flag's value type from its field's annotation ("int | None": int), else TrialConfig's field."""
+    """A flag's value type from its field's annotation ("int | None": int): the record's field,
+    else TrialConfig's (a dict of defaults declares no types). A flag whose type is declared
+    nowhere is an error here, when the parser is built: never a string that crashes later."""
     declared = {f.name: f.type for f in fields(TrialConfig)}
     if not isinstance(defaults, dict):
         declared |= {f.name: f.type for f in fields(defaults)}
-    return {"int": int, "float": float, "Path": Path}.get(declared.get(name, "str").split("|")[0].strip(), str)
+    members = [t.strip() for t in str(declared.get(name, "")).split("|")]
+    found = [VALUE_TYPES[t] for t in members if t in VALUE_TYPES]
+    if not found:
+        raise TypeError(f"flag --{name.replace('_', '-')}: no value type declared (annotate its option "
+                        "record's field, or give Flag kwargs type=)")
+    return found[0]
 
 
 def add_flags(p: argparse.ArgumentParser, defaults, *names: str, **helps: str) -> None:
     """Add the ``FLAGS`` of ``names`` to ``p``, their defaults from ``defaults`` (an option record's
-    class, or a dict of them); ``helps`` replace a flag's help where a command means it its own way."""
+    class, or a dict of them); ``helps`` replace a flag's help where a command means it its own way.
+    ``p.declared_by`` keeps each flag's ``defaults``: where its type was declared (tests/test_flags.py)."""
+    declared_by = vars(p).setdefault("declared_by", {})
     for name in names:
+        declared_by[name] = defaults
         decl, default = FLAGS[name], _default_of(defaults, name)
         kw, text = dict(decl.kwargs), helps.get(name, decl.help)
         if isinstance(default, bool):

@@ -15,6 +15,7 @@ from core.demo_data import write_demo_data
 from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
+from results.tracking import check_tracking
 from search_spaces import recipe_config
 from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
@@ -44,9 +45,10 @@ def ensure_data(data: Path) -> Path:
 
 
 def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> dict:
+    uri = ws.tracking_uri(options.tracking_uri)
+    check_tracking(uri)   # the study's name is read from MLflow next: a store that is down is the user's to fix
     data = ensure_data(data)
     ws.make()
-    uri = ws.tracking_uri(options.tracking_uri)
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
     labels = labels_hash(train)
     # before anything trains: the study these labels train (orchestrator/run_studies.py) ...
@@ -178,7 +180,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
                  gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
                  verbose=1, deadline=plan.full_end,
                  epochs=o.max_epochs if plan.full_to_deadline and not o.smoke_test else plan.full_epochs,
-                 seeds=plan.full_seeds)
+                 seeds=plan.full_seeds, resume=True)   # a rerun reuses finished full-data models
 
 
 def ensemble_options(o: RunOptions, studies: dict[str, str]):
@@ -191,7 +193,7 @@ def ensemble_options(o: RunOptions, studies: dict[str, str]):
 
 def run_audit(data: Path, ws: Workspace, o: RunOptions, studies: dict[str, str]):
     """The label audit of the voting studies: a report, never applied. Its failure (say,
-    --folds 1 leaves no out-of-fold evidence) is a warning: the submission is already written."""
+    a fold with no out-of-fold rows) is a warning: the submission is already written."""
     try:
         res = audit(data, ws, AuditOptions(study=studies, tracking_uri=o.tracking_uri))
     except DataError as exc:

@@ -182,7 +182,7 @@ def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: floa
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         opts = EnsembleOptions(runs=tuple(ids), vote=p["vote"], tta=tta, calibrate=p["calibrate"] == "True",
                                eval_vote=p["eval_vote"], tracking_uri=uri, submission=Path(tmp) / "submission.csv",
-                               report_dir=Path(tmp) / "report")
+                               report_dir=Path(tmp) / "report", record=False)   # never a newer champion
         res = ensemble(data, ws, opts)
         logged_sub = pd.read_csv(MlflowClient(uri).download_artifacts(run.info.run_id, "submission.csv", tmp))
         again_sub = pd.read_csv(res.submission)

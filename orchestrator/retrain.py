@@ -55,12 +55,27 @@ def full_data_config(runs) -> tuple[TrialConfig, list[int]]:
     return replace(cfg, fold=FULL_DATA, epochs=epochs), best_epochs
 
 
+def _restored(path: str, trainable):
+    """The retrain Tune experiment at ``path`` restored (None: there is none): finished trials are
+    not rerun, unfinished and failed ones continue from their last checkpoints."""
+    from ray.tune import Tuner
+    if not Tuner.can_restore(path):
+        return None
+    log.info("full-data retrain: continuing %s (finished models are reused)", path)
+    return Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+
 def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study: str | None = None,
                  tracking_uri: str | None = None, *, experiment: str = EXPERIMENT,
                  gpus_per_trial: float = GPU_SHARE, cpus_per_trial: float | None = None, address: str | None = None,
                  num_cpus: int | None = None, max_failures: int = 2, verbose: int = 1,   # as TuneOptions.verbose
-                 deadline: float = 0.0, epochs: int | None = None, seeds: int = RetrainOptions.seeds) -> list[str]:
+                 deadline: float = 0.0, epochs: int | None = None, seeds: int = RetrainOptions.seeds,
+                 resume: bool = False) -> list[str]:
     """Train the full-data model(s); returns their MLflow run ids.
+
+    ``resume`` (`run`, which a rerun continues): the study's one full-data Tune experiment,
+    restored when it exists, so finished full-data trials are reused and unfinished ones continue
+    from their checkpoints; else (the `retrain` command) a new, timestamped retrain.
 
     ``seeds`` > 1 trains that many full-data models side by side (seeds seed, seed+1, ...), as
     parallel trials: on a cluster with free slots they cost no extra time, and every one of
@@ -91,16 +106,17 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     ctx = RunContext(data=str(Path(data).resolve()), workspace=str(ws.root), tracking_uri=uri,
                      experiment=experiment, study=study, phase="full", parent_run_id=parent,
                      deadline=deadline, labels=labels, pins=pins)
-    name = f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{study}-full" if resume else f"{study}-full-{time.strftime('%Y%m%d-%H%M%S')}"
     space = cfg.to_dict() | {"run": ctx.to_dict()}
     if seeds > 1:
         space["seed"] = tune.grid_search([cfg.seed + i for i in range(seeds)])
     set_deadline(ws.root, study, "full", deadline)   # what its trials read (core/deadlines.py)
     with ray_session(address, num_cpus):
         warn_if_not_shared(ws, uri, address=address)
-        tuner = build_tuner(trial_trainable(trial_resources(gpus_per_trial, cpus_per_trial)), space, name=name,
-                            ws=ws, max_failures=max_failures, verbose=verbose, label=f"{study} · full",
-                            deadline=(study, "full"))
+        trainable = trial_trainable(trial_resources(gpus_per_trial, cpus_per_trial))
+        tuner = _restored(ws.tune_experiment(name), trainable) if resume else None
+        tuner = tuner or build_tuner(trainable, space, name=name, ws=ws, max_failures=max_failures,
+                                     verbose=verbose, label=f"{study} · full", deadline=(study, "full"))
         results = list(tuner.fit())
     if any(r.error is not None for r in results):
         close_parent(uri, parent, "FAILED")

@@ -168,13 +168,15 @@ def _tuner(plan: StudyPlan, phase: str, trainable, space: dict, **tune_config):
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
     from ray.tune import Tuner
     path = plan.exp_path(phase)
+    restoring = Tuner.can_restore(path)
+    if restoring and not plan.options.resume:
+        raise DataError(f"study {plan.study!r} already has a {phase} phase in {path}; pass --resume "
+                        "to continue it, or --study NEW_NAME to start another")
     # this run's deadline for the phase, read by every trial it starts or resumes (a restored
     # trial's config keeps the deadline of the run that first started it)
-    set_deadline(plan.ws.root, plan.study, phase, plan.options.deadline)
-    if Tuner.can_restore(path):
-        if not plan.options.resume:
-            raise DataError(f"study {plan.study!r} already has a {phase} phase in {path}; pass --resume "
-                            "to continue it, or --study NEW_NAME to start another")
+    set_deadline(plan.ws.root, plan.study, phase, plan.options.deadline,
+                 epochs=sibling_epochs(plan, phase, path) if restoring else 0)
+    if restoring:
         # A search trial that failed for good stays failed (OptunaSearch has already told Optuna
         # so and would ignore any new result); a failed cv fold, which the study cannot do
         # without, resumes from its last checkpoint. Unfinished trials continue from their
@@ -185,6 +187,24 @@ def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
         return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                              resume_errored=phase == "cv" or outage_recorded(path), restart_errored=False)
     return make_new()
+
+
+def sibling_epochs(plan: StudyPlan, phase: str, path: str) -> int:
+    """Epochs a resumed trial trains when the phase trained to a deadline before and this resume
+    gives none (`tune --phase cv --resume` after a failed fold of a `run --budget` study): as many
+    as its finished sibling trials trained, not its config's cap; 0 otherwise (its config's)."""
+    if plan.options.deadline or not current_deadline(plan.ws.root, plan.study, phase):
+        return 0
+    done = [t.last_result.get("epoch") for t in saved_trials(path) if t.status == "TERMINATED"]
+    epochs = max((int(e) for e in done if e), default=0)
+    if epochs:
+        log.info("%s (%s): no deadline given, so resumed trials train %d epochs, as the phase's finished trials "
+                 "did under their deadline", plan.study, phase, epochs)
+    else:
+        log.warning("%s (%s): no deadline given and no finished trial to match: resumed trials train their "
+                    "configured %d epochs (the cap of a run --budget study); pass the same run command instead",
+                    plan.study, phase, plan.base.epochs)
+    return epochs
 
 
 def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
@@ -294,7 +314,8 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
         close_parent(plan.uri, parent, "FAILED")
         check_failed(failed, f"study {plan.study!r} (cv)", f"`python -m orchestrator tune --head {plan.head} "
                      f"--study {plan.study} --phase cv --resume` (a failed fold resumes from its last "
-                     "checkpoint; `run`: the same command again)")
+                     "checkpoint and trains as many epochs as the finished folds did; `run`: the same run "
+                     "command again, which also gives it the run's deadline)")
     if failed:   # a search goes on without them: Optuna was told, the best finished trial wins
         log.warning("%s", failure_text(failed, f"study {plan.study!r} ({phase})"))
     close_parent(plan.uri, parent)
@@ -330,12 +351,17 @@ def check_failed(results, what: str, resume: str) -> None:
 def saved_statuses(exp_path: Path) -> dict[str, str]:
     """Trial id -> status as Tune *saved* it. After Ctrl-C the in-memory statuses call the
     stopped trials TERMINATED, but a restore resumes what the saved state says."""
+    return {t.trial_id: t.status for t in saved_trials(exp_path)}
+
+
+def saved_trials(exp_path: Path | str) -> list:
+    """The experiment's trials as Tune saved them (status, last result)."""
     from ray.tune import ExperimentAnalysis
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = quiet.level
     quiet.setLevel(logging.ERROR)   # it warns about result files it does not need here
     try:
-        return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp_path)).trials}
+        return list(ExperimentAnalysis(str(exp_path)).trials)
     finally:
         quiet.setLevel(level)
 

@@ -19,11 +19,11 @@ def read_classes(path: Path | str, what: str) -> pd.Series:
     path = Path(path)
     table = read_csv(path, COLUMNS, f"{what} is ImageID,ans with one class (0-{NUM_CLASSES - 1}) per image")
     problems, seen = [], {}
-    for i, (image_id, ans) in enumerate(zip(table["ImageID"], table["ans"])):
-        where = f"{path} line {i + 2}"
+    for i, image_id, ans in zip(table.index, table["ImageID"], table["ans"]):   # index: the file line
+        where = f"{path} line {i}"
         if image_id in seen:
             problems.append(f"{where}: ImageID {image_id!r} also on line {seen[image_id]}; list every image once")
-        seen.setdefault(image_id, i + 2)
+        seen.setdefault(image_id, i)
         if not WHOLE.fullmatch(ans.strip()) or int(ans) >= NUM_CLASSES:
             problems.append(f"{where}: ans {ans!r} is not a class 0-{NUM_CLASSES - 1}; write the class number")
     if problems:

@@ -12,11 +12,12 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ray import tune
 
-from core.deadlines import current_deadline
+from core.deadlines import current_deadline, current_epochs
 from core.gates import hold
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
@@ -50,6 +51,9 @@ def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
 
 def train_head(config: dict) -> None:
     cfg, ctx = TrialConfig.from_dict(config), RunContext.from_dict(config["run"])
+    # a resume without a deadline trains as many epochs as the phase's finished trials did
+    # (core/deadlines.py): a saved config trained to a deadline holds only the cap
+    cfg = replace(cfg, epochs=min(cfg.epochs, current_epochs(ctx.workspace, ctx.study, ctx.phase) or cfg.epochs))
     parts = build_fold_parts(cfg, Workspace(ctx.workspace), pins=ctx.pins)
     state = _restore(parts)
     tc = tune.get_context()
