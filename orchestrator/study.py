@@ -9,7 +9,6 @@ Every trial logs to MLflow from inside (results/trial_log.py); selection reads M
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -323,10 +322,10 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
 
 
 def result_trial_id(result) -> str:
-    """The Tune trial id of a fit's result: reported with every result, else in its folder's name
-    (``train_head_<id>_<n>_<tag>_<date>``: a trial that failed before its first report)."""
-    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(result.path).name)
-    return result.metrics.get("trial_id") or (found.group(1) if found else "")
+    """The Tune trial id of one of a fit's results (a ray.tune.Result). Tune puts it in every
+    result's metrics, also for a trial that failed before its first report: Result.metrics is
+    the trial's ``last_result``, which Tune fills with at least the trial id."""
+    return result.metrics["trial_id"]
 
 
 def failure_text(failed: list, what: str) -> str:

@@ -218,3 +218,23 @@ def test_no_search_trial_starts_after_the_search_deadline_but_the_first(ray_loca
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"
     assert metric_steps(ws, runs["run_id"][0]) == [1]   # its one epoch, annealed over its own steps
     assert best_dirs() <= before, "a trial left its temporary model folder behind"
+
+
+
+def test_a_results_trial_id_is_the_one_tune_gave_it(ray_local, tmp_path):
+    """result_trial_id reads the id through Tune's Result, also for a trial that never reported."""
+    from ray import tune
+    from orchestrator.study import result_trial_id
+
+    def note_trial_id(config):   # defined here: Ray's workers cannot import this test module
+        Path(config["notes"], str(config["i"])).write_text(tune.get_context().get_trial_id())
+        if config["i"] == 1:
+            raise RuntimeError("fails before its first report")
+        tune.report({"val_f1": 0.5})
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    grid = tune.Tuner(note_trial_id, param_space={"i": tune.grid_search([0, 1]), "notes": str(notes)},
+                      run_config=tune.RunConfig(name="ids", storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    assert sorted(r.error is None for r in grid) == [False, True]
+    for r in grid:
+        assert result_trial_id(r) == (notes / str(r.config["i"])).read_text()
