@@ -288,37 +288,65 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
 
 
 def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
-    """Fit; an interrupted fit (Ctrl-C: Tune saves its state and returns) raises StudyInterrupted."""
-    t0 = time.time()
+    """Fit the phase's trials and close their MLflow runs; an interrupted fit (Ctrl-C: Tune saves
+    its state and returns) raises StudyInterrupted, a cv fold that failed for good StudyFailed."""
+    started = time.time()
     grid = tuner.fit()
-    check_after_fit(plan.uri, plan.exp_path(phase), grid, f"python -m orchestrator tune --head {plan.head} "
-                    f"--study {plan.study} --phase {phase} --resume")
-    failed = [r for r in grid if r.error is not None]
-    # Tune saves a trial that failed for good as it last saw it running: the fit's results know
-    statuses = saved_statuses(plan.exp_path(phase)) | {result_trial_id(r): "ERROR" for r in failed}
+    check_after_fit(plan.uri, plan.exp_path(phase), grid, resume_command(plan, phase))
+    failed = failed_for_good(grid)
+    statuses = final_statuses(plan.exp_path(phase), failed)
     _close_runs(plan, phase, statuses)
-    unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
-    budget = plan.options.time_budget_s
-    # a search under a deadline starts no trial that could not finish an epoch before it
-    # (orchestrator/search_start.py): fewer trials than asked is then its plan, not an interruption
-    out_of_time = phase == "search" and (bool(plan.options.deadline)
-                                         or budget is not None and time.time() - t0 >= budget)
-    if unfinished or (len(statuses) < expected and not out_of_time):
-        close_parent(plan.uri, parent, "KILLED")   # a --resume reopens it
-        raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
-                               f"{expected} trials; continue it with `python -m orchestrator tune --head "
-                               f"{plan.head} --study {plan.study} --phase {phase} --resume`",
-                               [t for t, s in statuses.items() if s == "TERMINATED"])
+    _stop_if_interrupted(plan, phase, parent, statuses, expected, _out_of_time(plan, phase, started))
     if failed and phase == "cv":   # every fold votes and gives OOF rows: none may be missing
-        close_parent(plan.uri, parent, "FAILED")
-        check_failed(failed, f"study {plan.study!r} (cv)", f"`python -m orchestrator tune --head {plan.head} "
-                     f"--study {plan.study} --phase cv --resume` (a failed fold resumes from its last "
-                     "checkpoint and trains as many epochs as the finished folds did; `run`: the same run "
-                     "command again, which also gives it the run's deadline)")
+        _stop_for_failed_folds(plan, parent, failed)
     if failed:   # a search goes on without them: Optuna was told, the best finished trial wins
         log.warning("%s", failure_text(failed, f"study {plan.study!r} ({phase})"))
     close_parent(plan.uri, parent)
     return best_trials(plan.uri, plan.head, plan.study, phase, plan.options.experiment)
+
+
+def resume_command(plan: StudyPlan, phase: str) -> str:
+    return f"python -m orchestrator tune --head {plan.head} --study {plan.study} --phase {phase} --resume"
+
+
+def failed_for_good(results) -> list:
+    """The fit's results (ray.tune.Result) of the trials that failed with their retries spent."""
+    return [r for r in results if r.error is not None]
+
+
+def final_statuses(exp_path: str, failed: list) -> dict[str, str]:
+    """Trial id -> status after a fit. Tune saves a trial that failed for good as it last saw
+    it running: the fit's results know it failed."""
+    return saved_statuses(exp_path) | {result_trial_id(r): "ERROR" for r in failed}
+
+
+def _out_of_time(plan: StudyPlan, phase: str, started: float) -> bool:
+    """A search under a deadline starts no trial that could not finish an epoch before it
+    (orchestrator/search_start.py): fewer trials than asked is then its plan, not an interruption."""
+    budget = plan.options.time_budget_s
+    return phase == "search" and (bool(plan.options.deadline)
+                                  or budget is not None and time.time() - started >= budget)
+
+
+def _stop_if_interrupted(plan: StudyPlan, phase: str, parent: str, statuses: dict[str, str], expected: int,
+                         out_of_time: bool) -> None:
+    """StudyInterrupted when a trial is unfinished or fewer ran than ``expected`` (and time
+    did not end the search); the parent run is KILLED, which a --resume reopens."""
+    unfinished = sum(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+    if not unfinished and (len(statuses) >= expected or out_of_time):
+        return
+    close_parent(plan.uri, parent, "KILLED")
+    raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
+                           f"{expected} trials; continue it with `{resume_command(plan, phase)}`",
+                           [t for t, s in statuses.items() if s == "TERMINATED"])
+
+
+def _stop_for_failed_folds(plan: StudyPlan, parent: str, failed: list) -> None:
+    """StudyFailed naming the failed folds and how to resume them; the parent run is FAILED."""
+    close_parent(plan.uri, parent, "FAILED")
+    check_failed(failed, f"study {plan.study!r} (cv)", f"`{resume_command(plan, 'cv')}` (a failed fold resumes "
+                 "from its last checkpoint and trains as many epochs as the finished folds did; `run`: the same "
+                 "run command again, which also gives it the run's deadline)")
 
 
 def result_trial_id(result) -> str:
@@ -341,7 +369,7 @@ def failure_text(failed: list, what: str) -> str:
 def check_failed(results, what: str, resume: str) -> None:
     """Trials that failed for good stop the study (StudyFailed) rather than leave it with part
     of its folds; the trials that finished are kept for the ``resume`` command."""
-    failed = [r for r in results if r.error is not None]
+    failed = failed_for_good(results)
     if failed:
         raise StudyFailed(f"{failure_text(failed, what)}. The other trials are kept: fix the cause, then "
                           f"continue with {resume}")
