@@ -5,6 +5,10 @@ search: OptunaSearch (seeded, the recipe evaluated first) + ASHA on the head's v
 cv:     the best config trained on every fold as parallel trials; each fold's best model and
         best epoch are what the ensemble votes with and what the full-data retrain uses.
 Every trial logs to MLflow from inside (results/trial_log.py); selection reads MLflow.
+
+The module reads in the order a study runs: tune_head; preparing a study (plan, weights,
+labels); the tuners (new or restored); the search phase; the cv phase; fitting a phase and its
+failures; Tune's saved state; the results table.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
 
@@ -33,6 +38,9 @@ from .storage import warn_if_not_shared
 from .tracking_outage import check_after_fit, outage_recorded
 from core.workspace import Workspace
 
+if TYPE_CHECKING:   # for the annotations only: ray is heavy, imported when trials start
+    from ray.tune import Result, Tuner
+
 log = logging.getLogger(__name__)
 METRIC, MODE = "val_f1", "max"
 SEARCHED = ("lr", "loss", "gamma", "smoothing", "strength", "old_from")  # may come from the space
@@ -46,6 +54,25 @@ class StudyInterrupted(RuntimeError):
     def __init__(self, message: str, finished: list[str] = ()):
         super().__init__(message)
         self.finished = list(finished)
+
+
+def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
+              options: TuneOptions = TuneOptions()) -> pd.DataFrame:
+    """Run the study's phases; returns the best trials (search top 5 + every cv fold)."""
+    plan = prepare(Path(data), ws if isinstance(ws, Workspace) else Workspace(ws), head, options)
+    tables = []
+    with ray_session(options.address, options.num_cpus):
+        warn_if_not_shared(plan.ws, plan.uri, address=options.address)
+        resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
+        concurrent = options.max_concurrent or auto_concurrency(resources)
+        if options.phase in ("search", "both") and options.samples > 0:
+            tables.append(run_search(plan, resources, concurrent))
+        if options.phase in ("cv", "both"):
+            tables.append(run_cv(plan, resources, concurrent))
+    return pd.concat(tables, ignore_index=True)
+
+
+# --- preparing a study: its plan, weights and labels ------------------------------------------
 
 
 def base_config(head: str, o: TuneOptions) -> TrialConfig:
@@ -83,12 +110,10 @@ class StudyPlan:
 
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: the weights, MLflow reachable, folds, crop cache."""
-    from trainables.data import crop_cache, usable_train_rows   # heavy (torch), as the trainable below
+    from trainables.data import usable_train_rows   # heavy (torch), as the trainable
     check_target(head)
     base = base_config(head, o)
-    check_weights(base)
-    for b in o.search_backbones:   # every backbone the search may pick can start
-        check_weights(replace(base, **asdict(get_backbone(b))))
+    check_study_weights(base, o.search_backbones)
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     base = replace(base, pretrained=stage_weights(base.pretrained, ws.weights))   # trials read the copy
     uri = resolve_tracking_uri(ws, o.tracking_uri)
@@ -101,22 +126,15 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     pins = pin_study(ws, o.study_name(head), study_pins(labels, table, rows, spec, base.to_dict() | {"num_samples": o.samples}),
                      what="resume" if o.resume else "new phase")
     ensure_folds(table, ws.root, spec)
-    for size in sorted({base.img_size} | {get_backbone(b).img_size for b in o.search_backbones}):
-        crop_cache(ws, rows["crop"].tolist(), size)  # decode once, before trials
+    cache_crops(ws, rows["crop"].tolist(), base, o.search_backbones)
     return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels, pins)
 
 
-def check_trained_labels(runs: pd.DataFrame, labels: str, fix: str) -> None:
-    """``runs`` (find_runs) were trained on the label table ``labels``, else DataError(fix)."""
-    tags = runs["tags.labels"].fillna("") if "tags.labels" in runs else [""] * len(runs)
-    check_runs_labels(dict(zip(runs["run_id"], tags)), labels, fix)
-
-
-def check_study_labels(uri: str, head: str, study: str, labels: str, experiment: str) -> None:
-    """A study goes on only with the labels its trials were trained on (a resume, or a new phase)."""
-    check_trained_labels(find_runs(uri, head=head, study=study, experiment=experiment), labels,
-                         f"study {study!r} was trained on them; start a new study with --study NEW_NAME "
-                         "(`run`: --study NEW_PREFIX)")
+def check_study_weights(base: TrialConfig, backbones: tuple[str, ...]) -> None:
+    """The recipe's starting weights and those of every backbone the search may pick can be had."""
+    check_weights(base)
+    for b in backbones:
+        check_weights(replace(base, **asdict(get_backbone(b))))
 
 
 def check_weights(cfg: TrialConfig) -> None:
@@ -132,6 +150,29 @@ def check_weights(cfg: TrialConfig) -> None:
     log.info("%s starts from pretrained weights: %s", cfg.model, cfg.pretrained)
 
 
+def check_trained_labels(runs: pd.DataFrame, labels: str, fix: str) -> None:
+    """``runs`` (find_runs) were trained on the label table ``labels``, else DataError(fix)."""
+    tags = runs["tags.labels"].fillna("") if "tags.labels" in runs else [""] * len(runs)
+    check_runs_labels(dict(zip(runs["run_id"], tags)), labels, fix)
+
+
+def check_study_labels(uri: str, head: str, study: str, labels: str, experiment: str) -> None:
+    """A study goes on only with the labels its trials were trained on (a resume, or a new phase)."""
+    check_trained_labels(find_runs(uri, head=head, study=study, experiment=experiment), labels,
+                         f"study {study!r} was trained on them; start a new study with --study NEW_NAME "
+                         "(`run`: --study NEW_PREFIX)")
+
+
+def cache_crops(ws: Workspace, crops: list[str], base: TrialConfig, backbones: tuple[str, ...]) -> None:
+    """The crops decoded once at every image size the study trains at, before any trial starts."""
+    from trainables.data import crop_cache   # heavy (torch), as the trainable
+    for size in sorted({base.img_size} | {get_backbone(b).img_size for b in backbones}):
+        crop_cache(ws, crops, size)
+
+
+# --- tuners: a new one, or a phase restored from its saved state ------------------------------
+
+
 def trial_trainable(resources: dict):
     """The one trainable (trainables.trainable.train_head) with a trial's CPUs and GPUs."""
     from ray import tune   # heavy (torch, timm, ray): imported when trials start
@@ -140,7 +181,7 @@ def trial_trainable(resources: dict):
 
 
 def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failures: int, verbose: int,
-                label: str, deadline: tuple[str, str], **tune_config):
+                label: str, deadline: tuple[str, str], **tune_config) -> Tuner:
     """The Tuner of search, cv and the full-data retrain: Tune storage in the workspace, a
     crashed trial retried from its last checkpoint (one kept), actors reused between trials,
     and (verbose >= 1) one progress line per phase instead of Tune's tables (verbose >= 2).
@@ -158,14 +199,22 @@ def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failure
                                                 callbacks=[PhaseProgress(label, (str(ws.root), *deadline))] if verbose >= 1 else None))
 
 
-def _tuner(plan: StudyPlan, phase: str, trainable, space: dict, **tune_config):
+def _tuner(plan: StudyPlan, phase: str, trainable, space: dict, **tune_config) -> Tuner:
+    """build_tuner for one phase of the plan: named ``<study>-<phase>``, with the options' retries."""
     return build_tuner(trainable, space, name=f"{plan.study}-{phase}", ws=plan.ws,
                        max_failures=plan.options.max_failures, verbose=plan.options.verbose,
                        label=f"{plan.study} · {phase}", deadline=(plan.study, phase), **tune_config)
 
 
-def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
-    from ray.tune import Tuner
+def _open_parent(plan: StudyPlan, phase: str) -> str:
+    """The phase's parent MLflow run (reopened on a resume), which its trials' runs nest under."""
+    return open_parent(plan.uri, plan.experiment_id, study=plan.study, phase=phase, head=plan.head,
+                       pins=plan.pins.as_dict() if plan.pins else None)
+
+
+def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new: Callable[[], Tuner]) -> Tuner:
+    """The phase's Tuner: restored from its saved state (only with --resume), else ``make_new()``."""
+    from ray.tune import Tuner   # heavy (ray), as trial_trainable
     path = plan.exp_path(phase)
     restoring = Tuner.can_restore(path)
     if restoring and not plan.options.resume:
@@ -175,17 +224,20 @@ def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new):
     # trial's config keeps the deadline of the run that first started it)
     set_deadline(plan.ws.root, plan.study, phase, plan.options.deadline,
                  epochs=sibling_epochs(plan, phase, path) if restoring else 0)
-    if restoring:
-        # A search trial that failed for good stays failed (OptunaSearch has already told Optuna
-        # so and would ignore any new result); a failed cv fold, which the study cannot do
-        # without, resumes from its last checkpoint. Unfinished trials continue from their
-        # checkpoints and finished ones are not rerun. After an MLflow outage
-        # (orchestrator/tracking_outage.py) the failed trials continue too, to finish logging.
-        # Runs a killed driver left RUNNING are closed first; a resumed trial reopens its own.
-        _close_runs(plan, phase, saved_statuses(path))
-        return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                             resume_errored=phase == "cv" or outage_recorded(path), restart_errored=False)
-    return make_new()
+    return _restore(plan, phase, path, trainable) if restoring else make_new()
+
+
+def _restore(plan: StudyPlan, phase: str, path: str, trainable) -> Tuner:
+    """A search trial that failed for good stays failed (OptunaSearch has already told Optuna
+    so and would ignore any new result); a failed cv fold, which the study cannot do without,
+    resumes from its last checkpoint. Unfinished trials continue from their checkpoints and
+    finished ones are not rerun. After an MLflow outage (orchestrator/tracking_outage.py) the
+    failed trials continue too, to finish logging."""
+    from ray.tune import Tuner   # heavy (ray), as trial_trainable
+    # runs a killed driver left RUNNING are closed first; a resumed trial reopens its own
+    _close_runs(plan, phase, saved_statuses(path))
+    return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                         resume_errored=phase == "cv" or outage_recorded(path), restart_errored=False)
 
 
 def sibling_epochs(plan: StudyPlan, phase: str, path: str) -> int:
@@ -206,34 +258,46 @@ def sibling_epochs(plan: StudyPlan, phase: str, path: str) -> int:
     return epochs
 
 
-def run_search(plan: StudyPlan, resources: dict, max_concurrent: int):
-    from ray.tune.schedulers import ASHAScheduler   # heavy (ray), as trial_trainable
-    from ray.tune.search.optuna import OptunaSearch
+# --- the search phase -------------------------------------------------------------------------
 
-    from .search_start import StartBeforeDeadline   # heavy (ray), as above
-    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="search", head=plan.head,
-                         pins=plan.pins.as_dict() if plan.pins else None)
+
+def run_search(plan: StudyPlan, resources: dict, max_concurrent: int) -> pd.DataFrame:
+    """The search phase, new or resumed; its best trials, and Optuna's plots on its parent run."""
+    parent = _open_parent(plan, "search")
     ctx = plan.context("search", parent)
     trainable = trial_trainable(resources)
-
-    def new():
-        names = plan.options.search_backbones
-        space, point = search_space(plan.head), recipe_point(plan.head)
-        if names:   # the backbone is a dimension too; the recipe's point tries the first one
-            space, point = with_backbones(space, names), point | {"backbone": names[0]}
-        searcher = OptunaSearch(space, metric=METRIC, mode=MODE, seed=plan.options.seed, points_to_evaluate=[point])
-        epochs = plan.base.epochs
-        asha = ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, reduction_factor=3,
-                             grace_period=min(plan.options.grace_period, epochs))
-        searched = SEARCHED + (BACKBONE_FIELDS if names else ())
-        space = {k: v for k, v in plan.base.to_dict().items() if k not in searched} | {"run": ctx.to_dict()}
-        return _tuner(plan, "search", trainable, space,
-                      search_alg=StartBeforeDeadline(searcher, max_concurrent, (str(plan.ws.root), plan.study,
-                                                                                "search")), scheduler=asha,
-                      num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)
-    table = _fit(plan, "search", _restore_or_new(plan, "search", trainable, new), parent, plan.options.samples)
+    tuner = _restore_or_new(plan, "search", trainable, lambda: _new_search_tuner(plan, trainable, ctx, max_concurrent))
+    table = _fit(plan, "search", tuner, parent, plan.options.samples)
     report_search(plan, parent)
     return table
+
+
+def searched_space(head: str, backbones: tuple[str, ...]) -> tuple[object, dict]:
+    """The head's search space and the recipe's point, which Optuna evaluates first."""
+    space, point = search_space(head), recipe_point(head)
+    if backbones:   # the backbone is a dimension too; the recipe's point tries the first one
+        return with_backbones(space, backbones), point | {"backbone": backbones[0]}
+    return space, point
+
+
+def _new_search_tuner(plan: StudyPlan, trainable, ctx: RunContext, max_concurrent: int) -> Tuner:
+    """OptunaSearch (seeded, the recipe first) with ASHA on val F1; no trial starts that could not
+    finish an epoch before the deadline (StartBeforeDeadline). The searched keys leave the fixed config."""
+    from ray.tune.schedulers import ASHAScheduler   # heavy (ray), as trial_trainable
+    from ray.tune.search.optuna import OptunaSearch   # heavy (ray, optuna), as above
+
+    from .search_start import StartBeforeDeadline   # heavy (ray), as above
+    names = plan.options.search_backbones
+    space, point = searched_space(plan.head, names)
+    searcher = OptunaSearch(space, metric=METRIC, mode=MODE, seed=plan.options.seed, points_to_evaluate=[point])
+    epochs = plan.base.epochs
+    asha = ASHAScheduler(metric=METRIC, mode=MODE, max_t=epochs, reduction_factor=3,
+                         grace_period=min(plan.options.grace_period, epochs))
+    searched = SEARCHED + (BACKBONE_FIELDS if names else ())
+    fixed = {k: v for k, v in plan.base.to_dict().items() if k not in searched} | {"run": ctx.to_dict()}
+    return _tuner(plan, "search", trainable, fixed,
+                  search_alg=StartBeforeDeadline(searcher, max_concurrent, (str(plan.ws.root), plan.study, "search")),
+                  scheduler=asha, num_samples=plan.options.samples, time_budget_s=plan.options.time_budget_s)
 
 
 def report_search(plan: StudyPlan, parent: str) -> None:
@@ -252,14 +316,21 @@ def report_search(plan: StudyPlan, parent: str) -> None:
     log.info("%s %s (plots: MLflow run %s, %s/)", plan.study, summary.line(), parent, ARTIFACT_DIR)
 
 
-def best_search_config(uri: str, head: str, study: str, experiment: str = EXPERIMENT) -> TrialConfig:
-    """The config of the study's search trial with the highest best_val_f1 (from MLflow)."""
-    runs = find_runs(uri, head=head, study=study, phase="search", experiment=experiment)
-    if runs.empty or "metrics.best_val_f1" not in runs or runs["metrics.best_val_f1"].isna().all():
-        raise DataError(f"no search trial with a validation F1 for head {head!r}, study {study!r} in {uri}; "
-                        f"run `python -m orchestrator tune --head {head} --phase search` first")
-    best = runs.sort_values(["metrics.best_val_f1", "start_time"], ascending=[False, True]).iloc[0]
-    return TrialConfig.from_dict(run_config(best))
+# --- the cv phase -----------------------------------------------------------------------------
+
+
+def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int) -> pd.DataFrame:
+    """The cv phase, new or resumed: cv_config trained on each fold; every fold's row."""
+    best = cv_config(plan)
+    folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
+    parent = _open_parent(plan, "cv")
+    trainable = trial_trainable(resources)
+
+    def new():
+        from ray import tune   # heavy, as trial_trainable
+        space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
+        return _tuner(plan, "cv", trainable, space, max_concurrent_trials=max_concurrent)
+    return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
 
 
 def cv_config(plan: StudyPlan) -> TrialConfig:
@@ -273,21 +344,20 @@ def cv_config(plan: StudyPlan) -> TrialConfig:
     return replace(best, search_folds=1, val_from=o.trial.get("val_from", 1), **epochs)
 
 
-def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int):
-    from ray import tune   # heavy, as trial_trainable
-    best = cv_config(plan)
-    folds = list(range(plan.options.k)) if plan.options.fold == "all" else [int(plan.options.fold)]
-    parent = open_parent(plan.uri, plan.experiment_id, study=plan.study, phase="cv", head=plan.head,
-                         pins=plan.pins.as_dict() if plan.pins else None)
-    trainable = trial_trainable(resources)
-
-    def new():
-        space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
-        return _tuner(plan, "cv", trainable, space, max_concurrent_trials=max_concurrent)
-    return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
+def best_search_config(uri: str, head: str, study: str, experiment: str = EXPERIMENT) -> TrialConfig:
+    """The config of the study's search trial with the highest best_val_f1 (from MLflow)."""
+    runs = find_runs(uri, head=head, study=study, phase="search", experiment=experiment)
+    if runs.empty or "metrics.best_val_f1" not in runs or runs["metrics.best_val_f1"].isna().all():
+        raise DataError(f"no search trial with a validation F1 for head {head!r}, study {study!r} in {uri}; "
+                        f"run `python -m orchestrator tune --head {head} --phase search` first")
+    best = runs.sort_values(["metrics.best_val_f1", "start_time"], ascending=[False, True]).iloc[0]
+    return TrialConfig.from_dict(run_config(best))
 
 
-def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.DataFrame:
+# --- fitting a phase: trials that failed, interruptions, MLflow runs closed -------------------
+
+
+def _fit(plan: StudyPlan, phase: str, tuner: Tuner, parent: str, expected: int) -> pd.DataFrame:
     """Fit the phase's trials and close their MLflow runs; an interrupted fit (Ctrl-C: Tune saves
     its state and returns) raises StudyInterrupted, a cv fold that failed for good StudyFailed."""
     started = time.time()
@@ -306,15 +376,16 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
 
 
 def resume_command(plan: StudyPlan, phase: str) -> str:
+    """The command that continues the phase from Tune's saved state."""
     return f"python -m orchestrator tune --head {plan.head} --study {plan.study} --phase {phase} --resume"
 
 
-def failed_for_good(results) -> list:
+def failed_for_good(results: Iterable[Result]) -> list[Result]:
     """The fit's results (ray.tune.Result) of the trials that failed with their retries spent."""
     return [r for r in results if r.error is not None]
 
 
-def final_statuses(exp_path: str, failed: list) -> dict[str, str]:
+def final_statuses(exp_path: str, failed: list[Result]) -> dict[str, str]:
     """Trial id -> status after a fit. Tune saves a trial that failed for good as it last saw
     it running: the fit's results know it failed."""
     return saved_statuses(exp_path) | {result_trial_id(r): "ERROR" for r in failed}
@@ -341,7 +412,7 @@ def _stop_if_interrupted(plan: StudyPlan, phase: str, parent: str, statuses: dic
                            [t for t, s in statuses.items() if s == "TERMINATED"])
 
 
-def _stop_for_failed_folds(plan: StudyPlan, parent: str, failed: list) -> None:
+def _stop_for_failed_folds(plan: StudyPlan, parent: str, failed: list[Result]) -> None:
     """StudyFailed naming the failed folds and how to resume them; the parent run is FAILED."""
     close_parent(plan.uri, parent, "FAILED")
     check_failed(failed, f"study {plan.study!r} (cv)", f"`{resume_command(plan, 'cv')}` (a failed fold resumes "
@@ -349,14 +420,7 @@ def _stop_for_failed_folds(plan: StudyPlan, parent: str, failed: list) -> None:
                  "run command again, which also gives it the run's deadline)")
 
 
-def result_trial_id(result) -> str:
-    """The Tune trial id of one of a fit's results (a ray.tune.Result). Tune puts it in every
-    result's metrics, also for a trial that failed before its first report: Result.metrics is
-    the trial's ``last_result``, which Tune fills with at least the trial id."""
-    return result.metrics["trial_id"]
-
-
-def failure_text(failed: list, what: str) -> str:
+def failure_text(failed: list[Result], what: str) -> str:
     """Which trials failed for good (Tune results with an error): fold, MLflow run, error, log."""
     def one(r) -> str:
         fold = r.config.get("fold", "?")
@@ -366,7 +430,7 @@ def failure_text(failed: list, what: str) -> str:
     return f"{what}: {len(failed)} trial(s) failed for good, their retries spent: " + "; ".join(map(one, failed))
 
 
-def check_failed(results, what: str, resume: str) -> None:
+def check_failed(results: Iterable[Result], what: str, resume: str) -> None:
     """Trials that failed for good stop the study (StudyFailed) rather than leave it with part
     of its folds; the trials that finished are kept for the ``resume`` command."""
     failed = failed_for_good(results)
@@ -375,7 +439,30 @@ def check_failed(results, what: str, resume: str) -> None:
                           f"continue with {resume}")
 
 
-def saved_statuses(exp_path: Path) -> dict[str, str]:
+def _close_runs(plan: StudyPlan, phase: str, statuses: dict[str, str]) -> None:
+    """MLflow runs left RUNNING (trials ASHA stopped, or an interrupted study) get
+    FINISHED / FAILED / KILLED from the trial's saved Tune status."""
+    from mlflow.tracking import MlflowClient
+    runs = find_runs(plan.uri, head=plan.head, study=plan.study, phase=phase, experiment=plan.options.experiment)
+    client = MlflowClient(plan.uri)
+    mlflow_status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+    for _, r in runs.iterrows():
+        status = mlflow_status.get(statuses.get(r.get("tags.trial_id", ""), ""), "KILLED")
+        if r["status"] != status:
+            client.set_terminated(r["run_id"], status)
+
+
+# --- Tune's saved state, read through its API -------------------------------------------------
+
+
+def result_trial_id(result: Result) -> str:
+    """The Tune trial id of one of a fit's results (a ray.tune.Result). Tune puts it in every
+    result's metrics, also for a trial that failed before its first report: Result.metrics is
+    the trial's ``last_result``, which Tune fills with at least the trial id."""
+    return result.metrics["trial_id"]
+
+
+def saved_statuses(exp_path: Path | str) -> dict[str, str]:
     """Trial id -> status as Tune *saved* it. After Ctrl-C the in-memory statuses call the
     stopped trials TERMINATED, but a restore resumes what the saved state says."""
     return {t.trial_id: t.status for t in saved_trials(exp_path)}
@@ -393,17 +480,7 @@ def saved_trials(exp_path: Path | str) -> list:
         quiet.setLevel(level)
 
 
-def _close_runs(plan: StudyPlan, phase: str, statuses: dict[str, str]) -> None:
-    """MLflow runs left RUNNING (trials ASHA stopped, or an interrupted study) get
-    FINISHED / FAILED / KILLED from the trial's saved Tune status."""
-    from mlflow.tracking import MlflowClient
-    runs = find_runs(plan.uri, head=plan.head, study=plan.study, phase=phase, experiment=plan.options.experiment)
-    client = MlflowClient(plan.uri)
-    mlflow_status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
-    for _, r in runs.iterrows():
-        status = mlflow_status.get(statuses.get(r.get("tags.trial_id", ""), ""), "KILLED")
-        if r["status"] != status:
-            client.set_terminated(r["run_id"], status)
+# --- the results table ------------------------------------------------------------------------
 
 
 BEST_COLUMNS = ["head", "phase", "fold", "trial_id", "best_val_f1", "best_epoch", "lr", "loss",
@@ -425,19 +502,3 @@ def best_trials(uri: str, head: str, study: str, phase: str, experiment: str = E
         "run_id": runs["run_id"]})
     table = table.sort_values("best_val_f1", ascending=False, na_position="last")
     return (table.head(top) if phase == "search" else table.sort_values("fold")).reset_index(drop=True)
-
-
-def tune_head(data: Path | str, ws: Workspace | Path | str, head: str,
-              options: TuneOptions = TuneOptions()) -> pd.DataFrame:
-    """Run the study's phases; returns the best trials (search top 5 + every cv fold)."""
-    plan = prepare(Path(data), ws if isinstance(ws, Workspace) else Workspace(ws), head, options)
-    tables = []
-    with ray_session(options.address, options.num_cpus):
-        warn_if_not_shared(plan.ws, plan.uri, address=options.address)
-        resources = trial_resources(options.gpus_per_trial, options.cpus_per_trial)
-        concurrent = options.max_concurrent or auto_concurrency(resources)
-        if options.phase in ("search", "both") and options.samples > 0:
-            tables.append(run_search(plan, resources, concurrent))
-        if options.phase in ("cv", "both"):
-            tables.append(run_cv(plan, resources, concurrent))
-    return pd.concat(tables, ignore_index=True)
