@@ -295,6 +295,11 @@ def _fit(plan: StudyPlan, phase: str, tuner, parent: str, expected: int) -> pd.D
         check_failed(failed, f"study {plan.study!r} (cv)", f"`python -m orchestrator tune --head {plan.head} "
                      f"--study {plan.study} --phase cv --resume` (a failed fold resumes from its last "
                      "checkpoint; `run`: the same command again)")
+    if failed and len(failed) == len(statuses):   # no finished trial: no config for cv to train
+        close_parent(plan.uri, parent, "FAILED")
+        raise StudyFailed(f"{failure_text(failed, f'study {plan.study!r} ({phase})')}. No search trial finished, "
+                          "so there is no config to go on with: fix the cause, then search again under a new "
+                          "name with --study NEW_NAME (`run`: --study NEW_PREFIX); a --resume would not rerun them")
     if failed:   # a search goes on without them: Optuna was told, the best finished trial wins
         log.warning("%s", failure_text(failed, f"study {plan.study!r} ({phase})"))
     close_parent(plan.uri, parent)
