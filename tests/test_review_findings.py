@@ -39,3 +39,35 @@ def test_tune_fails_when_every_search_trial_failed_before_logging(ray_local, cro
     assert rc == 1
     err = capsys.readouterr().err
     assert "No search trial finished" in err and "ValueError" in err and "--study NEW_NAME" in err
+
+
+def test_every_epochs_batches_do_not_depend_on_the_dataloader_worker_count():
+    """`reproduce` retrains without DataLoader workers a trial that had some (the trial's CPUs but
+    one): every epoch, not only the first, must see the batches the trial saw. A loader with
+    persistent workers makes its iterator once, so only its first epoch drew the workers' base
+    seed from the generator the shuffle also draws from."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.data import HeadData, build_loaders
+    rng = np.random.default_rng(0)
+    n = 24
+    data = HeadData(np.arange(n).astype(str), rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+                    np.zeros(n, int), np.zeros(n, int), np.repeat([0, 1], n // 2))
+    cfg = TrialConfig(head="mask", img_size=32, batch_size=4, fold=1, folds=2, strength=2.0)
+
+    def epochs(workers: int, count: int = 3) -> list:
+        train, _ = build_loaders(replace(cfg, num_workers=workers), data, (0.5,) * 3, (0.2,) * 3)
+        out = []
+        for epoch in range(count):   # as trainables.trainer.run_epoch seeds each epoch
+            train.generator.manual_seed(cfg.seed + epoch)
+            out.append([x for x, _, _ in train])
+        return out
+
+    alone, with_workers = epochs(0), epochs(2)
+    for epoch, (a, b) in enumerate(zip(alone, with_workers)):
+        assert len(a) == len(b) == 3
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), f"epoch {epoch} differs"

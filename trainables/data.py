@@ -193,8 +193,12 @@ class SeededShuffle(Sampler):
         return self.n
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
+        # from the epoch's seed (what ``generator.manual_seed`` last set), not from the generator's
+        # state: the DataLoader draws its workers' base seed from it once per iterator, which is
+        # every epoch without workers but only the first with persistent ones
+        gen = torch.Generator().manual_seed(self.generator.initial_seed())
+        order = torch.randperm(self.n, generator=gen).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=gen).tolist()
         return iter(zip(order, seeds))
 
 
