@@ -71,3 +71,22 @@ def test_every_epochs_batches_do_not_depend_on_the_dataloader_worker_count():
     for epoch, (a, b) in enumerate(zip(alone, with_workers)):
         assert len(a) == len(b) == 3
         assert all(torch.equal(x, y) for x, y in zip(a, b)), f"epoch {epoch} differs"
+
+
+def test_fp16_loss_scale_carries_over_from_one_epoch_to_the_next():
+    """fp16 (older cards, --precision fp16) trains through a GradScaler that starts at 2**16 and
+    halves the scale, skipping the step, while the scaled gradients overflow. A scaler made anew
+    every epoch skips an epoch's first steps every epoch: here, epochs of 4 batches whose
+    gradients need 5 halvings never step at all."""
+    import torch
+
+    from trainables.loop import train_one_epoch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x, y = 100 * torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))   # gradients of ~25: 25 * 2**16 > fp16's max
+    loader = [(x[i:i + 4], y[i:i + 4], None) for i in range(0, 16, 4)]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    before = model[1].weight.detach().clone()
+    for _ in range(3):
+        train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), opt, None, torch.device("cpu"), precision="fp16")
+    assert not torch.equal(before, model[1].weight), "no optimizer step in 3 epochs of 4 batches"
