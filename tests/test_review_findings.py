@@ -90,3 +90,44 @@ def test_fp16_loss_scale_carries_over_from_one_epoch_to_the_next():
     for _ in range(3):
         train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), opt, None, torch.device("cpu"), precision="fp16")
     assert not torch.equal(before, model[1].weight), "no optimizer step in 3 epochs of 4 batches"
+
+
+@pytest.mark.slow
+def test_reproduce_a_cpu_trial_with_dataloader_workers_bit_for_bit(ray_local, crops_ws, tmp_path, capsys):
+    """README: a CPU trial reproduces bit for bit, `reproduce` training without DataLoader
+    workers. A trial of 2 CPUs loads with 1 worker (its CPUs but one); 3 epochs, so the epochs
+    after the first, which a persistent worker's loader shuffles from another generator state, count."""
+    from orchestrator.cli import main
+    from orchestrator.study import TuneOptions, tune_head
+    data, src = crops_ws
+    ws = workspace_sharing_crops(src, tmp_path / "ws")
+    table = tune_head(data, ws, "gender", TuneOptions(smoke_test=True, study="w", phase="cv", fold="0", num_samples=0,
+                                                     cpus_per_trial=2, trial=dict(epochs=3), verbose=0))
+    run_id = table["run_id"].iloc[0]
+    assert main(["reproduce", run_id, "--data", str(data), "--workspace", str(ws.root)]) == 0
+    assert f"run {run_id} reproduced bit for bit" in capsys.readouterr().out
+
+
+def test_dataloader_workers_deliver_batches_when_the_trials_temp_folder_has_a_long_path(tmp_path, monkeypatch):
+    """A trial points tempfile at its scratch folder, WS/tune/EXPERIMENT/TRIAL/scratch, whose
+    trial part alone (``train_head_<id>_<n>_batch_size=...,lr=..._<date>``) is often longer than
+    a Unix socket path may be (108 bytes). A DataLoader worker hands each batch over through such
+    a socket in the temp folder: its bind failed there and the trial waited for ever."""
+    import tempfile
+
+    import numpy as np
+
+    from trainables.config import TrialConfig
+    from trainables.data import HeadData, build_loaders
+    scratch = tmp_path / ("train_head_71d0f47e_1_batch_size=32,class_weights=False,epochs=1,fold=0,"
+                          "fold_seed=777,folds=2,head=gender,img_size=32,loss=ce,lr=0_2026-12-06_22-42-36") / "scratch"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))   # as trainables/trainable.py sets it
+    rng = np.random.default_rng(0)
+    n = 16
+    data = HeadData(np.arange(n).astype(str), rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+                    np.zeros(n, int), np.zeros(n, int), np.repeat([0, 1], n // 2))
+    cfg = TrialConfig(head="mask", img_size=32, batch_size=4, fold=1, folds=2, num_workers=1)
+    train, val = build_loaders(cfg, data, (0.5,) * 3, (0.2,) * 3)
+    train.timeout = val.timeout = 60   # a lost batch: an error here, not a hang
+    assert len(list(train)) == 2 and len(list(val)) == 2

@@ -217,6 +217,15 @@ def loader_workers(asked: int, cpus: float) -> int:
     return asked if asked >= 0 else max(0, int(cpus) - 1)
 
 
+def _system_temp(_worker: int) -> None:
+    """A DataLoader worker's temp folder is the system's, not its trial's scratch folder
+    (trainables/trainable.py): a worker hands each batch over through a Unix socket it makes
+    in its temp folder, and a trial folder's path is often longer than a socket's may be (108
+    bytes): the socket failed and the trial waited for its batch for ever."""
+    import tempfile
+    tempfile.tempdir = None
+
+
 def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bool = False,
                   cpus: float | None = None) -> tuple[DataLoader, DataLoader | None]:
     """(train loader, validation loader or None for full-data training); ``cpus``: the trial's
@@ -227,7 +236,8 @@ def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bo
     """
     tr, va = split_index(data, cfg.fold)
     workers = loader_workers(cfg.num_workers, trial_cpus() if cpus is None else cpus)
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin_memory)
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin_memory,
+                  worker_init_fn=_system_temp if workers else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std, seed=cfg.seed)),
                        sampler=SeededShuffle(len(tr), gen), drop_last=len(tr) > cfg.batch_size,
