@@ -131,3 +131,13 @@ def test_dataloader_workers_deliver_batches_when_the_trials_temp_folder_has_a_lo
     train, val = build_loaders(cfg, data, (0.5,) * 3, (0.2,) * 3)
     train.timeout = val.timeout = 60   # a lost batch: an error here, not a hang
     assert len(list(train)) == 2 and len(list(val)) == 2
+
+
+@pytest.mark.slow
+def test_a_driver_with_ray_up_trains_outside_a_trial(ray_local):
+    """`reproduce`, the GPU check and the tests train in a process that may have started Ray (a
+    driver, not a Ray worker): the trial's CPUs and GPU share read there are those of no trial
+    (1 CPU, no GPU), not an error from Ray, which answers them only in its workers."""
+    from trainables.data import trial_cpus
+    from trainables.loop import ray_gpu_share
+    assert trial_cpus() == 1.0 and ray_gpu_share() == 0.0

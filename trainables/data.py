@@ -206,7 +206,8 @@ def trial_cpus() -> float:
     """The CPUs Ray gave this process (1 outside Ray: plain loops load in the training process)."""
     import sys
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    # a driver that started Ray (reproduce, a benchmark) is no trial: Ray answers only its workers
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return 1.0
     return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
 

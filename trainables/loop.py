@@ -65,7 +65,8 @@ def placement(device: torch.device, precision: str = "auto") -> dict[str, str]:
 def ray_gpu_share() -> float:
     """The GPU share Ray gave this process (0 outside Ray or for a CPU trial)."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    # a driver that started Ray (reproduce, a benchmark) is no trial: Ray answers only its workers
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return 0.0
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
