@@ -369,6 +369,8 @@ def _fit(plan: StudyPlan, phase: str, tuner: Tuner, parent: str, expected: int) 
     _stop_if_interrupted(plan, phase, parent, statuses, expected, _out_of_time(plan, phase, started))
     if failed and phase == "cv":   # every fold votes and gives OOF rows: none may be missing
         _stop_for_failed_folds(plan, parent, failed)
+    if failed and len(failed) == len(statuses):   # no finished trial: no config for cv to train
+        _stop_for_no_finished_search(plan, phase, parent, failed)
     if failed:   # a search goes on without them: Optuna was told, the best finished trial wins
         log.warning("%s", failure_text(failed, f"study {plan.study!r} ({phase})"))
     close_parent(plan.uri, parent)
@@ -418,6 +420,15 @@ def _stop_for_failed_folds(plan: StudyPlan, parent: str, failed: list[Result]) -
     check_failed(failed, f"study {plan.study!r} (cv)", f"`{resume_command(plan, 'cv')}` (a failed fold resumes "
                  "from its last checkpoint and trains as many epochs as the finished folds did; `run`: the same "
                  "run command again, which also gives it the run's deadline)")
+
+
+def _stop_for_no_finished_search(plan: StudyPlan, phase: str, parent: str, failed: list[Result]) -> None:
+    """Every trial failed: nothing to go on with, and --resume never reruns a failed search trial
+    (Optuna recorded it), so the fix is a new study name."""
+    close_parent(plan.uri, parent, "FAILED")
+    raise StudyFailed(f"{failure_text(failed, f'study {plan.study!r} ({phase})')}. No search trial finished, "
+                      "so there is no config to go on with: fix the cause, then search again under a new "
+                      "name with --study NEW_NAME (`run`: --study NEW_PREFIX); a --resume would not rerun them")
 
 
 def failure_text(failed: list[Result], what: str) -> str:

@@ -193,8 +193,12 @@ class SeededShuffle(Sampler):
         return self.n
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
+        # from the epoch's seed (what ``generator.manual_seed`` last set), not from the generator's
+        # state: the DataLoader draws its workers' base seed from it once per iterator, which is
+        # every epoch without workers but only the first with persistent ones
+        gen = torch.Generator().manual_seed(self.generator.initial_seed())
+        order = torch.randperm(self.n, generator=gen).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=gen).tolist()
         return iter(zip(order, seeds))
 
 
@@ -202,7 +206,8 @@ def trial_cpus() -> float:
     """The CPUs Ray gave this process (1 outside Ray: plain loops load in the training process)."""
     import sys
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    # a driver that started Ray (reproduce, a benchmark) is no trial: Ray answers only its workers
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return 1.0
     return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
 
@@ -211,6 +216,15 @@ def loader_workers(asked: int, cpus: float) -> int:
     """DataLoader worker processes: ``asked`` if >= 0; auto (-1): the trial's CPUs but the one the
     training loop runs on, so decoding and augmenting the next batches overlaps the compute."""
     return asked if asked >= 0 else max(0, int(cpus) - 1)
+
+
+def _system_temp(_worker: int) -> None:
+    """A DataLoader worker's temp folder is the system's, not its trial's scratch folder
+    (trainables/trainable.py): a worker hands each batch over through a Unix socket it makes
+    in its temp folder, and a trial folder's path is often longer than a socket's may be (108
+    bytes): the socket failed and the trial waited for its batch for ever."""
+    import tempfile
+    tempfile.tempdir = None
 
 
 def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bool = False,
@@ -223,7 +237,8 @@ def build_loaders(cfg: TrialConfig, data: HeadData, mean, std, *, pin_memory: bo
     """
     tr, va = split_index(data, cfg.fold)
     workers = loader_workers(cfg.num_workers, trial_cpus() if cpus is None else cpus)
-    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin_memory)
+    common = dict(batch_size=cfg.batch_size, num_workers=workers, pin_memory=pin_memory,
+                  worker_init_fn=_system_temp if workers else None)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = DataLoader(CropDataset(data, tr, train_transform(cfg.head, cfg.strength, cfg.img_size, mean, std, seed=cfg.seed)),
                        sampler=SeededShuffle(len(tr), gen), drop_last=len(tr) > cfg.batch_size,

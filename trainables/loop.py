@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -64,7 +65,8 @@ def placement(device: torch.device, precision: str = "auto") -> dict[str, str]:
 def ray_gpu_share() -> float:
     """The GPU share Ray gave this process (0 outside Ray or for a CPU trial)."""
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    # a driver that started Ray (reproduce, a benchmark) is no trial: Ray answers only its workers
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return 0.0
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
@@ -146,6 +148,19 @@ def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=precision_of(device, precision) == "fp16")
 
 
+# one scaler per optimizer for the whole trial: a new one starts again at 2**16 and skips the
+# first steps of every epoch while it halves its scale down to what the gradients allow
+_SCALERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def optimizer_scaler(optimizer, device: torch.device, precision: str = "auto") -> torch.amp.GradScaler:
+    """``grad_scaler`` for ``optimizer``, kept from one epoch to the next."""
+    scaler = _SCALERS.get(optimizer)
+    if scaler is None:
+        scaler = _SCALERS[optimizer] = grad_scaler(device, precision)
+    return scaler
+
+
 # NHWC: oneDNN's convolutions run faster on it (with bf16 ~1.3x on the dev CPU), as on GPUs
 MEMORY_FORMAT = torch.channels_last
 
@@ -166,7 +181,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     The loss is summed on the device and read once at the end: a read per step would make the
     CPU wait for the GPU every batch, so loading the next batch never overlaps the compute."""
     model.train()
-    scaler = grad_scaler(device, precision)
+    scaler = optimizer_scaler(optimizer, device, precision)
     total, n = torch.zeros((), device=device), 0
     for i, (x, y, _) in enumerate(loader):
         if (max_batches and i >= max_batches) or (stop_at and i and time.time() >= stop_at):
