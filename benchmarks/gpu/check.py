@@ -4,7 +4,7 @@ benchmarks/README.md "GPU" asks of a real card, at fixed small sizes; figures go
     # on the GPU box (Python 3.12, the image's torch; benchmarks/README.md "GPU" says how to prepare it)
     python3 benchmarks/gpu/check.py OUT --bundle benchmarks/_work/gpu/bundle --utk benchmarks/_work/gpu/utk
     # rehearsal on a CPU: the same steps, tiny; --bundle a bundle built with --python 3.11
-    python benchmarks/gpu/check.py OUT --size tiny --utk ../shared/utkmask [--bundle ...]
+    python benchmarks/gpu/check.py OUT --size tiny [--utk DIR] [--bundle ...]   # DIR: $UTKMASK_DIR
 
 Steps, each in its own process and timed: install (the bundle into WORK/site, first on every
 step's PYTHONPATH), data (utkmask persons in the competition layout), mtcnn (preprocess with GPU
@@ -28,6 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.realfaces import utkmask_folder  # noqa: E402  (the standard library only)
 STEPS = ("install", "data", "mtcnn", "throughput", "packing", "budget")
 SIZES = {
     # one H100/H200, 16 cores: about 7 minutes in all (the budget run takes 3 of them)
@@ -222,7 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for figures.json, figures.md, check.log")
     ap.add_argument("--bundle", type=Path, default=None, help="folder with bundle.tar.NNN and bundle.sha256 (build_bundle.py)")
-    ap.add_argument("--utk", type=Path, default=ROOT.parent / "shared" / "utkmask",
+    ap.add_argument("--utk", type=Path, default=utkmask_folder(),   # $UTKMASK_DIR (benchmarks/realfaces.py)
                     help="make_utkmask.py, landmarks.csv, persons.txt and faces/ (at least the chosen persons')")
     ap.add_argument("--size", choices=sorted(SIZES), default="card")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-check"), help="data, workspaces, the installed bundle")
