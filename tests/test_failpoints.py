@@ -11,7 +11,7 @@ def reach(point: str, **where) -> int:
     """The exit code of a fresh process that reaches ``point`` with ``where`` (0: it went on)."""
     p = multiprocessing.get_context("fork").Process(target=failpoint, args=(point,), kwargs=where)
     p.start()
-    p.join(60)
+    p.join(20)   # a hang guard only: a process reaches its point in milliseconds
     return p.exitcode
 
 
@@ -35,12 +35,12 @@ def test_a_crash_point_ends_the_first_matching_process_once(monkeypatch, tmp_pat
 def test_a_hold_point_waits_for_the_test_and_lets_later_arrivals_pass(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV, str(tmp_path))
     with Gate("checkpoint", written=1) as gate:
-        held = threading.Thread(target=failpoint, args=("checkpoint",), kwargs={"written": 1, "epoch": 2})
+        held = threading.Thread(target=failpoint, args=("checkpoint",), kwargs={"written": 1, "epoch": 2}, daemon=True)
         held.start()
-        [who] = gate.wait(timeout=60)
+        [who] = gate.wait(timeout=20)
         assert who["epoch"] == 2 and held.is_alive()                 # held there ...
         assert reach("checkpoint", written=1, epoch=3) == 0         # ... while a later arrival passes
         gate.release()
-        held.join(60)
+        held.join(20)
         assert not held.is_alive()
     assert [a["epoch"] for a in gate.arrivals()] == [2, 3]
