@@ -23,10 +23,10 @@ PRINTS = {
     "age_headroom.py": r"age sigma \(years\) \| age F1(.|\n)*\n\s*\d+ \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3}",
     "calibration_stability.py": r"new rule \(\d+ partitions, share 0/0\.5/1\): held-out gain [+-]\d\.\d{4}",
     "calibration_transfer.py": r"\|---(.|\n)*\n\[\{",
-    "cli_help.py": r"\| `[^`]+` \| \d+(\.\d+)? \| \d+",
+    "cli_help.py": r"\| `tune --help` \| \d+(\.\d+)? \| \w+",
     "ensemble_calibration.py": r"macro F1 before \d\.\d{4}, after \d\.\d{4}",
     "faults_table.py": r"killed at",
-    "preprocess.py": r"peak memory \(PSS of driver \+ Ray \+ workers\): \d+\.\d\d GiB for [1-9]\d* images",
+    "preprocess.py": r"preprocess, warm +\d+\.\d images/s wall, +\d+\.\d CPU ms/image(.|\n)*CPU-time ratio .*: \d+\.\dx",
     "train.py": r"trial \d+\.\d img/s, in-memory limit \d+\.\d img/s, ratio \d\.\d{3}",
     "weights_layout.py": r"\|---(.|\n)*\| \d",
 }
