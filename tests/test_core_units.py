@@ -105,3 +105,11 @@ def test_crop_settings_refuse_bad_values_and_keep_one_spelling():
     assert CropSettings(detect_scale=1).detect_scale == 1.0
     s = CropSettings(size=96.0, margin=3, thresholds=[0.5, 0.6, 0.7])
     assert (type(s.size), type(s.margin), s.thresholds) == (int, float, (0.5, 0.6, 0.7))
+
+
+def test_crop_box_shifts_a_box_that_pokes_out_right_or_below_and_leaves_one_inside():
+    s = CropSettings()
+    assert crop_box((300, 100, 420, 220), 384, 512, s) == (264, 100, 384, 220)      # out right: moved left
+    assert crop_box((100, 450, 180, 530), 384, 512, s) == (100, 432, 180, 512)      # out below: moved up
+    assert crop_box((0.5, 10, 100.5, 110), 384, 512, s) == (0.5, 10, 100.5, 110)    # inside: kept
+    assert crop_box((10, 40, 50, 60), 384, 512, s) == (10, 30, 50, 70)              # squared about its centre
