@@ -113,3 +113,53 @@ def test_crop_box_shifts_a_box_that_pokes_out_right_or_below_and_leaves_one_insi
     assert crop_box((100, 450, 180, 530), 384, 512, s) == (100, 432, 180, 512)      # out below: moved up
     assert crop_box((0.5, 10, 100.5, 110), 384, 512, s) == (0.5, 10, 100.5, 110)    # inside: kept
     assert crop_box((10, 40, 50, 60), 384, 512, s) == (10, 30, 50, 70)              # squared about its centre
+
+
+class Clock:
+    """A clock the test sets (the schedule reads time only through it)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_budget_schedule_resumes_from_its_state_and_anneals_by_steps_or_clock():
+    import torch
+    from trainables.schedule import BudgetSchedule
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    clock = Clock()
+    s = BudgetSchedule(opt, 4, clock=clock)
+    assert s.get_last_lr() == [0.4] and s.progress() == 0.0
+    s.step()
+    assert s.progress() == 0.25 and s.get_last_lr() == [pytest.approx(0.4 * lr_factor(0.25))]
+    state = s.state_dict()
+    assert state == {"steps": 1, "progress": 0.25, "base_lrs": [0.4]}
+    again = BudgetSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 4, clock=clock)
+    again.load_state_dict(state)   # the resumed trial's peak rate is the saved one
+    assert again.base_lrs == [0.4] and again.get_last_lr() == [pytest.approx(0.4 * lr_factor(0.25))]
+    s.end_time = clock.t + 10.0    # an end 10 s after the first step: the clock leads the steps
+    s.step()                       # 2 of 4 steps: 0.5
+    clock.t += 8.0
+    assert s.progress() == pytest.approx(0.8)
+    s.end_time = clock.t - 1.0     # an end already passed: done
+    assert s.progress() == 1.0
+    s.finish_within(2)             # no time left: anneal over the next 2 steps instead
+    assert (s.end_time, s.total_steps) == (0.0, s.steps + 2)
+    assert BudgetSchedule(opt, 0, clock=clock).total_steps == 1
+
+
+def test_trial_time_keeps_room_for_the_last_validation_and_the_end():
+    from trainables.schedule import END_RESERVE_S, TrialTime
+    clock = Clock(0.0)
+    t = TrialTime(100.0, val_share=0.5, clock=clock)
+    t.epoch_done(20.0)
+    assert t.train_end() == 100.0 - 10.0 - END_RESERVE_S and not t.out_of_time()
+    t.val_s = 4.0                   # measured: replaces the estimate
+    assert t.train_end() == 100.0 - 4.0 - END_RESERVE_S
+    clock.t = t.train_end() - 2.0   # a tenth of an epoch (2 s) is left: out of time
+    assert t.out_of_time()
+    t.epoch_done(10.0)              # out of time: the longest epoch is kept
+    assert t.epoch_s == 20.0
+    assert TrialTime(0.0, clock=clock).train_end() == 0.0 and not TrialTime(0.0, clock=clock).out_of_time()
