@@ -1,11 +1,15 @@
 # Two commands for a newcomer: `make demo` (set up + run the main job on demo data)
 # and `make test` (set up + run the tests). Both create .venv on first use.
+# Test tiers (markers given by rule in tests/conftest.py): `make test` all but the slow ones,
+# `make test-slow` the simulated multi-node faults and the benchmark smokes, `make test-quick`
+# what needs neither Ray nor training (the edit-test loop), `make mutation` the mutants the
+# quick tier kills in the pure core.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-slow test-quick mutation setup clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +22,22 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m orchestrator run --data data --workspace workspace --budget 4m
 
+PYTEST := RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
+
 test: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15 tests
+	$(PYTEST) --durations=15 -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PYTEST) --durations=15 -m slow tests
+
+test-quick: $(STAMP)
+	$(PYTEST) -m "not ray and not slow" tests
+
+# mutants of the pure core ([tool.mutmut] in pyproject.toml), each run against the quick tier's
+# tests that reach it; CPU-heavy, so niced; prints the survivors
+mutation: $(STAMP)
+	nice -n 10 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf workspace data

@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/preprocess.py [--persons 50] [--eval-persons 20] [--levers]
     PYTHONPATH=. python benchmarks/preprocess.py --smoke    # 3 + 1 demo persons, no face boxes (the tests run it)
 
-Real faces from ../shared/utkmask (made with its own script into benchmarks/_work/). Prints the
+Real faces from the real-face set ($UTKMASK_DIR, benchmarks/realfaces.py; made with its own script into benchmarks/_work/). Prints the
 throughput of both, their ratio, and crop quality: the share of crops whose box has IoU >= 0.5
 with the true face box (boxes.csv). --levers also times each speed/quality lever on its own;
 --memory also samples the peak resident memory of the whole process tree (driver, raylet, workers).
@@ -28,8 +28,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from core.faces import CropSettings, centre_box, iou  # noqa: E402
+from benchmarks.realfaces import utkmask_folder  # noqa: E402
 
-UTK = ROOT.parent / "shared" / "utkmask"
+UTK = utkmask_folder()   # $UTKMASK_DIR (benchmarks/realfaces.py)
 WORK = ROOT / "benchmarks" / "_work"
 
 
@@ -229,7 +230,7 @@ def main() -> None:
             WORK, a.persons, a.eval_persons = Path(tmp), 3, 1
             return measure(a, smoke_data(a.persons, a.eval_persons))
     if not (UTK / "make_utkmask.py").is_file():
-        sys.exit(f"needs ../shared/utkmask at {UTK}")
+        sys.exit(f"needs the real-face set at {UTK} (set $UTKMASK_DIR)")
     measure(a, make_data(a.persons, a.eval_persons))
 
 

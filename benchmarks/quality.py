@@ -1,7 +1,7 @@
 """Model quality on real faces within a CPU budget (the goal: macro F1 >= 0.60 in 23 minutes).
 
-Lays out ../shared/utkmask as the competition does (train: the first --train-persons of
-persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv), runs the
+Lays out the real-face set ($UTKMASK_DIR, benchmarks/realfaces.py) as the competition does
+(train: the first --train-persons of persons.txt; eval: lines --eval-from..--eval-to, other persons, with answers.csv), runs the
 whole chain with `python -m orchestrator run --budget B`, and scores the submission:
 
   python benchmarks/quality.py --budget 23m                       # the full study (run's default backbone)
@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.budget import parse_duration  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
+from benchmarks.realfaces import utkmask_folder  # noqa: E402
 
-UTK = ROOT.parent / "shared" / "utkmask"
+UTK = utkmask_folder()   # $UTKMASK_DIR (benchmarks/realfaces.py)
 # the variants compared: extra `run` flags
 VARIANTS = {
     # run's defaults: one joint model (a classifier per head), cv folds + full-data models
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="data sets and workspaces (default benchmarks/_work; "
                     "--smoke: a temporary folder)")
     ap.add_argument("--data", type=Path, default=None, help="a layout made already (benchmarks/gpu/utk_layout.py): "
-                    "scored on its eval/answers.csv; ../shared/utkmask is then not needed")
+                    "scored on its eval/answers.csv; the real-face set is then not needed")
     ap.add_argument("--smoke", action="store_true", help="8 + 2 demo persons instead of the real faces, "
                     f"and {' '.join(SMOKE_RUN)}")
     ap.add_argument("run_args", nargs="*", help="more `run` flags after --, e.g. -- --model resnet18")

@@ -10,7 +10,7 @@ and prints the largest logit difference and the top-1 agreement with the referen
   python benchmarks/weights_layout.py                 # every installed package, 64 faces, 224/128/96/64 px
   python benchmarks/weights_layout.py --smoke         # 4 demo faces at 64 px (the tests run it)
 
-Faces: ../shared/utkmask/faces when present, else the built-in demo data.
+Faces: the real-face set's faces/ ($UTKMASK_DIR) when present, else the built-in demo data.
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from results.tables import markdown_table  # noqa: E402
+from benchmarks.realfaces import utkmask_folder  # noqa: E402
 from trainables.weights import SOURCES, map_by_order, read_state_dict, source_file  # noqa: E402
 
-UTK_FACES = ROOT.parent / "shared" / "utkmask" / "faces"
+UTK_FACES = utkmask_folder() / "faces"   # $UTKMASK_DIR (benchmarks/realfaces.py)
 
 
 def face_files(n: int, work: Path) -> list[Path]:

@@ -4,7 +4,7 @@ Each person is a drawn portrait (face ellipse, eyes, hair) whose visual cues car
   mask:   a mask over nose and mouth (wear), a mask slipped to the chin (incorrect), none
   gender: long hair falling past the jaw (female) or short hair (male)
   age:    hair lightness and forehead lines grow with age
-Deterministic from ``seed``; no dependency on ../shared.
+Deterministic from ``seed``; no dependency on the real-face set.
 """
 from __future__ import annotations
 

@@ -88,7 +88,6 @@ class TuneOptions:
     max_failures: int = 2            # retries of a crashed trial (from its checkpoint)
     grace_period: int = 1            # ASHA: epochs before a trial may be stopped
     verbose: int = 1                 # 0 quiet, 1 a status table per phase every ~30 s, 2 also Tune's own output
-    fault_marker: str = ""           # test hook (RunContext.fault_marker)
 
     def __post_init__(self):
         if self.phase not in PHASES:

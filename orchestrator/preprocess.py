@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from .crop_cache import CropCache, crop_name
 from .detector import Detector, decode
 from core.dataset import load_eval, load_train
 from core.faces import CropSettings, Priors, crop_box, crop_jpeg, miss_box, normalise
-from core.gates import hold
+from core.failpoints import failpoint
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
 from .options import WORKER_GPU_SHARE, PreprocessOptions
@@ -115,7 +113,7 @@ def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, k
 
 
 def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
-                 kill_once: str | None, part: str) -> list[dict]:
+                 part: str) -> list[dict]:
     """Step 1 for one batch; writes its crops and a cache part, returns the records."""
     import ray   # heavy; the driver imports it when it starts Ray
     det = _detector(s)
@@ -126,11 +124,8 @@ def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
     recs = []
     for i, (it, dec) in enumerate(zip(items, decs)):
         recs.append(dict(_detect_one(it, dec, found.get(i), det, s, Path(crops_dir), s.key), device=where))
-        if i == len(items) // 2:   # test gate: hold a batch half-way through
-            hold("detect_batch", first=items[0]["path"], node=ray.get_runtime_context().get_node_id())
-        if kill_once and i == len(items) // 2 and not Path(kill_once).exists():
-            Path(kill_once).touch()               # fault injection for tests: die mid-batch, once
-            os.kill(os.getpid(), signal.SIGKILL)
+        if i == len(items) // 2:   # half-way through a batch: some crops written, its part not yet
+            failpoint("detect_batch", first=items[0]["path"], node=ray.get_runtime_context().get_node_id())
     CropCache(Path(crops_dir), s).write_part(part, recs)
     return recs
 
@@ -238,8 +233,7 @@ def _same_box(a: dict, b: dict) -> bool:
 
 def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(), *,
                address: str | None = None, workers: int | None = None,
-               num_gpus_per_worker: float | None = 0.0, progress: bool = True, batch_size: int = BATCH,
-               _kill_once: Path | None = None) -> pd.DataFrame:
+               num_gpus_per_worker: float | None = 0.0, progress: bool = True, batch_size: int = BATCH) -> pd.DataFrame:
     """Crop every train and eval image (skipping what earlier runs finished); returns the
     manifest (also written to ``ws.manifest``), with the run's Summary in ``.attrs["summary"]``.
 
@@ -249,8 +243,6 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
         num_gpus_per_worker: GPUs each worker asks Ray for; 0: CPU workers; None: WORKER_GPU_SHARE of a
             GPU where the cluster has GPUs, else CPU. MTCNN runs on CUDA wherever torch sees it.
         batch_size: images per Ray task.
-        _kill_once: tests only: the first batch to find this file missing creates it and
-            SIGKILLs its own worker mid-batch.
     """
     t0 = time.time()
     data = Path(data).resolve()
@@ -266,8 +258,7 @@ def preprocess(data: Path, ws: Workspace, settings: CropSettings = CropSettings(
     # one CPU each even on a GPU: decoding and cropping are CPU work
     resources = {"num_cpus": 1, "num_gpus": gpus}
     args = (str(data), str(ws.crops), settings)
-    kill = str(_kill_once) if _kill_once else None
-    for r in _run_tasks(detect_batch, _batches(todo, batch_size), args + (kill,), resources,
+    for r in _run_tasks(detect_batch, _batches(todo, batch_size), args, resources,
                         workers, "detect", progress):
         recs[r["path"]] = r
     persons = dict(zip(images["path"], images["person"]))

@@ -99,8 +99,7 @@ class StudyPlan:
     def context(self, phase: str, parent: str) -> RunContext:
         return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
                           experiment=self.options.experiment, study=self.study, phase=phase,
-                          parent_run_id=parent, fault_marker=self.options.fault_marker,
-                          deadline=self.options.deadline, labels=self.labels,
+                          parent_run_id=parent, deadline=self.options.deadline, labels=self.labels,
                           pins=self.pins.as_dict() if self.pins else {})
 
     def exp_path(self, phase: str) -> str:

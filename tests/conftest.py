@@ -1,12 +1,16 @@
+import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from benchmarks.realfaces import ENV as UTKMASK_ENV, utkmask_available as _utk_available, utkmask_folder
 from tests.bad_input import write_records
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -26,7 +30,54 @@ settings.register_profile("long", max_examples=1000, **_GENERATED)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
-UTKMASK = ROOT.parent / "shared" / "utkmask"
+UTKMASK = utkmask_folder()   # the real-face set: $UTKMASK_DIR (benchmarks/realfaces.py)
+
+# The tiers (README "Tests"), given by rule so that a new test file falls into one by itself:
+#   slow     `make test-slow`: what runs Ray under tests/cluster/ (simulated multi-node clusters
+#            and their faults) or in tests/test_benchmark*.py (benchmark smokes), and what a test
+#            marks slow itself
+#   ray      starts Ray, trains, or starts a process of the CLI: by its body or a fixture it uses
+#            (`make test-quick` runs neither; `make test` runs all but slow)
+#   utkmask  reads the real-face set (the utkmask_dir fixture); skipped where it is absent
+SLOW_FOLDERS = {"cluster"}
+SLOW_FILES = re.compile(r"test_benchmark")
+HEAVY_CALL = re.compile(r"\b(ray|ray_session|init_ray|main|tune_head|retrain_head|preprocess|ensemble|reproduce|"
+                        r"subprocess|Popen|benchmark_smoke|workspace_sharing_crops)\s*[.(]")
+HEAVY_FIXTURES = {"crops_ws", "budget_run", "ray_local", "utkmask_dir"}
+
+
+def _source(fn) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return ""
+
+
+def _is_heavy(item) -> bool:
+    """The test's own body, or a fixture it uses (its whole closure), starts Ray, trains or
+    starts the CLI. Only functions defined under tests/ are read: pytest's own fixtures never are."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & HEAVY_FIXTURES or HEAVY_CALL.search(_source(getattr(item, "function", None))):
+        return True
+    defs = getattr(item, "_fixtureinfo", None)
+    for name in names:
+        for fd in (defs.name2fixturedefs.get(name, ()) if defs else ()):
+            fn = fd.func
+            if str(ROOT / "tests") in (inspect.getsourcefile(fn) or "") and HEAVY_CALL.search(_source(fn)):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        path = Path(str(item.fspath)).relative_to(ROOT / "tests")
+        heavy = _is_heavy(item)
+        if heavy:
+            item.add_marker(pytest.mark.ray)
+        if heavy and (SLOW_FOLDERS & set(path.parts[:-1]) or SLOW_FILES.match(path.name)):
+            item.add_marker(pytest.mark.slow)
+        if "utkmask_dir" in item.fixturenames or "UTKMASK" in _source(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.utkmask)
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +94,14 @@ def demo_copy(demo_dir, tmp_path) -> Path:
 
 
 def utkmask_available() -> bool:
-    return (UTKMASK / "make_utkmask.py").is_file() and (UTKMASK / "faces").is_dir()
+    return _utk_available(UTKMASK)
 
 
 @pytest.fixture(scope="session")
 def utkmask_dir(tmp_path_factory) -> Path:
-    """60 real persons laid out by ../shared/utkmask's own script (train and eval)."""
+    """60 real persons laid out by the real-face set's own script (train and eval)."""
     if not utkmask_available():
-        pytest.skip(f"real-face set not found at {UTKMASK} (needs ../shared/utkmask)")
+        pytest.skip(f"real-face set not found at {UTKMASK} (set ${UTKMASK_ENV})")
     out = tmp_path_factory.mktemp("utkmask")
     persons = (UTKMASK / "persons.txt").read_text().splitlines()
     (out / "train.txt").write_text("\n".join(persons[:40]) + "\n")
@@ -62,21 +113,70 @@ def utkmask_dir(tmp_path_factory) -> Path:
     return out / "data"
 
 
+# One local Ray for the whole suite: every test that runs Ray in this process shares it
+# (`ray_session` and `init_ray` reuse an open session), instead of starting one each (seconds apiece).
+RAY_OPTS = dict(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
+
+
+def open_shared_ray() -> None:
+    """Start the suite's local Ray unless one is open. The test gates' folder goes into the
+    environment first: Ray's workers inherit it from their raylet (tests/fault_gate.py)."""
+    import ray
+    from tests.fault_gate import gates_folder
+    gates_folder()
+    if not ray.is_initialized():
+        ray.init(address="local", **RAY_OPTS)   # "local": never join another cluster on this machine
+
+
+@contextmanager
+def own_ray(**init):
+    """A local Ray of a test module's own shape (logical GPUs, say) in place of the shared one,
+    which the next test that needs it opens again."""
+    import ray
+    from tests.fault_gate import gates_folder
+    gates_folder()
+    ray.shutdown()
+    ray.init(address="local", **{**RAY_OPTS, **init})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _shared_ray(request):
+    """Tests that run Ray (the `ray` tier) find the shared Ray open; it closes when the suite ends."""
+    if request.node.get_closest_marker("ray") and not request.node.get_closest_marker("slow"):
+        open_shared_ray()
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if "ray" in sys.modules:
+        import ray
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local() -> None:
+    """The shared local Ray (2 CPUs, no GPU), for tests that use Ray directly."""
+    open_shared_ray()
+
+
 @pytest.fixture(scope="session")
 def crops_ws(demo_dir, tmp_path_factory):
     """(data_dir, Workspace) whose manifest + crops follow core/manifest.py.
 
     The real preprocessing stage (MTCNN on Ray; the drawn demo faces mostly fall back to
-    the prior box), run once per session on a small local Ray that is shut down after.
+    the prior box), run once per session on the suite's shared Ray.
     """
 
     from core.faces import CropSettings
     from orchestrator.preprocess import preprocess
-    from orchestrator.ray_session import ray_session
     from core.workspace import Workspace
     ws = Workspace(tmp_path_factory.mktemp("ws")).make()
-    with ray_session(num_cpus=2):
-        preprocess(demo_dir, ws, CropSettings(size=96), progress=False)
+    open_shared_ray()
+    preprocess(demo_dir, ws, CropSettings(size=96), progress=False)
     return demo_dir, ws
 
 

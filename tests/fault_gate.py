@@ -1,6 +1,7 @@
-"""The test side of core/gates.py: arm a gate that holds a run at one point (an epoch, a batch, a
-checkpoint half written), wait until the run is held there, strike (kill a process, a node, a
-driver, stop a server), release. Used by the fault tests here and in tests/cluster."""
+"""The test side of core/failpoints.py: arm a gate that holds a run at one named point (an epoch,
+a batch, a checkpoint half written), wait until the run is held there, strike (kill a process, a
+node, a driver, stop a server), release; or arm a point to crash the first process that reaches
+it. Used by the fault tests here and in tests/cluster."""
 from __future__ import annotations
 
 import atexit
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomic import write_text_atomic   # the workers must never read half a gate
-from core.gates import ENV
+from core.failpoints import ENV
 
 
 def gates_folder() -> Path:
-    """The test gates' folder (core/gates.py), in the environment before any node starts: Ray
-    workers inherit it from their raylet, CLI drivers from the test."""
+    """The fail points' folder (core/failpoints.py), in the environment before any node starts:
+    Ray workers inherit it from their raylet, CLI drivers from the test."""
     if not os.environ.get(ENV):
         os.environ[ENV] = tempfile.mkdtemp(prefix="gates-")
         atexit.register(shutil.rmtree, os.environ[ENV], ignore_errors=True)
@@ -38,7 +39,7 @@ class Struck:
 
 
 class Gate:
-    """Hold a run at one point (core/gates.py) until the test has done its damage there:
+    """Hold a run at one point (core/failpoints.py) until the test has done its damage there:
     ``with Gate("epoch", epoch=1) as g: ... info = g.wait()`` (pid, node, ... of the holder)."""
 
     def __init__(self, point: str, holders: int = 1, **where):
@@ -107,6 +108,27 @@ class Gate:
     def __exit__(self, *exc) -> None:
         self.closed = True   # a waiting `then` thread gives up
         self.release()
+
+
+class Crash:
+    """The first process that reaches ``point`` (where ``where`` matches) dies there, once:
+    ``how="exit"`` as a crashed worker (os._exit), ``"kill"`` by SIGKILL. ``with Crash("epoch",
+    epoch=1) as c: ... c.crashed()`` (its pid and the point's values, or None)."""
+
+    def __init__(self, point: str, how: str = "exit", **where):
+        self.folder, self.point, self.armed = gates_folder(), point, {**where, "how": how}
+
+    def __enter__(self) -> "Crash":
+        (self.folder / f"{self.point}.crashed").unlink(missing_ok=True)
+        write_text_atomic(json.dumps(self.armed), self.folder / f"{self.point}.crash")
+        return self
+
+    def crashed(self) -> dict | None:
+        f = self.folder / f"{self.point}.crashed"
+        return json.loads(f.read_text()) if f.exists() and f.read_text() else None
+
+    def __exit__(self, *exc) -> None:
+        (self.folder / f"{self.point}.crash").unlink(missing_ok=True)
 
 
 def wait_gone(pids, timeout: float = 120) -> None:

@@ -1,9 +1,8 @@
 """Test helpers: a real MLflow SQLite store holding runs in the trainables' contract
-(tags head/fold/study/phase/stage, artifacts model/model.pt and oof/predictions.parquet),
-and a crop manifest in the contract of core.manifest.
-
-Model files are written with trainables.models.save_model_file when trainables is present,
-else as a plain torch state dict (enough for selection tests, which never load them).
+(tags head/fold/study/phase/stage, the best model as the run's MLflow logged model ``model``
+as `run` logs it (results.trial_log.TrialLogger), OOF rows in oof/predictions.parquet), and a
+crop manifest in the contract of core.manifest. ``legacy=True`` writes an older store's run
+instead (a loose model/model.pt artifact), which the ensemble still reads.
 """
 from __future__ import annotations
 
@@ -20,6 +19,10 @@ from core.folds import FoldSpec, assign_folds
 from core.labels import HEADS, decode
 from core.manifest import COLUMNS
 from core.workspace import Workspace
+from results.trial_log import TrialLogger
+from trainables.config import RunContext, TrialConfig
+from trainables.mlflow_model import pyfunc_spec
+from trainables.models import build_model, save_model_file
 
 EXPERIMENT = "orchestrator"
 _TEMPLATE: list[Path] = []
@@ -45,31 +48,33 @@ def store(ws: Path) -> MlflowClient:
     return client
 
 
-def save_model(path: Path, head: str) -> None:
-    try:
-        from trainables.config import TrialConfig
-        from trainables.models import build_model, save_model_file
-    except ImportError:
-        import torch
-        torch.save({"head": head, "state_dict": torch.nn.Linear(4, HEADS[head].num_classes).state_dict()}, path)
-        return
+def save_model(path: Path, head: str) -> TrialConfig:
+    """A tiny untrained model of ``head`` in trainables' file format; its config."""
     cfg = TrialConfig(head=head, model="test_efficientnet", img_size=32, epochs=1, batch_size=4)
     save_model_file(path, build_model(cfg, pretrained=""), cfg)
+    return cfg
 
 
 def log_model_run(client: MlflowClient, tmp: Path, *, head: str, phase: str, fold: int | str = "",
                   study: str = "s1", oof: pd.DataFrame | None = None, model: bool = True,
-                  status: str = "FINISHED", tags: dict | None = None) -> str:
+                  status: str = "FINISHED", tags: dict | None = None, legacy: bool = False) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     tags = {"head": head, "phase": phase, "fold": str(fold), "study": study, "role": "trial",
             "stage": "full" if phase == "full" else "tune", "trial_id": f"t{fold}", **(tags or {})}
     run = client.create_run(exp.experiment_id, tags=tags, run_name=f"{head}-{phase}-{fold}")
     rid = run.info.run_id
     folder = tmp / rid
-    if model:
-        (folder / "model").mkdir(parents=True)
+    folder.mkdir(parents=True)
+    if model and legacy:
+        (folder / "model").mkdir()
         save_model(folder / "model" / "model.pt", head)
         client.log_artifact(rid, str(folder / "model" / "model.pt"), "model")
+    elif model:   # as a trial logs its best model and OOF rows: the same code, on this run
+        cfg = save_model(folder / "model.pt", head)
+        ctx = RunContext(data="", workspace="", tracking_uri=client.tracking_uri, study=study, phase=phase)
+        log = TrialLogger(ctx, cfg, trial_id=tags["trial_id"], trial_name=run.info.run_name, run_id=rid)
+        log.log_model(folder / "model.pt", pyfunc_spec(cfg), step=1, oof=oof)
+        oof = None
     if oof is not None:
         (folder / "oof").mkdir(parents=True, exist_ok=True)
         oof.to_parquet(folder / "oof" / "predictions.parquet", index=False)

@@ -26,7 +26,6 @@ from orchestrator.cli import main
 from orchestrator.study import TuneOptions, tune_head
 from results.run_schema import EXPERIMENT, logged_model_id, ui_url
 
-pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

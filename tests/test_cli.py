@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -9,30 +10,49 @@ DESIGN_COMMANDS = ("preprocess", "tune", "retrain", "ensemble", "run", "demo-dat
 NOT_FOR_HELP = ("mlflow", "sklearn", "matplotlib", "torch")
 
 
-def test_help_lists_design_commands():
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, text=True, check=True).stdout
+# every `--help` in one fresh interpreter: each command's help text and the modules it imported
+# that no earlier one had (so a stage's stack shows under the command that pulled it in)
+HELP_PROBE = """
+import contextlib, io, json, runpy, sys
+out = {}
+for command in json.loads(sys.argv[1]):
+    before, buf = set(sys.modules), io.StringIO()
+    sys.argv = ["orchestrator", *([command] if command else []), "--help"]
+    with contextlib.redirect_stdout(buf):
+        try:
+            runpy.run_module("orchestrator", run_name="__main__")
+        except SystemExit:
+            pass
+    out[command] = {"help": buf.getvalue(), "imported": sorted(set(sys.modules) - before)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict:
+    commands = ["", *COMMANDS]
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, json.dumps(commands)], capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_help_lists_design_commands(helps):
     for cmd in DESIGN_COMMANDS:
-        assert cmd in out
+        assert cmd in helps[""]["help"]
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])
-def test_help_imports_no_stage(command):
+def test_help_imports_no_stage(helps, command):
     """`--help` builds the parser only: no stage's stack (README 'Commands'), so it answers at once."""
-    probe = ("import runpy, sys\ntry:\n    runpy.run_module('orchestrator', run_name='__main__')\n"
-             "except SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
-    argv = [sys.executable, "-c", probe, *([command] if command else []), "--help"]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
-    *help_text, loaded = proc.stdout.strip().splitlines()
-    assert "usage: python -m orchestrator" in help_text[0]
-    assert not set(loaded.split()) & set(NOT_FOR_HELP), f"{command} --help imported {set(loaded.split()) & set(NOT_FOR_HELP)}"
+    assert "usage: python -m orchestrator" in helps[command]["help"].splitlines()[0]
+    heavy = set(helps[command]["imported"]) & set(NOT_FOR_HELP)
+    assert not heavy, f"{command} --help imported {heavy}"
 
 
-def test_help_shows_each_default_from_its_declaration():
+def test_help_shows_each_default_from_its_declaration(helps):
     """Defaults in the help come from the option records, never a restated literal."""
     from orchestrator.options import GPU_SHARE, TuneOptions
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "tune", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    flat = " ".join(out.split())
+    flat = " ".join(helps["tune"]["help"].split())
     assert f"two trials a card) (default: {GPU_SHARE})" in flat
     assert f"--max-failures MAX_FAILURES retries of a crashed trial from its checkpoint (default: {TuneOptions.max_failures})" in flat
     assert "--experiment EXPERIMENT MLflow experiment name (default: orchestrator)" in flat

@@ -17,7 +17,6 @@ def _digests(folder: Path) -> dict[str, str]:
             for f in sorted(folder.rglob("*.jpg"))}
 
 
-@pytest.mark.slow
 def test_damaged_crops_and_manifest_are_found_and_only_they_are_redone(crops_ws, tmp_path):
     from core.faces import CropSettings
     from orchestrator.preprocess import preprocess

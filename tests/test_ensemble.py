@@ -112,6 +112,21 @@ def test_head_with_no_models_and_missing_model_file(tmp_path):
         choose_models(client, experiment="other")
 
 
+def test_an_older_stores_loose_model_file_still_loads_but_is_not_promoted(tmp_path):
+    """Runs of stores written before logged models keep model/model.pt: the ensemble's loader
+    reads it, and `promote` names why it cannot register it."""
+    from orchestrator.promote import promote
+    from results.tracking import download_model
+    from trainables.models import load_model_file
+    client = store(tmp_path / "ws")
+    rid = log_model_run(client, tmp_path / "art", head="age", phase="cv", fold=0, legacy=True)
+    uri = Workspace(tmp_path / "ws").tracking_uri()
+    model, cfg = load_model_file(download_model(uri, rid, tmp_path / "dl"))
+    assert cfg.head == "age" and model.num_classes == 3
+    with pytest.raises(DataError, match="has no logged model 'model' \\(runs of older stores keep a loose"):
+        promote(uri, model=rid)
+
+
 def test_oof_covers_every_training_image_once(study_ws, demo_dir, tmp_path):
     ws, client, ids = study_ws
     train = read_manifest(Workspace(ws).manifest).query("split == 'train'").set_index("path")
@@ -199,7 +214,6 @@ def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
 
 def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     """Real model files (trainables' format) and OOF artifacts -> submission, report, MLflow run."""
-    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     res = ensemble(demo_dir, ws, EnsembleOptions())
@@ -226,8 +240,8 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     assert (res.offsets is not None) == cal["applied"]
     # the ensemble run itself never votes in a later ensemble
     assert len(choose_models(client)["age"]) == 3
-    # these runs are an older store's (model/model.pt, no logged models): they still load, and
-    # the whole ensemble, logged as one pyfunc model, predicts what submission.csv holds
+    # these runs carry logged models as `run` logs them; the whole ensemble, logged as one
+    # pyfunc model, predicts what submission.csv holds
     import mlflow
 
     from results.run_schema import global_tracking_uri
@@ -241,8 +255,6 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     pred = model.predict(pd.DataFrame({"image": [c.read_bytes() for c in crops]}))
     assert pred["class"].tolist() == sub["ans"].tolist()
     assert set(pred.columns) >= {"class", "mask", "gender", "age", "label"}
-    with pytest.raises(DataError, match="has no logged model 'model' \\(runs of older stores keep a loose"):
-        promote(Workspace(ws).tracking_uri(), model=ids["age"][0])
     # `reproduce`: its logged runs and options again give the same OOF metrics and answers
     from orchestrator.reproduce import reproduce
     again = reproduce(demo_dir, Workspace(ws), res.mlflow_run_id)
@@ -250,7 +262,6 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
 
 
 def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, tmp_path):
-    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.cli import main
     ws, client, ids = study_ws
     out = tmp_path / "sub.csv"
@@ -264,7 +275,6 @@ def test_ensemble_cli_hard_vote_without_calibration_or_full(study_ws, demo_dir, 
 
 
 def test_ensemble_cli_reports_missing_runs_and_bad_options(study_ws, demo_dir, capsys):
-    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.cli import main
     ws, client, ids = study_ws
     ghost = "fedcba9876543210fedcba9876543210"
@@ -298,17 +308,14 @@ def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
 
 
 def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, capsys):
-    pytest.importorskip("results.tracking", reason="needs results.tracking")
     from orchestrator.cli import main
     rc = main(["ensemble", "--data", str(demo_dir), "--workspace", str(tmp_path / "ws"),
                "--tracking-uri", "http://127.0.0.1:9"])
     assert rc == 2 and "http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path):
     """One Ray task per model (a real local Ray, 1 CPU) gives the same submission."""
-    pytest.importorskip("trainables.predict", reason="needs the trainables package")
     from orchestrator.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import own_ray
 from orchestrator.ray_session import cpus_per_gpu, node_types_capacity
 from trainables.data import SeededShuffle, loader_workers
 from trainables.loop import grad_scaler, memory_fraction, precision_for, train_one_epoch
@@ -122,8 +123,7 @@ def test_preprocessing_leaves_no_process_on_the_gpu_and_fallback_crops_reserve_n
     def pid_of(batch, *args):   # a task that says which process ran it (local: shipped by value)
         return [{"path": it["path"], "pid": os.getpid()} for it in batch]
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with own_ray(num_gpus=1):   # logical GPUs: a Ray of this test's own shape
         batches = [[{"path": f"{b}-{i}", "src_mtime": 0} for i in range(2)] for b in range(4)]
         recs = list(pre._run_tasks(pid_of, batches, (), {"num_cpus": 1, "num_gpus": 0.5}, 2, "detect", False))
         pids = {r["pid"] for r in recs}
@@ -140,8 +140,6 @@ def test_preprocessing_leaves_no_process_on_the_gpu_and_fallback_crops_reserve_n
         pre.preprocess(data, Workspace(tmp_path / "ws").make(), CropSettings(size=64), num_gpus_per_worker=0.5,
                        progress=False, batch_size=7)
         assert dict(asked) == {"detect_batch": {"num_cpus": 1, "num_gpus": 0.5}, "crop_batch": {"num_cpus": 1}}
-    finally:
-        ray.shutdown()
 
 
 def test_trials_ask_for_deterministic_kernels_and_tag_the_precision_they_used(monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from core.demo_data import DemoSpec, write_demo_data
 from core.faces import CropSettings
 from core.workspace import Workspace
-from conftest import workspace_sharing_crops
+from conftest import own_ray, workspace_sharing_crops
 from orchestrator.ensemble import EnsembleOptions, ensemble
 from orchestrator.options import GPU_SHARE as TRIAL_GPU_SHARE
 from orchestrator.pipeline import RunOptions, Sizer, trial_slots
@@ -22,17 +22,13 @@ from results.tracking import find_runs, most_at_once
 from search_spaces import SMOKE
 from trainables import loop
 
-pytestmark = pytest.mark.slow
 GPUS, CPUS = 2, 4   # logical: Ray hands them out, nothing computes on them
 
 
 @pytest.fixture(scope="module")
-def gpu_ray(crops_ws):   # crops_ws first: it starts (and stops) its own Ray
-    import ray
-    ray.init(address="local", num_cpus=CPUS, num_gpus=GPUS, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 1024**2)
-    yield
-    ray.shutdown()
+def gpu_ray(crops_ws):   # crops_ws first: it crops on the shared Ray, which this one replaces
+    with own_ray(num_cpus=CPUS, num_gpus=GPUS):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,6 @@ def test_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     assert dec.img is None and "12000x12000" in dec.error and f"{MAX_PIXELS // 1_000_000} MP" in dec.error
 
 
-@pytest.mark.slow
 def test_preprocess_records_refused_images_and_crops_the_rest(tmp_path):
     """Every kind above among the training photos of a small study: the refused ones are rows
     with a reason in the manifest's error column, every other image is cropped, and the run ends."""

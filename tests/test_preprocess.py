@@ -1,5 +1,5 @@
 """`preprocess` on a real local Ray: demo data end to end, bad images, cache, a killed worker,
-and crop quality on real faces (../shared/utkmask)."""
+and crop quality on real faces (the real-face set, $UTKMASK_DIR)."""
 import io
 import os
 import shutil
@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import own_ray
+from fault_gate import Crash
 from orchestrator.cli import main
 from core.demo_data import DemoSpec, write_demo_data
 from core.faces import CropSettings, iou
@@ -16,17 +18,13 @@ from core.manifest import COLUMNS, read_manifest
 from orchestrator.preprocess import preprocess
 from core.workspace import Workspace
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    import ray
+def gpu_ray():
     # one logical GPU (no CUDA needed): lets a test see that workers ask for the GPUs they get
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=128 * 1024**2,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
+    with own_ray(num_gpus=1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -152,15 +150,13 @@ def test_bad_images_never_crash_the_job(data, tmp_path, capsys):
 
 def test_killed_worker_is_retried_and_nothing_is_lost(data, tmp_path):
     ws = Workspace(tmp_path / "ws")
-    marker = tmp_path / "killed"
-    m = preprocess(data, ws, CropSettings(), progress=False, batch_size=8,
-                   _kill_once=marker)
-    assert marker.exists()                       # a worker really died mid-batch ...
+    with Crash("detect_batch", how="kill") as crash:
+        m = preprocess(data, ws, CropSettings(), progress=False, batch_size=8)
+    assert crash.crashed()                       # a worker really died mid-batch ...
     _check_complete(m, data, ws)                 # ... and every image is there exactly once
     assert m.attrs["summary"].failed == 0
 
 
-@pytest.mark.utkmask
 def test_real_faces_are_cropped_on_the_face(utkmask_dir, tmp_path):
     ws = Workspace(tmp_path / "ws")
     m = preprocess(utkmask_dir, ws, progress=False)

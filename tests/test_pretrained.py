@@ -13,32 +13,32 @@ from trainables.pretrained import PretrainedError, check_hub
 from conftest import workspace_sharing_crops
 
 
-def hub_offline() -> bool:
-    """The real check, against the real hub: here (no internet) it fails."""
-    try:
-        check_hub("efficientnet_b3")
-    except PretrainedError:
-        return True
-    return False
+@pytest.fixture
+def refusing_hub(monkeypatch, tmp_path):
+    """The Hugging Face hub at a local address that refuses (nothing listens on port 9) and an
+    empty hub cache: what HF_ENDPOINT=http://127.0.0.1:9 HF_HUB_CACHE=EMPTY do when set before
+    huggingface_hub is imported. Offline or online, the checks below meet an unreachable hub."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
-def test_offline_hub_is_one_fast_error_naming_the_model_and_both_ways_out():
-    if not hub_offline():
-        pytest.skip("the hub answers (or timm's cache holds efficientnet_b3): nothing offline to show")
+def test_offline_hub_is_one_fast_error_naming_the_model_and_both_ways_out(refusing_hub):
     t0 = time.time()
     with pytest.raises(PretrainedError) as err:
         check_hub("efficientnet_b3")
     assert time.time() - t0 < 15   # no retries with back-off
     msg = str(err.value)
     assert "'efficientnet_b3'" in msg and "--pretrained FILE" in msg and "--pretrained none" in msg
+    assert "127.0.0.1:9" in msg or "Connect" in msg, msg   # why: the refused connection, not a missing file
 
 
-def test_tune_defaults_to_hub_weights_and_offline_stops_before_ray(crops_ws, tmp_path, capsys):
+def test_tune_defaults_to_hub_weights_and_offline_stops_before_ray(refusing_hub, crops_ws, tmp_path, capsys):
     import ray
-    if not hub_offline():
-        pytest.skip("the hub answers here: tune would download efficientnet_b3")
     data, _ = crops_ws
-    assert not ray.is_initialized()
+    ray.shutdown()   # the suite's shared Ray (tests/conftest.py): this test shows tune starts none
     rc = main(["tune", "--head", "age", "--data", str(data), "--workspace", str(tmp_path / "ws")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("error:") == 1
@@ -47,7 +47,6 @@ def test_tune_defaults_to_hub_weights_and_offline_stops_before_ray(crops_ws, tmp
     assert not ray.is_initialized() and not (tmp_path / "ws").exists()   # nothing started, nothing made
 
 
-@pytest.mark.slow
 def test_tune_with_a_local_weights_file_trains_from_it_end_to_end(crops_ws, tmp_path):
     """--pretrained FILE on the joint model: the trial's logged model still carries the file's
     backbone (a few smoke steps move it little), and the run records where it started."""
@@ -74,6 +73,7 @@ def test_a_weights_file_of_another_architecture_stops_tune_before_ray(crops_ws, 
     import ray
     import timm
     data, _ = crops_ws
+    ray.shutdown()   # the suite's shared Ray: this test shows tune starts none
     torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "resnet.pth")
     rc = main(["tune", "--head", "mask", "--smoke-test", "--pretrained", str(tmp_path / "resnet.pth"),
                "--data", str(data), "--workspace", str(tmp_path / "ws")])
@@ -82,7 +82,6 @@ def test_a_weights_file_of_another_architecture_stops_tune_before_ray(crops_ws, 
     assert not ray.is_initialized() and not (tmp_path / "ws").exists()
 
 
-@pytest.mark.slow
 def test_a_backbone_search_fine_tunes_the_packaged_weights_beside_a_scratch_model(crops_ws, tmp_path):
     """`tune --search-backbones`: Optuna picks the backbone per trial (the recipe's point the first);
     the pretrained trial's logged model still carries the package's ImageNet backbone."""

@@ -36,11 +36,10 @@ def private_temp():
 
 @pytest.fixture(scope="module")
 def ray_local(private_temp):
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 1024**2)   # "local": never join another cluster on this machine
-    yield
-    ray.shutdown()
+    """A Ray of this module's own, started under the private TMPDIR its workers inherit."""
+    from conftest import own_ray
+    with own_ray(object_store_memory=128 * 1024**2):
+        yield
 
 
 # -- item 9: a failed image is tried again ------------------------------------------------
@@ -227,10 +226,11 @@ def test_a_killed_trials_scratch_stays_in_its_folder_and_its_retry_removes_it(ra
     from orchestrator.study import TuneOptions, tune_head
     data, src = crops_ws
     ws = workspace_sharing_crops(src, tmp_path_factory.mktemp("scratch_ws"))
-    marker = tmp_path_factory.mktemp("marker") / "crashed"
-    tune_head(data, ws, "gender", TuneOptions(smoke_test=True, verbose=0, phase="search", num_samples=1,
-                                              trial=dict(epochs=2), study="scratch", fault_marker=str(marker)))
-    assert marker.exists()                                        # the trial's process did exit mid-trial
+    from tests.fault_gate import Crash
+    with Crash("epoch", epoch=1, phase="search") as crash:     # exits after its first checkpoint
+        tune_head(data, ws, "gender", TuneOptions(smoke_test=True, verbose=0, phase="search", num_samples=1,
+                                                  trial=dict(epochs=2), study="scratch"))
+    assert crash.crashed()                                        # the trial's process did exit mid-trial
     left = [p.name for p in private_temp.iterdir() if p.name != "ray"]
     assert not [n for n in left if n.startswith("best-")], left   # nothing in the system temp folder
     assert not list(ws.tune.rglob("scratch")), list(ws.tune.rglob("scratch"))

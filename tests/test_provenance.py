@@ -179,7 +179,6 @@ def test_ensemble_study_per_head(demo_dir, tmp_path):
 
 
 # -- OOF and eval predictions use the same views -----------------------------------------
-@pytest.mark.slow
 def test_oof_holds_every_view_and_the_ensemble_takes_its_own(crops_ws, tmp_path):
     """A trial's OOF table keeps each TTA view apart; the ensemble averages the views it predicts
     the eval images with (``--tta none``: the original view only), so the calibration offsets are
@@ -224,7 +223,6 @@ def own_ws(crops_ws, tmp_path):
     return tmp_path / "data", Workspace(tmp_path / "ws")
 
 
-@pytest.mark.slow
 def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws, caplog):
     """One person more in train.csv moves others to another fold: a resume of the study (or its
     next phase) stops, says what changed and offers a free name; trials keep reading the split
@@ -264,7 +262,6 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws, caplog):
 
 
 # -- reproduce: a trial of a smoke study trained again from what MLflow recorded ----------
-@pytest.mark.slow
 def test_reproduce_a_smoke_trial_bit_for_bit(own_ws, capsys):
     from mlflow import MlflowClient
 

@@ -52,15 +52,15 @@ def test_a_failed_fold_resumed_without_deadline_trains_as_its_siblings_did(run_w
     """`tune --phase cv --resume`, the command the failed-fold error prints, on a study whose folds
     trained to a deadline with a cap of CAP epochs (as `run --budget` sets them up): the resumed fold
     trains as many epochs as its finished sibling did, not the cap, and with no deadline."""
-    from tests.fault_gate import Gate
+    from tests.fault_gate import Crash, Gate
     data, ws = run_ws
     cap = 400   # the cap (`run --max-epochs`): the deadline ends the folds long before it
     opts = TuneOptions(smoke_test=True, phase="cv", num_samples=0, folds=2, study="to-deadline", max_failures=0,
-                       trial=dict(epochs=cap), deadline=time.time() + 80, verbose=0,
-                       fault_marker=str(tmp_path / "crashed"))   # the first fold past epoch 1 dies, for good
+                       trial=dict(epochs=cap), deadline=time.time() + 80, verbose=0)
     # both folds wait, started, before their first epoch until 20 s before the deadline: they train
     # for about that long however slowly this machine started them (the cap is never in reach)
-    with Gate("epoch", holders=2, epoch=0, phase="cv") as gate:
+    # (the gate first: arming it clears the point's files; then the first fold past epoch 1 dies, for good)
+    with Gate("epoch", holders=2, epoch=0, phase="cv") as gate, Crash("epoch", epoch=1, phase="cv"):
         gate.then(lambda held: (time.sleep(max(0.0, opts.deadline - 20 - time.time())), gate.release()))
         with pytest.raises(StudyFailed):
             tune_head(data, Workspace(ws), "all", opts)

@@ -6,15 +6,6 @@ import pytest
 from conftest import workspace_sharing_crops
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 1024**2)   # "local": never join another cluster on this machine
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_tune_fails_when_every_search_trial_failed_before_logging(ray_local, crops_ws, tmp_path, monkeypatch, capsys):
     """A search whose only trial failed (here before its first epoch: the decoded crops it opens

@@ -2,7 +2,6 @@
 import io
 import json
 import shlex
-import time
 from contextlib import redirect_stdout
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from orchestrator.cli import main
 from core.demo_data import DemoSpec, write_demo_data
 
-pytestmark = pytest.mark.slow
 
 
 def ages(data, path, age):
@@ -104,14 +102,12 @@ def test_run_audits_the_labels_and_the_audit_command_repeats_it(smoke_run):
 
 
 def test_rerun_resumes_instead_of_retraining(smoke_run):
-    t0 = time.time()
     client = mlflow.MlflowClient(f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("orchestrator")
     before = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
     assert main(["run", "--data", str(smoke_run / "data"), "--workspace", str(smoke_run / "ws"), "--smoke-test"]) == 0
     after = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
     assert after == before, "finished tune trials were rerun"
-    assert time.time() - t0 < 600
 
 
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
@@ -172,8 +168,38 @@ def test_budget_trials_train_to_their_deadline_and_end_annealed(budget_run):
     for phase in ("cv", "full"):
         runs = find_runs(uri, phase=phase)
         assert len(runs) == 2, (phase, len(runs))
-        for run_id, params in zip(runs["run_id"], runs.get("params.lr", pd.Series(["0.001"] * len(runs)))):
+        for run_id, params in zip(runs["run_id"], runs["params.lr"]):   # every trial logs its peak rate
             lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)]
             assert lrs and lrs[-1] < 0.05 * float(params), (phase, lrs)   # annealed, wherever it ended
             assert max(lrs) <= float(params) * 1.0001
             assert len(lrs) == 1 or max(lrs) > 0.05 * float(params)      # epochs before the last trained
+
+
+def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_path):
+    """`run` as a user starts it, on its default backbone (core.labels.RUN_BACKBONE: Lite0 from
+    the pip-installed ImageNet weights, not a scratch model), at tiny scale: 1 epoch, 2 folds, one
+    full-data model, 8 training persons. A submission comes out, and the logged models carry the
+    package's backbone (a few steps of fine-tuning move it little; a fresh init would not)."""
+    import torch
+    from core.labels import BACKBONES, RUN_BACKBONE
+    from results.tracking import download_model, find_runs
+    from trainables.models import load_model_file
+    from trainables.weights import SOURCES, read_state_dict, source_file
+    bb = BACKBONES[RUN_BACKBONE]
+    data, ws = tmp_path / "data", tmp_path / "ws"
+    write_demo_data(data, DemoSpec(train_persons=8, eval_persons=2))
+    assert main(["run", "--data", str(data), "--workspace", str(ws), "--epochs", "1", "--folds", "2",
+                 "--full-seeds", "1", "--batch-size", "16"]) == 0
+    sub = pd.read_csv(ws / "results" / "submission.csv")
+    assert list(sub["ImageID"]) == list(pd.read_csv(data / "eval" / "info.csv")["ImageID"])
+    uri = f"sqlite:///{ws.resolve()}/mlflow.db"
+    runs = find_runs(uri, head="all")
+    trials = runs[runs["tags.phase"].isin(["cv", "full"])]
+    assert sorted(trials["tags.phase"]) == ["cv", "cv", "full"] and set(trials["status"]) == {"FINISHED"}
+    assert set(trials["params.model"]) == {bb.model} and set(trials["params.pretrained"]) == {bb.pretrained}
+    assert set(trials["params.img_size"]) == {str(bb.img_size)}
+    stem = read_state_dict(source_file(SOURCES[bb.pretrained]))["_conv_stem.weight"].flatten()
+    for run_id in trials["run_id"]:
+        model, cfg = load_model_file(download_model(uri, run_id, tmp_path / "dl" / run_id))
+        w = model.state_dict()["conv_stem.weight"].flatten()
+        assert cfg.pretrained == bb.pretrained and torch.nn.functional.cosine_similarity(w, stem, dim=0) > 0.9

@@ -3,7 +3,7 @@
 submission.csv holds for them.
 
 The models are the suite's budget run's (conftest's budget_run: `run --budget` on demo data).
-The eval set is the demo's eval photos plus, where ../shared/utkmask is present, real faces of
+The eval set is the demo's eval photos plus, where the real-face set is present, real faces of
 three other persons (MTCNN finds them, where the drawn demo faces mostly fall back to the prior
 box); `preprocess` crops them, `ensemble` votes and logs the model, `promote` registers it. The
 server runs where this checkout cannot be imported, so the model loads the code it carries.
@@ -24,16 +24,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, UTKMASK, utkmask_available
+from conftest import ROOT, UTKMASK, UTKMASK_ENV, utkmask_available
 from core.workspace import Workspace
 
-pytestmark = pytest.mark.slow
 NAME, ALIAS = "served-ensemble", "champion"
 UTK_PERSONS = 3          # real-face eval persons (7 photos each) added to the demo's eval set
 
 
 def _add_real_faces(data: Path, tmp: Path) -> int:
-    """Appends UTK_PERSONS persons of ../shared/utkmask (laid out by its own script) to the eval set."""
+    """Appends UTK_PERSONS persons of the real-face set (laid out by its own script) to the eval set."""
     persons = (UTKMASK / "persons.txt").read_text().splitlines()[40:40 + UTK_PERSONS]
     (tmp / "persons.txt").write_text("\n".join(persons) + "\n")
     subprocess.run([sys.executable, str(UTKMASK / "make_utkmask.py"), "eval", str(UTKMASK / "faces"),
@@ -213,7 +212,7 @@ def test_served_model_answers_demo_photos_as_the_submission(registered, server):
 def test_served_model_answers_real_faces_as_the_submission(registered, server):
     data, ws, real = registered
     if not real:
-        pytest.skip(f"real-face set not found at {UTKMASK} (needs ../shared/utkmask)")
+        pytest.skip(f"real-face set not found at {UTKMASK} (set ${UTKMASK_ENV})")
     sub = pd.read_csv(ws.results / "submission.csv").tail(real)
     got = _classes_of(server, data, sub["ImageID"])
     assert got["class"].tolist() == sub["ans"].tolist()

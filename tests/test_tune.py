@@ -15,22 +15,10 @@ from core.errors import DataError
 from orchestrator.retrain import retrain_head
 from orchestrator.study import SEARCHED, StudyInterrupted, TuneOptions, tune_head
 from conftest import workspace_sharing_crops
-from fault_gate import Gate, gates_folder
+from fault_gate import Crash, Gate
 from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs
-
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    gates_folder()   # before Ray starts: its workers inherit the test gates' folder
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 1024**2)   # "local": never join another cluster on this machine
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +40,11 @@ def metric_steps(ws, run_id, key="val_f1"):
     return [m.step for m in MlflowClient(uri(ws)).get_metric_history(run_id, key)]
 
 
+# mask: 3 classes, search + cv (retrain uses it); gender: 2 classes, a one-trial search (every
+# head is a row of one table: tests/test_trainables.py builds and trains each row's model)
 @pytest.mark.parametrize("head,extra", [
-    ("mask", []),                                           # search + cv (retrain uses it)
+    ("mask", []),
     ("gender", ["--phase", "search", "--num-samples", "1"]),
-    ("age", ["--phase", "search", "--num-samples", "1"]),
 ])
 def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws, head, extra):
     data, ws = tws
@@ -88,7 +77,7 @@ def test_cli_smoke_test_leaves_mlflow_runs_with_a_loadable_model(ray_local, tws,
     model, cfg = load_model_file(download_model(uri(ws), run["run_id"]))
     assert cfg.head == head and cfg.fold == int(run["tags.fold"])
     oof = pd.read_parquet(download_artifact(uri(ws), run["run_id"], "oof/predictions.parquet"))
-    n_cls = {"mask": 3, "gender": 2, "age": 3}[head]
+    n_cls = {"mask": 3, "gender": 2}[head]
     p = [f"p{i}" for i in range(n_cls)]   # views averaged, then each view apart
     assert list(oof.columns) == ["path"] + p + [f"{v}_{c}" for v in ("orig", "hflip") for c in p]
     assert np.allclose(oof[p].sum(1), 1, atol=1e-5)
@@ -119,11 +108,11 @@ def test_retrain_uses_median_cv_epoch_on_all_data(ray_local, tws):
 
 def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, caplog):
     data, ws = tws
-    marker = tmp_path / "crashed"
     caplog.set_level("INFO", logger="orchestrator.progress")
-    tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, trial=dict(epochs=2, search_folds=2),
-                                                study="crash", fault_marker=str(marker)), verbose=1))
-    assert marker.exists()   # the worker process did exit mid-trial
+    with Crash("epoch", epoch=1, phase="search") as crash:   # after epoch 1's checkpoint
+        tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, trial=dict(epochs=2, search_folds=2),
+                                                    study="crash"), verbose=1))
+    assert crash.crashed(), "the worker process did not exit mid-trial"
     # the status table a person watches: the phase, its trials, their epoch and F1
     table = [r.getMessage() for r in caplog.records if r.name == "orchestrator.progress"][-1]
     assert table.startswith("crash · search: 0 running, 1 done, 0 failed | ") and "elapsed" in table
@@ -191,9 +180,11 @@ def test_a_fold_that_fails_for_good_stops_the_study_and_resumes_with_this_runs_d
 
     first, second = time.time() + 3600, time.time() + 1800
     opts = smoke(phase="cv", num_samples=0, trial=dict(epochs=2), max_concurrent=1, study="foldfail", max_failures=0,
-                 fault_marker=str(tmp_path / "crashed"), deadline=first)
-    with pytest.raises(StudyFailed, match=r"fold \d \(MLflow run [0-9a-f]{32}; log in .*\): .*--phase cv --resume"):
+                 deadline=first)
+    with Crash("epoch", epoch=1, phase="cv") as crash, \
+            pytest.raises(StudyFailed, match=r"fold \d \(MLflow run [0-9a-f]{32}; log in .*\): .*--phase cv --resume"):
         tune_head(data, ws, "mask", opts)
+    assert crash.crashed()
     runs = find_runs(uri(ws), study="foldfail")
     assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
     failed = runs.loc[runs["status"] == "FAILED"].iloc[0]

@@ -1,11 +1,8 @@
-"""Loads real faces laid out by ../shared/utkmask's script (skipped when it is absent)."""
+"""Loads real faces laid out by the real-face set's own script ($UTKMASK_DIR; skipped where absent)."""
 import pandas as pd
-import pytest
 
 from core.dataset import load_eval, load_train
 from core.folds import FoldSpec, assign_folds
-
-pytestmark = pytest.mark.utkmask
 
 
 def test_load_real_faces(utkmask_dir):

@@ -124,7 +124,6 @@ class RunContext:
     study: str = ""
     phase: str = "search"           # search | cv | full
     parent_run_id: str = ""
-    fault_marker: str = ""          # test hook: hard-exit once after the first checkpoint
     deadline: float = 0.0           # unix time by which training must end (0 = none; run --budget)
     labels: str = ""                # hash of the label table the trial trains on (core.label_table)
     pins: dict = field(default_factory=dict)   # the study's input hashes (orchestrator.pins): the

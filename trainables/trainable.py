@@ -8,7 +8,6 @@ appears, because ASHA may stop the trial after any report.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from ray import tune
 
 from core.deadlines import current_deadline, current_epochs
-from core.gates import hold
+from core.failpoints import failpoint
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
@@ -40,13 +39,6 @@ def _restore(parts: list) -> TrialState:
         return TrialState()
     with ckpt.as_directory() as d:
         return [load_state(p, Path(d) / _state_file(i)) for i, p in enumerate(parts)][0]
-
-
-def _maybe_fault(ctx: RunContext, state: TrialState) -> None:
-    # test hook: simulate a killed worker once, after a checkpoint the driver has received
-    if ctx.fault_marker and state.epoch >= 1 and not Path(ctx.fault_marker).exists():
-        Path(ctx.fault_marker).write_text("crashed once\n")
-        os._exit(1)
 
 
 def train_head(config: dict) -> None:
@@ -77,8 +69,7 @@ def train_head(config: dict) -> None:
     timing = TrialTime(deadline, val_share(parts[0]))
     try:
         while state.epoch < cfg.epochs:
-            _maybe_fault(ctx, state)
-            hold("epoch", epoch=state.epoch, **where)   # test gate: held after `epoch` checkpoints
+            failpoint("epoch", epoch=state.epoch, **where)   # after `epoch` checkpoints the driver has
             end = timing.train_end()
             if end and end <= time.time():   # no time left: one whole epoch, annealed over its steps
                 end = 0.0
@@ -141,7 +132,7 @@ def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:
 
 
 def _where(tc, ctx: RunContext) -> dict:
-    """Where a trial is, for the test gates (core/gates.py): trial index, phase, Ray node."""
+    """Where a trial is, for the fail points (core/failpoints.py): trial index, phase, Ray node."""
     import ray
     tag = Path(tc.get_trial_dir()).name.removeprefix(tc.get_trial_name() + "_").split("_")[0]
     return {"trial": int(tag) if tag.isdigit() else -1,   # Tune's trial counter (1, 2, ...)
@@ -152,7 +143,7 @@ def _report(parts: list, state: TrialState, metrics: dict, where: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
         for i, p in enumerate(parts):
             save_state(p, state, Path(d) / _state_file(i))
-            hold("checkpoint", epoch=state.epoch, written=i + 1, **where)   # test gate: mid-write
+            failpoint("checkpoint", epoch=state.epoch, written=i + 1, **where)   # half written
         tune.report({**metrics, "epoch": state.epoch, "best_val_f1": state.best_f1,
                      "best_epoch": state.best_epoch, "mlflow_run_id": state.run_id},
                     checkpoint=tune.Checkpoint.from_directory(d))

@@ -1,8 +1,9 @@
 """The GPU check: on one card, at fixed small sizes, every measurement and check that
 benchmarks/README.md "GPU" lists; figures and verdicts go to OUT.
 
-    python benchmarks/gpu/check.py OUT --utk PATH/TO/utkmask [--bundle DIR] [--steps a,b]
-    python benchmarks/gpu/check.py OUT --size tiny --utk PATH/TO/utkmask   # a dry run on a CPU
+    python benchmarks/gpu/check.py OUT [--utk DIR] [--bundle DIR] [--steps a,b]
+    python benchmarks/gpu/check.py OUT --size tiny [--utk DIR]   # a dry run on a CPU
+    # --utk: the real-face set, default $UTKMASK_DIR (benchmarks/realfaces.py)
 
 Steps, each in its own process and timed: install (the bundle, if given, into WORK/site, first
 on every step's PYTHONPATH), data (utkmask persons in the competition layout), mtcnn (preprocess
@@ -28,6 +29,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.realfaces import utkmask_folder  # noqa: E402  (the standard library only)
 STEPS = ("install", "data", "mtcnn", "throughput", "packing", "trials", "probe", "budget")
 SIZES = {
     # one H100/H200, 16 cores: about 7 minutes in all (the budget run takes 3 of them)
@@ -359,7 +362,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for figures.json, figures.md, check.log")
     ap.add_argument("--bundle", type=Path, default=None, help="folder with bundle.tar.NNN and bundle.sha256 (build_bundle.py)")
-    ap.add_argument("--utk", type=Path, default=ROOT.parent / "shared" / "utkmask",
+    ap.add_argument("--utk", type=Path, default=utkmask_folder(),   # $UTKMASK_DIR (benchmarks/realfaces.py)
                     help="make_utkmask.py, landmarks.csv, persons.txt and faces/ (at least the chosen persons')")
     ap.add_argument("--size", choices=sorted(SIZES), default="card")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-check"), help="data, workspaces, the installed bundle")

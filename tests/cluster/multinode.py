@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster and a real `mlflow server` on this machine (127.0.0.1 only).
 
-Each test module starts its own cluster in a module fixture (ray.init while another Ray is live
-raises), so run these modules in their own pytest process or after the single-node ones.
+Each test module starts its own cluster in a module fixture; the suite's shared local Ray
+(tests/conftest.py) is shut first and reopened by the next test that needs it.
 """
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def start_cluster(head_cpus: int, worker_cpus: list[int]):
     if rc.ENABLE_RAY_CLUSTER:
         pytest.skip("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: nodes would "
                     "listen on the network address; run tests/cluster in its own pytest process")
+    import ray
     from ray.cluster_utils import Cluster
     gates_folder()   # before the nodes start: their workers inherit it
+    ray.shutdown()   # the suite's shared local Ray (tests/conftest.py) gives way to the cluster
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, **NODE, "_system_config": HEALTH_FAST})
     workers = [c.add_node(num_cpus=n, **NODE) for n in worker_cpus]
     c.wait_for_nodes()

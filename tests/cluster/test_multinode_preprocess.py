@@ -18,7 +18,6 @@ from core.workspace import Workspace
 from fault_gate import Gate, gates_folder, wait_gone
 from multinode import NodeWatch, descendants, kill_node, record, start_cluster
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -99,7 +98,7 @@ def test_preprocess_killed_hard_then_rerun_crops_every_image_once(small_data, tm
     through a batch, with batches cached; the rerun crops every image exactly once and first
     kills the Ray agents the dead driver left behind."""
     ws = tmp_path / "ws"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ORCHESTRATOR_TEST_GATES=str(gates_folder()))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ORCHESTRATOR_FAILPOINTS=str(gates_folder()))
     cmd = [sys.executable, "-m", "orchestrator", "preprocess", "--data", str(small_data), "--workspace", str(ws),
            "--batch-size", "4", "--no-progress"]
     third = image_table(small_data)["path"].iloc[8]   # the 3rd batch starts once one is cached

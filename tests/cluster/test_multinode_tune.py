@@ -7,6 +7,7 @@ is a tmp folder every node sees (an NFS mount or s3:// on a real cluster): the w
 storage (--storage, apart from the workspace) and the server's artifacts.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,7 +26,6 @@ from conftest import workspace_sharing_crops
 from fault_gate import Gate, wait_gone
 from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL = "ImplicitFunc"          # the process title of a function trainable's trial actor
 
@@ -293,7 +293,9 @@ def test_driver_killed_mid_study_then_resume_closes_its_runs(cluster, server, tw
 def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, tmp_path):
     """`run --budget` SIGKILLed with a full-data retrain trial held at its start (cv done); the
     rerun counts the killed run's seconds against the budget, reuses every tune trial, closes
-    the runs the killed driver left RUNNING, and gives its trials only what is left or says it cannot."""
+    the runs the killed driver left RUNNING, and gives its trials only what is left. The rerun's
+    budget is the seconds used plus the first run's whole budget, so what is left (that budget)
+    fits whatever the load; a budget the stopped run spent is refused in tests/test_run_ledger.py."""
     from core.demo_data import DemoSpec, write_demo_data
     c, _ = cluster
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=8, eval_persons=2))
@@ -316,10 +318,13 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     assert set(before.loc[before["tags.phase"] == "full", "status"]) >= {"RUNNING"}, first[-3000:]
     tuned = set(before.loc[before["tags.phase"] != "full", "run_id"])
     t1 = time.time()
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    again = math.ceil(used) + budget
+    rerun = subprocess.run([*cmd[:cmd.index("--budget") + 1], f"{again}s", *cmd[cmd.index("--budget") + 2:]],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     rerun_s = time.time() - t1
     out = rerun.stdout + rerun.stderr
-    assert f"of the {budget} s budget used by the stopped run" in out, out[-3000:]
+    assert f"{used:.0f} s of the {again} s budget used by the stopped run: {again - used:.0f} s left" in out, out[-3000:]
+    assert rerun.returncode == 0, out[-3000:]
     after = find_runs(uri, study="run-all")
     assert "RUNNING" not in set(after["status"]) and "RUNNING" not in set(find_runs(uri, study="run-all", role="study")["status"])
     killed = after[after["run_id"].isin(before.loc[before["status"] == "RUNNING", "run_id"])]
@@ -328,15 +333,12 @@ def test_driver_killed_mid_run_budget_then_rerun_keeps_to_what_is_left(cluster, 
     deadlines = [json.loads(trial)["config"]["run"]["deadline"]   # the rerun's retrain trials, as Tune saved them
                  for p in (ws / "tune").glob("run-all-full-*/experiment_state-*.json") if p.stat().st_mtime >= t1
                  for trial, _ in json.loads(p.read_text())["trial_data"]]
-    if rerun.returncode == 0:
-        # the rerun gave its trials only what was left: deadlines by its start + (budget - used);
-        # its wall time is recorded, not asserted: on a loaded machine the fixed costs (actor
-        # start-up, the ensemble) run past the sizing's estimates of them, killed run or not
-        assert deadlines and max(deadlines) <= t1 + budget - used, (deadlines, t1, used, out[-3000:])
-        assert (ws / "results" / "submission.csv").is_file() and not (ws / "results" / "run-run.json").exists()
-        assert set(after.loc[after["tags.phase"] == "full", "status"]) == {"KILLED", "FINISHED"}
-    else:                        # or it says that what is left does not fit
-        assert "budget" in out and "raise --budget" in out, out[-3000:]
+    # the rerun gave its trials only what was left: deadlines by its start + (budget - used); its
+    # wall time is recorded, not asserted: on a loaded machine the fixed costs (actor start-up,
+    # the ensemble) run past the sizing's estimates of them, killed run or not
+    assert deadlines and max(deadlines) <= t1 + again - used, (deadlines, t1, used, out[-3000:])
+    assert (ws / "results" / "submission.csv").is_file() and not (ws / "results" / "run-run.json").exists()
+    assert set(after.loc[after["tags.phase"] == "full", "status"]) == {"KILLED", "FINISHED"}
     record("run_budget_driver_killed", budget_s=budget, killed_at_s=round(killed_at, 1), used_before_s=used,
            rerun_s=round(rerun_s, 1), rerun_rc=rerun.returncode, closed=len(killed),
            trial_deadline_s=round(max(deadlines) - t1, 1) if deadlines else None,

@@ -2,6 +2,7 @@
 autoscaling cluster has only its head then), and a SQLite MLflow store on NFS/EFS is refused."""
 import pytest
 
+from conftest import own_ray
 from core.errors import DataError
 from orchestrator.storage import check_tracking_store, cluster_hosts, unshared, stage_locations
 from core.workspace import Workspace
@@ -24,11 +25,7 @@ def test_sqlite_on_nfs_is_refused_with_the_fix_on_several_hosts():
 def test_a_cluster_joined_by_address_counts_as_several_hosts_before_its_workers_start(tmp_path):
     """One live node (the head of an autoscaling cluster at driver start): with --address the
     local workspace is warned about; without, it is not."""
-    import ray
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with own_ray(num_cpus=1):   # one live node
         assert cluster_hosts() == 1 and cluster_hosts("auto") == 2
-    finally:
-        ray.shutdown()
     locs = stage_locations(Workspace("/home/ubuntu/ws"))
     assert unshared(locs, 1, MOUNTS) == [] and len(unshared(locs, 2, MOUNTS)) == 2
