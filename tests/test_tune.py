@@ -199,16 +199,14 @@ def test_a_fold_that_fails_for_good_stops_the_study_and_resumes_with_this_runs_d
 
 
 def test_no_search_trial_starts_after_the_search_deadline_but_the_first(ray_local, tws):
-    import tempfile
     data, ws = tws
-    best_dirs = lambda: set(Path(tempfile.gettempdir()).glob("best-*"))   # a trial's best model, on its way to MLflow
-    before = best_dirs()
     opts = smoke(phase="search", num_samples=3, max_concurrent=1, study="late", deadline=time.time() - 1)
     tune_head(data, ws, "gender", opts)   # fewer trials than asked is the plan, not an interruption
     runs = find_runs(uri(ws), study="late")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"
     assert metric_steps(ws, runs["run_id"][0]) == [1]   # its one epoch, annealed over its own steps
-    assert best_dirs() <= before, "a trial left its temporary model folder behind"
+    # a trial's scratch (its best model on its way to MLflow) lives in its own folder, gone at its end
+    assert not list(ws.tune.rglob("scratch")), "a trial left its scratch folder behind"
 
 
 
