@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from mlflow import MlflowClient  # noqa: E402
 
-from orchestrator.ensemble import EnsembleOptions, ensemble  # noqa: E402
-from orchestrator.ray_session import ray_session  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
+from orchestrator.infra.ray_session import ray_session  # noqa: E402
+from orchestrator.stages.ensemble import EnsembleOptions, ensemble  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 from results.selection import choose_models  # noqa: E402
 

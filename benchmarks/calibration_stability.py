@@ -33,7 +33,7 @@ def real_oof(ws: Path, study: str | None):
 
     from core.manifest import read_manifest
     from core.workspace import Workspace
-    from orchestrator.ensemble import oof_predictions
+    from orchestrator.stages.ensemble import oof_predictions
     from results.selection import choose_models
     w = Workspace(ws)
     client = MlflowClient(w.tracking_uri())

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from core.manifest import read_manifest
 from core.workspace import Workspace
-from orchestrator.ensemble import (EnsembleOptions, calibrate, eval_crops, oof_predictions, predict_eval)
+from orchestrator.stages.ensemble import EnsembleOptions, calibrate, eval_crops, oof_predictions, predict_eval
 from results.calibration import CalibrationSpec, fit_offsets
 from results.scoring import score_classes
 from results.selection import choose_models

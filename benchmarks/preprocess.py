@@ -27,8 +27,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.faces import CropSettings, centre_box, iou  # noqa: E402
 from benchmarks.realfaces import utkmask_folder  # noqa: E402
+from core.faces import CropSettings, centre_box, iou  # noqa: E402
 
 UTK = utkmask_folder()   # $UTKMASK_DIR (benchmarks/realfaces.py)
 WORK = ROOT / "benchmarks" / "_work"
@@ -163,8 +163,8 @@ def tree_cpu(root: int) -> float:
 
 def run_command(data: Path, ws_dir: Path, s: CropSettings, workers: int | None):
     """(wall s, CPU s of driver + Ray + workers, manifest) of one fresh run."""
-    from orchestrator.preprocess import preprocess
     from core.workspace import Workspace
+    from orchestrator.stages.preprocess import preprocess
     shutil.rmtree(ws_dir, ignore_errors=True)
     t0, c0 = time.time(), tree_cpu(os.getpid())
     m = preprocess(data, Workspace(ws_dir), s, workers=workers, progress=False)
@@ -189,7 +189,8 @@ def detector_levers(data: Path) -> None:
     """In one process, one thread: MTCNN batch size and channels-last, on the same 1/3-size images."""
     import torch
     from facenet_pytorch import MTCNN
-    from orchestrator.detector import decode
+
+    from serving.detector import decode
     torch.set_num_threads(1)
     imgs = [decode(data / p).img.reduce(3) for p in truth(data)["path"][:128]]
     for name, cl, bs in (("NCHW, 1 image a call", False, 1), ("NCHW, 32 a call", False, 32),
@@ -248,7 +249,7 @@ def measure(a, data: Path) -> None:
         serial.append(wall)
         serial_cpu = cpu if threads == 1 else serial_cpu
         report(f"serial recipe loop, {threads or 'default'} thread(s)", n, wall, cpu, quality(boxes, data))
-    from orchestrator.ray_session import init_ray
+    from orchestrator.infra.ray_session import init_ray
     t0 = time.time()
     init_ray(None)
     t_init = time.time() - t0
@@ -277,7 +278,7 @@ def measure(a, data: Path) -> None:
 
 
 def memory_run(data: Path, n: int, workers: int | None) -> None:
-    from orchestrator.ray_session import init_ray
+    from orchestrator.infra.ray_session import init_ray
     with PeakRSS() as mem:
         init_ray(None)
         wall, cpu, m = run_command(data, WORK / "ws-mem", CropSettings(), workers)

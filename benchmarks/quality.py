@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.budget import parse_duration  # noqa: E402
-from results.scoring import score_submission  # noqa: E402
 from benchmarks.realfaces import utkmask_folder  # noqa: E402
+from orchestrator.chain.budget import parse_duration  # noqa: E402
+from results.scoring import score_submission  # noqa: E402
 
 UTK = utkmask_folder()   # $UTKMASK_DIR (benchmarks/realfaces.py)
 # the variants compared: extra `run` flags

@@ -1,6 +1,6 @@
 """What a result was made from: the code version and content hashes of tables.
 
-A study records these (orchestrator.pins) and every trial logs them as MLflow tags, so a
+A study records these (orchestrator.study.pins) and every trial logs them as MLflow tags, so a
 resume can refuse other inputs and `reproduce` can check the data at hand.
 """
 from __future__ import annotations

@@ -21,13 +21,25 @@ from core.atomic import write_bytes_atomic
 from core.errors import DataError, StudyFailed
 from core.labels import TABLE, TARGETS
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
+from orchestrator.chain.budget import BudgetTooSmall
 from results.run_schema import ui_hint
 from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
-from .budget import BudgetTooSmall
-from .options import (AuditOptions, EnsembleOptions, FoldsOptions, PreprocessOptions, PromoteOptions,
-                      ReproduceOptions, RetrainOptions, RunOptions, TuneOptions, WeightsOptions, add_flags, picked)
+from .options import (
+    AuditOptions,
+    EnsembleOptions,
+    FoldsOptions,
+    PreprocessOptions,
+    PromoteOptions,
+    ReproduceOptions,
+    RetrainOptions,
+    RunOptions,
+    TuneOptions,
+    WeightsOptions,
+    add_flags,
+    picked,
+)
 
 log = logging.getLogger("orchestrator")
 
@@ -70,13 +82,13 @@ def _options(a, cls, **kwargs):
 
 # -- demo-data ---------------------------------------------------------------------------
 def _demo_args(p):
-    from core.demo_data import DemoSpec   # heavy (numpy, PIL): its defaults, for this command only
+    from core.demo_data import DemoSpec  # heavy (numpy, PIL): its defaults, for this command only
     p.add_argument("out", nargs="?", type=Path, default=None, help="output folder (default: --data)")
     add_flags(p, DemoSpec, "train_persons", "eval_persons", "seed")
 
 
 def _demo(a) -> int:
-    from core.demo_data import DemoSpec, write_demo_data   # heavy (numpy, PIL)
+    from core.demo_data import DemoSpec, write_demo_data  # heavy (numpy, PIL)
     out = write_demo_data(a.out or a.data, DemoSpec(**picked(a, DemoSpec)))
     print(f"demo data written to {out} ({a.train_persons} train persons, {a.eval_persons} eval persons)")
     return 0
@@ -88,8 +100,8 @@ def _train_args(p):
 
 
 def _eda(a) -> int:
-    from core.label_table import load_labels   # heavy (pandas)
-    from .eda import write_eda   # heavy (matplotlib)
+    from core.label_table import load_labels  # heavy (pandas)
+    from orchestrator.stages.eda import write_eda  # heavy (matplotlib)
     train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     files = write_eda(train, Workspace(a.workspace).results / "eda")
     print("EDA written:\n  " + "\n  ".join(map(str, files)))
@@ -103,8 +115,8 @@ def _folds_args(p):
 
 
 def _folds(a) -> int:
-    from core.folds import FoldSpec, ensure_folds, fold_file   # heavy (sklearn, pandas)
-    from core.label_table import load_labels   # heavy (pandas)
+    from core.folds import FoldSpec, ensure_folds, fold_file  # heavy (sklearn, pandas)
+    from core.label_table import load_labels  # heavy (pandas)
     spec = FoldSpec(a.folds, a.seed, a.fold_mode)
     train = load_labels(a.data, Workspace(a.workspace), **_old_from(a))
     folds = ensure_folds(train, Workspace(a.workspace).root, spec)
@@ -115,7 +127,7 @@ def _folds(a) -> int:
 
 # -- preprocess --------------------------------------------------------------------------
 def _preprocess_args(p):
-    from core.faces import CropSettings   # heavy (numpy, PIL): its defaults, for this command only
+    from core.faces import CropSettings  # heavy (numpy, PIL): its defaults, for this command only
     add_flags(p, PreprocessOptions, "address", "workers", "gpus_per_worker", "batch_size", "max_failed", "progress",
               batch_size="images per Ray task")
     add_flags(p, CropSettings, "size", "margin", "prob_threshold", "min_face_size", "thresholds", "detect_scale",
@@ -123,8 +135,8 @@ def _preprocess_args(p):
 
 
 def _preprocess(a) -> int:
-    from core.faces import CropSettings   # heavy, as in _preprocess_args
-    from .preprocess import preprocess   # heavy (pandas, Ray, MTCNN)
+    from core.faces import CropSettings  # heavy, as in _preprocess_args
+    from orchestrator.stages.preprocess import preprocess  # heavy (pandas, Ray, MTCNN)
     settings = _options(a, CropSettings, **picked(a, CropSettings))   # a bad --thresholds: exit 2, nothing made
     m = preprocess(a.data, Workspace(a.workspace).make(), settings, address=a.address,
                    workers=a.workers, num_gpus_per_worker=a.gpus_per_worker, progress=a.progress,
@@ -150,8 +162,8 @@ def _ensemble_args(p):
 
 
 def _ensemble(a) -> int:
-    from results.selection import parse_studies   # heavy (mlflow)
-    from .ensemble import ensemble   # heavy (mlflow, torch)
+    from orchestrator.stages.ensemble import ensemble  # heavy (mlflow, torch)
+    from results.selection import parse_studies  # heavy (mlflow)
     opts = _options(a, EnsembleOptions, **picked(a, EnsembleOptions, runs=tuple(a.runs), study=parse_studies(a.study)))
     res = ensemble(a.data, Workspace(a.workspace), opts)
     m = res.metrics
@@ -171,8 +183,8 @@ def _audit_args(p):
 
 
 def _audit(a) -> int:
-    from results.selection import parse_studies   # heavy (mlflow)
-    from .audit import audit   # heavy (mlflow, matplotlib)
+    from orchestrator.stages.audit import audit  # heavy (mlflow, matplotlib)
+    from results.selection import parse_studies  # heavy (mlflow)
     if not 0 < a.min_score <= 1:
         raise DataError(f"--min-score {a.min_score}: give a share of probability in (0, 1], e.g. 0.5")
     if not 0 < a.max_share <= 1:
@@ -202,7 +214,7 @@ def _run_args(p):
 
 
 def _run(a) -> int:
-    from .pipeline import run_all   # heavy (mlflow, Ray Tune, torch): the stages of the whole chain
+    from orchestrator.stages.run import run_all  # heavy (mlflow, Ray Tune, torch): the stages of the whole chain
     opts = _options(a, RunOptions, **picked(a, RunOptions))
     ws = Workspace(a.workspace)
     try:
@@ -241,8 +253,8 @@ def _tune_options(a) -> TuneOptions:
 
 
 def _tune(a) -> int:
-    from results.tables import markdown_table   # heavy (pandas)
-    from .study import StudyInterrupted, tune_head   # heavy (mlflow, Ray Tune)
+    from orchestrator.stages.tune import StudyInterrupted, tune_head  # heavy (mlflow, Ray Tune)
+    from results.tables import markdown_table  # heavy (pandas)
     opts = _tune_options(a)
     ws = Workspace(a.workspace)
     try:
@@ -265,7 +277,7 @@ def _retrain_args(p):
 
 
 def _retrain(a) -> int:
-    from .retrain import retrain_head   # heavy (mlflow, Ray Tune)
+    from orchestrator.stages.retrain import retrain_head  # heavy (mlflow, Ray Tune)
     ws = Workspace(a.workspace)
     run_ids = retrain_head(a.data, ws, a.head, tracking_uri=a.tracking_uri, **picked(a, RetrainOptions))
     print(f"full-data model(s): MLflow run(s) {', '.join(run_ids)} (logged model 'model') in "
@@ -280,8 +292,8 @@ def _reproduce_args(p):
 
 
 def _reproduce(a) -> int:
-    from results.tables import markdown_table   # heavy (pandas)
-    from .reproduce import reproduce   # heavy (torch): trains the trial again
+    from orchestrator.stages.reproduce import reproduce  # heavy (torch): trains the trial again
+    from results.tables import markdown_table  # heavy (pandas)
     r = reproduce(a.data, Workspace(a.workspace), a.run_id, tracking_uri=a.tracking_uri, threads=a.threads,
                   tolerance=a.tolerance)
     print(markdown_table(r.table))
@@ -298,14 +310,14 @@ def _weights_args(p):
 
 
 def _weights(a) -> int:
-    from results.tables import markdown_table   # heavy (pandas)
+    from results.tables import markdown_table  # heavy (pandas)
     if a.source is None:
         rows = [{"--pretrained": s.alias, "timm model": s.model, "pip package": s.pip,
                  "installed": str(source_file(s) or "no")} for s in SOURCES.values()]
-        import pandas as pd   # heavy: only the listing needs a table
+        import pandas as pd  # heavy: only the listing needs a table
         print(markdown_table(pd.DataFrame(rows)))
         return 0
-    from trainables.models import write_timm_weights   # heavy (torch, timm)
+    from trainables.models import write_timm_weights  # heavy (torch, timm)
     src = find_source(a.source)
     model = a.model or (src.model if src else None)
     if model is None or a.out is None:
@@ -323,7 +335,7 @@ def _promote_args(p):
 
 
 def _promote(a) -> int:
-    from .promote import promote   # heavy (mlflow)
+    from orchestrator.stages.promote import promote  # heavy (mlflow)
     p = promote(Workspace(a.workspace).tracking_uri(a.tracking_uri), **picked(a, PromoteOptions))
     use = (f"mlflow.pyfunc.load_model({p.uri!r}).predict(crops)" if p.is_ensemble
            else f"python -m orchestrator ensemble --runs {p.uri}")
@@ -391,7 +403,7 @@ def _corrections_taken(a, refused: tuple):
     if getattr(a, "corrections", None) is None:
         yield
         return
-    from core.label_table import RECORD, corrections_file, set_corrections   # heavy (pandas)
+    from core.label_table import RECORD, corrections_file, set_corrections  # heavy (pandas)
     ws = Workspace(a.workspace)
     kept = [Path(ws.root) / RECORD, ws.manifest]
     before = {f: f.read_bytes() if f.is_file() else None for f in kept}
@@ -426,7 +438,7 @@ def build_parser(declare=tuple(COMMANDS)) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[:1]).parse_args(argv)   # the command comes first
-    from results.tracking import TrackingError   # heavy (pandas): not for --help
+    from results.tracking import TrackingError  # heavy (pandas): not for --help
     saved = {k: os.environ.get(k) for k in (STORAGE_ENV, ARTIFACTS_ENV)}
     _export_storage(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

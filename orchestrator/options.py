@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 
 from core.labels import ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbone, get_backbone, target_row
 from core.provenance import REPRODUCE_TOLERANCE
+from orchestrator.chain.budget import parse_duration
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
 from trainables.config import PRECISIONS, TrialConfig
 from trainables.weights import SOURCES
-
-from .budget import parse_duration
 
 if TYPE_CHECKING:
     from results.calibration import CalibrationSpec
@@ -192,7 +191,7 @@ class RunOptions:
 
     def on_cluster(self) -> "RunOptions":
         """These options with the GPU share resolved against the running Ray cluster (needs Ray up)."""
-        from .ray_session import gpu_share   # needs Ray: only once the run starts
+        from orchestrator.infra.ray_session import gpu_share  # needs Ray: only once the run starts
         return replace(self, gpus_per_trial=gpu_share(self.gpus_per_trial, GPU_SHARE))
 
     @property
@@ -202,7 +201,7 @@ class RunOptions:
 
 
 def _calibration_spec() -> CalibrationSpec:
-    from results.calibration import CalibrationSpec   # heavy (numpy): when options are made, not for --help
+    from results.calibration import CalibrationSpec  # heavy (numpy): when options are made, not for --help
     return CalibrationSpec()
 
 

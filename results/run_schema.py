@@ -73,7 +73,7 @@ PIN_PREFIX = "input."   # tags input.labels, input.folds, input.crops, input.set
 
 
 def pin_tags(pins: dict | None) -> dict:
-    """A study's input hashes (orchestrator.pins) as tags, so the UI shows what each model saw."""
+    """A study's input hashes (orchestrator.study.pins) as tags, so the UI shows what each model saw."""
     return {f"{PIN_PREFIX}{k}": v for k, v in (pins or {}).items()}
 
 
@@ -85,7 +85,7 @@ def pins_of(tags: dict) -> dict:
 def trial_tags(*, head: str, fold, study: str, trial_id: str, phase: str, config_json: str,
                parent_run_id: str = "", labels: str = "", pins: dict | None = None) -> dict:
     """``labels``: the hash of the label table the trial trained on (core.label_table); ``pins``:
-    its study's input hashes (orchestrator.pins), as input.* tags."""
+    its study's input hashes (orchestrator.study.pins), as input.* tags."""
     tags = {"role": TRIAL, "head": head, "fold": fold_label(fold), "study": study, "trial_id": trial_id,
             "phase": phase, "stage": stage_of(phase), "config_json": config_json, "labels": labels,
             **pin_tags(pins)}

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from benchmarks.realfaces import ENV as UTKMASK_ENV, utkmask_available as _utk_available, utkmask_folder
+from benchmarks.realfaces import ENV as UTKMASK_ENV
+from benchmarks.realfaces import utkmask_available as _utk_available
+from benchmarks.realfaces import utkmask_folder
 from tests.bad_input import write_records
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -122,6 +124,7 @@ def open_shared_ray() -> None:
     """Start the suite's local Ray unless one is open. The test gates' folder goes into the
     environment first: Ray's workers inherit it from their raylet (tests/fault_gate.py)."""
     import ray
+
     from tests.fault_gate import gates_folder
     gates_folder()
     if not ray.is_initialized():
@@ -133,6 +136,7 @@ def own_ray(**init):
     """A local Ray of a test module's own shape (logical GPUs, say) in place of the shared one,
     which the next test that needs it opens again."""
     import ray
+
     from tests.fault_gate import gates_folder
     gates_folder()
     ray.shutdown()
@@ -172,8 +176,8 @@ def crops_ws(demo_dir, tmp_path_factory):
     """
 
     from core.faces import CropSettings
-    from orchestrator.preprocess import preprocess
     from core.workspace import Workspace
+    from orchestrator.stages.preprocess import preprocess
     ws = Workspace(tmp_path_factory.mktemp("ws")).make()
     open_shared_ray()
     preprocess(demo_dir, ws, CropSettings(size=96), progress=False)

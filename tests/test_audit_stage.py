@@ -12,8 +12,8 @@ from core.dataset import load_train
 from core.errors import DataError
 from core.folds import FoldSpec, assign_folds
 from core.labels import HEADS
-from orchestrator.audit import AuditOptions, audit
 from orchestrator.cli import main
+from orchestrator.stages.audit import AuditOptions, audit
 
 SKILL = 6.0   # OOF logits this much above the truth: p(true class) ~ 0.99
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from pathlib import Path
-
 from functools import lru_cache
+from pathlib import Path
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -24,6 +23,7 @@ from core.errors import DataError
 from core.labels import GENDERS, IMAGE_KINDS
 from tests.bad_input import attempt
 from tests.csv_cases import ODD_TEXT, ages, genders, header_broken, ids, layout, mostly, padded, problem_lines, render
+
 
 def examples(share: float) -> settings:
     """This test's share of the profile's example count: cheap inputs get more cases."""
@@ -529,7 +529,7 @@ def _file_bytes(f: dict, img) -> bytes:
 def test_image_file(f):
     import numpy as np
 
-    from orchestrator.detector import decode
+    from serving.detector import decode
 
     def run():
         dec = decode(path)

@@ -18,12 +18,12 @@ import urllib.request
 
 import pandas as pd
 import pytest
+from conftest import workspace_sharing_crops
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import workspace_sharing_crops
 from orchestrator.cli import main
-from orchestrator.study import TuneOptions, tune_head
+from orchestrator.stages.tune import TuneOptions, tune_head
 from results.run_schema import EXPERIMENT, logged_model_id, ui_url
 
 CHROMIUM = shutil.which("chromium")

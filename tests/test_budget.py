@@ -3,8 +3,18 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.budget import (TRIAL_OVERHEAD_S, Clock, HeadShare, Sizing, Trials, budget_plan, parse_duration,
-                                 share_out, trial_slots, waves)
+from orchestrator.chain.budget import (
+    TRIAL_OVERHEAD_S,
+    Clock,
+    HeadShare,
+    Sizing,
+    Trials,
+    budget_plan,
+    parse_duration,
+    share_out,
+    trial_slots,
+    waves,
+)
 from search_spaces import SMOKE
 
 
@@ -52,7 +62,7 @@ def test_budget_plan_gives_cv_and_full_data_the_same_epochs_and_fits():
 
 
 def test_max_epochs_caps_what_a_long_budget_would_give():
-    from orchestrator.pipeline import RunOptions
+    from orchestrator.stages.run import RunOptions
     capped = Sizing(Trials(samples=0, folds=2, seeds=2, slots=2), n_train=7000, images_per_s=100.0, max_epochs=3)
     plan = budget_plan(capped, HeadShare(0.0, 900.0, 0.0), start=0.0)
     assert plan.epochs == plan.full_epochs == 3 and plan.val_from == 1   # 7 fit (above): the cap holds
@@ -68,7 +78,7 @@ def test_a_short_share_validates_every_epoch_and_still_trains_more_than_one():
 
 
 def test_run_options_name_a_bad_vote_or_head_choice_before_any_training():
-    from orchestrator.pipeline import RunOptions
+    from orchestrator.stages.run import RunOptions
     with pytest.raises(ValueError, match="eval_vote 'folds': use one of all, full"):
         RunOptions(eval_vote="folds")
     with pytest.raises(ValueError, match="use --per-head to train only mask"):
@@ -101,8 +111,8 @@ def test_the_speed_probe_runs_in_every_trial_slot_at_once_with_a_trials_threads(
     one per slot, side by side), not in the driver; the slowest slot sizes the plan."""
     import os
 
-    from orchestrator.pipeline import RunOptions, Sizer
-    from orchestrator.ray_session import ray_session
+    from orchestrator.infra.ray_session import ray_session
+    from orchestrator.stages.run import RunOptions, Sizer
     o = RunOptions(budget_s=600, model=SMOKE["model"], img_size=SMOKE["img_size"], batch_size=8, precision="fp32")
     with ray_session(num_cpus=2):
         sizer = Sizer.measure(o, n_train=100, n_eval=50)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from orchestrator.budget import BudgetTooSmall, Clock, ensemble_reserve_s
-from orchestrator.pipeline import HeadPlan, RunOptions, Sizer
+from orchestrator.chain.budget import BudgetTooSmall, Clock, ensemble_reserve_s
+from orchestrator.stages.run import HeadPlan, RunOptions, Sizer
 
 NOW = 1_000_000.0   # the frozen wall clock (unix seconds)
 

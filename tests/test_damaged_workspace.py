@@ -19,8 +19,8 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_damaged_crops_and_manifest_are_found_and_only_they_are_redone(crops_ws, tmp_path):
     from core.faces import CropSettings
-    from orchestrator.preprocess import preprocess
-    from orchestrator.ray_session import ray_session
+    from orchestrator.infra.ray_session import ray_session
+    from orchestrator.stages.preprocess import preprocess
     from trainables.data import crop_cache
     data, src = crops_ws
     ws = Workspace(shutil.copytree(src.root, tmp_path / "ws"))
@@ -52,7 +52,7 @@ def test_damaged_crops_and_manifest_are_found_and_only_they_are_redone(crops_ws,
 
 
 def _pins(**over):
-    from orchestrator.pins import Pins
+    from orchestrator.study.pins import Pins
     return Pins(**{**dict(labels="l1", folds="f1", crops="c1", settings="s1", code="k1"), **over})
 
 
@@ -63,7 +63,7 @@ def _pins(**over):
     (lambda text: text.replace('"l1"', '"l2"'), r"made from other inputs .*labels l2 -> l1"),
 ])
 def test_hand_edited_study_record_is_refused_with_a_new_study_name(tmp_path, edit, match):
-    from orchestrator.pins import pin_file, pin_study
+    from orchestrator.study.pins import pin_file, pin_study
     ws = Workspace(tmp_path / "ws").make()
     pin_study(ws, "age", _pins())
     path = pin_file(ws, "age")

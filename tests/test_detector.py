@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.faces import CropSettings
-from orchestrator.detector import Detector, decode_bytes
+from serving.detector import Detector, decode_bytes
 from tests.image_files import encode, truncated, upright
 
 
@@ -34,7 +34,7 @@ def test_decoding_leaves_pils_global_switch_as_the_process_set_it(monkeypatch, s
 def test_threads_decoding_cut_photos_never_let_a_cut_crop_through():
     """A server's threads at once: every cut photo partly decodes, every cut crop is refused, as
     the crop reader of the trainables (which reads without the switch) refuses it."""
-    from orchestrator.detector import CROPS
+    from serving.detector import CROPS
     from trainables.data import decode_crop
     photo, crop = _cut_jpeg(1), _cut_jpeg(2)
     wrong: list[str] = []
@@ -66,7 +66,7 @@ def test_threads_decoding_cut_photos_never_let_a_cut_crop_through():
 def ensemble_folder(tmp_path_factory):
     """A real ensemble model folder: one tiny member per head, as `ensemble` writes it."""
     from core.faces import Priors
-    from orchestrator.ensemble_model import write_ensemble
+    from serving.ensemble_model import write_ensemble
     from trainables.config import TrialConfig
     from trainables.models import build_model, save_model_file
     tmp = tmp_path_factory.mktemp("ens")
@@ -82,7 +82,8 @@ def test_a_cut_crop_is_a_bad_request_naming_its_row(ensemble_folder):
     """Served, an MlflowException of invalid_parameter_value is a 400; an OSError would be a 500."""
     import pandas as pd
     from mlflow.exceptions import MlflowException
-    from orchestrator.ensemble_model import IMAGE, EnsembleModel
+
+    from serving.ensemble_model import IMAGE, EnsembleModel
     model = EnsembleModel(ensemble_folder)
     whole = encode(upright(32, 32), "JPEG")
     assert len(model.predict(pd.DataFrame({IMAGE: [whole, whole]}))) == 2

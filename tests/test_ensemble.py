@@ -8,10 +8,10 @@ import pytest
 from mlflow_runs import joint_oof_frame, log_model_run, log_study, oof_frame, store, write_manifest
 
 from core.dataset import load_train
-from orchestrator.ensemble import eval_crops, oof_predictions
 from core.errors import DataError
 from core.manifest import read_manifest
 from core.workspace import Workspace
+from orchestrator.stages.ensemble import eval_crops, oof_predictions
 from results.selection import check_artifacts, choose_models
 
 
@@ -115,7 +115,7 @@ def test_head_with_no_models_and_missing_model_file(tmp_path):
 def test_an_older_stores_loose_model_file_still_loads_but_is_not_promoted(tmp_path):
     """Runs of stores written before logged models keep model/model.pt: the ensemble's loader
     reads it, and `promote` names why it cannot register it."""
-    from orchestrator.promote import promote
+    from orchestrator.stages.promote import promote
     from results.tracking import download_model
     from trainables.models import load_model_file
     client = store(tmp_path / "ws")
@@ -184,7 +184,7 @@ def test_a_joint_model_votes_for_every_head_with_its_slice(tmp_path, demo_dir):
 
 
 def test_eval_vote_full_keeps_the_full_data_models_and_names_a_head_without_one(study_ws):
-    from orchestrator.ensemble import eval_voters
+    from orchestrator.stages.ensemble import eval_voters
     ws, client, ids = study_ws
     chosen = choose_models(client)
     assert eval_voters(chosen, "all") == chosen
@@ -214,7 +214,7 @@ def test_eval_image_missing_from_crops_is_named(demo_copy, tmp_path):
 
 def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     """Real model files (trainables' format) and OOF artifacts -> submission, report, MLflow run."""
-    from orchestrator.ensemble import EnsembleOptions, ensemble
+    from orchestrator.stages.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     res = ensemble(demo_dir, ws, EnsembleOptions())
     sub = pd.read_csv(res.submission)
@@ -246,7 +246,7 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
 
     from results.run_schema import global_tracking_uri
     assert res.model_id and client.get_run(res.mlflow_run_id).outputs.model_outputs[0].model_id == res.model_id
-    from orchestrator.promote import promote
+    from orchestrator.stages.promote import promote
     p = promote(Workspace(ws).tracking_uri())   # registers the newest ensemble, alias @champion
     assert (p.model_id, p.is_ensemble, p.uri) == (res.model_id, True, "models:/orchestrator-ensemble@champion")
     with global_tracking_uri(Workspace(ws).tracking_uri()):
@@ -256,7 +256,7 @@ def test_ensemble_end_to_end_on_real_runs(study_ws, demo_dir, tmp_path):
     assert pred["class"].tolist() == sub["ans"].tolist()
     assert set(pred.columns) >= {"class", "mask", "gender", "age", "label"}
     # `reproduce`: its logged runs and options again give the same OOF metrics and answers
-    from orchestrator.reproduce import reproduce
+    from orchestrator.stages.reproduce import reproduce
     again = reproduce(demo_dir, Workspace(ws), res.mlflow_run_id)
     assert again.exact and len(again.table) == 5, again.table
 
@@ -285,7 +285,7 @@ def test_ensemble_cli_reports_missing_runs_and_bad_options(study_ws, demo_dir, c
 
 
 def test_calibration_is_applied_only_when_it_holds_up_on_other_persons():
-    from orchestrator.ensemble import EnsembleOptions, Oof, calibrate
+    from orchestrator.stages.ensemble import EnsembleOptions, Oof, calibrate
     rng = np.random.default_rng(0)
     n = 300
     y = rng.integers(0, 18, n)
@@ -316,7 +316,7 @@ def test_ensemble_cli_names_an_unreachable_tracking_server(demo_dir, tmp_path, c
 
 def test_ensemble_on_ray_tasks_matches_the_local_run(study_ws, demo_dir, tmp_path):
     """One Ray task per model (a real local Ray, 1 CPU) gives the same submission."""
-    from orchestrator.ensemble import EnsembleOptions, ensemble
+    from orchestrator.stages.ensemble import EnsembleOptions, ensemble
     ws, client, ids = study_ws
     one_fold = tuple(ids[h][0] for h in ids)     # one model per head keeps it quick
     local = ensemble(demo_dir, ws, EnsembleOptions(runs=one_fold, eval_vote="all", submission=tmp_path / "local.csv"))

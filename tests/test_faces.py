@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.detector import decode
 from core.faces import CropSettings, Priors, centre_box, crop_box, cut, iou, miss_box, pick_weak
+from serving.detector import decode
 
 
 def test_iou():

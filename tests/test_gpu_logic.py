@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import own_ray
-from orchestrator.ray_session import cpus_per_gpu, node_types_capacity
+
+from orchestrator.infra.ray_session import cpus_per_gpu, node_types_capacity
 from trainables.data import SeededShuffle, loader_workers
 from trainables.loop import grad_scaler, memory_fraction, precision_for, train_one_epoch
 
@@ -51,8 +51,9 @@ def test_loader_workers_come_from_the_trials_cpus():
 def test_an_autoscaling_clusters_capacity_counts_its_node_types_at_max_workers():
     """cluster.yaml's shape: a head of CPU 0 and GPU workers from 0 hold nothing at start, but can
     grow to 4 workers of 4 CPUs and 1 GPU (capped by the cluster's max_workers)."""
-    import yaml
     from pathlib import Path
+
+    import yaml
     config = yaml.safe_load((Path(__file__).parents[1] / "cluster.yaml").read_text())
     assert node_types_capacity(config) == {"CPU": 16, "GPU": 4}
     assert node_types_capacity(config | {"max_workers": 2}) == {"CPU": 8, "GPU": 2}
@@ -116,7 +117,7 @@ def test_preprocessing_leaves_no_process_on_the_gpu_and_fallback_crops_reserve_n
 
     import ray
 
-    import orchestrator.preprocess as pre
+    import orchestrator.stages.preprocess as pre
     from core.demo_data import DemoSpec, write_demo_data
     from core.faces import CropSettings
     from core.workspace import Workspace
@@ -146,6 +147,7 @@ def test_trials_ask_for_deterministic_kernels_and_tag_the_precision_they_used(mo
     """What `reproduce` needs of a GPU trial: cuDNN without autotuning, deterministic algorithms,
     cuBLAS's fixed workspace, and the precision actually computed in among the trial's tags."""
     import os
+
     from trainables.loop import deterministic, placement
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     was = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,

@@ -7,17 +7,17 @@ import time
 
 import pytest
 import torch
+from conftest import own_ray, workspace_sharing_crops
 
 from core.demo_data import DemoSpec, write_demo_data
 from core.faces import CropSettings
 from core.workspace import Workspace
-from conftest import own_ray, workspace_sharing_crops
-from orchestrator.ensemble import EnsembleOptions, ensemble
+from orchestrator.infra.ray_session import gpu_share
 from orchestrator.options import GPU_SHARE as TRIAL_GPU_SHARE
-from orchestrator.pipeline import RunOptions, Sizer, trial_slots
-from orchestrator.preprocess import preprocess
-from orchestrator.ray_session import gpu_share
-from orchestrator.study import TuneOptions, tune_head
+from orchestrator.stages.ensemble import EnsembleOptions, ensemble
+from orchestrator.stages.preprocess import preprocess
+from orchestrator.stages.run import RunOptions, Sizer, trial_slots
+from orchestrator.stages.tune import TuneOptions, tune_head
 from results.tracking import find_runs, most_at_once
 from search_spaces import SMOKE
 from trainables import loop

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from orchestrator.detector import MAX_PIXELS, decode
+from serving.detector import MAX_PIXELS, decode
 from tests.image_files import KINDS, exif_rotated, upright
 
 
@@ -63,8 +63,8 @@ def test_preprocess_records_refused_images_and_crops_the_rest(tmp_path):
     from core.labels import IMAGE_KINDS
     from core.manifest import crop_whole
     from core.workspace import Workspace
-    from orchestrator.preprocess import preprocess
-    from orchestrator.ray_session import ray_session
+    from orchestrator.infra.ray_session import ray_session
+    from orchestrator.stages.preprocess import preprocess
     from tests.bad_input import count
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=3, eval_persons=1))
     folders = sorted((data / "train" / "images").iterdir())

@@ -2,15 +2,21 @@
 nothing trained on old labels is mixed with new ones (core/label_table.py)."""
 import pandas as pd
 import pytest
+from conftest import workspace_sharing_crops
 
 from core.dataset import load_train
 from core.errors import DataError
-from core.label_table import (check_runs_labels, corrections_file, current_labels, labels_hash, load_labels,
-                              manifest_labels_hash, set_corrections)
+from core.label_table import (
+    check_runs_labels,
+    corrections_file,
+    current_labels,
+    labels_hash,
+    load_labels,
+    manifest_labels_hash,
+    set_corrections,
+)
 from core.manifest import read_manifest
 from core.workspace import Workspace
-
-from conftest import workspace_sharing_crops
 
 
 def age_file(data, path, age=70):
@@ -52,7 +58,7 @@ def test_hash_is_the_labels_content(demo_dir, tmp_path):
 def test_manifest_labels_follow_the_corrections(crops_ws, tmp_path):
     """preprocess writes the corrected labels; a stage finds a manifest made before a change stale."""
     data, src = crops_ws
-    from orchestrator.preprocess import image_table
+    from orchestrator.stages.preprocess import image_table
     corr = age_file(data, tmp_path / "c.csv")
     table = image_table(data, corr)
     assert (table.loc[table["split"] == "train", "age"] == 70).all()

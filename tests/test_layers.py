@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # package -> layer; a package may import its own layer's packages and those below, never above
-LAYERS = {"core": 0, "trainables": 1, "search_spaces": 1, "results": 1, "orchestrator": 2}
+LAYERS = {"core": 0, "trainables": 1, "search_spaces": 1, "results": 1, "serving": 2, "orchestrator": 3}
 
 
 def modules() -> dict[str, Path]:
@@ -90,6 +90,29 @@ def test_no_import_cycle(level):
         if a != b:
             graph.setdefault(a, set()).add(b)
     assert not _cycles(graph), "\n".join(" -> ".join(c) for c in _cycles(graph))
+
+
+# orchestrator's rooms (README 'Layout'): support below the option declarations, the stages above
+# them, the CLI on top; a room imports only its own level and the levels below
+ROOMS = {"orchestrator.infra": 0, "orchestrator.chain": 1, "orchestrator.study": 1, "orchestrator.options": 2,
+         "orchestrator.stages": 3, "orchestrator.cli": 4, "orchestrator.__main__": 5}
+
+
+def _room(module: str) -> str:
+    rooms = [r for r in ROOMS if module == r or module.startswith(r + ".")]
+    assert rooms, f"{module}: give it a room in ROOMS and README 'Layout'"
+    return rooms[0]
+
+
+def test_orchestrator_rooms_import_downward():
+    up = [f"{MODULES[m].relative_to(ROOT)}:{line} imports {t}" for m, t, line, _ in IMPORTS
+          if m.startswith("orchestrator.") and t.startswith("orchestrator.")
+          and ROOMS[_room(t)] > ROOMS[_room(m)]]
+    assert not up, "upward imports between orchestrator's rooms:\n" + "\n".join(up)
+
+
+def test_every_orchestrator_module_has_a_room():
+    assert [_room(m) for m in MODULES if m.startswith("orchestrator.")]
 
 
 def test_function_local_imports_say_why():

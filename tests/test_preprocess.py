@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import own_ray
 from fault_gate import Crash
-from orchestrator.cli import main
+from PIL import Image
+
 from core.demo_data import DemoSpec, write_demo_data
 from core.faces import CropSettings, iou
 from core.manifest import COLUMNS, read_manifest
-from orchestrator.preprocess import preprocess
 from core.workspace import Workspace
-
+from orchestrator.cli import main
+from orchestrator.stages.preprocess import preprocess
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +38,7 @@ def data(small_demo, tmp_path) -> Path:
 
 
 def _expected_paths(data: Path) -> list[str]:
-    from orchestrator.preprocess import image_table
+    from orchestrator.stages.preprocess import image_table
     return list(image_table(data)["path"])
 
 

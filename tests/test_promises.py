@@ -97,9 +97,9 @@ def test_reproducing_an_ensemble_leaves_promote_on_the_original(demo_dir, tmp_pa
     from mlflow_runs import log_study, store, write_manifest
 
     from core.workspace import Workspace
-    from orchestrator.ensemble import EnsembleOptions, ensemble
-    from orchestrator.promote import promote
-    from orchestrator.reproduce import reproduce
+    from orchestrator.stages.ensemble import EnsembleOptions, ensemble
+    from orchestrator.stages.promote import promote
+    from orchestrator.stages.reproduce import reproduce
     from results.run_schema import ENSEMBLE, tag_filter
     ws = tmp_path / "ws"
     client = store(ws)

@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from core.errors import DataError
 from core.workspace import Workspace
 
@@ -48,7 +48,7 @@ def test_an_image_fixed_in_place_is_cropped_on_the_rerun(ray_local, tmp_path):
     downloaded: as unreadable as one without permission, and as invisible to size and mtime)
     fails; once the real bytes arrive, same size and mtime, the rerun crops it."""
     from core.demo_data import DemoSpec, write_demo_data
-    from orchestrator.preprocess import preprocess
+    from orchestrator.stages.preprocess import preprocess
     data = write_demo_data(tmp_path / "data", DemoSpec(train_persons=2, eval_persons=1))
     rel = sorted(p.relative_to(data).as_posix() for p in (data / "train" / "images").rglob("normal.*"))[0]
     photo = data / rel
@@ -69,21 +69,22 @@ def test_an_image_fixed_in_place_is_cropped_on_the_rerun(ray_local, tmp_path):
 
 # -- item 10: the code a trial ran --------------------------------------------------------
 def _pins(code: str):
-    from orchestrator.pins import Pins
+    from orchestrator.study.pins import Pins
     return Pins(labels="l1", folds="person_k2_seed777-f1", crops="c1", settings="s1", code=code)
 
 
 def test_a_resumed_study_logs_the_code_at_hand_not_the_first(tmp_path, caplog):
     """The pins a phase hands its trials (their input.code tag, which `reproduce` compares) name
     the code that runs now; the pin file keeps what the study started with."""
-    from orchestrator.pins import check_study_data, pin_file, pin_study
     from core.provenance import code_version
+    from orchestrator.study.pins import check_study_data, pin_file, pin_study
     ws = Workspace(tmp_path / "ws").make()
     assert pin_study(ws, "s", _pins("commit-1")).code == "commit-1"
     assert pin_study(ws, "s", _pins("commit-2"), what="new phase").code == "commit-2"
     assert "other code than it started with (code commit-1 -> commit-2)" in caplog.text
     assert json.loads(pin_file(ws, "s").read_text())["pins"]["code"] == "commit-1"
     import pandas as pd
+
     from core.provenance import rows_hash
     rows = pd.DataFrame({"path": ["a.jpg"], "crop": ["a.crop.jpg"]})
     pin_study(ws, "r", replace(_pins("commit-1"), crops=rows_hash(rows, ("path", "crop"))))
@@ -95,6 +96,7 @@ def test_a_fold_with_no_run_at_all_stops_the_vote(tmp_path):
     """Folds 0 and 1 of 3 finished; fold 2's trial died before its logger started, so MLflow has
     no run of it. The ensemble must not vote with two folds of three."""
     from mlflow_runs import log_model_run, store
+
     from results.selection import choose_models
     client = store(tmp_path / "ws")
     for head in ("mask", "gender", "age"):
@@ -113,7 +115,7 @@ def test_a_fold_with_no_run_at_all_stops_the_vote(tmp_path):
 def test_a_live_run_on_another_host_is_not_taken_for_dead(tmp_path):
     """The ledger of a run on another host, rewritten a moment ago, belongs to a live run (its
     processes cannot be seen from here); once its heartbeat is old, it counts as stopped."""
-    from orchestrator.run_ledger import run_ledger
+    from orchestrator.chain.ledger import run_ledger
     ws = Workspace(tmp_path / "ws").make()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ledger = ws.results / "run-run.json"
@@ -130,7 +132,7 @@ def test_a_live_run_on_another_host_is_not_taken_for_dead(tmp_path):
 _HOLD = """
 import sys, time
 from core.workspace import Workspace
-from orchestrator.run_ledger import run_ledger
+from orchestrator.chain.ledger import run_ledger
 ws = Workspace(sys.argv[1])
 with run_ledger(ws, "run", None, sys.argv[2], ["run-all"]):
     print("working", flush=True)
@@ -141,7 +143,7 @@ with run_ledger(ws, "run", None, sys.argv[2], ["run-all"]):
 def test_two_runs_started_at_once_cannot_both_proceed(tmp_path):
     """The claim and the check are one step (a lock the system drops when its holder dies): a
     second run is refused even before the first has written its ledger."""
-    from orchestrator.run_ledger import run_ledger
+    from orchestrator.chain.ledger import run_ledger
     ws = Workspace(tmp_path / "ws").make()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = subprocess.Popen([sys.executable, "-c", _HOLD, str(ws.root), uri], cwd=ROOT, text=True,
@@ -223,7 +225,8 @@ def test_a_killed_trials_scratch_stays_in_its_folder_and_its_retry_removes_it(ra
     its scratch); Tune retries it, which finds that scratch and removes it. Nothing of it is in
     the system's temp folder, and nothing is left once the trial finished."""
     from conftest import workspace_sharing_crops
-    from orchestrator.study import TuneOptions, tune_head
+
+    from orchestrator.stages.tune import TuneOptions, tune_head
     data, src = crops_ws
     ws = workspace_sharing_crops(src, tmp_path_factory.mktemp("scratch_ws"))
     from tests.fault_gate import Crash
@@ -255,6 +258,7 @@ def _damaged(good: bytes, seed: int) -> bytes:
 @pytest.mark.parametrize("seed", range(12))
 def test_a_damaged_manifest_is_a_data_error(tmp_path, seed):
     import pandas as pd
+
     from core.manifest import read_manifest
     path = tmp_path / "manifest.parquet"
     pd.DataFrame({"path": [f"train/{i}.jpg" for i in range(50)], "x1": range(50)}).to_parquet(path, index=False)
@@ -267,6 +271,7 @@ def test_a_damaged_manifest_is_a_data_error(tmp_path, seed):
 def test_a_damaged_weights_file_is_a_weights_error(tmp_path, seed):
     import torch
     from safetensors.torch import save_file
+
     from trainables.weights import WeightsError, read_state_dict
     sd = {"a": torch.arange(40.0).reshape(8, 5), "b": torch.arange(7)}
     for suffix in (".pt", ".safetensors"):

@@ -12,7 +12,7 @@ from trainables.config import TrialConfig
 # -- two-fold median epochs round half up, not to even ----------------------------------
 @pytest.mark.parametrize("best, epochs", [([2, 3], 3), ([3, 4], 4), ([1, 2], 2), ([4, 4], 4), ([2, 3, 9], 3)])
 def test_median_epoch_rounds_half_up(best, epochs):
-    from orchestrator.retrain import full_data_config
+    from orchestrator.stages.retrain import full_data_config
     cfg = json.dumps(TrialConfig("mask", epochs=10).to_dict())
     runs = pd.DataFrame({"metrics.best_epoch": [float(e) for e in best], "tags.config_json": cfg})
     got, best_epochs = full_data_config(runs)
@@ -21,7 +21,7 @@ def test_median_epoch_rounds_half_up(best, epochs):
 
 # -- calibration: applied only when its held-out check ran and passed -------------------
 def _oof(persons: int, seed: int = 0):
-    from orchestrator.ensemble import Oof
+    from orchestrator.stages.ensemble import Oof
     rng = np.random.default_rng(seed)
     n = persons * 7
     y = rng.integers(0, 18, n)
@@ -32,7 +32,7 @@ def _oof(persons: int, seed: int = 0):
 
 
 def test_calibration_without_a_heldout_check_is_not_applied():
-    from orchestrator.ensemble import EnsembleOptions, calibrate
+    from orchestrator.stages.ensemble import EnsembleOptions, calibrate
     out = calibrate(_oof(persons=4), EnsembleOptions())
     assert out.fitted is not None and out.fitted.f1_after > out.fitted.f1_before   # offsets were fitted
     assert not out.applied and out.offsets is None
@@ -98,7 +98,7 @@ def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
     from mlflow_runs import joint_oof_frame, log_model_run, log_study, store
 
     from core.dataset import load_train
-    from orchestrator.run_studies import voting_studies
+    from orchestrator.chain.studies import voting_studies
     from results.selection import choose_models
     client = store(tmp_path / "ws")
     uri = client.tracking_uri
@@ -132,7 +132,7 @@ def test_a_partial_per_head_run_is_checked_before_training(tmp_path):
     from mlflow_runs import log_model_run, store
 
     from core.errors import DataError
-    from orchestrator.run_studies import study_prefix, voting_studies
+    from orchestrator.chain.studies import study_prefix, voting_studies
     client = store(tmp_path / "ws")
     uri = client.tracking_uri
     with pytest.raises(DataError, match="(?s)head mask: 'run-mask' has no finished cv models and 'run-all' has no "
@@ -187,7 +187,7 @@ def test_oof_holds_every_view_and_the_ensemble_takes_its_own(crops_ws, tmp_path)
 
     from core.dataset import load_train
     from core.folds import FoldSpec, ensure_folds
-    from orchestrator.ensemble import head_oof
+    from orchestrator.stages.ensemble import head_oof
     from results.selection import ChosenModel
     from search_spaces import SMOKE, recipe_config
     from trainables.predict import predict_probs
@@ -228,8 +228,8 @@ def test_a_study_refuses_other_inputs_and_names_a_new_study(own_ws, caplog):
     next phase) stops, says what changed and offers a free name; trials keep reading the split
     the study pinned."""
     from core.errors import DataError
-    from orchestrator.pins import pin_file, read_pins
-    from orchestrator.study import TuneOptions, prepare
+    from orchestrator.stages.tune import TuneOptions, prepare
+    from orchestrator.study.pins import pin_file, read_pins
     from trainables.data import load_head_data
     data, ws = own_ws
     opts = TuneOptions(smoke_test=True, study="s", resume=True)
@@ -266,7 +266,7 @@ def test_reproduce_a_smoke_trial_bit_for_bit(own_ws, capsys):
     from mlflow import MlflowClient
 
     from orchestrator.cli import main
-    from orchestrator.study import TuneOptions, tune_head
+    from orchestrator.stages.tune import TuneOptions, tune_head
     data, ws = own_ws
     table = tune_head(data, ws, "gender", TuneOptions(smoke_test=True, study="r", phase="cv", fold="0",
                                                      num_samples=0, trial=dict(epochs=2), num_cpus=2, verbose=0))

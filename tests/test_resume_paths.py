@@ -16,7 +16,7 @@ from core.errors import StudyFailed
 from core.workspace import Workspace
 from orchestrator.cli import main
 from orchestrator.options import TuneOptions
-from orchestrator.study import tune_head
+from orchestrator.stages.tune import tune_head
 from results.tracking import find_runs
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import workspace_sharing_crops
 
 
@@ -10,7 +9,7 @@ from conftest import workspace_sharing_crops
 def test_tune_fails_when_every_search_trial_failed_before_logging(ray_local, crops_ws, tmp_path, monkeypatch, capsys):
     """A search whose only trial failed (here before its first epoch: the decoded crops it opens
     are cut short) leaves nothing to pick from: `tune --phase search` must not exit 0."""
-    import orchestrator.study as study
+    import orchestrator.stages.tune as study
     from orchestrator.cli import main
     from results.tracking import find_runs
     data, src = crops_ws
@@ -89,7 +88,7 @@ def test_reproduce_a_cpu_trial_with_dataloader_workers_bit_for_bit(ray_local, cr
     workers. A trial of 2 CPUs loads with 1 worker (its CPUs but one); 3 epochs, so the epochs
     after the first, which a persistent worker's loader shuffles from another generator state, count."""
     from orchestrator.cli import main
-    from orchestrator.study import TuneOptions, tune_head
+    from orchestrator.stages.tune import TuneOptions, tune_head
     data, src = crops_ws
     ws = workspace_sharing_crops(src, tmp_path / "ws")
     table = tune_head(data, ws, "gender", TuneOptions(smoke_test=True, study="w", phase="cv", fold="0", num_samples=0,

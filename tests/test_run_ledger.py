@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from core.errors import DataError
 from core.workspace import Workspace
-from orchestrator.run_ledger import _proc_start, run_ledger
+from orchestrator.chain.ledger import _proc_start, run_ledger
 from results.tracking import ensure_experiment, find_runs
 
 
@@ -56,7 +56,7 @@ def test_a_failed_run_keeps_its_ledger(tmp_path):
 
 
 def test_a_budget_too_small_leaves_the_ledger_as_it_was(tmp_path):
-    from orchestrator.budget import BudgetTooSmall
+    from orchestrator.chain.budget import BudgetTooSmall
     ws = Workspace(tmp_path / "ws").make()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(BudgetTooSmall):

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, UTKMASK, UTKMASK_ENV, utkmask_available
+
 from core.workspace import Workspace
 
 NAME, ALIAS = "served-ensemble", "champion"
@@ -51,10 +51,10 @@ def registered(budget_run, tmp_path_factory):
     """(data, workspace, number of real-face photos): the budget run's trained runs and crops in
     a workspace of its own (its store copied), the eval set cropped and voted on, the ensemble
     model registered as NAME@ALIAS."""
-    from orchestrator.ensemble import EnsembleOptions, ensemble
-    from orchestrator.preprocess import preprocess
-    from orchestrator.promote import promote
-    from orchestrator.ray_session import ray_session
+    from orchestrator.infra.ray_session import ray_session
+    from orchestrator.stages.ensemble import EnsembleOptions, ensemble
+    from orchestrator.stages.preprocess import preprocess
+    from orchestrator.stages.promote import promote
     tmp = tmp_path_factory.mktemp("serving")
     data = Path(shutil.copytree(budget_run["data"], tmp / "data"))   # copy2: mtimes kept, crops stay cached
     ws = Workspace(tmp / "ws")
@@ -80,8 +80,10 @@ def test_the_registered_model_carries_its_code_and_no_pickle(registered):
     folder = Path(model.artifact_location.removeprefix("file://"))
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     conf = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
-    assert conf["loader_module"] == "orchestrator.ensemble_model" and conf["code"] == "code"
-    assert {"code/orchestrator/ensemble_model.py", "code/orchestrator/face_crop.py", "data/ensemble/ensemble.json"} <= files
+    assert conf["loader_module"] == "serving.ensemble_model" and conf["code"] == "code"
+    assert {"code/serving/ensemble_model.py", "code/serving/photo_crop.py", "data/ensemble/ensemble.json"} <= files
+    # the serving package and the layers below it, nothing of the CLI or the stages
+    assert {f.split("/")[1] for f in files if f.startswith("code/")} == {"core", "trainables", "results", "serving"}
     assert not any(f.endswith((".pkl", ".pickle")) or "__pycache__" in f for f in files)
     spec = json.loads((folder / "data" / "ensemble" / "ensemble.json").read_text())
     assert spec["face"]["settings"]["size"] == 224 and len(spec["face"]["prior"]) == 4
@@ -90,8 +92,8 @@ def test_the_registered_model_carries_its_code_and_no_pickle(registered):
 def test_a_photo_is_cropped_as_preprocess_cropped_it(crops_ws):
     """What the served model runs on a photo makes each eval image's crop file byte for byte."""
     from core.manifest import read_manifest
-    from orchestrator.face_crop import PhotoCropper
-    from orchestrator.preprocess import crop_priors
+    from orchestrator.stages.preprocess import crop_priors
+    from serving.photo_crop import PhotoCropper
     data, ws = crops_ws
     ev = read_manifest(ws.manifest).query("split == 'eval'")
     got = PhotoCropper(*crop_priors(ws)).crop([(data / p).read_bytes() for p in ev["path"]])

@@ -2,20 +2,20 @@
 import os
 import signal
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
-from orchestrator.cli import main
-from core.errors import DataError
-from orchestrator.retrain import retrain_head
-from orchestrator.study import SEARCHED, StudyInterrupted, TuneOptions, tune_head
 from conftest import workspace_sharing_crops
 from fault_gate import Crash, Gate
+from mlflow.tracking import MlflowClient
+
+from core.errors import DataError
+from orchestrator.cli import main
+from orchestrator.stages.retrain import retrain_head
+from orchestrator.stages.tune import SEARCHED, StudyInterrupted, TuneOptions, tune_head
 from results.tracking import TrackingError, check_tracking, download_artifact, download_model, find_runs
 from trainables.models import load_model_file, read_model_extra
 from trainables.predict import predict_probs
@@ -108,13 +108,13 @@ def test_retrain_uses_median_cv_epoch_on_all_data(ray_local, tws):
 
 def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tws, tmp_path, caplog):
     data, ws = tws
-    caplog.set_level("INFO", logger="orchestrator.progress")
+    caplog.set_level("INFO", logger="orchestrator.study.progress")
     with Crash("epoch", epoch=1, phase="search") as crash:   # after epoch 1's checkpoint
         tune_head(data, ws, "gender", replace(smoke(phase="search", num_samples=1, trial=dict(epochs=2, search_folds=2),
                                                     study="crash"), verbose=1))
     assert crash.crashed(), "the worker process did not exit mid-trial"
     # the status table a person watches: the phase, its trials, their epoch and F1
-    table = [r.getMessage() for r in caplog.records if r.name == "orchestrator.progress"][-1]
+    table = [r.getMessage() for r in caplog.records if r.name == "orchestrator.study.progress"][-1]
     assert table.startswith("crash · search: 0 running, 1 done, 0 failed | ") and "elapsed" in table
     assert "epoch  val_f1  best_val_f1" in table and " 2/2 " in table
     runs = find_runs(uri(ws), study="crash")
@@ -169,6 +169,7 @@ def test_a_fold_that_fails_for_good_stops_the_study_and_resumes_with_this_runs_d
     ensemble refuses the study meanwhile); `--resume` continues that fold from its checkpoint,
     under the deadline of the resuming run, not the one saved in its config."""
     from mlflow import MlflowClient as Client
+
     from core.errors import StudyFailed
     from results.selection import default_models
     data, ws = tws
@@ -213,7 +214,8 @@ def test_no_search_trial_starts_after_the_search_deadline_but_the_first(ray_loca
 def test_a_results_trial_id_is_the_one_tune_gave_it(ray_local, tmp_path):
     """result_trial_id reads the id through Tune's Result, also for a trial that never reported."""
     from ray import tune
-    from orchestrator.study import result_trial_id
+
+    from orchestrator.stages.tune import result_trial_id
 
     def note_trial_id(config):   # defined here: Ray's workers cannot import this test module
         Path(config["notes"], str(config["i"])).write_text(tune.get_context().get_trial_id())

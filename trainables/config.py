@@ -79,7 +79,7 @@ def _choice(what: str, value: str, valid, plural: str = "") -> None:
 
 
 def check_model_name(name: str) -> None:
-    import timm   # heavy (torch): imported when a config is built, not by every importer of PRECISIONS
+    import timm  # heavy (torch): imported when a config is built, not by every importer of PRECISIONS
     if not timm.is_model(name):   # a tagged name (resnet50.a1_in1k) is a model too: list_models() omits tags
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() "
@@ -88,7 +88,7 @@ def check_model_name(name: str) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Clear errors for names and ranges, before any model is built."""
-    from .losses import LOSSES   # heavy (torch), as check_model_name
+    from .losses import LOSSES  # heavy (torch), as check_model_name
     _choice("head", cfg.head, TARGETS)
     _choice("loss", cfg.loss, sorted(LOSSES), "losses")
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
@@ -126,7 +126,7 @@ class RunContext:
     parent_run_id: str = ""
     deadline: float = 0.0           # unix time by which training must end (0 = none; run --budget)
     labels: str = ""                # hash of the label table the trial trains on (core.label_table)
-    pins: dict = field(default_factory=dict)   # the study's input hashes (orchestrator.pins): the
+    pins: dict = field(default_factory=dict)   # the study's input hashes (orchestrator.study.pins): the
                                                # fold file the trial reads, its MLflow tags
 
     def to_dict(self) -> dict:

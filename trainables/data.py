@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.errors import DataError
 from core.folds import FoldSpec, fold_file
-from core.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
 from core.label_table import manifest_labels_hash
+from core.labels import ALL, COMPETITION_OLD_AGE, age_group, get_head, target_heads
 from core.manifest import check_crops, read_manifest
 from core.provenance import pinned_folds_key, rows_hash
 from core.workspace import Workspace
@@ -85,7 +85,7 @@ def check_pinned(ws: Workspace, rows: pd.DataFrame, pins: dict) -> None:
 
 
 def load_head_data(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> HeadData:
-    """The head's training data; with a study's ``pins`` (orchestrator.pins) on the study's own
+    """The head's training data; with a study's ``pins`` (orchestrator.study.pins) on the study's own
     split, after checking that the manifest holds its crops and labels (else the latest split)."""
     rows = usable_train_rows(ws)
     folds_key = pinned_folds_key(pins or {})

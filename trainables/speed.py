@@ -68,7 +68,7 @@ def predict_images_per_s(cfg: TrialConfig, *, batches: int = 4, tta: tuple[str, 
 
 class _TrialSlot:
     """A Ray actor, as a Tune trial is: its own fresh process. A task could reuse a preprocessing
-    worker, whose allocator settings (mallopt, orchestrator/preprocess.py) cost ~20% of a step."""
+    worker, whose allocator settings (mallopt, orchestrator/stages/preprocess.py) cost ~20% of a step."""
 
     def measure(self, cfg: TrialConfig, threads: int, batches: int) -> dict:
         device = device_of()

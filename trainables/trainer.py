@@ -17,7 +17,16 @@ from core.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index
-from .loop import EvalResult, cap_gpu_memory, deterministic, device_of, ray_gpu_share, evaluate, to_device, train_one_epoch
+from .loop import (
+    EvalResult,
+    cap_gpu_memory,
+    deterministic,
+    device_of,
+    evaluate,
+    ray_gpu_share,
+    to_device,
+    train_one_epoch,
+)
 from .losses import build_target_loss
 from .models import build_model, data_config
 from .schedule import BudgetSchedule
@@ -59,7 +68,7 @@ class EpochResult:
 
 
 def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) -> Parts:
-    """``pins``: the study's inputs (orchestrator.pins): its split, checked crops and labels."""
+    """``pins``: the study's inputs (orchestrator.study.pins): its split, checked crops and labels."""
     device = device_of()
     deterministic(device)   # before the model reaches the card: cuBLAS reads its setting then
     cap_gpu_memory(device, ray_gpu_share())

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.realfaces import utkmask_folder  # noqa: E402  (the standard library only)
+
 STEPS = ("install", "data", "mtcnn", "throughput", "packing", "trials", "probe", "budget")
 SIZES = {
     # one H100/H200, 16 cores: about 7 minutes in all (the budget run takes 3 of them)
@@ -87,7 +88,11 @@ def step_versions(a, s: dict) -> dict:
             versions[n] = md.version(n)
         except md.PackageNotFoundError:
             pass
-    import albumentations, facenet_pytorch, mlflow, optuna, ray  # noqa: E401,F401  (they import)
+    import albumentations  # noqa: E401,F401  (they import)
+    import facenet_pytorch
+    import mlflow
+    import optuna
+    import ray
     cuda = torch.cuda.is_available()
     return {"versions": versions, "ray_from": str(Path(ray.__file__).parent), "python": sys.version.split()[0],
             "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)", "cpus": os.cpu_count(),
@@ -120,7 +125,7 @@ def step_mtcnn(a, s: dict) -> dict:
     from benchmarks.preprocess import quality
     from core.faces import CropSettings
     from core.workspace import Workspace
-    from orchestrator.preprocess import preprocess
+    from orchestrator.stages.preprocess import preprocess
     _ray(a)
     data, out = a.work / "mtcnn-data", {}
     for name, gpus, workers in (("gpu", 0.25, None), ("cpu", 0.0, os.cpu_count())):

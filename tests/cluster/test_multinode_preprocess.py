@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
-
-from orchestrator.preprocess import image_table, preprocess
-from core.workspace import Workspace
-
 from fault_gate import Gate, gates_folder, wait_gone
 from multinode import NodeWatch, descendants, kill_node, record, start_cluster
+from PIL import Image
+
+from core.workspace import Workspace
+from orchestrator.stages.preprocess import image_table, preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 

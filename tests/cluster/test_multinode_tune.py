@@ -16,15 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
-from orchestrator.study import TuneOptions, tune_head
-from results.tracking import TrackingError, download_artifact, download_model, find_runs
-from trainables.models import load_model_file
-
 from conftest import workspace_sharing_crops
 from fault_gate import Gate, wait_gone
+from mlflow.tracking import MlflowClient
 from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
+
+from orchestrator.stages.tune import TuneOptions, tune_head
+from results.tracking import TrackingError, download_artifact, download_model, find_runs
+from trainables.models import load_model_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL = "ImplicitFunc"          # the process title of a function trainable's trial actor

@@ -3,10 +3,10 @@ import logging
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import build_parser, _export_storage
-from orchestrator.storage import is_shared, stage_locations, unshared
-from orchestrator.tracking_outage import _write_marker, check_after_fit, outage_recorded
 from core.workspace import ARTIFACTS_ENV, STORAGE_ENV, Workspace
+from orchestrator.cli import _export_storage, build_parser
+from orchestrator.infra.storage import is_shared, stage_locations, unshared
+from orchestrator.study.tracking_outage import _write_marker, check_after_fit, outage_recorded
 from results.tracking import ensure_experiment
 
 MOUNTS = """/dev/nvme0n1p1 / ext4 rw,relatime 0 0

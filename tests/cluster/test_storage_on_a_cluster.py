@@ -1,11 +1,11 @@
 """On a cluster joined through --address the shared-storage checks apply from the start (an
 autoscaling cluster has only its head then), and a SQLite MLflow store on NFS/EFS is refused."""
 import pytest
-
 from conftest import own_ray
+
 from core.errors import DataError
-from orchestrator.storage import check_tracking_store, cluster_hosts, unshared, stage_locations
 from core.workspace import Workspace
+from orchestrator.infra.storage import check_tracking_store, cluster_hosts, stage_locations, unshared
 
 MOUNTS = """/dev/nvme0n1p1 / ext4 rw,relatime 0 0
 fs-0abc.efs.us-west-2.amazonaws.com:/ /mnt/shared nfs4 rw,vers=4.1 0 0

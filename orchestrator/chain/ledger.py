@@ -68,9 +68,9 @@ def _proc_start(pid="self") -> str:
 
 def close_stale_runs(uri: str, studies: list[str]) -> int:
     """Mark the RUNNING MLflow runs (trials and study parents) of ``studies`` KILLED."""
-    from mlflow.tracking import MlflowClient   # heavy: only a rerun after a killed run closes its runs
+    from mlflow.tracking import MlflowClient  # heavy: only a rerun after a killed run closes its runs
 
-    from results.tracking import find_runs   # (pandas), as mlflow
+    from results.tracking import find_runs  # (pandas), as mlflow
     client, closed = MlflowClient(uri), 0
     for study in studies:
         for role in ("trial", "study"):

@@ -5,7 +5,7 @@ the ensemble's share is reserved, and what is left is split over the heads and t
 phases. Each trial also gets a deadline, so a slow machine stops training early instead
 of overrunning.
 
-Only arithmetic lives here, on plain numbers: orchestrator/pipeline.py measures the cluster
+Only arithmetic lives here, on plain numbers: orchestrator/stages/run.py measures the cluster
 and the training speed and hands them over.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Trials:
 
 @dataclass(frozen=True)
 class Sizing:
-    """What a target's plan is sized from, in plain numbers (measured by orchestrator/pipeline.py)."""
+    """What a target's plan is sized from, in plain numbers (measured by orchestrator/stages/run.py)."""
     trials: Trials
     n_train: int             # training images
     images_per_s: float      # one trial's measured training speed on the target's backbone

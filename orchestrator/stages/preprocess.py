@@ -26,17 +26,17 @@ import numpy as np
 import pandas as pd
 
 from core.atomic import write_bytes_atomic, write_parquet_atomic
-from .crop_cache import CropCache, crop_name
-from .detector import Detector, decode
 from core.dataset import load_eval, load_train
 from core.faces import CropSettings, Priors, crop_box, crop_jpeg, miss_box, normalise
 from core.failpoints import failpoint
 from core.label_table import corrections_file
 from core.manifest import COLUMNS
-from .options import WORKER_GPU_SHARE, PreprocessOptions
-from .ray_session import cluster_capacity, gpu_share, init_ray
-from .storage import warn_if_not_shared
 from core.workspace import Workspace
+from orchestrator.infra.crop_cache import CropCache, crop_name
+from orchestrator.infra.ray_session import cluster_capacity, gpu_share, init_ray
+from orchestrator.infra.storage import warn_if_not_shared
+from orchestrator.options import WORKER_GPU_SHARE, PreprocessOptions
+from serving.detector import Detector, decode
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def _return_freed_memory() -> None:
 
 def _detector(s: CropSettings):
     """One MTCNN per worker process and settings (a task reuses its process)."""
-    import torch   # heavy: only worker processes need it
-    from trainables.loop import device_of   # heavy (torch), as torch
+    import torch  # heavy: only worker processes need it
+
+    from trainables.loop import device_of  # heavy (torch), as torch
     if s.key not in _DETECTORS:
         import ray
         _return_freed_memory()
@@ -115,7 +116,7 @@ def _detect_one(item: dict, dec, found, det, s: CropSettings, crops_dir: Path, k
 def detect_batch(items: list[dict], data: str, crops_dir: str, s: CropSettings,
                  part: str) -> list[dict]:
     """Step 1 for one batch; writes its crops and a cache part, returns the records."""
-    import ray   # heavy; the driver imports it when it starts Ray
+    import ray  # heavy; the driver imports it when it starts Ray
     det = _detector(s)
     where = f"{det.device}, Ray GPUs {ray.get_gpu_ids()}"
     decs = [decode(Path(data) / it["path"]) for it in items]

@@ -1,7 +1,7 @@
 """`run`: every stage in order on one data set (the README's main command).
 
 Without a budget it uses small fixed settings that finish the demo data on a laptop CPU.
-With ``--budget`` the orchestrator sizes the work itself (orchestrator/budget.py): it
+With ``--budget`` the orchestrator sizes the work itself (orchestrator/chain/budget.py): it
 measures preprocessing, reserves the ensemble's share, measures how fast this machine
 trains the chosen model, and gives each head's phases epochs and deadlines that fit.
 """
@@ -15,23 +15,32 @@ from core.demo_data import write_demo_data
 from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
+from orchestrator.chain.budget import (
+    PREDICTED_VIEWS,
+    Clock,
+    HeadPlan,
+    Sizing,
+    Trials,
+    ensemble_reserve_s,
+    fixed_plan,
+    plan_target,
+    trial_slots,
+)
+from orchestrator.chain.ledger import run_ledger
+from orchestrator.chain.studies import study_prefix, voting_studies
+from orchestrator.infra.ray_session import cluster_capacity, ray_session, trial_resources
+from orchestrator.options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
 from results.tracking import check_tracking
 from search_spaces import recipe_config
 from trainables.config import FORWARD_COST
 from trainables.pretrained import is_none
 
 from .audit import audit
-from .budget import (PREDICTED_VIEWS, Clock, HeadPlan, Sizing, Trials, ensemble_reserve_s, fixed_plan,
-                     plan_target, trial_slots)
 from .eda import write_eda
 from .ensemble import ensemble
 from .preprocess import preprocess
-from .ray_session import cluster_capacity, ray_session, trial_resources
 from .retrain import retrain_head
-from .options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
-from .study import check_weights, tune_head
-from .run_ledger import run_ledger
-from .run_studies import study_prefix, voting_studies
+from .tune import check_weights, tune_head
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     ws.make()
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
     labels = labels_hash(train)
-    # before anything trains: the study these labels train (orchestrator/run_studies.py) ...
+    # before anything trains: the study these labels train (orchestrator/chain/studies.py) ...
     o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
     # ... and every head's voters
     studies = voting_studies(uri, o.study, o.targets, labels, full=o.eval_vote == "full")
@@ -116,7 +125,7 @@ class Sizer:
         parallel = trial_slots(cluster_capacity(), res["cpu"], res["gpu"])   # what it can grow to
         if o.budget_s is None or o.smoke_test:
             return cls(o, n_train, parallel)
-        from trainables.speed import probe_trial_slots   # heavy (torch, timm): only under a budget
+        from trainables.speed import probe_trial_slots  # heavy (torch, timm): only under a budget
         # every trial slot measures at once, with a trial's threads (Ray gives a trial OMP threads
         # = its CPUs; two OpenMP threads on a busy 2-core box run 10x slower than one) and GPUs;
         # the slowest slot sets the pace of each wave
@@ -184,7 +193,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
 
 
 def ensemble_options(o: RunOptions, studies: dict[str, str]):
-    """The ensemble of exactly ``studies`` (orchestrator/run_studies.py: never another, newer one)."""
+    """The ensemble of exactly ``studies`` (orchestrator/chain/studies.py: never another, newer one)."""
     # under a budget the models predict as Ray tasks side by side (the reserve assumes so)
     return EnsembleOptions(tracking_uri=o.tracking_uri, calibrate=o.calibrate, eval_vote=o.eval_vote,
                            study=studies, use_ray=o.budget_s is not None and not o.smoke_test,

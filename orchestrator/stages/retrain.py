@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from core.deadlines import set_deadline
+from core.errors import DataError
+from core.label_table import current_labels
+from core.workspace import Workspace
+from orchestrator.infra.ray_session import ray_session, trial_resources
+from orchestrator.infra.storage import warn_if_not_shared
+from orchestrator.options import GPU_SHARE, RetrainOptions
+from orchestrator.study.pins import check_study_data
 from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
 from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
 from trainables.config import FULL_DATA, RunContext, TrialConfig
 
-from core.deadlines import set_deadline
-from core.errors import DataError
-from core.label_table import current_labels
-from .options import GPU_SHARE, RetrainOptions
-from .pins import check_study_data
-from .ray_session import ray_session, trial_resources
-from .storage import warn_if_not_shared
-from .study import build_tuner, check_failed, check_trained_labels, check_weights, trial_trainable
-from core.workspace import Workspace
+from .tune import build_tuner, check_failed, check_trained_labels, check_weights, trial_trainable
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    from ray import tune   # heavy (ray): imported when trials start
+    from ray import tune  # heavy (ray): imported when trials start
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     uri = resolve_tracking_uri(ws, tracking_uri)
     check_tracking(uri)
@@ -99,7 +99,7 @@ def retrain_head(data: Path | str, ws: Workspace | Path | str, head: str, study:
     until = f"until its deadline (at most {cfg.epochs} epochs)" if deadline else f"{cfg.epochs} epochs"
     log.info(f"retrain {head} (study {study!r}): cv folds peaked at epochs {best_epochs} -> "
              f"{until} on all training persons")
-    from trainables.data import usable_train_rows   # heavy (torch), as the trainable above
+    from trainables.data import usable_train_rows  # heavy (torch), as the trainable above
     pins = check_study_data(ws, study, labels, usable_train_rows(ws))
     exp_id = ensure_experiment(uri, experiment, ws.root / "mlartifacts", location=ws.artifact_location)
     parent = open_parent(uri, exp_id, study=study, phase="full", head=head, pins=pins)

@@ -22,22 +22,21 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+from core.atomic import write_csv_atomic
+from core.csv_input import read_csv
+from core.errors import DataError
+from core.label_table import check_runs_labels, corrections_file, current_labels
+from core.labels import COMPETITION_OLD_AGE
+from core.manifest import read_manifest
+from core.workspace import Workspace
+from orchestrator.options import AuditOptions
 from results.audit import AuditInputs, audit_suspects, person_predictions, suggested_corrections
 from results.contact_sheet import contact_sheet
 from results.run_schema import AUDIT, OOF_FILE, run_status, start_run
 from results.selection import ChosenModel, choose_models, study_of
 from results.tracking import check_tracking
 
-from core.atomic import write_csv_atomic
-from core.errors import DataError
-from core.csv_input import read_csv
-from core.label_table import check_runs_labels, corrections_file, current_labels
-from core.labels import COMPETITION_OLD_AGE
-from core.manifest import read_manifest
-from core.workspace import Workspace
-
 from .ensemble import oof_predictions
-from .options import AuditOptions
 
 log = logging.getLogger(__name__)
 FIELDS = ("gender", "age", "swap", "mask")

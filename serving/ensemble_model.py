@@ -36,13 +36,13 @@ from trainables.models import load_model_file
 from trainables.predict import predict_probs
 
 from .detector import CROPS
-from .face_crop import PhotoCropper
+from .photo_crop import PhotoCropper
 
 LOADER = __name__
 SPEC = "ensemble.json"
 PHOTO = "photo"
 GIVEN = "given"      # ``face`` of a row whose crop the caller sent
-PACKAGES = ("core", "trainables", "results", "search_spaces", "orchestrator")   # the code_paths
+PACKAGES = ("core", "trainables", "results", "serving")   # the code_paths: this package and the layers below it
 
 
 def write_ensemble(folder: Path, members: list[tuple[Path, str]], voters: dict[str, list[int]], *,
@@ -78,7 +78,7 @@ class EnsembleModel:
         try:
             crops, faces = self.crops(model_input)
         except ValueError as exc:   # bad input (PhotoError too), not a failure of the model
-            from mlflow.exceptions import MlflowException   # heavy; served, it becomes a 400 with this message
+            from mlflow.exceptions import MlflowException  # heavy; served, it becomes a 400 with this message
             raise MlflowException.invalid_parameter_value(str(exc)) from exc
         out = self.answer(crops)
         out["face"] = faces

@@ -20,23 +20,22 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import pandas as pd
 
-from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
-from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
-from search_spaces import SMOKE, recipe_config, recipe_point, search_space, with_backbones
-from trainables.config import RunContext, TrialConfig
-from trainables.pretrained import HUB, check_source, is_none, stage_weights
-
 from core.deadlines import current_deadline, set_deadline
 from core.errors import DataError, StudyFailed
 from core.folds import FoldSpec, ensure_folds
 from core.label_table import check_runs_labels, current_labels
 from core.labels import Backbone, check_target, get_backbone
-from .options import TuneOptions
-from .pins import Pins, pin_study, study_pins
-from .ray_session import auto_concurrency, ray_session, trial_resources
-from .storage import warn_if_not_shared
-from .tracking_outage import check_after_fit, outage_recorded
 from core.workspace import Workspace
+from orchestrator.infra.ray_session import auto_concurrency, ray_session, trial_resources
+from orchestrator.infra.storage import warn_if_not_shared
+from orchestrator.options import TuneOptions
+from orchestrator.study.pins import Pins, pin_study, study_pins
+from orchestrator.study.tracking_outage import check_after_fit, outage_recorded
+from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
+from results.tracking import check_tracking, find_runs, resolve_tracking_uri, run_config
+from search_spaces import SMOKE, recipe_config, recipe_point, search_space, with_backbones
+from trainables.config import RunContext, TrialConfig
+from trainables.pretrained import HUB, check_source, is_none, stage_weights
 
 if TYPE_CHECKING:   # for the annotations only: ray is heavy, imported when trials start
     from ray.tune import Result, Tuner
@@ -94,7 +93,7 @@ class StudyPlan:
     base: TrialConfig
     options: TuneOptions
     labels: str = ""      # hash of the label table every trial trains on (core.label_table)
-    pins: Pins | None = None   # the study's inputs (orchestrator.pins): every trial logs and reads them
+    pins: Pins | None = None   # the study's inputs (orchestrator.study.pins): every trial logs and reads them
 
     def context(self, phase: str, parent: str) -> RunContext:
         return RunContext(data=str(self.data), workspace=str(self.ws.root), tracking_uri=self.uri,
@@ -109,7 +108,7 @@ class StudyPlan:
 
 def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: the weights, MLflow reachable, folds, crop cache."""
-    from trainables.data import usable_train_rows   # heavy (torch), as the trainable
+    from trainables.data import usable_train_rows  # heavy (torch), as the trainable
     check_target(head)
     base = base_config(head, o)
     check_study_weights(base, o.search_backbones)
@@ -139,7 +138,7 @@ def check_study_weights(base: TrialConfig, backbones: tuple[str, ...]) -> None:
 def check_weights(cfg: TrialConfig) -> None:
     """The starting weights can be had (hub reachable or cached; a file that fits the model),
     checked here on the driver so an offline box stops before Ray, not in every trial."""
-    from trainables.models import build_model   # heavy (torch, timm), as the trainable
+    from trainables.models import build_model  # heavy (torch, timm), as the trainable
     if is_none(cfg.pretrained):
         return
     if cfg.pretrained == HUB:
@@ -164,7 +163,7 @@ def check_study_labels(uri: str, head: str, study: str, labels: str, experiment:
 
 def cache_crops(ws: Workspace, crops: list[str], base: TrialConfig, backbones: tuple[str, ...]) -> None:
     """The crops decoded once at every image size the study trains at, before any trial starts."""
-    from trainables.data import crop_cache   # heavy (torch), as the trainable
+    from trainables.data import crop_cache  # heavy (torch), as the trainable
     for size in sorted({base.img_size} | {get_backbone(b).img_size for b in backbones}):
         crop_cache(ws, crops, size)
 
@@ -174,8 +173,9 @@ def cache_crops(ws: Workspace, crops: list[str], base: TrialConfig, backbones: t
 
 def trial_trainable(resources: dict):
     """The one trainable (trainables.trainable.train_head) with a trial's CPUs and GPUs."""
-    from ray import tune   # heavy (torch, timm, ray): imported when trials start
-    from trainables.trainable import train_head   # heavy, as ray
+    from ray import tune  # heavy (torch, timm, ray): imported when trials start
+
+    from trainables.trainable import train_head  # heavy, as ray
     return tune.with_resources(train_head, resources)
 
 
@@ -185,9 +185,9 @@ def build_tuner(trainable, space: dict, *, name: str, ws: Workspace, max_failure
     crashed trial retried from its last checkpoint (one kept), actors reused between trials,
     and (verbose >= 1) one progress line per phase instead of Tune's tables (verbose >= 2).
     ``deadline``: (study, phase) whose deadline file (core/deadlines.py) the progress shows."""
-    from ray import tune   # heavy, as in trial_trainable
+    from ray import tune  # heavy, as in trial_trainable
 
-    from .progress import PhaseProgress, quiet_snapshot_warning   # imports ray.tune: as heavy
+    from orchestrator.study.progress import PhaseProgress, quiet_snapshot_warning  # imports ray.tune: as heavy
     quiet_snapshot_warning(ws.tune_storage)
     return tune.Tuner(trainable, param_space=space,
                       tune_config=tune.TuneConfig(reuse_actors=True, **tune_config),
@@ -213,7 +213,7 @@ def _open_parent(plan: StudyPlan, phase: str) -> str:
 
 def _restore_or_new(plan: StudyPlan, phase: str, trainable, make_new: Callable[[], Tuner]) -> Tuner:
     """The phase's Tuner: restored from its saved state (only with --resume), else ``make_new()``."""
-    from ray.tune import Tuner   # heavy (ray), as trial_trainable
+    from ray.tune import Tuner  # heavy (ray), as trial_trainable
     path = plan.exp_path(phase)
     restoring = Tuner.can_restore(path)
     if restoring and not plan.options.resume:
@@ -230,9 +230,9 @@ def _restore(plan: StudyPlan, phase: str, path: str, trainable) -> Tuner:
     """A search trial that failed for good stays failed (OptunaSearch has already told Optuna
     so and would ignore any new result); a failed cv fold, which the study cannot do without,
     resumes from its last checkpoint. Unfinished trials continue from their checkpoints and
-    finished ones are not rerun. After an MLflow outage (orchestrator/tracking_outage.py) the
+    finished ones are not rerun. After an MLflow outage (orchestrator/study/tracking_outage.py) the
     failed trials continue too, to finish logging."""
-    from ray.tune import Tuner   # heavy (ray), as trial_trainable
+    from ray.tune import Tuner  # heavy (ray), as trial_trainable
     # runs a killed driver left RUNNING are closed first; a resumed trial reopens its own
     _close_runs(plan, phase, saved_statuses(path))
     return Tuner.restore(path, trainable=trainable, resume_unfinished=True,
@@ -282,10 +282,10 @@ def searched_space(head: str, backbones: tuple[str, ...]) -> tuple[object, dict]
 def _new_search_tuner(plan: StudyPlan, trainable, ctx: RunContext, max_concurrent: int) -> Tuner:
     """OptunaSearch (seeded, the recipe first) with ASHA on val F1; no trial starts that could not
     finish an epoch before the deadline (StartBeforeDeadline). The searched keys leave the fixed config."""
-    from ray.tune.schedulers import ASHAScheduler   # heavy (ray), as trial_trainable
-    from ray.tune.search.optuna import OptunaSearch   # heavy (ray, optuna), as above
+    from ray.tune.schedulers import ASHAScheduler  # heavy (ray), as trial_trainable
+    from ray.tune.search.optuna import OptunaSearch  # heavy (ray, optuna), as above
 
-    from .search_start import StartBeforeDeadline   # heavy (ray), as above
+    from orchestrator.study.search_start import StartBeforeDeadline  # heavy (ray), as above
     names = plan.options.search_backbones
     space, point = searched_space(plan.head, names)
     searcher = OptunaSearch(space, metric=METRIC, mode=MODE, seed=plan.options.seed, points_to_evaluate=[point])
@@ -304,7 +304,8 @@ def report_search(plan: StudyPlan, parent: str) -> None:
     import pickle
 
     from mlflow.exceptions import MlflowException
-    from results.search_plots import ARTIFACT_DIR, log_search_plots   # heavy (optuna, mlflow): after a search
+
+    from results.search_plots import ARTIFACT_DIR, log_search_plots  # heavy (optuna, mlflow): after a search
     try:
         summary = log_search_plots(plan.uri, parent, plan.exp_path("search"))
     # the search is finished and recorded: a plot must not stop the cv phase. Named: a damaged
@@ -326,7 +327,7 @@ def run_cv(plan: StudyPlan, resources: dict, max_concurrent: int) -> pd.DataFram
     trainable = trial_trainable(resources)
 
     def new():
-        from ray import tune   # heavy, as trial_trainable
+        from ray import tune  # heavy, as trial_trainable
         space = best.to_dict() | {"fold": tune.grid_search(folds), "run": plan.context("cv", parent).to_dict()}
         return _tuner(plan, "cv", trainable, space, max_concurrent_trials=max_concurrent)
     return _fit(plan, "cv", _restore_or_new(plan, "cv", trainable, new), parent, len(folds))
@@ -394,7 +395,7 @@ def final_statuses(exp_path: str, failed: list[Result]) -> dict[str, str]:
 
 def _out_of_time(plan: StudyPlan, phase: str, started: float) -> bool:
     """A search under a deadline starts no trial that could not finish an epoch before it
-    (orchestrator/search_start.py): fewer trials than asked is then its plan, not an interruption."""
+    (orchestrator/study/search_start.py): fewer trials than asked is then its plan, not an interruption."""
     budget = plan.options.time_budget_s
     return phase == "search" and (bool(plan.options.deadline)
                                   or budget is not None and time.time() - started >= budget)

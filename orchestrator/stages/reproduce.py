@@ -148,7 +148,7 @@ def reproduce(data: Path, ws: Workspace, run_id: str, *, tracking_uri: str | Non
 
 
 def _what_is_compared(logged: dict, cfg: TrialConfig) -> str:
-    from trainables.loop import device_of, precision_of   # heavy (torch), as retrain
+    from trainables.loop import device_of, precision_of  # heavy (torch), as retrain
     device = device_of()
     names = sorted({k for k, _ in logged})
     return (f"compares the {len(logged)} per-epoch values the trial logged ({', '.join(names)}) with a "

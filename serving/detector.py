@@ -183,7 +183,7 @@ class Detector:
 
     def __init__(self, s: CropSettings, device: str = "cpu"):
         import torch
-        from facenet_pytorch.models.mtcnn import ONet, PNet, RNet   # weights ship in the wheel: nothing downloads
+        from facenet_pytorch.models.mtcnn import ONet, PNet, RNet  # weights ship in the wheel: nothing downloads
         self.s = s
         self.device = device
         self._torch_device = torch.device(device)

@@ -15,10 +15,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from core.errors import DataError
-from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, EXPERIMENT, MODEL_NAME, global_tracking_uri,
-                                logged_model_id, tag_filter)
-
-from .options import PromoteOptions
+from orchestrator.options import PromoteOptions
+from results.run_schema import (
+    ENSEMBLE,
+    ENSEMBLE_MODEL_NAME,
+    EXPERIMENT,
+    MODEL_NAME,
+    global_tracking_uri,
+    logged_model_id,
+    tag_filter,
+)
 
 DEFAULT_NAME, DEFAULT_ALIAS = PromoteOptions.name, PromoteOptions.alias
 LOGGED = re.compile(r"^(?:models:/)?(m-[0-9a-f]{32})$")

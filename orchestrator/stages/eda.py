@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from core.atomic import write_csv_atomic, write_text_atomic
-from results.tables import markdown_table
-
 from core.labels import HEADS, NUM_CLASSES, class_names
+from results.tables import markdown_table
 
 
 def class_counts(train: pd.DataFrame) -> pd.DataFrame:

@@ -19,26 +19,24 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from core.csv_input import read_csv
+from core.dataset import EVAL_COLUMNS
+from core.errors import DataError
+from core.label_table import check_runs_labels, current_labels
+from core.labels import HEADS, decode, num_outputs, output_slices
+from core.manifest import crop_whole, read_manifest
+from core.workspace import Workspace
+from orchestrator.infra.ray_session import ray_session, trial_resources
+from orchestrator.options import EnsembleOptions
 from results.calibration import Calibration, fit_offsets, heldout_check
 from results.report import ReportInputs, write_report
-from results.run_schema import (ENSEMBLE, ENSEMBLE_MODEL_NAME, OOF_FILE, global_tracking_uri, run_status,
-                                start_run)
+from results.run_schema import ENSEMBLE, ENSEMBLE_MODEL_NAME, OOF_FILE, global_tracking_uri, run_status, start_run
 from results.selection import ChosenModel, Studies, check_artifacts, choose_models, model_file, models_table
 from results.submission import write_submission
 from results.tracking import check_tracking
 from results.voting import EVAL_VOTES, VOTES, joint_log_probs, predict_classes, vote, vote_by_key
 
-from core.csv_input import read_csv
-from core.dataset import EVAL_COLUMNS
-from core.errors import DataError
-from core.labels import HEADS, decode, num_outputs, output_slices
-from core.label_table import check_runs_labels, current_labels
-from core.manifest import crop_whole, read_manifest
-from core.workspace import Workspace
-
-from .options import EnsembleOptions
 from .preprocess import crop_priors
-from .ray_session import ray_session, trial_resources
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def view_probs(df: pd.DataFrame, cols: list[str], tta: tuple[str, ...], what: st
     """OOF probabilities averaged over the views the eval images are predicted with: the original
     view and ``tta`` (columns orig_p0.., hflip_p0..); a table without per-view columns (logged
     before they were) serves only the views its p0.. already average."""
-    from trainables.loop import ORIGINAL, mean_of_views   # heavy (torch): the views are torch functions
+    from trainables.loop import ORIGINAL, mean_of_views  # heavy (torch): the views are torch functions
     views = (ORIGINAL, *tta)
     if all(f"{v}_{c}" in df for v in views for c in cols):
         return mean_of_views([df[[f"{v}_{c}" for c in cols]].to_numpy() for v in views])
@@ -162,8 +160,8 @@ def oof_predictions(client, chosen, train: pd.DataFrame, tmp: Path, how: str,
 def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...], batch_size: int) -> np.ndarray:
     """One model's [N, C] eval probabilities; runs here or as a Ray task on any node
     (it fetches its own model file, so the node needs only the tracking store and the crops)."""
-    from trainables.models import load_model_file   # heavy (torch, timm): only where models predict
-    from trainables.predict import predict_probs     # (this process, or a Ray task on another node)
+    from trainables.models import load_model_file  # heavy (torch, timm): only where models predict
+    from trainables.predict import predict_probs  # (this process, or a Ray task on another node)
     with tempfile.TemporaryDirectory(prefix="ensemble-model-") as tmp:
         model, cfg = load_model_file(model_file(MlflowClient(uri), c, Path(tmp)))
     if cfg.head != c.model_target:
@@ -178,7 +176,7 @@ def predict_run(uri: str, c: ChosenModel, crops: list[str], tta: tuple[str, ...]
 
 def _predict_on_ray(uri: str, models: list[ChosenModel], crops: list[str], opts: EnsembleOptions) -> list:
     """One Ray task per model, each with its own GPU share (CPU when the cluster has none)."""
-    import ray   # heavy: only with --ray
+    import ray  # heavy: only with --ray
     with ray_session(opts.address, opts.num_cpus):
         res = trial_resources(opts.gpus_per_model, opts.cpus_per_model)
         task = ray.remote(num_cpus=res["cpu"], num_gpus=res["gpu"])(predict_run)
@@ -321,7 +319,7 @@ def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOpt
     import mlflow
     from mlflow.models import Model
 
-    from .ensemble_model import pyfunc_spec, write_ensemble   # heavy (torch, timm): only when it logs
+    from serving.ensemble_model import pyfunc_spec, write_ensemble  # heavy (torch, timm): only when it logs
     voters = eval_voters(chosen, opts.eval_vote)
     models = unique_models(voters)
     index = {c.run_id: i for i, c in enumerate(models)}
@@ -343,7 +341,7 @@ def log_ensemble_model(client: MlflowClient, rid: str, chosen, opts: EnsembleOpt
 
 def check_options(opts: EnsembleOptions) -> None:
     """Bad --vote / --tta fail before any model is loaded."""
-    from trainables.loop import TTA_VIEWS   # heavy (torch): the views are torch functions
+    from trainables.loop import TTA_VIEWS  # heavy (torch): the views are torch functions
     problems = [f"--tta {t!r} is not a test-time augmentation; valid: {', '.join(TTA_VIEWS)} or none"
                 for t in opts.tta if t not in TTA_VIEWS]
     if opts.vote not in VOTES:

@@ -5,7 +5,7 @@ FailureConfig's retries) while their checkpoints stay in Tune's storage. The dri
 the server unreachable, leaves a marker in the experiment folder and raises TrackingError with
 the fix. ``tune --resume`` restores errored trials only while that marker is there: they continue
 from their checkpoints and finish their own MLflow runs. (Without an outage, errored trials stay
-failed: OptunaSearch has already recorded them as failed; see orchestrator/study.py.)
+failed: OptunaSearch has already recorded them as failed; see orchestrator/stages/tune.py.)
 """
 from __future__ import annotations
 
