@@ -37,7 +37,13 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Raise TrackingError naming the URI and the fix when the store cannot be reached."""
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow retries opening a database that cannot be one for about 100 s: say so at once
+        if problem := sqlite_problem(db):
+            raise TrackingError(f"MLflow tracking store {uri} is unreachable ({problem}); fix --tracking-uri / "
+                                "$MLFLOW_TRACKING_URI, or move that path aside so the workspace's SQLite file "
+                                "is made anew")
     # fail fast instead of MLflow's minutes of retries, for this check only (later calls, and
     # trials, keep a retry budget that a slow but live server survives)
     fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
@@ -60,6 +66,20 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"   # the first 16 bytes of every SQLite database file
+
+
+def sqlite_problem(db: Path) -> str:
+    """Why ``db`` cannot be an SQLite database ('' when it can: absent, empty or an SQLite file)."""
+    if db.is_dir():
+        return "a folder, not a database file"
+    if db.is_file() and db.stat().st_size:
+        with open(db, "rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return "not an SQLite database file"
+    return ""
 
 
 def local_folder(uri: str) -> Path | None:

@@ -48,6 +48,7 @@ def _epochs_trained(uri: str, run_id: str) -> int:
     return max(m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, "train_loss"))
 
 
+@pytest.mark.slow   # its folds train to a deadline 80 s away, by design: `make test-slow`
 def test_a_failed_fold_resumed_without_deadline_trains_as_its_siblings_did(run_ws, tmp_path):
     """`tune --phase cv --resume`, the command the failed-fold error prints, on a study whose folds
     trained to a deadline with a cap of CAP epochs (as `run --budget` sets them up): the resumed fold
