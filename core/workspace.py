@@ -56,6 +56,12 @@ class Workspace:
         return self.root / "results"
 
     @property
+    def scratch(self) -> Path:
+        """Trials' temporary files, a folder per trial (trainables/trainable.py): in the workspace,
+        so a killed trial's retry finds and removes them on any node."""
+        return self.root / "scratch"
+
+    @property
     def weights(self) -> Path:
         """Starting-weights files staged for trials (trainables.pretrained.stage_weights)."""
         return self.root / "weights"

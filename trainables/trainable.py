@@ -103,10 +103,10 @@ def train_head(config: dict) -> None:
 
 
 def _scratch(ws: Workspace, tc) -> Path:
-    """The trial's scratch folder, in its own folder of Tune's storage in the workspace: a trial
-    killed hard (no ``finally`` runs) leaves its files there, not in the system's temp folder,
-    and its retry or resume (same trial folder) removes them first."""
-    scratch = ws.tune / tc.get_experiment_name() / Path(tc.get_trial_dir()).name / "scratch"
+    """The trial's scratch folder, its own in the workspace (``WS/scratch``, beside Tune's storage,
+    which --storage may put elsewhere): a trial killed hard (no ``finally`` runs) leaves its files
+    there, not in the system's temp folder, and its retry or resume (same trial) removes them first."""
+    scratch = ws.scratch / tc.get_experiment_name() / Path(tc.get_trial_dir()).name
     shutil.rmtree(scratch, ignore_errors=True)   # what a killed attempt of this trial left
     scratch.mkdir(parents=True)
     return scratch
