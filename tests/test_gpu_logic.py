@@ -115,8 +115,6 @@ def test_preprocessing_leaves_no_process_on_the_gpu_and_fallback_crops_reserve_n
     import os
     import time as clock
 
-    import ray
-
     import orchestrator.stages.preprocess as pre
     from core.demo_data import DemoSpec, write_demo_data
     from core.faces import CropSettings
