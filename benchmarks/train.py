@@ -24,7 +24,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from core.dataset import load_train  # noqa: E402
-from core.labels import num_outputs  # noqa: E402
 from core.folds import FoldSpec, ensure_folds  # noqa: E402
 from core.labels import num_outputs  # noqa: E402
 from core.workspace import Workspace  # noqa: E402

@@ -154,3 +154,11 @@ def test_the_ensembles_reserve_is_its_fixed_work_and_every_models_predictions(mo
     fixed_s = 30.0 + 15.0   # the ensemble's downloads, plots and submission, then the audit's
     predict_s = models * n_eval * PREDICT / (slots * speed)   # the models side by side on the slots
     assert ensemble_reserve_s(models, n_eval, slots, speed) == fixed_s + predict_s
+
+
+def test_the_budget_costs_the_views_the_models_predict():
+    # the budget counts views by name without torch; a view added to the loop must be costed
+    from trainables.config import PREDICTED_VIEWS, TTA_VIEW_NAMES
+    from trainables.loop import TTA_VIEWS
+    assert tuple(TTA_VIEWS) == TTA_VIEW_NAMES
+    assert PREDICTED_VIEWS == 1 + len(TTA_VIEWS)

@@ -14,6 +14,9 @@ from .schedule import SHAPES
 
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
 FORWARD_COST = 0.5   # predicting an image (decode, forward, logging) as a share of a training step
+TTA_VIEW_NAMES = ("hflip",)   # test-time views beside the image itself (their functions: loop.TTA_VIEWS);
+                              # named here, torch-free, because the budget costs them
+PREDICTED_VIEWS = 1 + len(TTA_VIEW_NAMES)   # an image is predicted as itself and in each view
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 

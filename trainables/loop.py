@@ -19,7 +19,8 @@ from core.metrics import accuracy, macro_f1
 
 log = logging.getLogger(__name__)
 
-# test-time augmentation views, applied to a normalised NCHW batch
+# test-time augmentation views, applied to a normalised NCHW batch (named in config.TTA_VIEW_NAMES,
+# which the budget costs without importing torch; tests/test_budget_plan.py keeps the two together)
 TTA_VIEWS = {"hflip": lambda x: x.flip(3)}
 
 

@@ -21,8 +21,8 @@ from core.failpoints import failpoint
 from core.workspace import Workspace
 from results.trial_log import TrialLogger
 
-from .config import FORWARD_COST, RunContext, TrialConfig
-from .loop import TTA_VIEWS, placement
+from .config import FORWARD_COST, PREDICTED_VIEWS, RunContext, TrialConfig
+from .loop import placement
 from .mlflow_model import pyfunc_spec
 from .models import save_model_file
 from .schedule import TrialTime
@@ -118,7 +118,7 @@ def val_share(parts) -> float:
         return 0.0
     n_train = min(len(parts.train_loader.dataset),
                   epoch_steps(parts.train_loader, parts.cfg.max_batches) * parts.cfg.batch_size)
-    return len(parts.val_loader.dataset) * (1 + len(TTA_VIEWS)) * FORWARD_COST / max(1, n_train)
+    return len(parts.val_loader.dataset) * PREDICTED_VIEWS * FORWARD_COST / max(1, n_train)
 
 
 def _log_best(log: TrialLogger, parts: list, res, best_dir: Path) -> None:

@@ -88,11 +88,11 @@ def step_versions(a, s: dict) -> dict:
             versions[n] = md.version(n)
         except md.PackageNotFoundError:
             pass
-    import albumentations  # noqa: E401,F401  (they import)
-    import facenet_pytorch
-    import mlflow
-    import optuna
-    import ray
+    import albumentations  # noqa: F401  (they import)
+    import facenet_pytorch  # noqa: F401
+    import mlflow  # noqa: F401
+    import optuna  # noqa: F401
+    import ray  # noqa: F401
     cuda = torch.cuda.is_available()
     return {"versions": versions, "ray_from": str(Path(ray.__file__).parent), "python": sys.version.split()[0],
             "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)", "cpus": os.cpu_count(),

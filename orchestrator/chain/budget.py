@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from trainables.config import FORWARD_COST
+from trainables.config import FORWARD_COST, PREDICTED_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ VALIDATED_EPOCHS = 3     # cv trials validate (with TTA) only their last 3 epoch
 SPEED_MARGIN = 0.95      # plan at 95% of the measured speed: the speed drifts (up to 2x within minutes
                          # on the 2-core box) and a loaded machine slows trials down; a 23-minute run
                          # planned at the full speed had its folds stopped after 11 and 10 of 12 epochs
-PREDICTED_VIEWS = 2      # an image is predicted as itself and its horizontal flip (trainables/loop.py TTA_VIEWS)
 
 
 # the age head is the hard one (rare >=60 class, from-scratch features): it gets the most

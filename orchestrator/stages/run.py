@@ -16,7 +16,6 @@ from core.errors import DataError
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
 from orchestrator.chain.budget import (
-    PREDICTED_VIEWS,
     Clock,
     HeadPlan,
     Sizing,
@@ -29,10 +28,10 @@ from orchestrator.chain.budget import (
 from orchestrator.chain.ledger import run_ledger
 from orchestrator.chain.studies import study_prefix, voting_studies
 from orchestrator.infra.ray_session import cluster_capacity, ray_session, trial_resources
-from orchestrator.options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions, picked
+from orchestrator.options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions
 from results.tracking import check_tracking
 from search_spaces import recipe_config
-from trainables.config import FORWARD_COST
+from trainables.config import FORWARD_COST, PREDICTED_VIEWS
 from trainables.pretrained import is_none
 
 from .audit import audit
@@ -164,13 +163,19 @@ class Sizer:
         return plan_target(sizing, target, left, clock.left(), first=left == o.targets)
 
 
+def cluster_options(o: RunOptions) -> dict:
+    """Where and with what a run's trials train, as tune_head and retrain_head take them."""
+    return dict(gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
+                num_cpus=o.num_cpus)
+
+
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
     sized = {} if o.smoke_test else asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size)
-    # the options both records declare (folds, the cluster's, ...) pass as they are
-    opts = TuneOptions(**picked(o, TuneOptions, num_samples=plan.num_samples, study=f"{o.study}-{target}",
-                                resume=True, verbose=1,   # a status table every ~30 s
-                                trial=dict(precision=o.precision, val_from=plan.val_from, **sized)))
+    opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test, backbone=o.backbone,
+                       study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
+                       resume=True, verbose=1,   # a status table every ~30 s
+                       trial=dict(precision=o.precision, val_from=plan.val_from, **sized))
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
@@ -185,8 +190,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
                                                phase="cv", deadline=plan.cv_end))
     log.info(f"{target}: cv folds best val F1 " + ", ".join(
         f"{f:.3f}" for f in best.loc[best["phase"] == "cv", "best_val_f1"].astype(float)))
-    retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri,
-                 gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
+    retrain_head(data, ws, target, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
                  verbose=1, deadline=plan.full_end,
                  epochs=o.max_epochs if plan.full_to_deadline and not o.smoke_test else plan.full_epochs,
                  seeds=plan.full_seeds, resume=True)   # a rerun reuses finished full-data models

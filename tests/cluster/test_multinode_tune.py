@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from multinode import NODE, MlflowServer, NodeWatch, kill_node, record, start_cluster
 
 from orchestrator.stages.tune import TuneOptions, tune_head
-from results.tracking import TrackingError, download_artifact, download_model, find_runs
+from results.tracking import TrackingError, download_model, find_runs
 from trainables.models import load_model_file
 
 ROOT = Path(__file__).resolve().parents[2]
