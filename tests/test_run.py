@@ -102,12 +102,34 @@ def test_run_audits_the_labels_and_the_audit_command_repeats_it(smoke_run):
 
 
 def test_rerun_resumes_instead_of_retraining(smoke_run):
-    client = mlflow.MlflowClient(f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("orchestrator")
-    before = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
+    """Seen: a second `run --smoke-test` on a finished workspace took the full-data trial runs from
+    2 to 4 (each retrain was a new Tune experiment). Finished trials are reused: none runs again."""
+    from results.tracking import find_runs
+    uri = f"sqlite:///{smoke_run / 'ws' / 'mlflow.db'}"
+
+    def trials():
+        return {p: set(find_runs(uri, phase=p)["run_id"]) for p in ("search", "cv", "full")}
+    before = trials()
+    assert before["full"] and before["cv"]
     assert main(["run", "--data", str(smoke_run / "data"), "--workspace", str(smoke_run / "ws"), "--smoke-test"]) == 0
-    after = {r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.stage = 'tune'", max_results=1000)}
-    assert after == before, "finished tune trials were rerun"
+    assert trials() == before, "a rerun trained finished trials again"
+
+
+def test_a_run_refused_after_preprocess_leaves_the_labels_as_they_were(smoke_run, capsys):
+    """A late DataError (more folds than persons, found after `run`'s preprocess rewrote the manifest
+    with the new corrections) used to roll back the corrections record but not the manifest, so
+    every later command asked to "rerun preprocess"."""
+    from core.label_table import corrections_file, current_labels
+    from core.workspace import Workspace
+    data, ws = smoke_run / "data", Workspace(smoke_run / "ws")
+    recorded, manifest = corrections_file(ws), ws.manifest.read_bytes()
+    assert recorded is not None   # the smoke run's (every person 70)
+    code = main(["run", "--data", str(data), "--workspace", str(ws.root), "--smoke-test", "--folds", "40",
+                 "--corrections", str(ages(data, smoke_run / "ages-20.csv", 20))])
+    err = capsys.readouterr().err
+    assert code == 2 and "40 person-level folds need at least 40 persons" in err, err
+    assert corrections_file(ws) == recorded and ws.manifest.read_bytes() == manifest
+    current_labels(data, ws)   # no "rerun preprocess": the labels are the workspace's again
 
 
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
