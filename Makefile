@@ -1,7 +1,7 @@
 # Two commands for a newcomer: `make demo` (set up + run the main job on demo data)
 # and `make test` (set up + run the tests). Both create .venv on first use.
 # Test tiers (markers given by rule in tests/conftest.py): `make test` all but the slow ones,
-# `make test-slow` the simulated multi-node faults and the benchmark smokes, `make test-quick`
+# `make test-slow` what needs more than the one shared Ray (clusters, GPUs, faults, budgets, benchmark smokes), `make test-quick`
 # what needs neither Ray nor training (the edit-test loop), `make mutation` the mutants the
 # quick tier kills in the pure core.
 PY ?= python3

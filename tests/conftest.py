@@ -35,17 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 UTKMASK = utkmask_folder()   # the real-face set: $UTKMASK_DIR (benchmarks/realfaces.py)
 
 # The tiers (README "Tests"), given by rule so that a new test file falls into one by itself:
-#   slow     `make test-slow`: what runs Ray under tests/cluster/ (simulated multi-node clusters
-#            and their faults) or in tests/test_benchmark*.py (benchmark smokes), and what a test
-#            marks slow itself
 #   ray      starts Ray, trains, or starts a process of the CLI: by its body or a fixture it uses
-#            (`make test-quick` runs neither; `make test` runs all but slow)
+#            (`make test-quick` runs neither ray nor slow; `make test` runs all but slow)
+#   slow     `make test-slow`: a ray test that needs more than the suite's one shared local Ray and
+#            its seconds: a Ray of its own shape (simulated multi-node clusters under tests/cluster/,
+#            logical GPUs by own_ray), an injected fault (tests/fault_gate.py's Crash and Gate), a
+#            wall-clock budget (the budget_run fixture), a benchmark smoke (tests/test_benchmark*.py),
+#            or a mark of its own
 #   utkmask  reads the real-face set (the utkmask_dir fixture); skipped where it is absent
 SLOW_FOLDERS = {"cluster"}
 SLOW_FILES = re.compile(r"test_benchmark")
+HEAVY_FIXTURES = {"crops_ws", "budget_run", "ray_local", "utkmask_dir"}
 HEAVY_CALL = re.compile(r"\b(ray|ray_session|init_ray|main|tune_head|retrain_head|preprocess|ensemble|reproduce|"
                         r"subprocess|Popen|benchmark_smoke|workspace_sharing_crops)\s*[.(]")
-HEAVY_FIXTURES = {"crops_ws", "budget_run", "ray_local", "utkmask_dir"}
+SLOW_FIXTURES = {"budget_run"}
+SLOW_CALL = re.compile(r"\b(own_ray|Crash|Gate)\s*\(")
 
 
 def _source(fn) -> str:
@@ -55,17 +59,17 @@ def _source(fn) -> str:
         return ""
 
 
-def _is_heavy(item) -> bool:
-    """The test's own body, or a fixture it uses (its whole closure), starts Ray, trains or
-    starts the CLI. Only functions defined under tests/ are read: pytest's own fixtures never are."""
+def _uses(item, fixtures: set[str], call: re.Pattern) -> bool:
+    """The test uses one of ``fixtures``, or its own body or a fixture it uses (its whole closure)
+    makes a ``call``. Only functions defined under tests/ are read: pytest's own fixtures never are."""
     names = set(getattr(item, "fixturenames", ()))
-    if names & HEAVY_FIXTURES or HEAVY_CALL.search(_source(getattr(item, "function", None))):
+    if names & fixtures or call.search(_source(getattr(item, "function", None))):
         return True
     defs = getattr(item, "_fixtureinfo", None)
     for name in names:
         for fd in (defs.name2fixturedefs.get(name, ()) if defs else ()):
             fn = fd.func
-            if str(ROOT / "tests") in (inspect.getsourcefile(fn) or "") and HEAVY_CALL.search(_source(fn)):
+            if str(ROOT / "tests") in (inspect.getsourcefile(fn) or "") and call.search(_source(fn)):
                 return True
     return False
 
@@ -73,10 +77,11 @@ def _is_heavy(item) -> bool:
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         path = Path(str(item.fspath)).relative_to(ROOT / "tests")
-        heavy = _is_heavy(item)
+        heavy = _uses(item, HEAVY_FIXTURES, HEAVY_CALL)
         if heavy:
             item.add_marker(pytest.mark.ray)
-        if heavy and (SLOW_FOLDERS & set(path.parts[:-1]) or SLOW_FILES.match(path.name)):
+        if heavy and (SLOW_FOLDERS & set(path.parts[:-1]) or SLOW_FILES.match(path.name)
+                      or _uses(item, SLOW_FIXTURES, SLOW_CALL)):
             item.add_marker(pytest.mark.slow)
         if "utkmask_dir" in item.fixturenames or "UTKMASK" in _source(getattr(item, "function", None)):
             item.add_marker(pytest.mark.utkmask)
@@ -209,6 +214,36 @@ def benchmark_smoke(script: str, *args: str) -> str:
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
+
+
+def ages(data: Path, path: Path, age: int) -> Path:
+    """A corrections file that sets every training person's age."""
+    import pandas as pd
+    persons = pd.read_csv(data / "train" / "train.csv", dtype=str)["id"]
+    pd.DataFrame({"id": persons, "field": "age", "value": str(age)}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory) -> Path:
+    """One `run --smoke-test` chain for the suite (preprocess, tune, retrain, ensemble, audit): a
+    folder with data/, ws/ and run.out (what the run printed). Its corrections make every training
+    person 70. tests/test_run.py checks the chain, then adds a study to it; tests/test_serving.py
+    serves a copy of what it holds then."""
+    import io
+    from contextlib import redirect_stdout
+
+    from orchestrator.cli import main
+    from core.demo_data import DemoSpec, write_demo_data
+    root = tmp_path_factory.mktemp("run")
+    write_demo_data(root / "data", DemoSpec(train_persons=16, eval_persons=4))
+    corr = ages(root / "data", root / "corrections.csv", 70)
+    out = io.StringIO()
+    with redirect_stdout(out):   # what a user reads at the end (the audit's next command)
+        assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test",
+                     "--corrections", str(corr)]) == 0
+    (root / "run.out").write_text(out.getvalue())
+    return root
 
 
 @pytest.fixture(scope="session")

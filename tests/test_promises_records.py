@@ -35,7 +35,7 @@ def private_temp():
 
 
 @pytest.fixture(scope="module")
-def ray_local(private_temp):
+def private_ray(private_temp):
     """A Ray of this module's own, started under the private TMPDIR its workers inherit."""
     from conftest import own_ray
     with own_ray(object_store_memory=128 * 1024**2):
@@ -219,7 +219,7 @@ def test_a_weights_url_that_refuses_is_refused(refusing_hub, tmp_path, monkeypat
 
 
 # -- item 17: a killed trial's scratch ----------------------------------------------------
-def test_a_killed_trials_scratch_stays_in_its_folder_and_its_retry_removes_it(ray_local, private_temp, crops_ws,
+def test_a_killed_trials_scratch_stays_in_its_folder_and_its_retry_removes_it(private_ray, private_temp, crops_ws,
                                                                              tmp_path_factory):
     """The trial exits hard after its first checkpoint (its best model logged: a model file in
     its scratch); Tune retries it, which finds that scratch and removes it. Nothing of it is in

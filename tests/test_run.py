@@ -1,8 +1,6 @@
 """`run` end to end on the demo data: real Ray, Tune + Optuna, MLflow (SQLite), ensemble."""
-import io
 import json
 import shlex
-from contextlib import redirect_stdout
 from collections import Counter
 from pathlib import Path
 
@@ -10,31 +8,17 @@ import mlflow
 import pandas as pd
 import pytest
 
-from orchestrator.cli import main
+from conftest import ages
 from core.demo_data import DemoSpec, write_demo_data
+from orchestrator.cli import main
 
 
 
-def ages(data, path, age):
-    """A corrections file that sets every training person's age."""
-    persons = pd.read_csv(data / "train" / "train.csv", dtype=str)["id"]
-    pd.DataFrame({"id": persons, "field": "age", "value": str(age)}).to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One smoke run whose corrections make every training person 70 (so every stage must read
-    the corrected table for the checks below to hold)."""
-    root = tmp_path_factory.mktemp("run")
-    write_demo_data(root / "data", DemoSpec(train_persons=16, eval_persons=4))
-    corr = ages(root / "data", root / "corrections.csv", 70)
-    out = io.StringIO()
-    with redirect_stdout(out):   # what a user reads at the end (the audit's next command)
-        assert main(["run", "--data", str(root / "data"), "--workspace", str(root / "ws"), "--smoke-test",
-                     "--corrections", str(corr)]) == 0
-    (root / "run.out").write_text(out.getvalue())
-    return root
+@pytest.fixture
+def smoke_run(smoke_chain) -> Path:
+    """The suite's smoke run (conftest's smoke_chain: corrections make every training person 70,
+    so every stage must read the corrected table for the checks below to hold)."""
+    return smoke_chain
 
 
 def test_corrections_reach_training_oof_truth_and_report(smoke_run):
@@ -130,6 +114,9 @@ def test_a_run_refused_after_preprocess_leaves_the_labels_as_they_were(smoke_run
     assert code == 2 and "40 person-level folds need at least 40 persons" in err, err
     assert corrections_file(ws) == recorded and ws.manifest.read_bytes() == manifest
     current_labels(data, ws)   # no "rerun preprocess": the labels are the workspace's again
+    # nor a study pinned to the refused split (seen: the next valid run on those labels was refused
+    # as "made from other inputs"), nor a ledger taking this live process for a run still working
+    assert not list((ws.root / "studies").glob("run-2-*")), list((ws.root / "studies").iterdir())
 
 
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
@@ -146,7 +133,8 @@ def test_the_audits_printed_command_trains_the_next_study_on_the_corrected_label
     """The loop README promises: `run` prints the command that applies the audit's suggestions;
     after editing them, that command (as printed) trains the next study on the new labels, the
     old study stays, and a command refused on the way leaves the workspace's corrections as
-    they were. Runs last on smoke_run: it changes the workspace's corrections."""
+    they were. Runs last on smoke_run: it changes the workspace's corrections and adds a study
+    (tests/test_serving.py, which copies the chain's workspace later, serves whatever it votes)."""
     from core.label_table import RECORD
     from results.tracking import find_runs
     data, ws = str(smoke_run / "data"), smoke_run / "ws"

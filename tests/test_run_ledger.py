@@ -47,12 +47,20 @@ def test_a_spent_budget_or_a_live_run_is_refused(tmp_path):
             pass
 
 
-def test_a_failed_run_keeps_its_ledger(tmp_path):
+def test_a_failed_run_keeps_its_ledger(tmp_path, capsys):
+    """A failed run's seconds stay counted; the process that ran it (a caller of run_all that goes
+    on, as the suite does) is not taken for a run still working: seen refused as "another `run`
+    (pid <its own>)" after a refused run in the same process."""
     ws = Workspace(tmp_path / "ws").make()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RuntimeError):
-        with run_ledger(ws, "run", 100, f"sqlite:///{tmp_path / 'mlflow.db'}", ["run-all"]):
+        with run_ledger(ws, "run", 100, uri, ["run-all"]):
             raise RuntimeError("boom")
-    assert json.loads((ws.results / "run-run.json").read_text())["budget_s"] == 100
+    left = json.loads((ws.results / "run-run.json").read_text())
+    assert left["budget_s"] == 100 and left["stopped"] == "RuntimeError" and left["pid"] == os.getpid()
+    with run_ledger(ws, "run", 100, uri, ["run-all"]) as clock:   # the next run, same process
+        assert clock.left() <= 100 - left["used_s"]
+    assert "the last run of study 'run' stopped unfinished" in capsys.readouterr().out
 
 
 def test_a_budget_too_small_leaves_the_ledger_as_it_was(tmp_path):

@@ -2,7 +2,7 @@
 --env-manager local` on 127.0.0.1, answering real photos sent over HTTP with the classes
 submission.csv holds for them.
 
-The models are the suite's budget run's (conftest's budget_run: `run --budget` on demo data).
+The models are the suite's smoke chain's (conftest's smoke_chain: `run --smoke-test` on demo data).
 The eval set is the demo's eval photos plus, where the real-face set is present, real faces of
 three other persons (MTCNN finds them, where the drawn demo faces mostly fall back to the prior
 box); `preprocess` crops them, `ensemble` votes and logs the model, `promote` registers it. The
@@ -47,8 +47,8 @@ def _add_real_faces(data: Path, tmp: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def registered(budget_run, tmp_path_factory):
-    """(data, workspace, number of real-face photos): the budget run's trained runs and crops in
+def registered(smoke_chain, tmp_path_factory):
+    """(data, workspace, number of real-face photos): the smoke chain's trained runs and crops in
     a workspace of its own (its store copied), the eval set cropped and voted on, the ensemble
     model registered as NAME@ALIAS."""
     from orchestrator.infra.ray_session import ray_session
@@ -56,10 +56,10 @@ def registered(budget_run, tmp_path_factory):
     from orchestrator.stages.preprocess import preprocess
     from orchestrator.stages.promote import promote
     tmp = tmp_path_factory.mktemp("serving")
-    data = Path(shutil.copytree(budget_run["data"], tmp / "data"))   # copy2: mtimes kept, crops stay cached
+    data = Path(shutil.copytree(smoke_chain / "data", tmp / "data"))   # copy2: mtimes kept, crops stay cached
     ws = Workspace(tmp / "ws")
-    # the store is copied (its artifacts stay where the budget run wrote them); Tune's state is not needed
-    shutil.copytree(budget_run["workspace"], ws.root, ignore=shutil.ignore_patterns("tune", "mlartifacts"))
+    # the store is copied (its artifacts stay where the chain wrote them); Tune's state is not needed
+    shutil.copytree(smoke_chain / "ws", ws.root, ignore=shutil.ignore_patterns("tune", "mlartifacts"))
     real = _add_real_faces(data, tmp) if utkmask_available() else 0
     if real:
         with ray_session(num_cpus=2):

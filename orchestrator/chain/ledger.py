@@ -35,7 +35,10 @@ REMOTE_DEAD_S = 6 * HEARTBEAT_S   # a run on another host is dead once its ledge
 
 def _alive(rec: dict, path: Path) -> bool:
     """The ledger's writer still runs: on this host, its process (same pid, same process start);
-    on another host, whose processes cannot be seen, its heartbeat is recent."""
+    on another host, whose processes cannot be seen, its heartbeat is recent. A run that wrote
+    that it stopped (failed or interrupted) is not live, though its process may be."""
+    if rec.get("stopped"):
+        return False
     if rec.get("host") != socket.gethostname():
         try:
             return time.time() - path.stat().st_mtime < REMOTE_DEAD_S
@@ -130,6 +133,11 @@ def _ledger(path: Path, ws: Workspace, study: str, budget_s: float | None, uri: 
             path.unlink()
         else:
             write_text_atomic(json.dumps(old), path)
+        raise
+    except BaseException as exc:   # failed or interrupted: its seconds stay counted, and the ledger
+        stop.set()                 # says it stopped, so this process, still alive (a caller of
+        writer.join()              # run_all that goes on), is not taken for a run still working
+        write_text_atomic(json.dumps(me | {"used_s": round(clock.elapsed(), 1), "stopped": type(exc).__name__}), path)
         raise
     finally:
         stop.set()

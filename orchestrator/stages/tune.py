@@ -120,10 +120,13 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     table, labels = current_labels(data, ws)   # the manifest's labels = train.csv + corrections
     check_study_labels(uri, head, o.study_name(head), labels, o.experiment)
     spec, rows = FoldSpec(o.k, o.seed), usable_train_rows(ws)
-    # the study's inputs, checked against what it was made from before anything is made for it
+    # the split first: one that cannot be made (more folds than persons) refuses the command before
+    # a new study is pinned to it (a pin left behind would refuse the next, valid, command); a fold
+    # file is addressed by the table it splits, so one made for a study refused below is never wrong
+    ensure_folds(table, ws.root, spec)
+    # the study's inputs, checked against what it was made from before anything else is made for it
     pins = pin_study(ws, o.study_name(head), study_pins(labels, table, rows, spec, base.to_dict() | {"num_samples": o.samples}),
                      what="resume" if o.resume else "new phase")
-    ensure_folds(table, ws.root, spec)
     cache_crops(ws, rows["crop"].tolist(), base, o.search_backbones)
     return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels, pins)
 
