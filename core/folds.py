@@ -32,14 +32,19 @@ class FoldSpec:
             raise ValueError(f"need at least 2 folds, got {self.k}")
 
 
-def assign_folds(train: pd.DataFrame, spec: FoldSpec = FoldSpec()) -> pd.Series:
-    """Fold number of every row of ``train`` (index-aligned)."""
-    fold = np.full(len(train), -1)
-    y = train["label"].to_numpy()
+def check_fold_units(train: pd.DataFrame, spec: FoldSpec = FoldSpec()) -> None:
+    """A DataError unless ``train`` has a person (an image, in image mode) for each fold."""
     units = train["person"].nunique() if spec.mode == "person" else len(train)
     if spec.k > units:   # sklearn's ValueError would be a traceback, after preprocessing
         raise DataError(f"{spec.k} {spec.mode}-level folds need at least {spec.k} {spec.mode}s; the training "
                         f"set has {units}: use --folds {units} or fewer")
+
+
+def assign_folds(train: pd.DataFrame, spec: FoldSpec = FoldSpec()) -> pd.Series:
+    """Fold number of every row of ``train`` (index-aligned)."""
+    fold = np.full(len(train), -1)
+    y = train["label"].to_numpy()
+    check_fold_units(train, spec)
     if spec.mode == "person":
         splitter = StratifiedGroupKFold(spec.k, shuffle=True, random_state=spec.seed)
         splits = splitter.split(train, y, groups=train["person"].to_numpy())

@@ -46,7 +46,7 @@ UTKMASK = utkmask_folder()   # the real-face set: $UTKMASK_DIR (benchmarks/realf
 SLOW_FOLDERS = {"cluster"}
 SLOW_FILES = re.compile(r"test_benchmark")
 HEAVY_FIXTURES = {"crops_ws", "budget_run", "ray_local", "utkmask_dir"}
-HEAVY_CALL = re.compile(r"\b(ray|ray_session|init_ray|main|tune_head|retrain_head|preprocess|ensemble|reproduce|"
+HEAVY_CALL = re.compile(r"\b(ray|ray_session|init_ray|own_ray|main|tune_head|retrain_head|preprocess|ensemble|reproduce|"
                         r"subprocess|Popen|benchmark_smoke|workspace_sharing_crops)\s*[.(]")
 SLOW_FIXTURES = {"budget_run"}
 SLOW_CALL = re.compile(r"\b(own_ray|Crash|Gate)\s*\(")

@@ -99,24 +99,33 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
     assert trials() == before, "a rerun trained finished trials again"
 
 
-def test_a_run_refused_after_preprocess_leaves_the_labels_as_they_were(smoke_run, capsys):
-    """A late DataError (more folds than persons, found after `run`'s preprocess rewrote the manifest
-    with the new corrections) used to roll back the corrections record but not the manifest, so
-    every later command asked to "rerun preprocess"."""
+@pytest.mark.parametrize("refused,why", [
+    # found before preprocessing: the label table has fewer persons than folds
+    (["--smoke-test", "--folds", "40"], "40 person-level folds need at least 40 persons"),
+    # found after preprocessing rewrote the manifest with the new corrections (the speed probe)
+    (["--budget", "5s", "--model", "test_efficientnet", "--img-size", "32"], "budget too small"),
+])
+def test_a_refused_run_leaves_the_workspace_as_it_was(smoke_run, capsys, refused, why):
+    """A refused `run` with new corrections (every person 20: study run-2) leaves the corrections
+    record and the manifest as they were (seen: the manifest kept the refused labels, so every later
+    command asked to "rerun preprocess"), pins no study to what it refused (seen: the next valid
+    run on those labels was refused as "made from other inputs") and leaves no run ledger (seen: the
+    next run-2 was charged the refused run's seconds as a run "stopped unfinished")."""
     from core.label_table import corrections_file, current_labels
     from core.workspace import Workspace
     data, ws = smoke_run / "data", Workspace(smoke_run / "ws")
     recorded, manifest = corrections_file(ws), ws.manifest.read_bytes()
     assert recorded is not None   # the smoke run's (every person 70)
-    code = main(["run", "--data", str(data), "--workspace", str(ws.root), "--smoke-test", "--folds", "40",
-                 "--corrections", str(ages(data, smoke_run / "ages-20.csv", 20))])
+    with pytest.raises(SystemExit) as stop:   # exit 2, from the command table (orchestrator/cli.py)
+        code = main(["run", "--data", str(data), "--workspace", str(ws.root), *refused,
+                     "--corrections", str(ages(data, smoke_run / "ages-20.csv", 20))])
+        raise SystemExit(code)
     err = capsys.readouterr().err
-    assert code == 2 and "40 person-level folds need at least 40 persons" in err, err
+    assert stop.value.code == 2 and why in err and "Traceback" not in err, err
     assert corrections_file(ws) == recorded and ws.manifest.read_bytes() == manifest
     current_labels(data, ws)   # no "rerun preprocess": the labels are the workspace's again
-    # nor a study pinned to the refused split (seen: the next valid run on those labels was refused
-    # as "made from other inputs"), nor a ledger taking this live process for a run still working
     assert not list((ws.root / "studies").glob("run-2-*")), list((ws.root / "studies").iterdir())
+    assert not (ws.results / "run-run-2.json").exists()
 
 
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):

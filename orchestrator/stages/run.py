@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.demo_data import write_demo_data
 from core.errors import DataError
+from core.folds import FoldSpec, check_fold_units
 from core.label_table import labels_hash, load_labels
 from core.workspace import Workspace
 from orchestrator.chain.budget import (
@@ -58,6 +59,8 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     data = ensure_data(data)
     ws.make()
     train = load_labels(data, ws)   # train.csv + the workspace's corrections, as every stage reads it
+    # refused before the ledger: a refusal found after preprocessing was charged to the next run
+    check_fold_units(train, FoldSpec(options.folds))
     labels = labels_hash(train)
     # before anything trains: the study these labels train (orchestrator/chain/studies.py) ...
     o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
