@@ -78,7 +78,8 @@ def test_fold_files_are_named_by_spec_and_table():
 
 def test_parquet_is_written_whole_or_not_at_all(tmp_path):
     path = tmp_path / "m.parquet"
-    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
+    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}, index=[5, 6]), path)   # the index is not kept
+    assert pd.read_parquet(path).index.tolist() == [0, 1]
     assert pd.read_parquet(path)["a"].tolist() == [1, 2] and [p.name for p in tmp_path.iterdir()] == ["m.parquet"]
     with pytest.raises(Exception):
         write_parquet_atomic(pd.DataFrame({"a": [object()]}), path)   # cannot be written
