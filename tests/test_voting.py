@@ -141,3 +141,97 @@ def test_heldout_f1_is_honest_about_overfitting():
     assert 0 < held < cal.f1_after                        # fitted-data F1 flatters the offsets
     assert held == heldout_f1(logp, y, persons, k=4)      # deterministic
     assert np.isnan(heldout_f1(logp, y, np.zeros(len(y)), k=4))   # too few persons to split
+
+
+def test_one_model_votes_alone_and_a_hard_tie_moves_the_shares_by_a_thousandth():
+    """a single model's soft vote is its probabilities, its hard vote (nearly) all on its argmax;
+    in a tie the summed probability adds TIE_WEIGHT (1e-3) times its mean to each class's votes."""
+    assert np.array_equal(vote([A], "soft"), A)
+    assert hard_vote([A]).argmax(1).tolist() == [0, 1] and hard_vote([A])[0, 0] == pytest.approx(1.0006 / 1.001)
+    tie = hard_vote([np.array([[0.6, 0.4]]), np.array([[0.3, 0.7]])])
+    assert tie[0] == pytest.approx([1.00045 / 2.001, 1.00055 / 2.001], rel=1e-12)
+
+
+def test_vote_refuses_arrays_that_are_not_n_by_c():
+    with pytest.raises(ValueError) as err:
+        soft_vote([A, A[:1]])
+    assert str(err.value) == "vote needs [N, C] arrays of one shape; got shapes [(1, 3), (2, 3)]"
+    with pytest.raises(ValueError, match=r"got shapes \[\(3,\)\]"):
+        hard_vote([A[0], B[0]])
+    with pytest.raises(ValueError, match=r"unknown vote 'mean'; use one of soft, hard"):
+        vote_by_key(np.array(["x"]), A[:1], "mean")
+
+
+def test_joint_log_probs_floor_zeros_and_cap_at_one():
+    """a hard 0 is read as LOG_FLOOR (1e-6), a probability over 1 as 1."""
+    heads = {"mask": np.array([[1.0, 0.0, 0.0]]), "gender": np.array([[1.5, 0.0]]), "age": np.array([[1.0, 0.0, 0.0]])}
+    logp = joint_log_probs(heads)
+    assert logp[0, 0] == 0.0 and logp[0, 17] == pytest.approx(3 * np.log(1e-6))
+    assert logp[0, 3] == pytest.approx(np.log(1e-6))   # wear / female / <30: only the gender is 0
+
+
+def test_joint_log_probs_name_what_is_wrong_whole():
+    good = {"mask": np.full((2, 3), 1 / 3), "gender": np.full((2, 2), .5), "age": np.full((2, 3), 1 / 3)}
+    for bad, text in (({"mask": good["mask"]}, "joint_log_probs needs every head; missing gender, age"),
+                      ({**good, "age": np.full((3, 3), 1 / 3)},
+                       "heads predict different numbers of images: {'mask': 2, 'gender': 2, 'age': 3}"),
+                      ({**good, "mask": np.full((2, 3, 1), 1 / 3)}, "head mask: expected [N, 3] probabilities, got (2, 3, 1)")):
+        with pytest.raises(ValueError) as err:
+            joint_log_probs(bad)
+        assert str(err.value) == text
+
+
+def test_offsets_move_the_prediction():
+    logp = np.log(np.array([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3]]))
+    assert predict_classes(logp).tolist() == [0, 1]
+    assert predict_classes(logp, [0.0, 0.0, 1.0]).tolist() == [2, 2]
+    assert predict_classes(logp, np.array([0.0, 0.6, 0.0])).tolist() == [1, 1]
+
+
+def test_the_default_grid_is_minus_3_to_3_by_tenths():
+    from results.calibration import DEFAULT_GRID
+    assert DEFAULT_GRID == tuple(round(i / 10, 2) for i in range(-30, 31))
+
+
+def test_calibration_keeps_the_smallest_nudge_and_argmax_ties():
+    """of the offsets that fix the second image (class 0 down by more than 0.5: at exactly 0.5 the
+    tie goes to the lower class, as argmax's), the smallest is kept; the next round finds nothing."""
+    logp, y = np.array([[0.0, -1.0], [0.0, -0.5]]), np.array([0, 1])
+    cal = fit_offsets(logp, y)
+    assert cal.offsets.tolist() == [-0.6, 0.0] and (cal.f1_before, cal.f1_after, cal.rounds_run) == (1 / 3, 1.0, 2)
+    assert cal.apply(logp).tolist() == [0, 1]
+    once = fit_offsets(logp, y, CalibrationSpec(rounds=1))
+    assert once.rounds_run == 1 and once.offsets.tolist() == [-0.6, 0.0]
+    none = fit_offsets(logp, y, CalibrationSpec(rounds=0))
+    assert none.rounds_run == 0 and not none.offsets.any() and none.f1_after == 1 / 3
+
+
+def test_calibration_refusals_name_both_lengths():
+    with pytest.raises(ValueError) as err:
+        fit_offsets(np.zeros((3, 18)), np.zeros(2, dtype=int))
+    assert str(err.value) == "calibration needs matching, non-empty predictions and labels (3 vs 2)"
+    with pytest.raises(ValueError, match=r"\(0 vs 0\)"):
+        fit_offsets(np.zeros((0, 18)), np.zeros(0, dtype=int))
+
+
+def test_the_heldout_check_averages_partitions_and_each_share_of_the_offsets():
+    """one row per partition (seed, seed+1, ...), one column per share; share 0 is the
+    uncalibrated F1 on every partition; heldout_f1 is the first partition's full share."""
+    from results.calibration import HeldOutCheck, heldout_check, heldout_f1
+    rng = np.random.default_rng(5)   # 4 classes, the last under-predicted: small and quick to fit
+    y = rng.integers(0, 4, 80)
+    logp = rng.normal(0, 1, (80, 4)) + 1.2 * np.eye(4)[y] - np.array([0, 0, 0, 1.0])
+    persons = np.arange(len(y)) // 4
+    spec = CalibrationSpec(rounds=1)
+    check = heldout_check(logp, y, persons, k=5, spec=spec, seed=11, repeats=2, shrinks=(0.0, 1.0))
+    assert check.f1.shape == (2, 2) and check.shrinks == (0.0, 1.0)
+    assert check.f1[:, 0].tolist() == [macro_f1(y, predict_classes(logp), 4)] * 2
+    assert check.f1[0, 1] == heldout_f1(logp, y, persons, k=5, spec=spec, seed=11)
+    assert check.f1[1, 1] == heldout_f1(logp, y, persons, k=5, spec=spec, seed=12) != check.f1[0, 1]
+    assert check.at(1.0) == pytest.approx(check.f1[:, 1].mean()) and check.mean.tolist() == check.f1.mean(0).tolist()
+    assert heldout_check(logp, y, persons % 4, k=5) is None
+    assert heldout_f1(logp, y, persons, spec=spec) == heldout_f1(logp, y, persons, k=5, spec=spec, seed=777)
+    assert np.isnan(heldout_f1(logp[:16], y[:16], persons[:16], spec=spec))   # 4 persons, 5 parts
+    assert not np.isnan(heldout_f1(logp[:20], y[:20], persons[:20], spec=spec))   # 5 persons: one each
+    hc = HeldOutCheck((0.0, 0.5, 1.0), np.array([[0.5, 0.7, 0.7], [0.5, 0.7, 0.7]]))
+    assert hc.best_shrink == 0.5 and HeldOutCheck((), np.zeros((1, 0))).best_shrink == 0.0
