@@ -80,6 +80,7 @@ def test_the_near_miss_hint_lists_up_to_three_ids_that_differ_in_leading_zeros()
     assert _near("123", persons) == " (train.csv has '0000123', '000123', '00123': ids are text, leading zeros count)"
     assert _near("0123", {"0123", "123"}) == " (train.csv has '123': ids are text, leading zeros count)"
     assert _near("77", persons) == ""
+    assert _near("123", {"X123", "x0123"}) == "" and _near("X123", {"123"}) == ""   # only zeros are stripped
 
 
 def test_a_missing_corrections_file_names_its_columns(tmp_path):
