@@ -73,3 +73,12 @@ def test_a_missing_prediction_counts_and_names_the_first(tmp_path):
                                   "write a full submission"]
     extra = _write(tmp_path / "s2.csv", ["z.jpg", "c.jpg", "b.jpg", "a.jpg"], [5, 2, 1, 0])
     assert score_submission(extra, truth)["accuracy"] == 1.0
+
+
+def test_a_missing_file_of_the_two_is_named_for_what_it_is(tmp_path):
+    truth = _write(tmp_path / "answers.csv", ["a.jpg"], [0])
+    sub = _write(tmp_path / "s.csv", ["a.jpg"], [0])
+    with pytest.raises(DataError, match=r"nothing\.csv: file not found; a submission is ImageID,ans"):
+        score_submission(tmp_path / "nothing.csv", truth)
+    with pytest.raises(DataError, match=r"nothing\.csv: file not found; an answers file is ImageID,ans"):
+        score_submission(sub, tmp_path / "nothing.csv")
