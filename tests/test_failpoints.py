@@ -133,7 +133,7 @@ def test_a_hold_waits_until_its_deadline_and_records_holder_and_arrivals(tmp_pat
         t0 = time.monotonic()
         failpoints._hold(tmp_path, "ckpt", {"written": 1, "epoch": epoch})
         times.append(time.monotonic() - t0)
-    assert all(0.3 <= t < 0.9 for t in times[:2]) and times[2] < 0.1
+    assert all(0.3 <= t < 1.0 for t in times[:2]) and times[2] < 0.2
     assert [json.loads((tmp_path / f"ckpt.reached.{k}").read_text()) for k in (0, 1)] == [
         {"pid": os.getpid(), "written": 1, "epoch": 1}, {"pid": os.getpid(), "written": 1, "epoch": 2}]
     assert not (tmp_path / "ckpt.reached.2").exists()
