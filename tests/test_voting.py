@@ -235,3 +235,37 @@ def test_the_heldout_check_averages_partitions_and_each_share_of_the_offsets():
     assert not np.isnan(heldout_f1(logp[:20], y[:20], persons[:20], spec=spec))   # 5 persons: one each
     hc = HeldOutCheck((0.0, 0.5, 1.0), np.array([[0.5, 0.7, 0.7], [0.5, 0.7, 0.7]]))
     assert hc.best_shrink == 0.5 and HeldOutCheck((), np.zeros((1, 0))).best_shrink == 0.0
+
+
+def test_heldout_f1_with_one_person_per_part_is_leave_one_person_out():
+    """k = the number of persons: each person is predicted with the offsets the spec fits on all
+    the others (whatever the partition's order), and F1 is taken over all predictions together."""
+    from results.calibration import heldout_f1
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 24)
+    logp = rng.normal(0, 1, (24, 3)) + np.eye(3)[y] - np.array([0, 0, 1.5])   # class 2 under-predicted
+    persons = np.arange(24) // 6
+    spec = CalibrationSpec(grid=(0.0, 0.5, 1.0, 1.5), rounds=1)
+    pred = np.empty_like(y)
+    for p in range(4):
+        held = persons == p
+        pred[held] = predict_classes(logp[held], fit_offsets(logp[~held], y[~held], spec).offsets)
+    assert heldout_f1(logp, y, persons, k=4, spec=spec) == macro_f1(y, pred, 3) > macro_f1(y, predict_classes(logp), 3)
+
+
+def test_an_exact_tie_with_a_lower_class_is_not_a_win():
+    """a candidate offset that only ties the lower class (as argmax, the lower index wins) does not
+    count: the kept offset is the next one up."""
+    cal = fit_offsets(np.array([[0.0, -0.5]]), np.array([1]), CalibrationSpec(grid=(0.0, 0.5, 0.6)))
+    assert cal.offsets.tolist() == [0.0, 0.6] and cal.f1_after == 1.0
+
+
+def test_the_heldout_check_needs_k_persons_by_default_5():
+    from results.calibration import heldout_check
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 20)
+    logp = rng.normal(0, 1, (20, 3))
+    spec = CalibrationSpec(grid=(0.0, 1.0), rounds=1)
+    five, four = np.arange(20) // 4, np.arange(20) // 5
+    assert heldout_check(logp, y, five, spec=spec, repeats=1, shrinks=(1.0,)).f1.shape == (1, 1)
+    assert heldout_check(logp, y, four, spec=spec, repeats=1, shrinks=(1.0,)) is None
