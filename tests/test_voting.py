@@ -269,3 +269,17 @@ def test_the_heldout_check_needs_k_persons_by_default_5():
     five, four = np.arange(20) // 4, np.arange(20) // 5
     assert heldout_check(logp, y, five, spec=spec, repeats=1, shrinks=(1.0,)).f1.shape == (1, 1)
     assert heldout_check(logp, y, four, spec=spec, repeats=1, shrinks=(1.0,)) is None
+
+
+def test_the_default_vote_is_soft_in_double_precision():
+    keys = np.array(["x", "x"])
+    assert np.array_equal(vote([A, B]), soft_vote([A, B])) and vote([A.astype(np.float32)]).dtype == np.float64
+    assert np.allclose(vote_by_key(keys, np.stack([A[0], B[0]]))[1], [(A[0] + B[0]) / 2])
+
+
+def test_vote_refusals_read_whole():
+    for call, text in ((lambda: vote([A], "median"), "unknown vote 'median'; use one of soft, hard"),
+                       (lambda: vote([]), "vote needs at least one model's probabilities")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == text
