@@ -283,3 +283,11 @@ def test_vote_refusals_read_whole():
         with pytest.raises(ValueError) as err:
             call()
         assert str(err.value) == text
+
+
+def test_joint_log_probs_of_float32_outputs_are_taken_in_double_precision():
+    rng = np.random.default_rng(3)
+    heads = {"mask": rng.dirichlet(np.ones(3), 4), "gender": rng.dirichlet(np.ones(2), 4),
+             "age": rng.dirichlet(np.ones(3), 4)}
+    as32 = {h: p.astype(np.float32) for h, p in heads.items()}
+    assert np.array_equal(joint_log_probs(as32), joint_log_probs({h: p.astype(np.float64) for h, p in as32.items()}))
