@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_a_crash_point_records_the_crasher_and_exits_or_kills_once(tmp_path, exi
     failpoints._crash(tmp_path, "epoch", {"epoch": 2})   # not the armed values: goes on
     assert exits == [] and not (tmp_path / "epoch.crashed").exists()
     with pytest.raises(Left):
-        failpoints._crash(tmp_path, "epoch", {"epoch": 1, "trial": "t1"})
+        failpoints._crash(tmp_path, "epoch", {"epoch": 1, "trial": Path("t1")})   # any value, as text
     assert exits == [(1,)]
     assert json.loads((tmp_path / "epoch.crashed").read_text()) == {"pid": os.getpid(), "epoch": 1, "trial": "t1"}
     failpoints._crash(tmp_path, "epoch", {"epoch": 1})   # once: the retry goes on
@@ -131,11 +132,11 @@ def test_a_hold_waits_until_its_deadline_and_records_holder_and_arrivals(tmp_pat
     times = []
     for epoch in (1, 2, 3):
         t0 = time.monotonic()
-        failpoints._hold(tmp_path, "ckpt", {"written": 1, "epoch": epoch})
+        failpoints._hold(tmp_path, "ckpt", {"written": 1, "epoch": epoch, "at": Path("w")})   # any value, as text
         times.append(time.monotonic() - t0)
     assert all(0.3 <= t < 1.0 for t in times[:2]) and times[2] < 0.2
     assert [json.loads((tmp_path / f"ckpt.reached.{k}").read_text()) for k in (0, 1)] == [
-        {"pid": os.getpid(), "written": 1, "epoch": 1}, {"pid": os.getpid(), "written": 1, "epoch": 2}]
+        {"pid": os.getpid(), "written": 1, "epoch": 1, "at": "w"}, {"pid": os.getpid(), "written": 1, "epoch": 2, "at": "w"}]
     assert not (tmp_path / "ckpt.reached.2").exists()
     assert [json.loads(line)["epoch"] for line in (tmp_path / "ckpt.arrivals").read_text().splitlines()] == [1, 2, 3]
 
