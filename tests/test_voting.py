@@ -214,9 +214,9 @@ def test_calibration_refusals_name_both_lengths():
         fit_offsets(np.zeros((0, 18)), np.zeros(0, dtype=int))
 
 
-def test_the_heldout_check_averages_partitions_and_each_share_of_the_offsets():
-    """one row per partition (seed, seed+1, ...), one column per share; share 0 is the
-    uncalibrated F1 on every partition; heldout_f1 is the first partition's full share."""
+def test_the_heldout_check_averages_person_splits_and_each_share_of_the_offsets():
+    """one row per split of the persons (seed, seed+1, ...), one column per share; share 0 is the
+    uncalibrated F1 on every split; heldout_f1 is the full share of the split by seed."""
     from results.calibration import HeldOutCheck, heldout_check, heldout_f1
     rng = np.random.default_rng(5)   # 4 classes, the last under-predicted: small and quick to fit
     y = rng.integers(0, 4, 80)
@@ -239,7 +239,7 @@ def test_the_heldout_check_averages_partitions_and_each_share_of_the_offsets():
 
 def test_heldout_f1_with_one_person_per_part_is_leave_one_person_out():
     """k = the number of persons: each person is predicted with the offsets the spec fits on all
-    the others (whatever the partition's order), and F1 is taken over all predictions together."""
+    the others (whatever the order the parts are drawn in), and F1 is taken over all predictions together."""
     from results.calibration import heldout_f1
     rng = np.random.default_rng(8)
     y = rng.integers(0, 3, 24)
