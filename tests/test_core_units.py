@@ -3,6 +3,7 @@ tier: `make mutation` measures how many of their mutants these and the other qui
 import io
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,8 @@ def test_fold_files_are_named_by_spec_and_table():
 
 def test_parquet_is_written_whole_or_not_at_all(tmp_path):
     path = tmp_path / "m.parquet"
-    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
+    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}, index=[5, 6]), path)   # the index is not kept
+    assert pd.read_parquet(path).index.tolist() == [0, 1]
     assert pd.read_parquet(path)["a"].tolist() == [1, 2] and [p.name for p in tmp_path.iterdir()] == ["m.parquet"]
     with pytest.raises(Exception):
         write_parquet_atomic(pd.DataFrame({"a": [object()]}), path)   # cannot be written
@@ -163,3 +165,50 @@ def test_trial_time_keeps_room_for_the_last_validation_and_the_end():
     t.epoch_done(10.0)              # out of time: the longest epoch is kept
     assert t.epoch_s == 20.0
     assert TrialTime(0.0, clock=clock).train_end() == 0.0 and not TrialTime(0.0, clock=clock).out_of_time()
+
+
+@pytest.mark.parametrize("write", ["bytes", "parquet"])
+def test_a_failed_rename_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, write):
+    """the temp file is hidden beside the target (.NAME.*.tmp, in its folder) and removed when the
+    rename fails; the target keeps its old content and the error reaches the caller."""
+    from core import atomic
+    path = tmp_path / "sub" / "m.out"
+    atomic.write_bytes_atomic(b"old", path)
+    tried = []
+
+    def broken_replace(src, dst):
+        tried.append((Path(src), Path(dst)))
+        assert Path(src).is_file()   # written whole before the rename
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        if write == "bytes":
+            atomic.write_text_atomic("new", path)
+        else:
+            atomic.write_parquet_atomic(pd.DataFrame({"a": [1]}), path)
+    [(tmp, dst)] = tried
+    assert dst == path and tmp.parent == path.parent
+    assert tmp.name.startswith(".m.out.") and tmp.name.endswith(".tmp")
+    assert path.read_bytes() == b"old" and [p.name for p in path.parent.iterdir()] == ["m.out"]
+
+
+def test_an_atomic_write_makes_the_folder_and_replaces_the_file(tmp_path):
+    from core.atomic import write_csv_atomic, write_text_atomic
+    path = tmp_path / "a" / "b" / "t.csv"
+    write_text_atomic("x", path)
+    write_csv_atomic(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), path)
+    assert path.read_text() == "a,b\n1,x\n2,y\n" and [p.name for p in path.parent.iterdir()] == ["t.csv"]
+
+
+def test_a_data_error_lists_its_problems_up_to_the_limit_and_counts_the_rest():
+    from core.errors import DataError
+    one = DataError("a.csv line 2: bad; fix it")
+    assert one.problems == ["a.csv line 2: bad; fix it"] and isinstance(one, ValueError)
+    assert str(one) == "1 problem(s) in the input data:\n  - a.csv line 2: bad; fix it"
+    many = DataError((f"p{i}" for i in range(23)))
+    assert many.problems == [f"p{i}" for i in range(23)]
+    assert str(many) == "23 problem(s) in the input data:\n  - " + "\n  - ".join(f"p{i}" for i in range(20)) \
+        + "\n  ... and 3 more"
+    assert str(DataError(["x", "y", "z"], limit=2)) == "3 problem(s) in the input data:\n  - x\n  - y\n  ... and 1 more"
+    assert str(DataError(["x", "y"], limit=2)) == "2 problem(s) in the input data:\n  - x\n  - y"
