@@ -34,9 +34,11 @@ test-quick: $(STAMP)
 	$(PYTEST) -m "not ray and not slow" tests
 
 # mutants of the pure core ([tool.mutmut] in pyproject.toml), each run against the quick tier's
-# tests that reach it; CPU-heavy, so niced; prints the survivors
+# tests that reach it; CPU-heavy, so niced; prints the survivors. One OpenMP thread: mutmut forks
+# its children from a process that has used OpenMP, and a forked child can then hang for good,
+# asleep (mutmut's timeout counts CPU seconds, so such a hang never times out)
 mutation: $(STAMP)
-	nice -n 10 $(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
 
 clean:
