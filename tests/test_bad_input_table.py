@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from tests.bad_input import COUNTS, RECORD_FILE, attempt, write_records
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def test_records_add_up_and_a_traceback_fails_the_table(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 import pytest
 
 from results import run_schema as rs
-from tests.mlflow_runs import store
+from mlflow_runs import store
 
 
 def test_trial_run_names_say_head_phase_fold_and_trial():
