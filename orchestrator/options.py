@@ -159,6 +159,8 @@ class RunOptions:
     num_cpus: int | None = None
     calibrate: bool = True               # macro-F1 offsets fitted on the OOF predictions
     eval_vote: str = EVAL_VOTE           # who votes on the eval images (EnsembleOptions.eval_vote)
+    seed: int = SEED                     # every study's (TuneOptions.seed): another one measures a
+                                         # configuration's run-to-run spread (benchmarks/quality.py)
 
     def __post_init__(self):
         check_folds(self.folds)

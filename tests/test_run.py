@@ -195,7 +195,7 @@ def test_budget_trials_train_to_their_deadline_and_end_annealed(budget_run):
 
 
 def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_path):
-    """`run` as a user starts it, on its default backbone (core.labels.RUN_BACKBONE: Lite0 from
+    """`run` as a user starts it (with a seed of its own), on its default backbone (core.labels.RUN_BACKBONE: Lite0 from
     the pip-installed ImageNet weights, not a scratch model), at tiny scale: 1 epoch, 2 folds, one
     full-data model, 8 training persons. A submission comes out, and the logged models carry the
     package's backbone (a few steps of fine-tuning move it little; a fresh init would not)."""
@@ -208,7 +208,7 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_pat
     data, ws = tmp_path / "data", tmp_path / "ws"
     write_demo_data(data, DemoSpec(train_persons=8, eval_persons=2))
     assert main(["run", "--data", str(data), "--workspace", str(ws), "--epochs", "1", "--folds", "2",
-                 "--full-seeds", "1", "--batch-size", "16"]) == 0
+                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5"]) == 0
     sub = pd.read_csv(ws / "results" / "submission.csv")
     assert list(sub["ImageID"]) == list(pd.read_csv(data / "eval" / "info.csv")["ImageID"])
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"
@@ -217,6 +217,8 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_pat
     assert sorted(trials["tags.phase"]) == ["cv", "cv", "full"] and set(trials["status"]) == {"FINISHED"}
     assert set(trials["params.model"]) == {bb.model} and set(trials["params.pretrained"]) == {bb.pretrained}
     assert set(trials["params.img_size"]) == {str(bb.img_size)}
+    # --seed is the study's: its folds, and every trial's seed (the full-data model's too)
+    assert set(trials["params.seed"]) == {"5"} and all("person_k2_seed5" in f for f in trials["tags.input.folds"])
     stem = read_state_dict(source_file(SOURCES[bb.pretrained]))["_conv_stem.weight"].flatten()
     for run_id in trials["run_id"]:
         model, cfg = load_model_file(download_model(uri, run_id, tmp_path / "dl" / run_id))

@@ -176,7 +176,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
     sized = {} if o.smoke_test else asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size)
     opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test, backbone=o.backbone,
-                       study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
+                       seed=o.seed, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
                        resume=True, verbose=1,   # a status table every ~30 s
                        trial=dict(precision=o.precision, val_from=plan.val_from, **sized))
     if plan.num_samples:
