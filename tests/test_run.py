@@ -177,6 +177,18 @@ def test_budget_is_honoured(budget_run):
     assert (Path(budget_run["workspace"]) / "results" / "submission.csv").is_file()
 
 
+def test_a_budget_run_accounts_for_its_reserve(budget_run):
+    """WS/results/budget.json says what the ensemble and the audit were reserved and took, step by
+    step (the reserve's model is fitted from it), and benchmarks/quality.py reports it."""
+    use = json.loads((Path(budget_run["workspace"]) / "results" / "budget.json").read_text())
+    assert use["budget_s"] == 200 and use["reserve_s"] > 0 and use["models"] >= 1 and use["n_eval"] > 0
+    steps = use["ensemble_steps"]
+    assert list(steps) == ["models", "oof", "calibration", "prediction", "report", "record"]
+    assert 0 < sum(steps.values()) <= use["ensemble"] + 0.1
+    assert use["audit"] > 0 and use["ensemble"] + use["audit"] < use["seconds"] <= budget_run["wall_s"]
+    assert (budget_run["reserve_s"], budget_run["ensemble_s"]) == (use["reserve_s"], use["ensemble"])
+
+
 def test_budget_trials_train_to_their_deadline_and_end_annealed(budget_run):
     """Every cv and full-data trial of the budget run anneals its learning rate to its deadline
     (trainables/schedule.py): whatever epoch the deadline cut, the last rate is near zero."""

@@ -54,6 +54,23 @@ class Clock:
         return float("inf") if self.total_s is None else self.total_s - self.elapsed()
 
 
+class Laps:
+    """Seconds per named step, in order: what the ensemble's and the audit's reserve is fitted
+    from (each `run --budget` writes them to WS/results/budget.json)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
+
+    def line(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+
 @dataclass(frozen=True)
 class HeadShare:
     search_s: float

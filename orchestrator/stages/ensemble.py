@@ -26,6 +26,7 @@ from core.label_table import check_runs_labels, current_labels
 from core.labels import HEADS, decode, num_outputs, output_slices
 from core.manifest import crop_whole, read_manifest
 from core.workspace import Workspace
+from orchestrator.chain.budget import Laps
 from orchestrator.infra.ray_session import ray_session, trial_resources
 from orchestrator.options import EnsembleOptions
 from results.calibration import Calibration, fit_offsets, heldout_check
@@ -50,6 +51,7 @@ class EnsembleResult:
     models: pd.DataFrame = field(repr=False)
     mlflow_run_id: str
     model_id: str = ""            # the ensemble's logged pyfunc model (models:/<id>)
+    seconds: dict = field(default_factory=dict, repr=False)   # step -> seconds (Laps)
 
 
 # -- eval images -------------------------------------------------------------------------
@@ -364,6 +366,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     opts = options
     check_options(opts)
+    laps = Laps()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per file floods the log
     uri = ws.tracking_uri(opts.tracking_uri)
     check_tracking(uri)           # an unreachable server is named before any work
@@ -371,6 +374,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     chosen = choose_models(client, opts.runs, study=opts.study, include_full=opts.include_full,
                            experiment=opts.experiment)
     check_artifacts(client, chosen)
+    laps.lap("models")
     _, labels = current_labels(data, ws)   # the manifest's labels = train.csv + corrections
     check_runs_labels({c.run_id: c.labels for models in chosen.values() for c in models}, labels,
                       "train the heads again on the current labels (tune with a new --study, then retrain) "
@@ -380,14 +384,20 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     train = manifest[manifest["split"] == "train"].drop_duplicates("path").set_index("path")
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote, opts.tta)
+    laps.lap("oof")
     cal = calibrate(oof, opts)
+    laps.lap("calibration")
     eval_heads = predict_eval(uri, chosen, crops, opts)
     eval_pred = predict_classes(joint_log_probs(eval_heads), cal.offsets)
+    laps.lap("prediction")
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = opts.report_dir or ws.results / "ensemble"
     metrics, files = write_report(_report_inputs(oof, cal, train, eval_pred, chosen, opts), report_dir)
+    laps.lap("report")
     rid, model_id = _record(client, ws, opts, chosen, metrics, files, submission, cal) if opts.record else ("", "")
+    laps.lap("record")
     log.info("calibration %s", cal.status)
+    log.info("ensemble steps: %s", laps.line())
     return EnsembleResult(Path(submission), report_dir, metrics, cal.offsets,
-                          models_table(chosen), rid, model_id)
+                          models_table(chosen), rid, model_id, laps.seconds)

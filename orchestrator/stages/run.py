@@ -7,6 +7,7 @@ trains the chosen model, and gives each head's phases epochs and deadlines that 
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from core.workspace import Workspace
 from orchestrator.chain.budget import (
     Clock,
     HeadPlan,
+    Laps,
     Sizing,
     Trials,
     ensemble_reserve_s,
@@ -85,9 +87,26 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock, train, s
             # overrun is taken from the later ones, never from the ensemble's reserve
             plans[target] = sizer.plan(target, o.targets[i:], clock)
             train_head_models(data, ws, target, o, plans[target])
+        laps = Laps()
         result = ensemble(data, ws, ensemble_options(o, studies))
+        laps.lap("ensemble")
     audit = run_audit(data, ws, o, studies)
+    laps.lap("audit")
+    write_budget_use(ws, o, sizer, clock, laps.seconds | {"ensemble_steps": result.seconds})
     return {"plans": plans, "ensemble": result, "audit": audit, "seconds": clock.elapsed()}
+
+
+def write_budget_use(ws: Workspace, o: RunOptions, sizer: "Sizer", clock: Clock, seconds: dict) -> None:
+    """WS/results/budget.json: what the ensemble and the audit were reserved and what they took
+    (the reserve's model is fitted from these: benchmarks/README.md, "run --budget")."""
+    if o.budget_s is None:
+        return
+    used = {"budget_s": o.budget_s, "seconds": round(clock.elapsed(), 1), "reserve_s": round(sizer.reserve_s, 1),
+            "models": sizer.voters, "n_eval": sizer.n_eval, "slots": sizer.parallel,
+            "images_per_s": round(sizer.one_images_per_s, 2), "forward_cost": round(sizer.forward_cost, 4), **seconds}
+    (ws.results / "budget.json").write_text(json.dumps(used, indent=1) + "\n")
+    log.info("budget: ensemble %.0f s and audit %.0f s of the %.0f s reserved; run used %.0f of %.0f s",
+             seconds["ensemble"], seconds["audit"], sizer.reserve_s, used["seconds"], o.budget_s)
 
 
 def check_start_weights(o: RunOptions) -> None:
@@ -114,6 +133,8 @@ class Sizer:
     reserve_s: float = 0.0        # kept for the ensemble
     probes: tuple[dict, ...] = ()  # what each trial slot's speed probe read (trainables/speed.py)
     speeds: dict | None = None     # target -> one trial's training speed on its backbone
+    n_eval: int = 0                # eval images the ensemble predicts
+    voters: int = 0                # models that predict them
     forward_cost: float = FORWARD_COST   # predicting an image's view as a share of a training step (measured under a budget)
 
     @property
@@ -149,7 +170,7 @@ class Sizer:
         reads = ", ".join(f"{p['images_per_s']:.0f}" for p in probes)
         log.info(f"budget: {one:.0f} training images/s per trial on {probes[0]['device']} (slots read {reads}), "
               f"{parallel} trial(s) at once; {reserve:.0f} s reserved for the ensemble")
-        return replace(sizer, reserve_s=reserve, probes=tuple(probes))
+        return replace(sizer, reserve_s=reserve, probes=tuple(probes), n_eval=n_eval, voters=models)
 
     def trials(self) -> Trials:
         """The options' trials per phase on this cluster (one search trial is no search)."""
