@@ -9,7 +9,8 @@ scores every submission against the eval persons' answers:
 With --smoke and no workspace it first makes one: `quality.py --smoke` (demo data, a tiny model).
 Rows: one full-data model; + hflip TTA; all full-data seeds; the cv folds alone; cv + full;
 + macro-F1 calibration; hard instead of soft vote; only the full-data models voting, calibrated
-on the folds' OOF (`--eval-vote full`, the run's default). Training parts
+on the folds' OOF (`--eval-vote full`, the run's default), without TTA, and with the age read
+as ordinal (results/ordinal.py). Training parts
 (joint vs per-head model, image size, epochs) need whole runs: see benchmarks/README.md.
 """
 from __future__ import annotations
@@ -44,11 +45,13 @@ def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
         (f"{len(full)} full-data models (seeds) + TTA", replace(base, runs=tuple(full))),
         ("cv fold models only + TTA", replace(base, include_full=False)),
         ("cv folds + full-data models + TTA (soft vote)", base),
-        ("... + macro-F1 calibration (run's default)", replace(base, calibrate=True)),
+        ("... + macro-F1 calibration (the fold models vote too)", replace(base, calibrate=True)),
         ("... with hard vote instead of soft", replace(base, calibrate=True, vote="hard")),
         ("full-data models vote, calibrated on the cv folds' OOF + TTA", replace(base, calibrate=True, eval_vote="full")),
         ("full-data models vote, calibrated on the cv folds' OOF, no TTA",
          replace(base, calibrate=True, eval_vote="full", tta=())),
+        ("... + TTA, age read as ordinal (cuts fitted on the OOF, results/ordinal.py)",
+         replace(base, calibrate=True, eval_vote="full", age_decode="ordinal", record=False)),
     ]
 
 

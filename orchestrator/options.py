@@ -231,6 +231,9 @@ class EnsembleOptions:
     calibration: CalibrationSpec = field(default_factory=_calibration_spec)
     record: bool = True                 # log the run and its ensemble model to MLflow; False (`reproduce`):
                                         # a reproduction logs nothing, so `promote` never takes it as newest
+    age_decode: str = "argmax"          # or "ordinal": the expected age group cut where the OOF macro F1 is
+                                        # best (results/ordinal.py); measured by benchmarks/ablation.py, not
+                                        # recorded (the logged ensemble model decodes by argmax)
 
 
 @dataclass(frozen=True)

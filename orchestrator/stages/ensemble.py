@@ -30,6 +30,7 @@ from orchestrator.chain.budget import Laps
 from orchestrator.infra.ray_session import ray_session, trial_resources
 from orchestrator.options import EnsembleOptions
 from results.calibration import Calibration, fit_offsets, heldout_check
+from results.ordinal import AGE_DECODES, fit_cuts
 from results.report import ReportInputs, write_report
 from results.run_schema import ENSEMBLE, ENSEMBLE_MODEL_NAME, OOF_FILE, global_tracking_uri, run_status, start_run
 from results.selection import ChosenModel, Studies, check_artifacts, choose_models, model_file, models_table
@@ -262,6 +263,18 @@ def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
     return CalibrationOutcome(cal, True, full, f"applied ({shrink:g} of the offsets): {words}", shrink)
 
 
+def ordinal_ages(oof: Oof | None, cal: CalibrationOutcome, eval_log_probs: np.ndarray,
+                 eval_pred: np.ndarray) -> np.ndarray:
+    """``eval_pred`` with its ages read as ordinal (results/ordinal.py), cut where the OOF
+    prediction, calibrated as the eval one is, scores best."""
+    if oof is None:
+        raise DataError("age_decode 'ordinal' fits its cuts on out-of-fold predictions: this selection has none "
+                        "(select cv fold runs too)")
+    fitted = fit_cuts(oof.log_probs, oof.y, predict_classes(oof.log_probs, cal.offsets))
+    log.info("ordinal age: cuts %s, OOF macro F1 %.4f -> %.4f", fitted.cuts, fitted.f1_before, fitted.f1_after)
+    return fitted.apply(eval_log_probs, eval_pred)
+
+
 def studies_text(studies: Studies) -> str:
     """--study as typed: S, or mask=S1,gender=S2,age=S3."""
     if isinstance(studies, dict):
@@ -350,6 +363,11 @@ def check_options(opts: EnsembleOptions) -> None:
         problems.append(f"--vote {opts.vote!r}: use one of {', '.join(VOTES)}")
     if opts.eval_vote not in EVAL_VOTES:
         problems.append(f"--eval-vote {opts.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
+    if opts.age_decode not in AGE_DECODES:
+        problems.append(f"age_decode {opts.age_decode!r}: use one of {', '.join(AGE_DECODES)}")
+    elif opts.age_decode == "ordinal" and opts.record:
+        problems.append("age_decode 'ordinal' is measured, not recorded: the logged ensemble model decodes "
+                        "age by argmax (pass record=False)")
     if problems:
         raise DataError(problems)
 
@@ -388,8 +406,11 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     cal = calibrate(oof, opts)
     laps.lap("calibration")
     eval_heads = predict_eval(uri, chosen, crops, opts)
-    eval_pred = predict_classes(joint_log_probs(eval_heads), cal.offsets)
+    eval_log_probs = joint_log_probs(eval_heads)
+    eval_pred = predict_classes(eval_log_probs, cal.offsets)
     laps.lap("prediction")
+    if opts.age_decode == "ordinal":
+        eval_pred = ordinal_ages(oof, cal, eval_log_probs, eval_pred)
     submission = opts.submission or ws.results / "submission.csv"
     write_submission(order, pd.DataFrame({"image_id": order, "ans": eval_pred}), submission)
     report_dir = opts.report_dir or ws.results / "ensemble"
