@@ -88,9 +88,15 @@ TRIAL_OVERHEAD_S = 6.0   # a wave of trials' start-up and wrap-up: Ray starting 
                          # torch and timm), MLflow's run, artifacts and checkpoints; measured ~3.1 s a
                          # trial on the 2-core box at load 12-16 ("per-trial overhead"), and twice that
                          # leaves room for a more loaded machine, where start-up runs longer
-ENSEMBLE_FIXED_S = 30.0  # the ensemble's work that no image count scales: MLflow downloads, the
-                         # report's plots, the submission (its predictions are costed by image)
-AUDIT_FIXED_S = 15.0     # the label audit after it: the OOF downloads again, the contact sheet, its MLflow run
+# the ensemble's and the audit's reserve, fitted to what two 23-minute runs took, step by step
+# (WS/results/budget.json; benchmarks/README.md, "run --budget": 7,000 eval images, 2 models)
+ENSEMBLE_FIXED_S = 10.0  # its steps that no prediction scales (choosing the models, the OOF downloads, the
+                         # calibration, the report, the MLflow record): measured 7.3 and 7.5 s
+PREDICT_START_S = 10.0   # the prediction tasks' start: a Ray worker importing torch and timm, the model's download
+PREDICT_READ = 1.4       # the prediction measured over the probe's estimate (its batches sit in memory; the
+                         # ensemble reads and decodes every crop): 47.7 s for 27.0 estimated, and 29.8 for 14.3
+AUDIT_FIXED_S = 5.0      # the label audit after it (the OOF downloads again, the contact sheet, its
+                         # MLflow run): measured 3.5 and 3.7 s
 MIN_HEAD_S = 10.0        # less training than this per target is not worth starting: it is less than
                          # two trials' start-up (a judgment, not a measurement)
 VALIDATED_EPOCHS = 3     # cv trials validate (with TTA) only their last 3 epochs under a budget: the
@@ -151,10 +157,10 @@ def waves(trials: int, slots: int) -> int:
 def ensemble_reserve_s(models: int, n_eval: int, slots: int, images_per_s: float,
                        forward_cost: float = FORWARD_COST) -> float:
     """Seconds kept for the ensemble and the audit: their fixed work, and ``models`` predicting the
-    ``n_eval`` eval images in TTA views, side by side on the trial slots (the OOF table is already made);
-    ``forward_cost`` is one view's prediction as a share of a training step (measured under a budget)."""
-    return (ENSEMBLE_FIXED_S + AUDIT_FIXED_S
-            + models * n_eval * PREDICTED_VIEWS * forward_cost / (slots * images_per_s))
+    ``n_eval`` eval images in TTA views, in waves of one model per trial slot (the OOF table is already
+    made); ``forward_cost`` is one view's prediction as a share of a training step (measured under a budget)."""
+    predict_s = waves(models, slots) * n_eval * PREDICTED_VIEWS * forward_cost / images_per_s
+    return ENSEMBLE_FIXED_S + AUDIT_FIXED_S + PREDICT_START_S + PREDICT_READ * predict_s
 
 
 @dataclass(frozen=True)
