@@ -268,7 +268,7 @@ def ordinal_ages(oof: Oof | None, cal: CalibrationOutcome, eval_log_probs: np.nd
     """``eval_pred`` with its ages read as ordinal (results/ordinal.py), cut where the OOF
     prediction, calibrated as the eval one is, scores best."""
     if oof is None:
-        raise DataError("age_decode 'ordinal' fits its cuts on out-of-fold predictions: this selection has none "
+        raise DataError("age_decode 'ordinal' fits its cuts on out-of-fold predictions, and the models chosen have none "
                         "(select cv fold runs too)")
     fitted = fit_cuts(oof.log_probs, oof.y, predict_classes(oof.log_probs, cal.offsets))
     log.info("ordinal age: cuts %s, OOF macro F1 %.4f -> %.4f", fitted.cuts, fitted.f1_before, fitted.f1_after)
