@@ -158,9 +158,10 @@ def test_the_ensembles_reserve_is_its_fixed_work_and_every_models_predictions(mo
 
 
 def test_the_reserve_covers_what_the_measured_runs_took():
-    """The three 23-minute runs the constants were fitted to (benchmarks/README.md, "run --budget"):
+    """The 23-minute runs the constants were fitted to (the first three) and checked on (the fourth) (benchmarks/README.md, "run --budget"):
     each run's reserve is above what its ensemble and audit took, and not by much."""
-    runs = ((48.19, 0.0929, 55.0 + 3.7), (207.36, 0.2111, 37.3 + 3.5), (51.37, 0.0967, 63.1 + 3.7))
+    runs = ((48.19, 0.0929, 55.0 + 3.7), (207.36, 0.2111, 37.3 + 3.5), (51.37, 0.0967, 62.8 + 4.0),
+            (211.73, 0.2439, 40.1 + 3.7))
     for speed, forward_cost, took in runs:
         reserve = ensemble_reserve_s(2, 7000, 2, speed, forward_cost)
         assert took < reserve < took + 15, (reserve, took)

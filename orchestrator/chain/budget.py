@@ -91,13 +91,13 @@ TRIAL_OVERHEAD_S = 6.0   # a wave of trials' start-up and wrap-up: Ray starting 
 # the ensemble's and the audit's reserve, fitted to what three 23-minute runs took, step by step
 # (WS/results/budget.json; benchmarks/README.md, "run --budget": 7,000 eval images, 2 models)
 ENSEMBLE_FIXED_S = 10.0  # its steps that no prediction scales (choosing the models, the OOF downloads, the
-                         # calibration, the report, the MLflow record): measured 7.3, 7.5 and 9.9 s
+                         # calibration, the report, the MLflow record): measured 7.3 to 9.6 s
 PREDICT_START_S = 10.0   # the prediction tasks' start: a Ray worker importing torch and timm, the model's download
 PREDICT_READ = 1.7       # the prediction measured over the probe's estimate, its start taken off: 1.40, 1.38
                          # and 1.64 (the probe's batches sit in memory; the ensemble reads and decodes every
                          # crop); 1.7 covers that spread
 AUDIT_FIXED_S = 5.0      # the label audit after it (the OOF downloads again, the contact sheet, its
-                         # MLflow run): measured 3.5 to 3.7 s
+                         # MLflow run): measured 3.5 to 4.0 s
 MIN_HEAD_S = 10.0        # less training than this per target is not worth starting: it is less than
                          # two trials' start-up (a judgment, not a measurement)
 VALIDATED_EPOCHS = 3     # cv trials validate (with TTA) only their last 3 epochs under a budget: the
