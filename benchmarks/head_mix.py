@@ -7,6 +7,7 @@ gender from another, age from a third) against eval/answers.csv. It trains nothi
 
   python benchmarks/head_mix.py --data benchmarks/_work/utk-1000-2001-3000 \\
       lite0=benchmarks/_work/ws-study-A scratch=benchmarks/_work/ws-study-B
+  python benchmarks/head_mix.py --smoke   # the demo data's eval answers, two runs made from them (the tests)
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 
@@ -42,16 +46,41 @@ def mixes(runs: dict[str, pd.DataFrame]):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="the layout with eval/answers.csv")
-    ap.add_argument("runs", nargs="+", help="NAME=WORKSPACE, two or more")
+    ap.add_argument("--data", type=Path, help="the layout with eval/answers.csv")
+    ap.add_argument("runs", nargs="*", help="NAME=WORKSPACE, two or more, each name once")
+    ap.add_argument("--smoke", action="store_true", help="the demo data's answers and two runs made from them, "
+                    "each with one head half wrong")
     a = ap.parse_args()
-    truth = read_classes(a.data / "eval" / "answers.csv", "an answers file")
+    if a.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-head-mix-") as tmp:
+            return measure(*smoke_runs(Path(tmp)))
+    names = [spec.partition("=")[0] for spec in a.runs]
+    if a.data is None or len(a.runs) < 2 or len(set(names)) < len(names) or not all("=" in r for r in a.runs):
+        ap.error("give --data and two or more runs as NAME=WORKSPACE, each name once")
+    measure(a.data, {name: Path(spec.partition("=")[2]) for name, spec in zip(names, a.runs)})
+
+
+def smoke_runs(tmp: Path) -> tuple[Path, dict[str, Path]]:
+    """The demo data (with eval/answers.csv) and two workspaces whose submissions are its answers
+    with the gender (``a``) or the age (``b``) of every other image wrong."""
+    from core.demo_data import DemoSpec, write_demo_data
+    data = write_demo_data(tmp / "demo", DemoSpec(8, 2))
+    truth = read_classes(data / "eval" / "answers.csv", "an answers file")
+    m, g, age = decode(truth.to_numpy())
+    every_other = np.arange(len(truth)) % 2 == 1
+    wrong = {"a": encode(m, np.where(every_other, 1 - g, g), age),
+             "b": encode(m, g, np.where(every_other, (age + 1) % 3, age))}
     runs = {}
-    for spec in a.runs:
-        name, _, ws = spec.partition("=")
-        if not ws:
-            ap.error(f"{spec!r}: write NAME=WORKSPACE")
-        runs[name] = answers(Path(ws), truth.index)
+    for name, ans in wrong.items():
+        runs[name] = tmp / f"ws-{name}"
+        (runs[name] / "results").mkdir(parents=True)
+        pd.DataFrame({"ImageID": truth.index, "ans": ans}).to_csv(runs[name] / "results" / "submission.csv", index=False)
+    return data, runs
+
+
+def measure(data: Path, workspaces: dict[str, Path]) -> None:
+    truth = read_classes(data / "eval" / "answers.csv", "an answers file")
+    runs = {name: answers(ws, truth.index) for name, ws in workspaces.items()}
     print("| mask from | gender from | age from | 18-class macro F1 | mask F1 | gender F1 | age F1 |\n|---|---|---|---:|---:|---:|---:|")
     for who, ans in mixes(runs):
         s = score_classes(truth.to_numpy(), ans)

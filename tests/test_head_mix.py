@@ -34,3 +34,10 @@ def test_a_mix_takes_each_head_from_the_run_named_for_it(tmp_path):
     best = [r for r in rows if r.startswith("| A | B | A |")]
     assert best and best[0].split("|")[4].strip() == "1.0000", best
     assert "| A | A | A | 0.0000 |" in out.stdout   # every gender wrong: no class right
+
+
+def test_a_mix_needs_two_named_runs(tmp_path):
+    for runs in (["A=x"], ["A=x", "A=y"], ["A=x", "B"]):
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_mix.py"), "--data", str(tmp_path), *runs],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "two or more runs as NAME=WORKSPACE, each name once" in out.stderr, runs
