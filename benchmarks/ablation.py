@@ -51,7 +51,7 @@ def variants(client: MlflowClient) -> list[tuple[str, EnsembleOptions]]:
         ("full-data models vote, calibrated on the cv folds' OOF, no TTA",
          replace(base, calibrate=True, eval_vote="full", tta=())),
         ("... + TTA, age read as ordinal (cuts fitted on the OOF, results/ordinal.py)",
-         replace(base, calibrate=True, eval_vote="full", age_decode="ordinal", record=False)),
+         replace(base, calibrate=True, eval_vote="full", age_decode="ordinal")),
     ]
 
 
@@ -85,7 +85,10 @@ def measure(a) -> None:
         for i, (name, opts) in enumerate(variants(MlflowClient(ws.tracking_uri()))):
             if rows_wanted and i not in rows_wanted:
                 continue
-            res = ensemble(a.data, ws, replace(opts, submission=out / f"submission-{i}.csv"))
+            # each row's own report, and nothing logged: the run's report and its ensemble model
+            # (what `promote` takes) stay the run's
+            res = ensemble(a.data, ws, replace(opts, submission=out / f"submission-{i}.csv",
+                                               report_dir=out / f"report-{i}", record=False))
             s = score_submission(res.submission, a.data / "eval" / "answers.csv")
             rows.append({"variant": name, **{k: round(v, 4) for k, v in s.items()},
                          "oof_f1": round(res.metrics.get("oof_f1_after", float("nan")), 4)})

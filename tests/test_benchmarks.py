@@ -33,6 +33,14 @@ PRINTS = {
 }
 
 
+def run_report_and_models(ws: Path) -> tuple:
+    """A workspace's ensemble report and its logged ensemble runs (what `promote` chooses among)."""
+    from results.tracking import find_runs
+    report = (ws / "results" / "ensemble" / "report.md").read_text()
+    runs = find_runs(f"sqlite:///{ws.resolve()}/mlflow.db", role="ensemble")
+    return report, sorted(runs["run_id"])
+
+
 def test_every_smoke_has_its_expected_output():
     assert set(PRINTS) | set(ELSEWHERE) | {"quality.py"} == set(SCRIPTS), "say what a new script's smoke prints"
 
@@ -59,7 +67,10 @@ def test_benchmark_smoke_mode_runs(script, request):
         # fault again (it runs here only when they were not selected)
         record = request.getfixturevalue("faults_record") / "preprocess_node_loss.json"
         args = ["--records", str(record.parent)] if record.is_file() else []
+    run_outputs = run_report_and_models(Path(args[1])) if script == "ablation.py" else None
     out = benchmark_smoke(script, *args)
     assert re.search(PRINTS[script], out), f"{script} --smoke did not print its figure:\n{out[-3000:]}"
+    if script == "ablation.py":   # its rows are scored, not recorded: the run's report and models stay the run's
+        assert run_report_and_models(Path(args[1])) == run_outputs
     if script == "faults_table.py":
         assert "(no record" not in out, out

@@ -154,17 +154,18 @@ def test_the_ensembles_reserve_is_its_fixed_work_and_every_models_predictions(mo
     fixed_s = 10.0 + 5.0 + 10.0   # the ensemble's steps, the audit, the prediction tasks' start
     waves = -(-models // slots)    # one model per slot at a time: 9 models on 2 slots take 5 turns
     predict_s = 1.7 * waves * n_eval * PREDICT / speed   # 1.7: reading the crops, which the probe skips
-    assert ensemble_reserve_s(models, n_eval, slots, speed) == pytest.approx(fixed_s + predict_s)
+    assert ensemble_reserve_s(models, n_eval, slots, speed) == pytest.approx(1.1 * (fixed_s + predict_s))
 
 
 def test_the_reserve_covers_what_the_measured_runs_took():
-    """The 23-minute runs the constants were fitted to (the first three) and checked on (the fourth) (benchmarks/README.md, "run --budget"):
+    """The 23-minute runs the constants were fitted to (the first three) and checked on (the fourth)
+    (benchmarks/README.md, "The budget's reserve"):
     each run's reserve is above what its ensemble and audit took, and not by much."""
     runs = ((48.19, 0.0929, 55.0 + 3.7), (207.36, 0.2111, 37.3 + 3.5), (51.37, 0.0967, 62.8 + 4.0),
             (211.73, 0.2439, 40.1 + 3.7))
     for speed, forward_cost, took in runs:
         reserve = ensemble_reserve_s(2, 7000, 2, speed, forward_cost)
-        assert took < reserve < took + 15, (reserve, took)
+        assert 1.1 * took < reserve < took + 25, (reserve, took)   # a tenth to spare, not a minute
 
 
 def test_the_budget_costs_the_views_the_models_predict():

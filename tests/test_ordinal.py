@@ -84,3 +84,12 @@ def test_the_ordinal_read_is_never_recorded_as_the_logged_model():
     with pytest.raises(DataError, match="use one of argmax, ordinal"):
         check_options(EnsembleOptions(age_decode="median", record=False))
     check_options(EnsembleOptions(age_decode="ordinal", record=False))
+
+
+def test_the_ordinal_read_without_oof_stops_before_any_prediction():
+    from core.errors import DataError
+    from orchestrator.options import EnsembleOptions
+    from orchestrator.stages.ensemble import check_ordinal
+    with pytest.raises(DataError, match="select cv fold runs too"):
+        check_ordinal(None, EnsembleOptions(age_decode="ordinal", record=False))
+    check_ordinal(None, EnsembleOptions())   # the argmax needs none

@@ -263,13 +263,16 @@ def calibrate(oof: Oof | None, opts: EnsembleOptions) -> CalibrationOutcome:
     return CalibrationOutcome(cal, True, full, f"applied ({shrink:g} of the offsets): {words}", shrink)
 
 
-def ordinal_ages(oof: Oof | None, cal: CalibrationOutcome, eval_log_probs: np.ndarray,
-                 eval_pred: np.ndarray) -> np.ndarray:
-    """``eval_pred`` with its ages read as ordinal (results/ordinal.py), cut where the OOF
-    prediction, calibrated as the eval one is, scores best."""
-    if oof is None:
+def check_ordinal(oof: Oof | None, opts: EnsembleOptions) -> None:
+    """The ordinal read needs OOF predictions to fit its cuts on: said before the eval images are predicted."""
+    if opts.age_decode == "ordinal" and oof is None:
         raise DataError("age_decode 'ordinal' fits its cuts on out-of-fold predictions, and the models chosen have none "
                         "(select cv fold runs too)")
+
+
+def ordinal_ages(oof: Oof, cal: CalibrationOutcome, eval_log_probs: np.ndarray, eval_pred: np.ndarray) -> np.ndarray:
+    """``eval_pred`` with its ages read as ordinal (results/ordinal.py), cut where the OOF
+    prediction, calibrated as the eval one is, scores best."""
     fitted = fit_cuts(oof.log_probs, oof.y, predict_classes(oof.log_probs, cal.offsets))
     log.info("ordinal age: cuts %s, OOF macro F1 %.4f -> %.4f", fitted.cuts, fitted.f1_before, fitted.f1_after)
     return fitted.apply(eval_log_probs, eval_pred)
@@ -403,6 +406,7 @@ def ensemble(data: Path, ws: Workspace | Path, options: EnsembleOptions = Ensemb
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
         oof = oof_predictions(client, chosen, train, Path(tmp), opts.vote, opts.tta)
     laps.lap("oof")
+    check_ordinal(oof, opts)
     cal = calibrate(oof, opts)
     laps.lap("calibration")
     eval_heads = predict_eval(uri, chosen, crops, opts)

@@ -90,23 +90,27 @@ def _run_stages(data: Path, ws: Workspace, o: RunOptions, clock: Clock, train, s
         laps = Laps()
         result = ensemble(data, ws, ensemble_options(o, studies))
         laps.lap("ensemble")
+    laps.lap("ray_stop")
     audit = run_audit(data, ws, o, studies)
     laps.lap("audit")
-    write_budget_use(ws, o, sizer, clock, laps.seconds | {"ensemble_steps": result.seconds})
+    audited = {} if audit is not None else {"audit": None}   # skipped (its warning says why): no cost to fit
+    write_budget_use(ws, o, sizer, clock, laps.seconds | audited | {"ensemble_steps": result.seconds})
     return {"plans": plans, "ensemble": result, "audit": audit, "seconds": clock.elapsed()}
 
 
 def write_budget_use(ws: Workspace, o: RunOptions, sizer: "Sizer", clock: Clock, seconds: dict) -> None:
     """WS/results/budget.json: what the ensemble and the audit were reserved and what they took
-    (the reserve's model is fitted from these: benchmarks/README.md, "run --budget")."""
-    if o.budget_s is None:
+    (the reserve's model is fitted from these: benchmarks/README.md, "The budget's reserve")."""
+    if o.budget_s is None or not sizer.one_images_per_s:   # no budget, or --smoke-test's fixed settings: no reserve
+        (ws.results / "budget.json").unlink(missing_ok=True)   # an earlier run's account is not this one's
         return
     used = {"budget_s": o.budget_s, "seconds": round(clock.elapsed(), 1), "reserve_s": round(sizer.reserve_s, 1),
             "models": sizer.voters, "n_eval": sizer.n_eval, "slots": sizer.parallel,
             "images_per_s": round(sizer.one_images_per_s, 2), "forward_cost": round(sizer.forward_cost, 4), **seconds}
     (ws.results / "budget.json").write_text(json.dumps(used, indent=1) + "\n")
-    log.info("budget: ensemble %.0f s and audit %.0f s of the %.0f s reserved; run used %.0f of %.0f s",
-             seconds["ensemble"], seconds["audit"], sizer.reserve_s, used["seconds"], o.budget_s)
+    audit = "skipped" if seconds["audit"] is None else f"{seconds['audit']:.0f} s"
+    log.info("budget: ensemble %.0f s and audit %s of the %.0f s reserved; run used %.0f of %.0f s",
+             seconds["ensemble"], audit, sizer.reserve_s, used["seconds"], o.budget_s)
 
 
 def check_start_weights(o: RunOptions) -> None:
