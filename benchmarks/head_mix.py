@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +62,8 @@ def main() -> None:
 def smoke_runs(tmp: Path) -> tuple[Path, dict[str, Path]]:
     """The demo data (with eval/answers.csv) and two workspaces whose submissions are its answers
     with the gender (``a``) or the age (``b``) of every other image wrong."""
-    from core.demo_data import DemoSpec, write_demo_data
-    data = write_demo_data(tmp / "demo", DemoSpec(8, 2))
+    from benchmarks.quality import smoke_layout   # quality.py's --smoke data: 8 + 2 demo persons
+    data, _ = smoke_layout(tmp)
     truth = read_classes(data / "eval" / "answers.csv", "an answers file")
     m, g, age = decode(truth.to_numpy())
     every_other = np.arange(len(truth)) % 2 == 1

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.realfaces import utkmask_folder  # noqa: E402
-from orchestrator.chain.budget import parse_duration  # noqa: E402
+from orchestrator.chain.budget import budget_use_line, parse_duration  # noqa: E402
 from results.scoring import score_submission  # noqa: E402
 
 UTK = utkmask_folder()   # $UTKMASK_DIR (benchmarks/realfaces.py)
@@ -107,8 +107,7 @@ def measure(a, data: Path, work: Path) -> None:
     print(f"18-class macro F1 {s['f1']:.4f}  accuracy {s['accuracy']:.4f}  mask F1 {s['mask_f1']:.4f}  "
           f"gender F1 {s['gender_f1']:.4f}  age F1 {s['age_f1']:.4f}")
     use = json.loads((ws / "results" / "budget.json").read_text())   # the run's own account of its reserve
-    print(f"reserved {use['reserve_s']:.0f} s for the ensemble ({use['ensemble']:.0f} s: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in use["ensemble_steps"].items()) + f") and the audit ({use['audit']:.0f} s)")
+    print(budget_use_line(use))
     print(json.dumps({"variant": a.variant, "wall_s": round(wall, 1), "budget_s": budget, **{k: round(v, 4) for k, v in s.items()},
                       "reserve_s": use["reserve_s"], "ensemble_s": use["ensemble"], "audit_s": use["audit"],
                       "workspace": str(ws), "data": str(data)}))

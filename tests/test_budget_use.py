@@ -3,7 +3,7 @@ import json
 import logging
 
 from core.workspace import Workspace
-from orchestrator.chain.budget import Clock
+from orchestrator.chain.budget import Clock, budget_use_line
 from orchestrator.options import RunOptions
 from orchestrator.stages.run import Sizer, write_budget_use
 
@@ -29,8 +29,17 @@ def test_a_skipped_audit_is_no_cost_and_the_log_says_so(tmp_path, caplog):
     o = RunOptions(budget_s=1380.0)
     with caplog.at_level(logging.INFO):
         write_budget_use(ws, o, budget_sizer(o), Clock(1380.0), STEPS | {"audit": None})
-    assert json.loads((ws.results / "budget.json").read_text())["audit"] is None
+    use = json.loads((ws.results / "budget.json").read_text())
+    assert use["audit"] is None
     assert "audit skipped of the 72 s reserved" in caplog.text
+    assert budget_use_line(use) in caplog.text   # benchmarks/quality.py prints the same line from the file
+
+
+def test_the_account_in_words_names_every_step():
+    use = {"budget_s": 1380.0, "seconds": 1365.3, "reserve_s": 72.0, "ensemble": 55.0, "audit": 3.7,
+           "ensemble_steps": {"oof": 2.0, "record": 1.1}}
+    assert budget_use_line(use) == ("budget: ensemble 55 s (oof 2, record 1) and audit 4 s of the 72 s reserved; "
+                                    "run used 1365 of 1380 s")
 
 
 def test_fixed_settings_write_no_account_and_remove_an_earlier_ones(tmp_path):

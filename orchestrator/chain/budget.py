@@ -71,6 +71,14 @@ class Laps:
         return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
 
 
+def budget_use_line(use: dict) -> str:
+    """WS/results/budget.json's account in words, as `run` logs it and benchmarks/quality.py prints it."""
+    steps = ", ".join(f"{k} {v:.0f}" for k, v in use.get("ensemble_steps", {}).items())
+    audit = "skipped" if use["audit"] is None else f"{use['audit']:.0f} s"
+    return (f"budget: ensemble {use['ensemble']:.0f} s ({steps}) and audit {audit} of the {use['reserve_s']:.0f} s "
+            f"reserved; run used {use['seconds']:.0f} of {use['budget_s']:.0f} s")
+
+
 @dataclass(frozen=True)
 class HeadShare:
     search_s: float

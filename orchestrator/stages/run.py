@@ -23,6 +23,7 @@ from orchestrator.chain.budget import (
     Laps,
     Sizing,
     Trials,
+    budget_use_line,
     ensemble_reserve_s,
     fixed_plan,
     plan_target,
@@ -108,9 +109,7 @@ def write_budget_use(ws: Workspace, o: RunOptions, sizer: "Sizer", clock: Clock,
             "models": sizer.voters, "n_eval": sizer.n_eval, "slots": sizer.parallel,
             "images_per_s": round(sizer.one_images_per_s, 2), "forward_cost": round(sizer.forward_cost, 4), **seconds}
     (ws.results / "budget.json").write_text(json.dumps(used, indent=1) + "\n")
-    audit = "skipped" if seconds["audit"] is None else f"{seconds['audit']:.0f} s"
-    log.info("budget: ensemble %.0f s and audit %s of the %.0f s reserved; run used %.0f of %.0f s",
-             seconds["ensemble"], audit, sizer.reserve_s, used["seconds"], o.budget_s)
+    log.info(budget_use_line(used))
 
 
 def check_start_weights(o: RunOptions) -> None:
