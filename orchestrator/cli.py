@@ -205,7 +205,7 @@ def _run_args(p):
     backbones = ", ".join(sorted({f"{t} {r.run_backbone}" for t, r in TABLE.items()}))
     add_flags(p, RunOptions, "budget_s", "joint", "heads", "full_seeds", "smoke_test", "backbone", "model", "img_size",
               "batch_size", "pretrained", "precision", "folds", "num_samples", "epochs", "max_epochs", "study",
-              "gpus_per_trial", "cpus_per_trial", "address", "calibrate", "eval_vote", "seed",
+              "gpus_per_trial", "cpus_per_trial", "address", "calibrate", "eval_vote", "seed", "head_backbone",
               backbone=f"model, input side and starting weights of every target, by name (default: each target's "
                        f"row in the head table: {backbones})",
               num_samples="search trials per study (at most, under a budget); 1: no search, the cv folds train the "

@@ -161,6 +161,8 @@ class RunOptions:
     eval_vote: str = EVAL_VOTE           # who votes on the eval images (EnsembleOptions.eval_vote)
     seed: int = SEED                     # every study's (TuneOptions.seed): another one measures a
                                          # configuration's run-to-run spread (benchmarks/quality.py)
+    head_backbone: tuple[str, ...] = ()  # HEAD=BACKBONE: that head trains on that backbone; beside the joint
+                                         # model that is a model of its own, which votes for the head
 
     def __post_init__(self):
         check_folds(self.folds)
@@ -174,16 +176,40 @@ class RunOptions:
             raise ValueError(f"max_epochs {self.max_epochs}: a trial trains at least 1 epoch")
         if self.eval_vote not in EVAL_VOTES:   # checked here, not after the training
             raise ValueError(f"eval_vote {self.eval_vote!r}: use one of {', '.join(EVAL_VOTES)}")
-        for t in self.targets:
-            self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
         if self.joint and set(self.heads) != set(HEADS):
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
+        self.check_head_backbones()   # before the targets are read from it
+        for t in self.targets:
+            self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
+
+    def check_head_backbones(self) -> None:
+        """--head-backbone: HEAD=BACKBONE pairs, one per head, of a head this run trains."""
+        seen = set()
+        for pair in self.head_backbone:
+            head, sep, name = pair.partition("=")
+            if not sep or head not in HEADS or head in seen:
+                raise ValueError(f"--head-backbone {pair!r}: give HEAD=BACKBONE, once per head, HEAD one of "
+                                 f"{', '.join(HEADS)} (e.g. gender=resnet10t-64)")
+            if name not in BACKBONES:
+                raise ValueError(f"--head-backbone {pair!r}: unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+            if not self.joint and head not in self.heads:
+                raise ValueError(f"--head-backbone {pair!r}: --per-head --heads {','.join(self.heads)} does not "
+                                 f"train {head}")
+            seen.add(head)
+
+    @property
+    def head_backbones(self) -> dict[str, str]:
+        """--head-backbone as head -> backbone name."""
+        return dict(pair.split("=", 1) for pair in self.head_backbone)
 
     def backbone_of(self, target: str) -> Backbone:
         """The model, input side and weights ``target`` trains with: its row's run backbone (or
         ``backbone``), with any of model / img_size / pretrained the user set instead (another
-        model without ``pretrained`` trains from scratch: weights belong to their architecture)."""
+        model without ``pretrained`` trains from scratch: weights belong to their architecture).
+        A head named by --head-backbone trains on that backbone as it is named."""
+        if target in self.head_backbones:
+            return get_backbone(self.head_backbones[target])
         bb = get_backbone(self.backbone or target_row(target).run_backbone)
         pretrained = self.pretrained
         if pretrained is None and self.model not in (None, bb.model):
@@ -198,8 +224,9 @@ class RunOptions:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """What the studies train: one joint model, or each head on its own."""
-        return (ALL,) if self.joint else self.heads
+        """What the studies train: one joint model (and any head of --head-backbone on a model of
+        its own), or each head on its own."""
+        return (ALL, *self.head_backbones) if self.joint else self.heads
 
 
 def _calibration_spec() -> CalibrationSpec:
@@ -353,6 +380,9 @@ FLAGS: dict[str, Flag] = {
     "joint": Flag("one model per head, as the competition recipe (default: one model with a classifier per "
                   "head, which gives every head every epoch)", flag="--per-head"),
     "heads": Flag("comma-separated heads to train with --per-head", kwargs=dict(type=csv)),
+    "head_backbone": Flag("HEAD=BACKBONE[,...]: train that head on that backbone (" + ", ".join(BACKBONES) + "); "
+                          "beside the joint model, as a model of its own: its own study <study>-HEAD, as much of "
+                          "a budget as the joint model, and the vote for that head", kwargs=dict(type=csv)),
     "full_seeds": Flag("full-data models per study, trained side by side (0: one per trial slot of the cluster)"),
     "max_epochs": Flag("most epochs a budget may give one trial (a small data set or a quick check needs fewer "
                        "than the budget fits)"),

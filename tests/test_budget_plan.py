@@ -25,6 +25,7 @@ VALIDATED = 3                    # cv trials validate only their last 3 epochs .
 MARGIN = 0.95                    # ... and plans use 95% of the measured speed
 PREDICT = 2 * 0.5                # 2 TTA views, each half a training step
 WEIGHT = {"mask": 0.25, "gender": 0.25, "age": 0.5, "all": 1.0}
+SIDE_WEIGHT = 1.0                # beside the joint model, a head's own model weighs as much as it
 SEARCH, CV, FULL = 0.3, 0.5, 0.2  # the phases' shares (without a search cv and full take it all)
 
 
@@ -45,7 +46,8 @@ def expected(o: RunOptions, target: str, left: tuple[str, ...], left_s: float, *
         if left == o.targets:
             return BudgetTooSmall
         return HeadPlan(0, 1, 1, 1, 1, search_end=NOW, cv_end=NOW, full_end=NOW)
-    head_s = train_s * WEIGHT[target] / sum(WEIGHT[t] for t in left)
+    weight = {t: SIDE_WEIGHT for t in left} if "all" in left else WEIGHT
+    head_s = train_s * weight[target] / sum(weight[t] for t in left)
     search_s, cv_s, full_s = (head_s * SEARCH, head_s * CV, head_s * FULL) if samples else (0.0, head_s, 0.0)
     fit_s = cv_s + full_s
     speed *= MARGIN
@@ -95,12 +97,13 @@ def kind(want: HeadPlan | type[BudgetTooSmall], max_epochs: int) -> str:
         ", shorter search" if want.search_epochs < want.epochs else "")
 
 
-def plans_match(folds: int, slots: int, joint: bool, max_epochs: int, speeds: dict[str, float] | None):
+def plans_match(folds: int, slots: int, joint: bool, max_epochs: int, speeds: dict[str, float] | None,
+                head_backbone: tuple[str, ...] = ()):
     """Every plan of the grid for one (folds, slots) pair: the mismatches and the branches reached."""
     wrong, kinds = [], set()
     for seeds, num_samples in itertools.product(SEEDS, SAMPLES):
         o = RunOptions(budget_s=1380, folds=folds, full_seeds=seeds, num_samples=num_samples,
-                       max_epochs=max_epochs, joint=joint)
+                       max_epochs=max_epochs, joint=joint, head_backbone=head_backbone)
         for left_s, one, n_train, i in itertools.product(LEFT_S, SPEEDS, TRAIN, range(len(o.targets))):
             reserve_s = 0.0 if not one else 108.0
             sizer = Sizer(o, n_train, slots, one, reserve_s, speeds=speeds if one else None)
@@ -132,6 +135,16 @@ def test_per_head_plans_share_the_time_left_by_weight_at_each_backbones_speed(fr
     """Three heads, each planned from the time left when it starts; mask and age train on
     backbones of their own speed, gender at the slowest slot's."""
     plans_match(folds, slots, joint=False, max_epochs=60, speeds={"mask": 481.5, "age": 61.0})
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+@pytest.mark.parametrize("folds", [2, 5])
+def test_a_head_of_its_own_beside_the_joint_model_gets_as_much_time_at_its_speed(frozen_clock, folds, slots):
+    """`run --head-backbone gender=resnet10t-64`: the joint model, then a gender model on a faster
+    backbone, each planned from the time left when it starts, the first half of it to the joint."""
+    kinds = plans_match(folds, slots, joint=True, max_epochs=60, speeds={"all": 48.0, "gender": 207.0},
+                        head_backbone=("gender=resnet10t-64",))
+    assert {"last epochs validated", "one epoch each: earlier targets overran"} <= kinds
 
 
 @pytest.mark.parametrize("slots", [1, 2])

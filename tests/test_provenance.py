@@ -124,6 +124,11 @@ def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
     assert {m.study for m in choose_models(client, study=by_head)["age"]} == {"run-age"}
     # --per-head --heads age: mask and gender vote with the run's own earlier per-head studies
     assert voting_studies(uri, "run", ("age",), "", full=True) == per_head
+    # --head-backbone gender=...: gender votes with its own model, mask and age with the joint one
+    beside = voting_studies(uri, "run", ("all", "gender"), "", full=True)
+    assert beside == {"mask": "run-all", "gender": "run-gender", "age": "run-all"}
+    assert {h: {m.study for m in ms} for h, ms in choose_models(client, study=beside).items()} == {
+        "mask": {"run-all"}, "gender": {"run-gender"}, "age": {"run-all"}}
 
 
 def test_a_partial_per_head_run_is_checked_before_training(tmp_path):

@@ -206,11 +206,13 @@ def test_budget_trials_train_to_their_deadline_and_end_annealed(budget_run):
             assert len(lrs) == 1 or max(lrs) > 0.05 * float(params)      # epochs before the last trained
 
 
-def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_path):
+def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_its_own(tmp_path):
     """`run` as a user starts it (with a seed of its own), on its default backbone (core.labels.RUN_BACKBONE: Lite0 from
     the pip-installed ImageNet weights, not a scratch model), at tiny scale: 1 epoch, 2 folds, one
     full-data model, 8 training persons. A submission comes out, and the logged models carry the
-    package's backbone (a few steps of fine-tuning move it little; a fresh init would not)."""
+    package's backbone (a few steps of fine-tuning move it little; a fresh init would not).
+    With `--head-backbone gender=resnet10t-64` gender also trains a model of its own (study
+    run-gender, scratch ResNet10t at 64 px, the same folds), and the ensemble votes gender with it."""
     import torch
     from core.labels import BACKBONES, RUN_BACKBONE
     from results.tracking import download_model, find_runs
@@ -220,7 +222,7 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_pat
     data, ws = tmp_path / "data", tmp_path / "ws"
     write_demo_data(data, DemoSpec(train_persons=8, eval_persons=2))
     assert main(["run", "--data", str(data), "--workspace", str(ws), "--epochs", "1", "--folds", "2",
-                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5"]) == 0
+                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5", "--head-backbone", "gender=resnet10t-64"]) == 0
     sub = pd.read_csv(ws / "results" / "submission.csv")
     assert list(sub["ImageID"]) == list(pd.read_csv(data / "eval" / "info.csv")["ImageID"])
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"
@@ -236,3 +238,12 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_end_to_end(tmp_pat
         model, cfg = load_model_file(download_model(uri, run_id, tmp_path / "dl" / run_id))
         w = model.state_dict()["conv_stem.weight"].flatten()
         assert cfg.pretrained == bb.pretrained and torch.nn.functional.cosine_similarity(w, stem, dim=0) > 0.9
+    own = find_runs(uri, head="gender")
+    own = own[own["tags.phase"].isin(["cv", "full"])]
+    assert sorted(own["tags.phase"]) == ["cv", "cv", "full"] and set(own["status"]) == {"FINISHED"}
+    assert (set(own["params.model"]), set(own["params.img_size"]), set(own["params.pretrained"])) == (
+        {"resnet10t"}, {"64"}, {"none"})
+    assert set(own["tags.input.folds"]) == set(trials.loc[trials["tags.phase"] == "cv", "tags.input.folds"])
+    vote = find_runs(uri, role="ensemble").iloc[0]
+    assert vote["params.study"] == "mask=run-all,gender=run-gender,age=run-all"
+    assert (vote["params.models_gender"], vote["params.models_mask"]) == ("3", "3")   # each its study's 2 folds + 1 full

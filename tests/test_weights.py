@@ -208,6 +208,39 @@ def test_a_heads_row_names_its_backbones_and_run_can_override_them():
         RunOptions(backbone="nope")
 
 
+def test_a_head_of_its_own_backbone_trains_beside_the_joint_model_on_it():
+    """`run --head-backbone gender=resnet10t-64`: the joint model, and gender on a model of its own."""
+    o = RunOptions(head_backbone=("gender=resnet10t-64",), backbone="lite0-96", img_size=80)
+    assert o.targets == ("all", "gender")
+    assert (o.backbone_of("all").model, o.backbone_of("all").img_size) == ("tf_efficientnet_lite0", 80)
+    assert o.backbone_of("gender") == BACKBONES["resnet10t-64"]   # as named: --backbone/--img-size are the rest's
+    per_head = RunOptions(joint=False, heads=("gender", "age"), head_backbone=("age=lite0-96",))
+    assert per_head.targets == ("gender", "age") and per_head.backbone_of("age") == BACKBONES["lite0-96"]
+
+
+@pytest.mark.parametrize("pairs,why", [
+    (("gender",), "give HEAD=BACKBONE"),
+    (("hair=lite0-96",), "give HEAD=BACKBONE"),
+    (("gender=lite0-96", "gender=resnet10t-64"), "once per head"),
+    (("gender=nope",), "unknown backbone 'nope'; valid: "),
+])
+def test_a_bad_head_backbone_is_refused_naming_the_pair(pairs, why):
+    with pytest.raises(ValueError, match=why):
+        RunOptions(head_backbone=pairs)
+
+
+def test_a_head_backbone_for_a_head_the_run_does_not_train_is_refused():
+    with pytest.raises(ValueError, match="--per-head --heads age does not train gender"):
+        RunOptions(joint=False, heads=("age",), head_backbone=("gender=lite0-96",))
+
+
+def test_run_refuses_a_bad_head_backbone_as_a_usage_error_before_touching_the_workspace(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--workspace", str(tmp_path / "ws"), "--head-backbone", "gender=resnet10t-64,age=nope"])
+    assert exc.value.code == 2 and "--head-backbone 'age=nope': unknown backbone 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
 def test_the_backbone_can_be_a_search_dimension():
     from optuna.trial import FixedTrial
     space = with_backbones(search_space("mask"), ("lite0-96", "resnet10t-64"))

@@ -124,6 +124,15 @@ PHASE_SHARES = (0.3, 0.5, 0.2)   # search, cv, full-data retrain
 NO_SEARCH_SHARES = (0.0, 1.0, 0.0)   # no search: cv and the retrain share it all, split by their cost
 
 
+def target_weights(targets: tuple[str, ...]) -> dict[str, float]:
+    """How training time splits over ``targets``: a per-head run's heads by HEAD_WEIGHTS (age
+    gets half); beside the joint model, a head's own model (`run --head-backbone`) is a model of
+    its own, with its own folds and full-data models, so it gets as much time as the joint one."""
+    if "all" in targets:
+        return {t: HEAD_WEIGHTS["all"] for t in targets}
+    return HEAD_WEIGHTS
+
+
 def share_out(seconds: float, heads: tuple[str, ...], weights: dict[str, float] = HEAD_WEIGHTS,
               phases: tuple[float, float, float] = PHASE_SHARES) -> dict[str, HeadShare]:
     """Split ``seconds`` of training over heads (by weight) and their phases."""
@@ -292,7 +301,7 @@ def plan_target(sizing: Sizing, target: str, left: tuple[str, ...], left_s: floa
         log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, left_s)
         return overrun_plan(time.time())
     phases = PHASE_SHARES if sizing.trials.samples else NO_SEARCH_SHARES
-    share = share_out(train_s, left, phases=phases)[target]
+    share = share_out(train_s, left, target_weights(left), phases)[target]
     plan = budget_plan(sizing, share, time.time())
     log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {sizing.trials.folds} folds "
              f"and {plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "

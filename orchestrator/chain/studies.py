@@ -5,6 +5,9 @@
   ``--study run`` were trained (the audit's loop: `run --corrections FILE`), `run` trains the
   next free name, ``run-2`` (then ``run-3``, ...), and says so; the old studies stay in MLflow
   for comparison. A rerun with the same labels finds its own study again.
+* **A head trained on a model of its own votes with it.** `run --head-backbone gender=resnet10t-64`
+  trains the joint study ``run-all`` and a gender study ``run-gender``; gender votes with
+  ``run-gender``, mask and age with the joint model.
 * **Every head votes with a study trained on these labels.** `run --per-head --heads age`
   trains the age study only; mask and gender vote with the run's earlier studies of the same
   name (``run-mask``, else the joint ``run-all``), which must hold finished cv models (and
@@ -63,8 +66,8 @@ def _usable(uri: str, study: str, head: str, labels: str, full: bool) -> str | N
 def voting_studies(uri: str, prefix: str, trained: tuple[str, ...], labels: str, full: bool) -> dict[str, str]:
     """head -> the study that votes for it: the study this run trains for it (a target in
     ``trained``), else the run's earlier one of its own name or the joint one."""
-    if ALL in trained:
-        return {h: f"{prefix}-{ALL}" for h in HEADS}
+    if ALL in trained:   # a head of its own model beside the joint one (`run --head-backbone`) votes with it
+        return {h: f"{prefix}-{h if h in trained else ALL}" for h in HEADS}
     out, missing = {h: f"{prefix}-{h}" for h in trained}, []
     for head in (h for h in HEADS if h not in trained):
         why = []
