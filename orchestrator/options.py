@@ -17,7 +17,7 @@ from core.labels import ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbo
 from core.provenance import REPRODUCE_TOLERANCE
 from orchestrator.chain.budget import parse_duration
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
-from trainables.config import PRECISIONS, TrialConfig
+from trainables.config import AGE_HEADS, PRECISIONS, TrialConfig
 from trainables.weights import SOURCES
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ class RunOptions:
     pretrained: str | None = None        # none | hub | an installed weights package (lite0) | a file
     batch_size: int = TrialConfig.batch_size
     precision: str = TrialConfig.precision
+    age_head: str = TrialConfig.age_head
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
     epochs: int = 4                      # epochs per trial (a budget replaces this)
@@ -356,6 +357,9 @@ FLAGS: dict[str, Flag] = {
     "precision": Flag("bf16 or fp16 autocast, or fp32; auto: bf16 on a GPU of compute capability 8.0 or newer "
                       "(fp16 with loss scaling on older ones) or on a CPU with AVX512-BF16/AMX, where it "
                       "trains ~2x faster; fp32 elsewhere", unset="the recipe's", kwargs=dict(choices=PRECISIONS)),
+    "age_head": Flag("the age head's classifier: softmax (a logit per group) or ordinal (one score and learned "
+                     "cut points between the ordered groups: cumulative logits, trainables/ordinal_head.py)",
+                     unset="the recipe's", kwargs=dict(choices=AGE_HEADS)),
     "num_workers": Flag("DataLoader workers per trial", unset="the trial's CPUs but one"),
     "time_budget_s": Flag("stop the search after this many seconds", unset="no limit"),
     "max_failures": Flag("retries of a crashed trial from its checkpoint"),

@@ -212,7 +212,8 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
     full-data model, 8 training persons. A submission comes out, and the logged models carry the
     package's backbone (a few steps of fine-tuning move it little; a fresh init would not).
     With `--head-backbone gender=resnet10t-64` gender also trains a model of its own (study
-    run-gender, scratch ResNet10t at 64 px, the same folds), and the ensemble votes gender with it."""
+    run-gender, scratch ResNet10t at 64 px, the same folds), and the ensemble votes gender with it;
+    `--age-head ordinal` gives the joint model (cv and full-data) the cumulative-logit age head.
     import torch
     from core.labels import BACKBONES, RUN_BACKBONE
     from results.tracking import download_model, find_runs
@@ -222,7 +223,8 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
     data, ws = tmp_path / "data", tmp_path / "ws"
     write_demo_data(data, DemoSpec(train_persons=8, eval_persons=2))
     assert main(["run", "--data", str(data), "--workspace", str(ws), "--epochs", "1", "--folds", "2",
-                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5", "--head-backbone", "gender=resnet10t-64"]) == 0
+                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5", "--head-backbone", "gender=resnet10t-64",
+                 "--age-head", "ordinal"]) == 0
     sub = pd.read_csv(ws / "results" / "submission.csv")
     assert list(sub["ImageID"]) == list(pd.read_csv(data / "eval" / "info.csv")["ImageID"])
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"
@@ -238,6 +240,7 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
         model, cfg = load_model_file(download_model(uri, run_id, tmp_path / "dl" / run_id))
         w = model.state_dict()["conv_stem.weight"].flatten()
         assert cfg.pretrained == bb.pretrained and torch.nn.functional.cosine_similarity(w, stem, dim=0) > 0.9
+        assert cfg.age_head == "ordinal" and type(model.get_classifier()).__name__ == "OrdinalClassifier"
     own = find_runs(uri, head="gender")
     own = own[own["tags.phase"].isin(["cv", "full"])]
     assert sorted(own["tags.phase"]) == ["cv", "cv", "full"] and set(own["status"]) == {"FINISHED"}

@@ -18,6 +18,7 @@ TTA_VIEW_NAMES = ("hflip",)   # test-time views beside the image itself (their f
                               # named here, torch-free, because the budget costs them
 PREDICTED_VIEWS = 1 + len(TTA_VIEW_NAMES)   # an image is predicted as itself and in each view
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AGE_HEADS = ("softmax", "ordinal")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class TrialConfig:
     class_weights: bool = False     # weight the loss by inverse class frequency
     strength: float = 1.0           # augmentation strength: 0 none, 1 the recipe, 2 max
     old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
+    age_head: str = "softmax"       # softmax | ordinal: the age head's classifier where the model has
+                                    # one (trainables/ordinal_head.py: cumulative logits, one score)
     seed: int = SEED
     num_workers: int = -1           # DataLoader worker processes; -1: the trial's CPUs but one
     precision: str = "auto"         # auto | bf16 | fp16 | fp32: autocast where the hardware runs it
@@ -97,6 +100,7 @@ def validate(cfg: TrialConfig) -> None:
     _choice("optimizer", cfg.optimizer, ("adam", "adamw"))
     _choice("schedule", cfg.schedule, SHAPES)
     _choice("precision", cfg.precision, PRECISIONS)
+    _choice("age head", cfg.age_head, AGE_HEADS)
     if cfg.num_workers < -1:
         raise ValueError(f"num_workers {cfg.num_workers}: use 0 or more DataLoader workers, or -1 for the trial's CPUs but one")
     check_model_name(cfg.model)

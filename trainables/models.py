@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from core.atomic import write_bytes_atomic
-from core.labels import num_outputs
+from core.labels import num_outputs, output_slices
 
 from .config import TrialConfig
+from .ordinal_head import with_ordinal_head
 from .pretrained import HUB, PretrainedError, is_none, ways_out, weights_path
 from .weights import WeightsError, map_by_order, read_state_dict, to_timm_layout
 
@@ -28,11 +29,15 @@ def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module
     source = cfg.pretrained if pretrained is None else pretrained
     num_classes = num_outputs(cfg.head)   # a joint (all) model: every head's classes side by side
     if is_none(source) or source == HUB:
-        return timm.create_model(cfg.model, pretrained=source == HUB, num_classes=num_classes)
-    model = timm.create_model(cfg.model, num_classes=num_classes)
-    backbone = pretrained_backbone(cfg.model, source)
-    res = model.load_state_dict(backbone, strict=False)
-    assert not res.unexpected_keys and set(res.missing_keys) <= set(classifier_keys(model)), res   # pretrained_backbone's promise
+        model = timm.create_model(cfg.model, pretrained=source == HUB, num_classes=num_classes)
+    else:
+        model = timm.create_model(cfg.model, num_classes=num_classes)
+        backbone = pretrained_backbone(cfg.model, source)
+        res = model.load_state_dict(backbone, strict=False)
+        assert not res.unexpected_keys and set(res.missing_keys) <= set(classifier_keys(model)), res   # pretrained_backbone's promise
+    age = output_slices(cfg.head).get("age")
+    if cfg.age_head == "ordinal" and age is not None:   # after loading: the classifier is never loaded
+        model = with_ordinal_head(model, age)
     return model
 
 

@@ -202,7 +202,7 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test, backbone=o.backbone,
                        seed=o.seed, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
                        resume=True, verbose=1,   # a status table every ~30 s
-                       trial=dict(precision=o.precision, val_from=plan.val_from, **sized))
+                       trial=dict(precision=o.precision, age_head=o.age_head, val_from=plan.val_from, **sized))
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # out: `run --budget` sizes it anew on every run, and a resumed trial keeps its own from Tune
 SETTINGS = ("head", "folds", "fold_seed", "model", "pretrained", "img_size", "batch_size", "optimizer",
             "weight_decay", "class_weights", "seed", "precision", "search_folds")
+# settings added after studies were first recorded, with the value every older study trained with:
+# they count only when set to another, so an older study's record still matches its resume
+ADDED_SETTINGS = {"age_head": "softmax"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def study_pins(labels: str, table: pd.DataFrame, manifest_train: pd.DataFrame, s
     return Pins(labels=labels,
                 folds=f"{fold_file('.', spec).stem}-{folds_key(table)}",
                 crops=rows_hash(manifest_train, ("path", "crop")),
-                settings=dict_hash({k: v for k, v in settings.items() if k in SETTINGS or k == "num_samples"}),
+                settings=dict_hash({k: v for k, v in settings.items() if k in SETTINGS or k == "num_samples"
+                                    or (k in ADDED_SETTINGS and v != ADDED_SETTINGS[k])}),
                 code=code_version())
 
 

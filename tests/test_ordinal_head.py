@@ -1,0 +1,112 @@
+"""The cumulative-logit age head (trainables/ordinal_head.py, `--age-head ordinal`): what it
+outputs, that it trains, that it is pinned and saved with the study's models."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from core.labels import BACKBONES, output_slices
+from trainables.config import TrialConfig
+from trainables.models import build_model, load_model_file, save_model_file
+from trainables.ordinal_head import OrdinalClassifier, with_ordinal_head
+from trainables.weights import SOURCES, read_state_dict, source_file
+
+AGE = output_slices("all")["age"]
+
+
+def test_its_outputs_are_log_probabilities_that_a_softmax_gives_back():
+    torch.manual_seed(0)
+    head = OrdinalClassifier(16, 8, AGE)
+    x = torch.randn(32, 16) * 4
+    out = head(x)
+    assert out.shape == (32, 8) and head.linear.out_features == 6   # one score for age's three groups
+    age = out[:, AGE]
+    assert torch.allclose(age.exp().sum(1), torch.ones(32), atol=1e-5)
+    assert torch.allclose(F.softmax(age, 1), age.exp(), atol=1e-5)   # every reader takes a softmax of a head
+    # the other heads' columns are the linear layer's logits, untouched
+    z = head.linear(x)
+    assert torch.equal(out[:, :AGE.start], z[:, :AGE.start])
+
+
+def test_the_groups_are_ordered_along_one_score():
+    """A higher score moves probability from the young group to the old one, never back: P(>= 60)
+    rises and P(< 30) falls monotonically, whatever the cut points learned."""
+    head = OrdinalClassifier(1, 3, slice(0, 3))
+    with torch.no_grad():
+        head.linear.weight.fill_(1.0)
+        head.linear.bias.zero_()
+        head.cuts.copy_(torch.tensor([-1.3, -2.0]))   # a gap parameter below 0 still gives increasing cuts
+        assert head.cut_points()[1] > head.cut_points()[0]
+        head.cuts.copy_(torch.tensor([-1.3, 1.5]))
+    p = head(torch.linspace(-8, 8, 200)[:, None]).exp().detach()
+    assert (p[1:, 2] - p[:-1, 2] >= -1e-6).all() and (p[1:, 0] - p[:-1, 0] <= 1e-6).all()
+    assert p[0, 0] > 0.99 and p[-1, 2] > 0.99 and p[:, 1].max() > 0.3   # each group wins somewhere
+
+
+def test_it_learns_an_ordered_problem_with_cross_entropy():
+    """Trained as the softmax head is (cross-entropy on its output), it fits three ordered groups."""
+    torch.manual_seed(1)
+    x = torch.randn(600, 4)
+    age = x @ torch.tensor([1.5, -1.0, 0.5, 0.0])
+    y = torch.bucketize(age, torch.tensor([-0.7, 0.9]))
+    head = OrdinalClassifier(4, 3, slice(0, 3))
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(head(x), y).backward()
+        opt.step()
+    assert (head(x).argmax(1) == y).float().mean() > 0.9
+    softmax = torch.nn.Linear(4, 3)   # the same problem, the same steps, a free logit per group
+    opt = torch.optim.Adam(softmax.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(softmax(x), y).backward()
+        opt.step()
+    assert F.cross_entropy(head(x), y) < F.cross_entropy(softmax(x), y) + 0.05   # one score costs it no fit
+
+
+def test_a_joint_model_with_it_saves_and_loads_and_keeps_the_pretrained_backbone(tmp_path):
+    bb = BACKBONES["lite0-96"]
+    cfg = TrialConfig(head="all", model=bb.model, pretrained=bb.pretrained, img_size=64, age_head="ordinal")
+    model = build_model(cfg).eval()
+    assert isinstance(model.get_classifier(), OrdinalClassifier)
+    stem = read_state_dict(source_file(SOURCES[bb.pretrained]))["_conv_stem.weight"]
+    assert torch.equal(model.state_dict()["conv_stem.weight"], stem)
+    x = torch.randn(3, 3, 64, 64)
+    loaded, cfg2 = load_model_file(save_model_file(tmp_path / "m.pt", model, cfg))
+    assert cfg2.age_head == "ordinal" and torch.allclose(loaded(x), model(x), atol=1e-5)
+    # a softmax model's file (written before the field existed: no age_head key) loads as softmax
+    plain = TrialConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "age_head"})
+    assert plain.age_head == "softmax" and type(build_model(plain).get_classifier()).__name__ == "Linear"
+
+
+def test_a_target_without_age_keeps_its_classifier_and_a_bad_name_is_refused():
+    cfg = TrialConfig(head="gender", model="resnet10t", img_size=32, age_head="ordinal")
+    assert type(build_model(cfg).get_classifier()).__name__ == "Linear"
+    assert isinstance(build_model(TrialConfig(head="age", model="test_vit", img_size=32, age_head="ordinal"))
+                      .get_classifier(), OrdinalClassifier)   # a classifier named "head", not "classifier"/"fc"
+    with pytest.raises(ValueError, match="unknown age head 'cumulative'; valid age heads: softmax, ordinal"):
+        TrialConfig(head="age", age_head="cumulative")
+
+
+def test_a_model_without_a_linear_classifier_is_refused_naming_the_way_out():
+    with pytest.raises(ValueError, match="replaces a linear classifier.*--age-head softmax"):
+        with_ordinal_head(timm.create_model("test_resnet", num_classes=0), AGE)
+
+
+def test_the_age_head_is_pinned_only_where_it_is_not_the_softmax_every_older_study_trained():
+    """A study recorded before --age-head existed resumes (its settings hash is unchanged);
+    switching a study to the ordinal head is a changed setting."""
+    import pandas as pd
+
+    from core.folds import FoldSpec
+    from orchestrator.study.pins import study_pins
+    table = pd.DataFrame({"path": ["a/1.jpg", "b/1.jpg"], "person": ["a", "b"], "label": [0, 1]})
+    rows = pd.DataFrame({"path": ["x.jpg"], "crop": ["c.jpg"]})
+    base = TrialConfig(head="all").to_dict() | {"num_samples": 1}
+    older = {k: v for k, v in base.items() if k != "age_head"}
+
+    def settings(d):
+        return study_pins("L", table, rows, FoldSpec(2), d).settings
+    assert settings(base) == settings(older)
+    assert settings(base | {"age_head": "ordinal"}) != settings(older)

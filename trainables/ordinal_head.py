@@ -1,0 +1,67 @@
+"""A cumulative-logit (ordinal) classifier for an ordered head: age's groups (< 30, 30-59, >= 60).
+
+A softmax head gives each group a free logit, so nothing ties "30-59" to lying between the two
+others. This head scores an image once, s, and learns K-1 increasing cut points c_k:
+P(group > k) = sigmoid(s - c_k), and each group's probability is the difference of two of those
+(the proportional-odds model). A face that looks older moves along one axis, and the >= 60 group
+learns from every face that looks older than 30 too.
+
+The classifier returns each group's *log probability* where a softmax head returns logits: the
+probabilities sum to 1, so a softmax of them gives them back exactly. The loss, the TTA average,
+the calibration offsets and every reader of a head's output columns work unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_PROB = 1e-7   # a group's probability floor: the log of 0 would end training with NaN
+
+
+class OrdinalClassifier(nn.Module):
+    """A linear classifier whose ``ordinal`` output columns are cumulative-logit groups.
+
+    Its linear layer gives the other heads' logits and one score for the ordinal head (K - 1 fewer
+    outputs than the softmax classifier it replaces); ``cuts`` holds the first cut point and the
+    softplus-gaps to the next ones, so the cut points always increase."""
+
+    def __init__(self, in_features: int, out_features: int, ordinal: slice):
+        super().__init__()
+        self.start, self.groups = ordinal.start, ordinal.stop - ordinal.start
+        if self.groups < 2:
+            raise ValueError(f"an ordinal head needs 2 or more ordered groups, got {self.groups}")
+        self.linear = nn.Linear(in_features, out_features - (self.groups - 1))
+        # cut points start 0, 1, 2, ...: apart enough that every group starts with some probability
+        self.cuts = nn.Parameter(torch.tensor([0.0] + [math.log(math.e - 1)] * (self.groups - 2)))
+
+    def cut_points(self) -> torch.Tensor:
+        return torch.cumsum(torch.cat([self.cuts[:1], F.softplus(self.cuts[1:])]), 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        score = z[:, self.start:self.start + 1].float()   # fp32 where autocast gives bf16: differences of
+        above = torch.sigmoid(score - self.cut_points())   # probabilities near 1 vanish in 8 bits
+        ones, zeros = torch.ones_like(score), torch.zeros_like(score)
+        cumulative = torch.cat([ones, above, zeros], 1)     # P(group > k - 1) for k = 0 .. K
+        log_probs = (cumulative[:, :-1] - cumulative[:, 1:]).clamp_min(MIN_PROB).log()
+        return torch.cat([z[:, :self.start], log_probs.to(z.dtype), z[:, self.start + 1:]], 1)
+
+
+def with_ordinal_head(model: nn.Module, ordinal: slice) -> nn.Module:
+    """``model`` (a timm model) with its linear classifier replaced by an OrdinalClassifier
+    (freshly initialised, as a new classifier always is: no weights are ever loaded into one)."""
+    old = model.get_classifier()
+    if not isinstance(old, nn.Linear):
+        raise ValueError(f"an ordinal age head replaces a linear classifier; {type(model).__name__}'s is "
+                         f"{type(old).__name__}: pick another --model or --age-head softmax")
+    name = model.pretrained_cfg.get("classifier")
+    if not isinstance(name, str):
+        raise ValueError(f"an ordinal age head needs a model with one classifier; {type(model).__name__} has "
+                         f"{name!r}: pick another --model or --age-head softmax")
+    parent, _, attr = name.rpartition(".")
+    new = OrdinalClassifier(old.in_features, old.out_features, ordinal)
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model
