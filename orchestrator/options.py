@@ -13,7 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.labels import ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbone, get_backbone, target_row
+from core.labels import (ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backbone, get_backbone, output_slices,
+                         target_row)
 from core.provenance import REPRODUCE_TOLERANCE
 from orchestrator.chain.budget import parse_duration
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
@@ -181,6 +182,10 @@ class RunOptions:
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
         self.check_head_backbones()   # before the targets are read from it
+        if self.age_head not in AGE_HEADS:
+            raise ValueError(f"unknown age head {self.age_head!r}; valid age heads: {', '.join(AGE_HEADS)}")
+        if self.age_head != TrialConfig.age_head and "age" not in self.heads:
+            raise ValueError(f"--age-head {self.age_head}: --per-head --heads {','.join(self.heads)} trains no age head")
         for t in self.targets:
             self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
 
@@ -222,6 +227,10 @@ class RunOptions:
         """These options with the GPU share resolved against the running Ray cluster (needs Ray up)."""
         from orchestrator.infra.ray_session import gpu_share  # needs Ray: only once the run starts
         return replace(self, gpus_per_trial=gpu_share(self.gpus_per_trial, GPU_SHARE))
+
+    def age_head_of(self, target: str) -> str:
+        """--age-head where ``target`` predicts age; a model without age keeps the default."""
+        return self.age_head if "age" in output_slices(target) else TrialConfig.age_head
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -396,7 +405,8 @@ FLAGS: dict[str, Flag] = {
     # ensemble
     "runs": Flag("models to use instead of the default (a head's cv folds + full model): run ids, registered "
                  "models (models:/age-head@champion) or MLflow filters (\"tags.study = 'x' and tags.phase = "
-                 "'cv'\"); heads not picked keep the default", unset="a head's cv folds + full model",
+                 "'cv'\"), each as HEAD=ITEM to vote for that head only; heads not picked keep the default",
+                 unset="a head's cv folds + full model",
                  kwargs=dict(nargs="+", action="extend", metavar="RUN")),
     "vote": Flag("soft: mean probabilities; hard: majority of argmax", kwargs=dict(choices=VOTES)),
     "tta": Flag("comma-separated test-time augmentations, or 'none'", kwargs=dict(type=csv)),

@@ -6,7 +6,10 @@ for every head or one per head) plus its full-data model. The user can pick inst
   * a registered model URI: ``models:/age-head@champion`` or ``models:/age-head/3`` (that
     version's logged model votes),
   * a logged model's id: ``models:/m-...`` (or ``m-...``),
-  * an MLflow search filter: ``tags.study = 'age-lr' and metrics.val_f1 > 0.8``.
+  * an MLflow search filter: ``tags.study = 'age-lr' and metrics.val_f1 > 0.8``,
+  * any of those as ``HEAD=ITEM`` (``gender=RUN_ID``): it votes for that head only (a joint model
+    otherwise votes for every head; `reproduce` replays an ensemble whose heads voted with
+    different studies this way).
 Each picked run names its head in its ``head`` tag; heads the user picked nothing for
 keep the default. Registering runs and setting an alias in the UI is enough to change the
 ensemble. Every problem is named: the run id, filter or alias, the experiment and the fix.
@@ -256,24 +259,37 @@ def choose_models(client: MlflowClient, selections: Sequence[str] = (), *, study
     """head -> the models that vote for it (see the module doc for the selection forms);
     ``study`` names the default selection's study, for every head or per head."""
     exp_id = _experiment_id(client, experiment)
-    ids = [s for s in selections if RUN_ID.match(s.strip())]
-    picked = _by_run_ids(client, [s.strip() for s in ids])
-    for s in selections:
-        if not RUN_ID.match(s.strip()):
-            picked += _by_item(client, exp_id, experiment, s.strip())
-    untagged = [c.run_id for c in picked if c.head not in TARGETS]
+    items = [_for_head(s) for s in selections]
+    ids = [(only, item) for only, item in items if RUN_ID.match(item)]
+    found = _by_run_ids(client, [item for _, item in ids])   # every missing id named at once
+    picked = [(only, c) for (only, _), c in zip(ids, found)]
+    for only, item in items:
+        if not RUN_ID.match(item):
+            picked += [(only, c) for c in _by_item(client, exp_id, experiment, item)]
+    untagged = [c.run_id for _, c in picked if c.head not in TARGETS]
     if untagged:
         raise DataError([f"MLflow run {r} has no valid head tag ({'/'.join(TARGETS)}); tag it or pick another run"
                          for r in untagged])
+    wrong = [f"MLflow run {c.run_id} predicts {c.model_target}, so it cannot vote for {only}: pick a {only} or "
+             "all model for it" for only, c in picked if only is not None and _votes_for(c, only) is None]
+    if wrong:
+        raise DataError(wrong)
     out: dict[str, list[ChosenModel]] = {}
     for head in HEADS:
         mine = []
-        for c in picked:   # a run picked twice (id and alias) votes once, as first named
-            voter = _votes_for(c, head)
+        for only, c in picked:   # a run picked twice (id and alias) votes once, as first named
+            voter = _votes_for(c, head) if only in (None, head) else None
             if voter is not None and c.run_id not in {m.run_id for m in mine}:
                 mine.append(voter)
         out[head] = mine or default_models(client, exp_id, experiment, head, study_of(study, head), include_full)
     return out
+
+
+def _for_head(selection: str) -> tuple[str | None, str]:
+    """(the head it votes for only, or None; the item): ``HEAD=ITEM`` or a plain ITEM. A filter's
+    ``tags.x = 'y'`` is never read as one: its left side is no head's name."""
+    head, sep, item = selection.strip().partition("=")
+    return (head, item.strip()) if sep and head in HEADS else (None, selection.strip())
 
 
 def moved_folder(client: MlflowClient, c: ChosenModel) -> str:

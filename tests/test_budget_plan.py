@@ -46,7 +46,7 @@ def expected(o: RunOptions, target: str, left: tuple[str, ...], left_s: float, *
         if left == o.targets:
             return BudgetTooSmall
         return HeadPlan(0, 1, 1, 1, 1, search_end=NOW, cv_end=NOW, full_end=NOW)
-    weight = {t: SIDE_WEIGHT for t in left} if "all" in left else WEIGHT
+    weight = {t: SIDE_WEIGHT for t in left} if "all" in o.targets else WEIGHT   # the run's targets, not those left
     head_s = train_s * weight[target] / sum(weight[t] for t in left)
     search_s, cv_s, full_s = (head_s * SEARCH, head_s * CV, head_s * FULL) if samples else (0.0, head_s, 0.0)
     fit_s = cv_s + full_s
@@ -145,6 +145,15 @@ def test_a_head_of_its_own_beside_the_joint_model_gets_as_much_time_at_its_speed
     kinds = plans_match(folds, slots, joint=True, max_epochs=60, speeds={"all": 48.0, "gender": 207.0},
                         head_backbone=("gender=resnet10t-64",))
     assert {"last epochs validated", "one epoch each: earlier targets overran"} <= kinds
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_two_heads_of_their_own_share_equally_after_the_joint_model_too(frozen_clock, slots):
+    """With gender and age each on a model of its own, the time left after the joint model splits
+    evenly between them (not by the per-head weights, which give age half)."""
+    kinds = plans_match(2, slots, joint=True, max_epochs=60, speeds={"all": 48.0, "gender": 207.0, "age": 207.0},
+                        head_backbone=("gender=resnet10t-64", "age=resnet10t-64"))
+    assert "last epochs validated" in kinds
 
 
 @pytest.mark.parametrize("slots", [1, 2])

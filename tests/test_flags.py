@@ -22,7 +22,7 @@ REQUIRED = {"tune": ["--head", "age"], "retrain": ["--head", "age"], "reproduce"
 CLI_OWN = {"help", "data", "workspace", "tracking_uri", "storage", "artifact_location", "log_level",
            "corrections", "head", "run_id", "out"}
 # csv flags whose entries are checked names
-CSV_VALUES = {"heads": ",".join(list(HEADS)[:2]), "search_backbones": ",".join(sorted(BACKBONES)[:2]), "tta": "none",
+CSV_VALUES = {"heads": ",".join(list(HEADS)[1:]), "search_backbones": ",".join(sorted(BACKBONES)[:2]), "tta": "none",
               "head_backbone": f"{list(HEADS)[1]}={sorted(BACKBONES)[0]}"}
 
 

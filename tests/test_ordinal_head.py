@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from core.labels import BACKBONES, output_slices
+from orchestrator.options import RunOptions
 from trainables.config import TrialConfig
 from trainables.models import build_model, load_model_file, save_model_file
 from trainables.ordinal_head import OrdinalClassifier, with_ordinal_head
@@ -41,6 +42,19 @@ def test_the_groups_are_ordered_along_one_score():
     p = head(torch.linspace(-8, 8, 200)[:, None]).exp().detach()
     assert (p[1:, 2] - p[:-1, 2] >= -1e-6).all() and (p[1:, 0] - p[:-1, 0] <= 1e-6).all()
     assert p[0, 0] > 0.99 and p[-1, 2] > 0.99 and p[:, 1].max() > 0.3   # each group wins somewhere
+
+
+def test_a_face_scored_far_from_its_group_still_pulls_as_a_softmax_heads_would():
+    """The loss of a face scored 40 above its group's cut grows with the score and keeps its
+    gradient (a difference of sigmoids would round to 0 there and give none)."""
+    head = OrdinalClassifier(1, 3, slice(0, 3))
+    for group, score in ((0, 40.0), (1, 40.0), (2, -40.0), (1, -40.0)):
+        s = torch.tensor([[score]], requires_grad=True)
+        loss = F.nll_loss(head.log_probs(s), torch.tensor([group]))
+        loss.backward()
+        assert torch.isfinite(loss) and loss > 35 and abs(s.grad.item()) > 0.9, (group, score)
+    wide = head.log_probs(torch.linspace(-60, 60, 121)[:, None])
+    assert torch.isfinite(wide).all() and torch.allclose(wide.exp().sum(1), torch.ones(121), atol=1e-5)
 
 
 def test_it_learns_an_ordered_problem_with_cross_entropy():
@@ -80,13 +94,20 @@ def test_a_joint_model_with_it_saves_and_loads_and_keeps_the_pretrained_backbone
     assert plain.age_head == "softmax" and type(build_model(plain).get_classifier()).__name__ == "Linear"
 
 
-def test_a_target_without_age_keeps_its_classifier_and_a_bad_name_is_refused():
-    cfg = TrialConfig(head="gender", model="resnet10t", img_size=32, age_head="ordinal")
-    assert type(build_model(cfg).get_classifier()).__name__ == "Linear"
+def test_only_a_target_with_age_takes_it_and_a_bad_name_is_refused():
     assert isinstance(build_model(TrialConfig(head="age", model="test_vit", img_size=32, age_head="ordinal"))
                       .get_classifier(), OrdinalClassifier)   # a classifier named "head", not "classifier"/"fc"
+    with pytest.raises(ValueError, match="age head 'ordinal': a gender model has no age output"):
+        TrialConfig(head="gender", age_head="ordinal")   # `tune --head gender --age-head ordinal`
     with pytest.raises(ValueError, match="unknown age head 'cumulative'; valid age heads: softmax, ordinal"):
         TrialConfig(head="age", age_head="cumulative")
+    # run: the joint model takes it, a head's own model beside it without age does not (nor is it pinned)
+    o = RunOptions(age_head="ordinal", head_backbone=("gender=resnet10t-64",))
+    assert [o.age_head_of(t) for t in o.targets] == ["ordinal", "softmax"]
+    with pytest.raises(ValueError, match="--age-head ordinal: --per-head --heads mask,gender trains no age head"):
+        RunOptions(joint=False, heads=("mask", "gender"), age_head="ordinal")
+    with pytest.raises(ValueError, match="unknown age head 'x'"):
+        RunOptions(age_head="x")
 
 
 def test_a_model_without_a_linear_classifier_is_refused_naming_the_way_out():

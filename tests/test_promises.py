@@ -2,6 +2,7 @@
 the code before its fix."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,38 @@ def test_reproducing_an_ensemble_leaves_promote_on_the_original(demo_dir, tmp_pa
                               filter_string=tag_filter(role=ENSEMBLE))
     assert [r.info.run_id for r in runs] == [res.mlflow_run_id]   # it logged no ensemble run of its own
     assert promote(Workspace(ws).tracking_uri()).model_id == res.model_id
+
+
+def test_reproducing_an_ensemble_whose_heads_voted_with_different_studies_replays_each_heads_voters(
+        demo_dir, tmp_path):
+    """`run --head-backbone gender=...` votes gender with run-gender and mask and age with the joint
+    run-all. `reproduce` replayed it with every logged run id for every head, so the joint models
+    voted for gender too: another OOF table, another calibration, other answers."""
+    import numpy as np
+    from mlflow_runs import joint_oof_frame, log_model_run, log_study, store, write_manifest
+
+    from core.dataset import load_train
+    from core.workspace import Workspace
+    from orchestrator.stages.ensemble import EnsembleOptions, ensemble
+    from orchestrator.stages.reproduce import reproduce
+    ws = tmp_path / "ws"
+    client = store(ws)
+    write_manifest(demo_dir, ws)
+    train = load_train(demo_dir)
+    rng = np.random.default_rng(3)
+    half = train["person"].isin(train["person"].unique()[::2]).to_numpy()
+    for f in (0, 1):
+        log_model_run(client, tmp_path, head="all", phase="cv", fold=f, study="run-all",
+                      oof=joint_oof_frame(train[half == (f == 0)], rng))
+    log_model_run(client, tmp_path, head="all", phase="full", fold=-1, study="run-all")
+    own = log_study(client, demo_dir, tmp_path / "own", study="run-gender", k=2, seed=4)
+    studies = {"mask": "run-all", "gender": "run-gender", "age": "run-all"}
+    res = ensemble(demo_dir, ws, EnsembleOptions(study=studies))
+    logged = json.loads(client.get_run(res.mlflow_run_id).data.tags["ensemble_runs"])
+    assert {client.get_run(r).data.tags["study"] for r in logged["gender"]} == {"run-gender"}
+    again = reproduce(demo_dir, Workspace(ws), res.mlflow_run_id)
+    assert again.exact, again.table
+    # `ensemble --runs HEAD=RUN_ID`, the form the replay uses, refuses a model that has no such head
+    from results.selection import choose_models
+    with pytest.raises(DataError, match=f"MLflow run {own['mask'][0]} predicts mask, so it cannot vote for gender"):
+        choose_models(client, [f"gender={own['mask'][0]}"])

@@ -213,7 +213,7 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
     package's backbone (a few steps of fine-tuning move it little; a fresh init would not).
     With `--head-backbone gender=resnet10t-64` gender also trains a model of its own (study
     run-gender, scratch ResNet10t at 64 px, the same folds), and the ensemble votes gender with it;
-    `--age-head ordinal` gives the joint model (cv and full-data) the cumulative-logit age head.
+    `--age-head ordinal` gives the joint model (cv and full-data) the cumulative-logit age head."""
     import torch
     from core.labels import BACKBONES, RUN_BACKBONE
     from results.tracking import download_model, find_runs

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from core.labels import SEED, TARGETS
+from core.labels import SEED, TARGETS, output_slices
 from results.run_schema import EXPERIMENT
 
 from .schedule import SHAPES
@@ -101,6 +101,8 @@ def validate(cfg: TrialConfig) -> None:
     _choice("schedule", cfg.schedule, SHAPES)
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("age head", cfg.age_head, AGE_HEADS)
+    if cfg.age_head != AGE_HEADS[0] and "age" not in output_slices(cfg.head):
+        raise ValueError(f"age head {cfg.age_head!r}: a {cfg.head} model has no age output (give it to head age or all)")
     if cfg.num_workers < -1:
         raise ValueError(f"num_workers {cfg.num_workers}: use 0 or more DataLoader workers, or -1 for the trial's CPUs but one")
     check_model_name(cfg.model)

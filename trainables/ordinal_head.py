@@ -18,9 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_PROB = 1e-7   # a group's probability floor: the log of 0 would end training with NaN
-
-
 class OrdinalClassifier(nn.Module):
     """A linear classifier whose ``ordinal`` output columns are cumulative-logit groups.
 
@@ -37,17 +34,27 @@ class OrdinalClassifier(nn.Module):
         # cut points start 0, 1, 2, ...: apart enough that every group starts with some probability
         self.cuts = nn.Parameter(torch.tensor([0.0] + [math.log(math.e - 1)] * (self.groups - 2)))
 
+    def gaps(self) -> torch.Tensor:
+        return F.softplus(self.cuts[1:])
+
     def cut_points(self) -> torch.Tensor:
-        return torch.cumsum(torch.cat([self.cuts[:1], F.softplus(self.cuts[1:])]), 0)
+        return torch.cumsum(torch.cat([self.cuts[:1], self.gaps()]), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x)
-        score = z[:, self.start:self.start + 1].float()   # fp32 where autocast gives bf16: differences of
-        above = torch.sigmoid(score - self.cut_points())   # probabilities near 1 vanish in 8 bits
-        ones, zeros = torch.ones_like(score), torch.zeros_like(score)
-        cumulative = torch.cat([ones, above, zeros], 1)     # P(group > k - 1) for k = 0 .. K
-        log_probs = (cumulative[:, :-1] - cumulative[:, 1:]).clamp_min(MIN_PROB).log()
-        return torch.cat([z[:, :self.start], log_probs.to(z.dtype), z[:, self.start + 1:]], 1)
+        return torch.cat([z[:, :self.start], self.log_probs(z[:, self.start:self.start + 1]).to(z.dtype),
+                          z[:, self.start + 1:]], 1)
+
+    def log_probs(self, score: torch.Tensor) -> torch.Tensor:
+        """[B, K] log P(group k) of scores [B, 1], in log space throughout: a difference of two
+        sigmoids rounds to 0 for a face scored far from its group, and a floor under it would leave
+        that face no gradient, where a softmax head's loss pulls hardest. fp32 where autocast gives
+        bf16 (8 bits of mantissa would round the groups' log probabilities coarsely)."""
+        a = score.float() - self.cut_points()   # [B, K-1]: logit of P(group > k)
+        first, last = F.logsigmoid(-a[:, :1]), F.logsigmoid(a[:, -1:])
+        # sigmoid(a) - sigmoid(b) = sigmoid(a) * sigmoid(-b) * (1 - exp(b - a)), and b - a = -gap
+        middle = F.logsigmoid(a[:, :-1]) + F.logsigmoid(-a[:, 1:]) + torch.log(-torch.expm1(-self.gaps()))
+        return torch.cat([first, middle, last], 1)
 
 
 def with_ordinal_head(model: nn.Module, ordinal: slice) -> nn.Module:

@@ -125,7 +125,8 @@ NO_SEARCH_SHARES = (0.0, 1.0, 0.0)   # no search: cv and the retrain share it al
 
 
 def target_weights(targets: tuple[str, ...]) -> dict[str, float]:
-    """How training time splits over ``targets``: a per-head run's heads by HEAD_WEIGHTS (age
+    """How training time splits over a run's ``targets`` (all of them, not those left: the split
+    must not change once the joint model is done): a per-head run's heads by HEAD_WEIGHTS (age
     gets half); beside the joint model, a head's own model (`run --head-backbone`) is a model of
     its own, with its own folds and full-data models, so it gets as much time as the joint one."""
     if "all" in targets:
@@ -288,9 +289,11 @@ def training_s(sizing: Sizing, left_s: float, targets: int) -> float:
     return left_s - sizing.reserve_s - sizing.trials.start_s * targets
 
 
-def plan_target(sizing: Sizing, target: str, left: tuple[str, ...], left_s: float, *, first: bool) -> HeadPlan:
+def plan_target(sizing: Sizing, target: str, left: tuple[str, ...], left_s: float, *, first: bool,
+                weights: dict[str, float] = HEAD_WEIGHTS) -> HeadPlan:
     """``target``'s plan, with ``left_s`` seconds on the clock and the targets ``left`` (``target``
-    first) still to train; ``first``: nothing trained yet, so a budget too small is the user's."""
+    first) still to train, weighted by ``weights`` (target_weights of all the run's targets);
+    ``first``: nothing trained yet, so a budget too small is the user's."""
     train_s = training_s(sizing, left_s, len(left))
     if train_s < MIN_HEAD_S * len(left):
         if first:   # say so rather than overrun
@@ -301,7 +304,7 @@ def plan_target(sizing: Sizing, target: str, left: tuple[str, ...], left_s: floa
         log.warning("%s: %.0f s left, less than planned: one epoch per trial", target, left_s)
         return overrun_plan(time.time())
     phases = PHASE_SHARES if sizing.trials.samples else NO_SEARCH_SHARES
-    share = share_out(train_s, left, target_weights(left), phases)[target]
+    share = share_out(train_s, left, weights, phases)[target]
     plan = budget_plan(sizing, share, time.time())
     log.info(f"{target}: {share.total_s:.0f} s: {plan.num_samples} search trial(s), {sizing.trials.folds} folds "
              f"and {plan.full_seeds} full-data model(s) of ~{plan.epochs} epoch(s) each, each trial training "

@@ -177,7 +177,9 @@ def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: floa
     """The ensemble again with the runs and options it logged (its report and submission go to a
     temporary folder); its OOF metrics and every answer of its submission are compared."""
     p, t = run.data.params, run.data.tags
-    ids = list(dict.fromkeys(r for rs in json.loads(t["ensemble_runs"]).values() for r in rs))
+    # each head's own voters: a joint model picked by id alone would vote for every head, where the
+    # ensemble may have voted a head with another study (`run --head-backbone`, `--heads age`)
+    ids = [f"{head}={r}" for head, rs in json.loads(t["ensemble_runs"]).items() for r in rs]
     tta = () if p.get("tta", "none") == "none" else tuple(p["tta"].split(","))
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         opts = EnsembleOptions(runs=tuple(ids), vote=p["vote"], tta=tta, calibrate=p["calibrate"] == "True",
@@ -193,4 +195,5 @@ def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: floa
     table.loc[len(table)] = ["submission answers differing", 0, 0.0, float(differing), float(differing)]
     exact = bool(np.array_equal(table["logged"].to_numpy(), table["reproduced"].to_numpy()))
     return Reproduction(run.info.run_id, table, exact, float(table["diff"].max()), tolerance,
-                        (f"ensemble of {len(ids)} model runs, re-run as `ensemble --runs` with its logged options",))
+                        (f"ensemble of {len(set(i.partition('=')[2] for i in ids))} model runs, re-run as `ensemble --runs "
+                         "HEAD=RUN_ID ...` with its logged options",))

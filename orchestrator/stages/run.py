@@ -27,6 +27,7 @@ from orchestrator.chain.budget import (
     ensemble_reserve_s,
     fixed_plan,
     plan_target,
+    target_weights,
     trial_slots,
 )
 from orchestrator.chain.ledger import run_ledger
@@ -187,7 +188,8 @@ class Sizer:
             return fixed_plan(self.trials(), o.epochs)
         speed = (self.speeds or {}).get(target, self.one_images_per_s)
         sizing = Sizing(self.trials(), self.n_train, speed, o.max_epochs, self.reserve_s, self.forward_cost)
-        return plan_target(sizing, target, left, clock.left(), first=left == o.targets)
+        return plan_target(sizing, target, left, clock.left(), first=left == o.targets,
+                           weights=target_weights(o.targets))
 
 
 def cluster_options(o: RunOptions) -> dict:
@@ -202,7 +204,8 @@ def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, pla
     opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test, backbone=o.backbone,
                        seed=o.seed, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
                        resume=True, verbose=1,   # a status table every ~30 s
-                       trial=dict(precision=o.precision, age_head=o.age_head, val_from=plan.val_from, **sized))
+                       trial=dict(precision=o.precision, age_head=o.age_head_of(target), val_from=plan.val_from,
+                                  **sized))
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
