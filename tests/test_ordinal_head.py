@@ -57,26 +57,30 @@ def test_a_face_scored_far_from_its_group_still_pulls_as_a_softmax_heads_would()
     assert torch.isfinite(wide).all() and torch.allclose(wide.exp().sum(1), torch.ones(121), atol=1e-5)
 
 
-def test_it_learns_an_ordered_problem_with_cross_entropy():
-    """Trained as the softmax head is (cross-entropy on its output), it fits three ordered groups."""
-    torch.manual_seed(1)
-    x = torch.randn(600, 4)
-    age = x @ torch.tensor([1.5, -1.0, 0.5, 0.0])
-    y = torch.bucketize(age, torch.tensor([-0.7, 0.9]))
-    head = OrdinalClassifier(4, 3, slice(0, 3))
-    opt = torch.optim.Adam(head.parameters(), lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        F.cross_entropy(head(x), y).backward()
-        opt.step()
-    assert (head(x).argmax(1) == y).float().mean() > 0.9
-    softmax = torch.nn.Linear(4, 3)   # the same problem, the same steps, a free logit per group
-    opt = torch.optim.Adam(softmax.parameters(), lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        F.cross_entropy(softmax(x), y).backward()
-        opt.step()
-    assert F.cross_entropy(head(x), y) < F.cross_entropy(softmax(x), y) + 0.05   # one score costs it no fit
+def test_at_a_fine_tuning_rate_it_fits_an_ordered_problem_no_slower_than_a_softmax_head():
+    """Ages along one hidden direction of 64 features, three groups (35% / 50% / 15%), Adam at
+    3e-4 as the pretrained default fine-tunes, 400 steps of 64: the ordinal head predicts every
+    group and reaches a lower loss than a softmax head given the same steps. (Seen: cut points 1
+    apart, in plain units, let the middle group never win and the old one never appear.)"""
+    torch.manual_seed(0)
+    x = torch.randn(2000, 64)
+    age = x[:, :8] @ torch.randn(8)
+    y = torch.bucketize(age, torch.quantile(age, torch.tensor([0.35, 0.85])))
+
+    def fit(model):
+        torch.manual_seed(1)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+        for _ in range(400):
+            idx = torch.randint(0, len(x), (64,))
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item(), torch.bincount(model(x).argmax(1), minlength=3)
+    torch.manual_seed(2)
+    ordinal, softmax = fit(OrdinalClassifier(64, 3, slice(0, 3))), fit(torch.nn.Linear(64, 3))
+    assert ordinal[0] < softmax[0], (ordinal, softmax)
+    assert (ordinal[1] > 0.01 * len(x)).all(), ordinal   # every group predicted, the 15% one too
 
 
 def test_a_joint_model_with_it_saves_and_loads_and_keeps_the_pretrained_backbone(tmp_path):

@@ -131,6 +131,29 @@ def test_run_ensembles_the_studies_it_trained(demo_dir, tmp_path):
         "mask": {"run-all"}, "gender": {"run-gender"}, "age": {"run-all"}}
 
 
+def test_a_study_with_models_of_another_backbone_is_named_before_training(tmp_path):
+    """`run --head-backbone gender=resnet10t-64`, then again with gender=lite0-96: run-gender holds
+    resnet10t models, which the new ones would join; the check names the study and what changed."""
+    from mlflow_runs import log_model_run, store
+
+    from core.errors import DataError
+    from orchestrator.chain.studies import check_model_settings
+    from trainables.config import TrialConfig
+    client = store(tmp_path / "ws")
+    uri = client.tracking_uri
+    older = {k: v for k, v in TrialConfig(head="gender", model="resnet10t", img_size=64).to_dict().items()
+             if k != "age_head"}   # a model logged before the field existed
+    log_model_run(client, tmp_path, head="gender", phase="cv", fold=0, study="run-gender",
+                  tags={"config_json": json.dumps(older)})
+    same = {"model": "resnet10t", "img_size": 64, "pretrained": "none", "age_head": "softmax", "batch_size": 64}
+    check_model_settings(uri, "run", {"all": same | {"model": "tf_efficientnet_lite0"}, "gender": same})
+    with pytest.raises(DataError, match=r"study 'run-gender' holds models trained with other settings \(model "
+                                        r"resnet10t -> tf_efficientnet_lite0, img_size 64 -> 96, pretrained none -> "
+                                        r"lite0\).*--study run-new"):
+        check_model_settings(uri, "run", {"gender": same | {"model": "tf_efficientnet_lite0", "img_size": 96,
+                                                             "pretrained": "lite0"}})
+
+
 def test_a_partial_per_head_run_is_checked_before_training(tmp_path):
     """`run --per-head --heads age` votes mask and gender with the run's studies of the current
     labels (its own per-head ones, else the joint one), or stops before training, naming them."""

@@ -128,6 +128,19 @@ def test_a_refused_run_leaves_the_workspace_as_it_was(smoke_run, capsys, refused
     assert not (ws.results / "run-run-2.json").exists()
 
 
+def test_a_rerun_that_changes_how_a_studys_models_are_built_stops_before_anything_is_charged(smoke_run, capsys):
+    """`run` again with another backbone or age head for a study that holds models: refused
+    before the run ledger starts (the study's pins refused it only when that target started,
+    after the targets before it had trained on the budget's clock), naming the change and a way out."""
+    data, ws = str(smoke_run / "data"), smoke_run / "ws"
+    ledger = (ws / "results" / "run-run.json").read_bytes()
+    code = main(["run", "--data", data, "--workspace", str(ws), "--smoke-test", "--age-head", "ordinal"])
+    err = capsys.readouterr().err
+    assert code == 2 and "study 'run-all' holds models trained with other settings (age_head softmax -> ordinal)" in err
+    assert "--study run-new" in err and "Traceback" not in err, err
+    assert (ws / "results" / "run-run.json").read_bytes() == ledger
+
+
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
     data, ws = str(smoke_run / "data"), smoke_run / "ws"
     with pytest.raises(SystemExit) as stop:

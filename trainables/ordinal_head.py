@@ -18,12 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CUT_SCALE = 10.0   # the cut parameters' unit: a scalar moves about lr per Adam step, so at a fine-tuning
+                   # rate (3e-4) a cut in plain units would need thousands of steps to move one logit
+FIRST_GAP = 4.0    # the groups' starting width in logits: a middle group between cuts g apart can
+                   # never be more likely than tanh(g / 4) (0.24 at g = 1: never the argmax)
+SCORE_SCALE = FIRST_GAP   # the score is the linear output times this: one unit of it crosses a group, as
+                          # a unit of a softmax logit changes a prediction; unscaled, the weights must grow
+                          # until the score spans the cuts, and the head lags a softmax head for hundreds of steps
+
+
 class OrdinalClassifier(nn.Module):
     """A linear classifier whose ``ordinal`` output columns are cumulative-logit groups.
 
     Its linear layer gives the other heads' logits and one score for the ordinal head (K - 1 fewer
     outputs than the softmax classifier it replaces); ``cuts`` holds the first cut point and the
-    softplus-gaps to the next ones, so the cut points always increase."""
+    softplus-gaps to the next ones (in CUT_SCALE units), so the cut points always increase. They
+    start FIRST_GAP apart around 0, where a fresh score lies: every group starts likely somewhere."""
 
     def __init__(self, in_features: int, out_features: int, ordinal: slice):
         super().__init__()
@@ -31,19 +41,20 @@ class OrdinalClassifier(nn.Module):
         if self.groups < 2:
             raise ValueError(f"an ordinal head needs 2 or more ordered groups, got {self.groups}")
         self.linear = nn.Linear(in_features, out_features - (self.groups - 1))
-        # cut points start 0, 1, 2, ...: apart enough that every group starts with some probability
-        self.cuts = nn.Parameter(torch.tensor([0.0] + [math.log(math.e - 1)] * (self.groups - 2)))
+        first = -FIRST_GAP * (self.groups - 2) / 2
+        gap = math.log(math.expm1(FIRST_GAP / CUT_SCALE))   # softplus(gap) * CUT_SCALE = FIRST_GAP
+        self.cuts = nn.Parameter(torch.tensor([first / CUT_SCALE] + [gap] * (self.groups - 2)))
 
     def gaps(self) -> torch.Tensor:
-        return F.softplus(self.cuts[1:])
+        return F.softplus(self.cuts[1:]) * CUT_SCALE
 
     def cut_points(self) -> torch.Tensor:
-        return torch.cumsum(torch.cat([self.cuts[:1], self.gaps()]), 0)
+        return torch.cumsum(torch.cat([self.cuts[:1] * CUT_SCALE, self.gaps()]), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x)
-        return torch.cat([z[:, :self.start], self.log_probs(z[:, self.start:self.start + 1]).to(z.dtype),
-                          z[:, self.start + 1:]], 1)
+        score = SCORE_SCALE * z[:, self.start:self.start + 1]
+        return torch.cat([z[:, :self.start], self.log_probs(score).to(z.dtype), z[:, self.start + 1:]], 1)
 
     def log_probs(self, score: torch.Tensor) -> torch.Tensor:
         """[B, K] log P(group k) of scores [B, 1], in log space throughout: a difference of two

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -23,6 +24,7 @@ import pandas as pd
 from core.errors import DataError
 from core.labels import ALL, HEADS
 from results.tracking import find_runs
+from trainables.config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,31 @@ def study_prefix(uri: str, prefix: str, targets: tuple[str, ...], labels: str) -
             return name
     raise DataError(f"study names {prefix}-2 ... {prefix}-999 are all taken by other label tables; "
                     "pass --study NEW_PREFIX")
+
+
+MODEL_SETTINGS = ("model", "img_size", "pretrained", "age_head")   # what a rerun could change by its flags
+
+
+def check_model_settings(uri: str, prefix: str, wanted: dict[str, dict]) -> None:
+    """Stop before anything trains where a target's study holds models trained another way than
+    ``wanted`` (target -> the trial settings this run gives it: `run --head-backbone gender=B` again
+    with another B, or `--backbone` changed between runs). The study's pins would refuse it too,
+    but only when that target starts: after the targets before it trained, on the budget's clock."""
+    problems = []
+    for target, settings in wanted.items():
+        study = f"{prefix}-{target}"
+        runs = find_runs(uri, study=study)
+        if runs.empty or "tags.config_json" not in runs:
+            continue
+        for cfg in runs["tags.config_json"].dropna().map(lambda text: TrialConfig.from_dict(json.loads(text))):
+            changed = [f"{k} {getattr(cfg, k)} -> {v}" for k, v in settings.items()
+                       if k in MODEL_SETTINGS and getattr(cfg, k) != v]   # an older file's missing field: its default
+            if changed:
+                problems.append(f"study {study!r} holds models trained with other settings ({', '.join(changed)}); "
+                                f"rerun with its settings, or train these under a new prefix: --study {prefix}-new")
+                break
+    if problems:
+        raise DataError(problems)
 
 
 def _usable(uri: str, study: str, head: str, labels: str, full: bool) -> str | None:

@@ -31,7 +31,7 @@ from orchestrator.chain.budget import (
     trial_slots,
 )
 from orchestrator.chain.ledger import run_ledger
-from orchestrator.chain.studies import study_prefix, voting_studies
+from orchestrator.chain.studies import check_model_settings, study_prefix, voting_studies
 from orchestrator.infra.ray_session import cluster_capacity, ray_session, trial_resources
 from orchestrator.options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions
 from results.tracking import check_tracking
@@ -70,6 +70,8 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
     # ... and every head's voters
     studies = voting_studies(uri, o.study, o.targets, labels, full=o.eval_vote == "full")
+    # ... and that no study it resumes holds models of another backbone (a changed --head-backbone)
+    check_model_settings(uri, o.study, {t: trial_settings(o, t) for t in o.targets})
     # a rerun after a kill counts the killed run's seconds against the budget
     with run_ledger(ws, o.study, o.budget_s, uri, [f"{o.study}-{t}" for t in o.targets]) as clock:
         return _run_stages(data, ws, o, clock, train, studies) | {"study": o.study}
@@ -198,14 +200,20 @@ def cluster_options(o: RunOptions) -> dict:
                 num_cpus=o.num_cpus)
 
 
+def trial_settings(o: RunOptions, target: str) -> dict:
+    """What ``target``'s trials train with beside the recipe's config: its backbone (model, input
+    side, weights), batch size and age head (--smoke-test: the smoke config's own)."""
+    if o.smoke_test:
+        return dict(age_head=o.age_head_of(target))
+    return asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size, age_head=o.age_head_of(target))
+
+
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:
     """search + cv (tune) and the full-data retrain of one target (a head, or all in one model)."""
-    sized = {} if o.smoke_test else asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size)
     opts = TuneOptions(num_samples=plan.num_samples, folds=o.folds, smoke_test=o.smoke_test, backbone=o.backbone,
                        seed=o.seed, study=f"{o.study}-{target}", tracking_uri=o.tracking_uri, **cluster_options(o),
                        resume=True, verbose=1,   # a status table every ~30 s
-                       trial=dict(precision=o.precision, age_head=o.age_head_of(target), val_from=plan.val_from,
-                                  **sized))
+                       trial=dict(precision=o.precision, val_from=plan.val_from, **trial_settings(o, target)))
     if plan.num_samples:
         # search trials stop themselves at the search deadline, after at least one epoch, so the
         # cv phase always has a best config; no Tune time budget, which could kill the first trial
