@@ -35,8 +35,9 @@ VARIANTS = {
     # (one per trial slot); the full-data models vote with hflip TTA, calibrated on the folds' OOF
     "study": [],
     # the competition recipe's structure: one model per head with its own lr / loss /
-    # augmentation, cv folds + one full-data model each, no calibration
-    "recipe": ["--per-head", "--num-samples", "1", "--full-seeds", "1", "--no-calibrate", "--eval-vote", "all"],
+    # augmentation and a softmax per head, cv folds + one full-data model each, no calibration
+    "recipe": ["--per-head", "--num-samples", "1", "--full-seeds", "1", "--no-calibrate", "--eval-vote", "all",
+               "--age-head", "softmax"],
 }
 # --smoke: the same `run --budget` path on the demo data with a tiny model; the suite also
 # checks that this run keeps to its budget (tests/test_run.py), so it runs once per suite

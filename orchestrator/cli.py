@@ -27,6 +27,7 @@ from trainables.pretrained import PretrainedError
 from trainables.weights import SOURCES, find_source, source_file
 
 from .options import (
+    RUN_AGE_HEAD,
     AuditOptions,
     EnsembleOptions,
     FoldsOptions,
@@ -207,6 +208,10 @@ def _run_args(p):
     add_flags(p, RunOptions, "budget_s", "joint", "heads", "full_seeds", "smoke_test", "backbone", "model", "img_size",
               "batch_size", "pretrained", "precision", "age_head", "folds", "num_samples", "epochs", "max_epochs", "study",
               "gpus_per_trial", "cpus_per_trial", "address", "calibrate", "eval_vote", "seed", "head_backbone",
+              age_head=f"the age head's classifier: ordinal (one score and learned cut points between the ordered "
+                       f"groups: cumulative logits, trainables/ordinal_head.py) or softmax (a logit per group, the "
+                       f"recipe's) (default: {RUN_AGE_HEAD}, measured best under a budget; a rerun keeps the one its "
+                       f"studies trained with)",
               backbone=f"model, input side and starting weights of every target, by name (default: each target's "
                        f"row in the head table: {backbones})",
               num_samples="search trials per study (at most, under a budget); 1: no search, the cv folds train the "

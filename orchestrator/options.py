@@ -134,6 +134,11 @@ class RetrainOptions:
     experiment: str = EXPERIMENT
 
 
+# `run`'s age head: the cumulative-logit one won on real faces under the 23-minute budget, both seeds,
+# every head (benchmarks/README.md, "Which backbone for which head"); `tune` keeps the recipe's softmax
+RUN_AGE_HEAD = "ordinal"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     budget_s: float | None = None        # wall-clock seconds for the whole chain (None: fixed settings)
@@ -147,7 +152,8 @@ class RunOptions:
     pretrained: str | None = None        # none | hub | an installed weights package (lite0) | a file
     batch_size: int = TrialConfig.batch_size
     precision: str = TrialConfig.precision
-    age_head: str = TrialConfig.age_head
+    age_head: str | None = None          # softmax | ordinal for a target with age (None: RUN_AGE_HEAD;
+                                         # tune's default is the recipe's softmax)
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
     epochs: int = 4                      # epochs per trial (a budget replaces this)
@@ -182,9 +188,9 @@ class RunOptions:
             raise ValueError("a joint model predicts every head; use --per-head to train only "
                              f"{', '.join(self.heads)}")
         self.check_head_backbones()   # before the targets are read from it
-        if self.age_head not in AGE_HEADS:
+        if self.age_head not in (None, *AGE_HEADS):
             raise ValueError(f"unknown age head {self.age_head!r}; valid age heads: {', '.join(AGE_HEADS)}")
-        if self.age_head != TrialConfig.age_head and "age" not in self.heads:
+        if self.age_head not in (None, TrialConfig.age_head) and "age" not in self.heads:
             raise ValueError(f"--age-head {self.age_head}: --per-head --heads {','.join(self.heads)} trains no age head")
         for t in self.targets:
             self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
@@ -230,7 +236,7 @@ class RunOptions:
 
     def age_head_of(self, target: str) -> str:
         """--age-head where ``target`` predicts age; a model without age keeps the default."""
-        return self.age_head if "age" in output_slices(target) else TrialConfig.age_head
+        return (self.age_head or RUN_AGE_HEAD) if "age" in output_slices(target) else TrialConfig.age_head
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -405,7 +411,7 @@ FLAGS: dict[str, Flag] = {
     # ensemble
     "runs": Flag("models to use instead of the default (a head's cv folds + full model): run ids, registered "
                  "models (models:/age-head@champion) or MLflow filters (\"tags.study = 'x' and tags.phase = "
-                 "'cv'\"), each as HEAD=ITEM to vote for that head only; heads not picked keep the default",
+                 "'cv'\"); any of them as HEAD=ITEM votes for that head only; heads not picked keep the default",
                  unset="a head's cv folds + full model",
                  kwargs=dict(nargs="+", action="extend", metavar="RUN")),
     "vote": Flag("soft: mean probabilities; hard: majority of argmax", kwargs=dict(choices=VOTES)),

@@ -289,7 +289,11 @@ def _for_head(selection: str) -> tuple[str | None, str]:
     """(the head it votes for only, or None; the item): ``HEAD=ITEM`` or a plain ITEM. A filter's
     ``tags.x = 'y'`` is never read as one: its left side is no head's name."""
     head, sep, item = selection.strip().partition("=")
-    return (head, item.strip()) if sep and head in HEADS else (None, selection.strip())
+    if not (sep and head.strip() in HEADS):
+        return None, selection.strip()
+    if not item.strip():   # an empty item would be an empty filter: every run of the experiment
+        raise DataError(f"--runs {selection!r}: give a run id, models:/ URI or MLflow filter after {head.strip()}=")
+    return head.strip(), item.strip()
 
 
 def moved_folder(client: MlflowClient, c: ChosenModel) -> str:

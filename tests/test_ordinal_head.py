@@ -112,6 +112,10 @@ def test_only_a_target_with_age_takes_it_and_a_bad_name_is_refused():
         RunOptions(joint=False, heads=("mask", "gender"), age_head="ordinal")
     with pytest.raises(ValueError, match="unknown age head 'x'"):
         RunOptions(age_head="x")
+    # run's default (RUN_AGE_HEAD) for a target with age; a per-head run without age is not refused for it
+    assert [RunOptions().age_head_of(t) for t in ("all", "age", "gender")] == ["ordinal", "ordinal", "softmax"]
+    assert RunOptions(age_head="softmax").age_head_of("all") == "softmax"
+    assert RunOptions(joint=False, heads=("mask",)).targets == ("mask",)
 
 
 def test_a_model_without_a_linear_classifier_is_refused_naming_the_way_out():

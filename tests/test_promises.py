@@ -148,3 +148,5 @@ def test_reproducing_an_ensemble_whose_heads_voted_with_different_studies_replay
     from results.selection import choose_models
     with pytest.raises(DataError, match=f"MLflow run {own['mask'][0]} predicts mask, so it cannot vote for gender"):
         choose_models(client, [f"gender={own['mask'][0]}"])
+    with pytest.raises(DataError, match="--runs 'gender= ': give a run id, models:/ URI or MLflow filter after gender="):
+        choose_models(client, ["gender= "])   # an empty item would be an empty filter: every run

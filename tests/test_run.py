@@ -133,12 +133,21 @@ def test_a_rerun_that_changes_how_a_studys_models_are_built_stops_before_anythin
     before the run ledger starts (the study's pins refused it only when that target started,
     after the targets before it had trained on the budget's clock), naming the change and a way out."""
     data, ws = str(smoke_run / "data"), smoke_run / "ws"
-    ledger = (ws / "results" / "run-run.json").read_bytes()
-    code = main(["run", "--data", data, "--workspace", str(ws), "--smoke-test", "--age-head", "ordinal"])
+    code = main(["run", "--data", data, "--workspace", str(ws), "--smoke-test", "--age-head", "softmax"])
     err = capsys.readouterr().err
-    assert code == 2 and "study 'run-all' holds models trained with other settings (age_head softmax -> ordinal)" in err
+    assert code == 2 and "study 'run-all' holds models trained with other settings (age_head ordinal -> softmax)" in err
     assert "--study run-new" in err and "Traceback" not in err, err
-    assert (ws / "results" / "run-run.json").read_bytes() == ledger
+    assert not (ws / "results" / "run-run.json").exists()   # the finished smoke run left none; nor did this
+
+
+def test_a_model_the_ordinal_age_head_cannot_take_is_refused_before_anything_is_charged(smoke_run, capsys):
+    """dla34's classifier is a Conv2d: every trial of the joint target failed on it, after
+    preprocessing and the speed probe, on the budget's clock."""
+    data, ws = str(smoke_run / "data"), smoke_run / "ws"
+    code = main(["run", "--data", data, "--workspace", str(ws), "--model", "dla34", "--study", "dla"])
+    err = capsys.readouterr().err
+    assert code == 2 and "dla-all: an ordinal age head replaces a linear classifier; DLA's is Conv2d" in err, err
+    assert "--age-head softmax" in err and not (ws / "results" / "run-dla.json").exists()
 
 
 def test_a_budget_too_small_is_a_usage_error_that_charges_nothing(smoke_run, capsys):
@@ -226,7 +235,8 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
     package's backbone (a few steps of fine-tuning move it little; a fresh init would not).
     With `--head-backbone gender=resnet10t-64` gender also trains a model of its own (study
     run-gender, scratch ResNet10t at 64 px, the same folds), and the ensemble votes gender with it;
-    `--age-head ordinal` gives the joint model (cv and full-data) the cumulative-logit age head."""
+    `run`'s default age head (options.RUN_AGE_HEAD) gives the joint model, cv and full-data, the
+    cumulative-logit age head."""
     import torch
     from core.labels import BACKBONES, RUN_BACKBONE
     from results.tracking import download_model, find_runs
@@ -236,8 +246,7 @@ def test_the_default_backbone_fine_tunes_the_packaged_weights_beside_a_head_of_i
     data, ws = tmp_path / "data", tmp_path / "ws"
     write_demo_data(data, DemoSpec(train_persons=8, eval_persons=2))
     assert main(["run", "--data", str(data), "--workspace", str(ws), "--epochs", "1", "--folds", "2",
-                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5", "--head-backbone", "gender=resnet10t-64",
-                 "--age-head", "ordinal"]) == 0
+                 "--full-seeds", "1", "--batch-size", "16", "--seed", "5", "--head-backbone", "gender=resnet10t-64"]) == 0
     sub = pd.read_csv(ws / "results" / "submission.csv")
     assert list(sub["ImageID"]) == list(pd.read_csv(data / "eval" / "info.csv")["ImageID"])
     uri = f"sqlite:///{ws.resolve()}/mlflow.db"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,6 +72,16 @@ class OrdinalClassifier(nn.Module):
 def with_ordinal_head(model: nn.Module, ordinal: slice) -> nn.Module:
     """``model`` (a timm model) with its linear classifier replaced by an OrdinalClassifier
     (freshly initialised, as a new classifier always is: no weights are ever loaded into one)."""
+    old, name = model.get_classifier(), classifier_name(model)
+    parent, _, attr = name.rpartition(".")
+    new = OrdinalClassifier(old.in_features, old.out_features, ordinal)
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Where ``model``'s one linear classifier is, which an ordinal head replaces; a ValueError
+    naming the way out where it has another kind (a Conv2d: dla) or two (distilled models)."""
     old = model.get_classifier()
     if not isinstance(old, nn.Linear):
         raise ValueError(f"an ordinal age head replaces a linear classifier; {type(model).__name__}'s is "
@@ -79,7 +90,11 @@ def with_ordinal_head(model: nn.Module, ordinal: slice) -> nn.Module:
     if not isinstance(name, str):
         raise ValueError(f"an ordinal age head needs a model with one classifier; {type(model).__name__} has "
                          f"{name!r}: pick another --model or --age-head softmax")
-    parent, _, attr = name.rpartition(".")
-    new = OrdinalClassifier(old.in_features, old.out_features, ordinal)
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
-    return model
+    return name
+
+
+def check_ordinal_model(model_name: str) -> None:
+    """classifier_name's refusal for timm ``model_name``, before anything trains: built on the meta
+    device (no memory, no weights: a fraction of a second)."""
+    with torch.device("meta"):
+        classifier_name(timm.create_model(model_name, num_classes=3))

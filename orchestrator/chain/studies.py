@@ -22,9 +22,11 @@ import logging
 import pandas as pd
 
 from core.errors import DataError
-from core.labels import ALL, HEADS
+from core.labels import ALL, HEADS, output_slices
 from results.tracking import find_runs
 from trainables.config import TrialConfig
+from trainables.pretrained import HUB, is_none
+from trainables.weights import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,31 @@ def study_prefix(uri: str, prefix: str, targets: tuple[str, ...], labels: str) -
 MODEL_SETTINGS = ("model", "img_size", "pretrained", "age_head")   # what a rerun could change by its flags
 
 
+def trained_settings(uri: str, study: str) -> list[dict]:
+    """MODEL_SETTINGS of each model ``study`` holds (its trial runs' configs; an older config's
+    missing field reads as its default). A config that no longer reads is left to the study's pins."""
+    runs = find_runs(uri, study=study)
+    if runs.empty or "tags.config_json" not in runs:
+        return []
+    out = []
+    for text in runs["tags.config_json"].dropna():
+        try:
+            cfg = TrialConfig.from_dict(json.loads(text))
+        except (ValueError, TypeError):
+            continue
+        out.append({k: getattr(cfg, k) for k in MODEL_SETTINGS})
+    return out
+
+
+def _differs(key: str, old, new) -> bool:
+    if key == "pretrained":
+        if is_none(old) and is_none(new):   # "" is the old spelling of none
+            return False
+        if new not in (HUB, *SOURCES) and not is_none(new):   # a weights file: each run stages it under a
+            return False                                       # name of its own; the pins compare its content
+    return old != new
+
+
 def check_model_settings(uri: str, prefix: str, wanted: dict[str, dict]) -> None:
     """Stop before anything trains where a target's study holds models trained another way than
     ``wanted`` (target -> the trial settings this run gives it: `run --head-backbone gender=B` again
@@ -63,18 +90,24 @@ def check_model_settings(uri: str, prefix: str, wanted: dict[str, dict]) -> None
     problems = []
     for target, settings in wanted.items():
         study = f"{prefix}-{target}"
-        runs = find_runs(uri, study=study)
-        if runs.empty or "tags.config_json" not in runs:
-            continue
-        for cfg in runs["tags.config_json"].dropna().map(lambda text: TrialConfig.from_dict(json.loads(text))):
-            changed = [f"{k} {getattr(cfg, k)} -> {v}" for k, v in settings.items()
-                       if k in MODEL_SETTINGS and getattr(cfg, k) != v]   # an older file's missing field: its default
+        for trained in trained_settings(uri, study):
+            changed = [f"{k} {trained[k]} -> {v}" for k, v in settings.items()
+                       if k in MODEL_SETTINGS and _differs(k, trained[k], v)]
             if changed:
                 problems.append(f"study {study!r} holds models trained with other settings ({', '.join(changed)}); "
                                 f"rerun with its settings, or train these under a new prefix: --study {prefix}-new")
                 break
     if problems:
         raise DataError(problems)
+
+
+def resumed_age_head(uri: str, prefix: str, targets: tuple[str, ...]) -> str | None:
+    """The age head the run's studies of a target with age trained with (None: none trained yet):
+    a rerun without --age-head resumes them as they are, also where `run`'s default changed since."""
+    for target in (t for t in targets if "age" in output_slices(t)):
+        for trained in trained_settings(uri, f"{prefix}-{target}"):
+            return trained["age_head"]
+    return None
 
 
 def _usable(uri: str, study: str, head: str, labels: str, full: bool) -> str | None:

@@ -31,12 +31,13 @@ from orchestrator.chain.budget import (
     trial_slots,
 )
 from orchestrator.chain.ledger import run_ledger
-from orchestrator.chain.studies import check_model_settings, study_prefix, voting_studies
+from orchestrator.chain.studies import check_model_settings, resumed_age_head, study_prefix, voting_studies
 from orchestrator.infra.ray_session import cluster_capacity, ray_session, trial_resources
-from orchestrator.options import AuditOptions, EnsembleOptions, RunOptions, TuneOptions
+from orchestrator.options import RUN_AGE_HEAD, AuditOptions, EnsembleOptions, RunOptions, TuneOptions
 from results.tracking import check_tracking
 from search_spaces import recipe_config
 from trainables.config import FORWARD_COST, PREDICTED_VIEWS
+from trainables.ordinal_head import check_ordinal_model
 from trainables.pretrained import is_none
 
 from .audit import audit
@@ -68,10 +69,16 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     labels = labels_hash(train)
     # before anything trains: the study these labels train (orchestrator/chain/studies.py) ...
     o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
+    if o.age_head is None:   # a rerun resumes its studies with the age head they trained with
+        o = replace(o, age_head=resumed_age_head(uri, o.study, o.targets))
+        if o.age_head not in (None, RUN_AGE_HEAD):
+            log.warning("the studies of %s trained with the %s age head: resuming them so (run's default is now %s: "
+                        "--age-head %s --study NEW trains that)", o.study, o.age_head, RUN_AGE_HEAD, RUN_AGE_HEAD)
     # ... and every head's voters
     studies = voting_studies(uri, o.study, o.targets, labels, full=o.eval_vote == "full")
     # ... and that no study it resumes holds models of another backbone (a changed --head-backbone)
     check_model_settings(uri, o.study, {t: trial_settings(o, t) for t in o.targets})
+    check_ordinal_models(o)
     # a rerun after a kill counts the killed run's seconds against the budget
     with run_ledger(ws, o.study, o.budget_s, uri, [f"{o.study}-{t}" for t in o.targets]) as clock:
         return _run_stages(data, ws, o, clock, train, studies) | {"study": o.study}
@@ -198,6 +205,17 @@ def cluster_options(o: RunOptions) -> dict:
     """Where and with what a run's trials train, as tune_head and retrain_head take them."""
     return dict(gpus_per_trial=o.gpus_per_trial, cpus_per_trial=o.cpus_per_trial, address=o.address,
                 num_cpus=o.num_cpus)
+
+
+def check_ordinal_models(o: RunOptions) -> None:
+    """A --model whose classifier the ordinal age head cannot replace is refused here, before the
+    run is charged, not by every trial of the target."""
+    for t in o.targets:
+        if o.age_head_of(t) == "ordinal" and not o.smoke_test:
+            try:
+                check_ordinal_model(o.backbone_of(t).model)
+            except ValueError as exc:
+                raise DataError(f"{o.study}-{t}: {exc}") from exc
 
 
 def trial_settings(o: RunOptions, target: str) -> dict:
