@@ -137,7 +137,7 @@ def test_a_study_with_models_of_another_backbone_is_named_before_training(tmp_pa
     from mlflow_runs import log_model_run, store
 
     from core.errors import DataError
-    from orchestrator.chain.studies import check_model_settings
+    from orchestrator.chain.studies import check_model_settings, trained_settings
     from trainables.config import TrialConfig
     client = store(tmp_path / "ws")
     uri = client.tracking_uri
@@ -146,25 +146,28 @@ def test_a_study_with_models_of_another_backbone_is_named_before_training(tmp_pa
     log_model_run(client, tmp_path, head="gender", phase="cv", fold=0, study="run-gender",
                   tags={"config_json": json.dumps(older)})
     same = {"model": "resnet10t", "img_size": 64, "pretrained": "none", "age_head": "softmax", "batch_size": 64}
-    check_model_settings(uri, "run", {"all": same | {"model": "tf_efficientnet_lite0"}, "gender": same})
+    check_model_settings("run", trained_settings(uri, "run", ("all", "gender")),
+                         {"all": same | {"model": "tf_efficientnet_lite0"}, "gender": same})
     with pytest.raises(DataError, match=r"study 'run-gender' holds models trained with other settings \(model "
                                         r"resnet10t -> tf_efficientnet_lite0, img_size 64 -> 96, pretrained none -> "
                                         r"lite0\).*--study run-new"):
-        check_model_settings(uri, "run", {"gender": same | {"model": "tf_efficientnet_lite0", "img_size": 96,
-                                                             "pretrained": "lite0"}})
+        check_model_settings("run", trained_settings(uri, "run", ("gender",)),
+                             {"gender": same | {"model": "tf_efficientnet_lite0", "img_size": 96, "pretrained": "lite0"}})
     # a weights file is staged under a name of each run's own (the pins compare its content), and
     # "" is the old spelling of none: neither is a change
     staged = TrialConfig(head="all", model="resnet10t", img_size=64,
                          pretrained=str(tmp_path / "weights" / "0123456789abcdef-w.pt"))
     log_model_run(client, tmp_path, head="all", phase="cv", fold=0, study="run-all",
                   tags={"config_json": json.dumps(staged.to_dict())})
-    check_model_settings(uri, "run", {"all": same | {"pretrained": "w.pt", "age_head": "softmax"},
-                                      "gender": same | {"pretrained": ""}})
+    check_model_settings("run", trained_settings(uri, "run", ("all", "gender")),
+                         {"all": same | {"pretrained": "w.pt", "age_head": "softmax"},
+                          "gender": same | {"pretrained": ""}})
     # a rerun without --age-head resumes the age head its studies trained with (here: softmax,
     # written before the field existed), where none trained yet run's default
     from orchestrator.chain.studies import resumed_age_head
-    assert resumed_age_head(uri, "run", ("all", "gender")) == "softmax"
-    assert resumed_age_head(uri, "run", ("gender",)) is None and resumed_age_head(uri, "other", ("all",)) is None
+    assert resumed_age_head(trained_settings(uri, "run", ("all", "gender"))) == "softmax"
+    assert resumed_age_head(trained_settings(uri, "run", ("gender",))) is None
+    assert resumed_age_head(trained_settings(uri, "other", ("all",))) is None
 
 
 def test_a_partial_per_head_run_is_checked_before_training(tmp_path):

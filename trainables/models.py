@@ -35,9 +35,8 @@ def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module
         backbone = pretrained_backbone(cfg.model, source)
         res = model.load_state_dict(backbone, strict=False)
         assert not res.unexpected_keys and set(res.missing_keys) <= set(classifier_keys(model)), res   # pretrained_backbone's promise
-    age = output_slices(cfg.head).get("age")
-    if cfg.age_head == "ordinal" and age is not None:   # after loading: the classifier is never loaded
-        model = with_ordinal_head(model, age)
+    if cfg.age_head == "ordinal":   # after loading: the classifier is never loaded (validate: the target has age)
+        model = with_ordinal_head(model, output_slices(cfg.head)["age"])
     return model
 
 

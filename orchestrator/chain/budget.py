@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from core.labels import ALL
 from trainables.config import FORWARD_COST, PREDICTED_VIEWS
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ def target_weights(targets: tuple[str, ...]) -> dict[str, float]:
     must not change once the joint model is done): a per-head run's heads by HEAD_WEIGHTS (age
     gets half); beside the joint model, a head's own model (`run --head-backbone`) is a model of
     its own, with its own folds and full-data models, so it gets as much time as the joint one."""
-    if "all" in targets:
-        return {t: HEAD_WEIGHTS["all"] for t in targets}
+    if ALL in targets:
+        return {t: HEAD_WEIGHTS[ALL] for t in targets}
     return HEAD_WEIGHTS
 
 

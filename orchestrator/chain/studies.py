@@ -57,10 +57,14 @@ def study_prefix(uri: str, prefix: str, targets: tuple[str, ...], labels: str) -
 MODEL_SETTINGS = ("model", "img_size", "pretrained", "age_head")   # what a rerun could change by its flags
 
 
-def trained_settings(uri: str, study: str) -> list[dict]:
-    """MODEL_SETTINGS of each model ``study`` holds (its trial runs' configs; an older config's
-    missing field reads as its default). A config that no longer reads is left to the study's pins."""
-    runs = find_runs(uri, study=study)
+def trained_settings(uri: str, prefix: str, targets: tuple[str, ...]) -> dict[str, list[dict]]:
+    """target -> MODEL_SETTINGS of each model its study ``prefix-target`` holds (its trial runs'
+    configs; an older config's missing field reads as its default), read once for every check of a
+    run's start. A config that no longer reads is left to the study's pins."""
+    return {t: _settings_of(find_runs(uri, study=f"{prefix}-{t}")) for t in targets}
+
+
+def _settings_of(runs: pd.DataFrame) -> list[dict]:
     if runs.empty or "tags.config_json" not in runs:
         return []
     out = []
@@ -82,31 +86,33 @@ def _differs(key: str, old, new) -> bool:
     return old != new
 
 
-def check_model_settings(uri: str, prefix: str, wanted: dict[str, dict]) -> None:
-    """Stop before anything trains where a target's study holds models trained another way than
-    ``wanted`` (target -> the trial settings this run gives it: `run --head-backbone gender=B` again
-    with another B, or `--backbone` changed between runs). The study's pins would refuse it too,
-    but only when that target starts: after the targets before it trained, on the budget's clock."""
+def check_model_settings(prefix: str, trained: dict[str, list[dict]], wanted: dict[str, dict]) -> None:
+    """Stop before anything trains where a target's study holds models (``trained``: trained_settings)
+    trained another way than ``wanted`` (target -> the trial settings this run gives it: `run
+    --head-backbone gender=B` again with another B, or `--backbone` changed between runs). The
+    study's pins would refuse it too, but only when that target starts: after the targets before it
+    trained, on the budget's clock."""
     problems = []
     for target, settings in wanted.items():
-        study = f"{prefix}-{target}"
-        for trained in trained_settings(uri, study):
-            changed = [f"{k} {trained[k]} -> {v}" for k, v in settings.items()
-                       if k in MODEL_SETTINGS and _differs(k, trained[k], v)]
+        for old in trained.get(target, []):
+            changed = [f"{k} {old[k]} -> {v}" for k, v in settings.items()
+                       if k in MODEL_SETTINGS and _differs(k, old[k], v)]
             if changed:
-                problems.append(f"study {study!r} holds models trained with other settings ({', '.join(changed)}); "
-                                f"rerun with its settings, or train these under a new prefix: --study {prefix}-new")
+                problems.append(f"study {f'{prefix}-{target}'!r} holds models trained with other settings "
+                                f"({', '.join(changed)}); rerun with its settings, or train these under a new "
+                                f"prefix: --study {prefix}-new")
                 break
     if problems:
         raise DataError(problems)
 
 
-def resumed_age_head(uri: str, prefix: str, targets: tuple[str, ...]) -> str | None:
-    """The age head the run's studies of a target with age trained with (None: none trained yet):
-    a rerun without --age-head resumes them as they are, also where `run`'s default changed since."""
-    for target in (t for t in targets if "age" in output_slices(t)):
-        for trained in trained_settings(uri, f"{prefix}-{target}"):
-            return trained["age_head"]
+def resumed_age_head(trained: dict[str, list[dict]]) -> str | None:
+    """The age head the run's studies of a target with age trained with (``trained``:
+    trained_settings; None: none trained yet): a rerun without --age-head resumes them as they
+    are, also where `run`'s default changed since."""
+    for target in (t for t in trained if "age" in output_slices(t)):
+        for old in trained[target]:
+            return old["age_head"]
     return None
 
 

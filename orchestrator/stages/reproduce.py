@@ -179,7 +179,8 @@ def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: floa
     p, t = run.data.params, run.data.tags
     # each head's own voters: a joint model picked by id alone would vote for every head, where the
     # ensemble may have voted a head with another study (`run --head-backbone`, `--heads age`)
-    ids = [f"{head}={r}" for head, rs in json.loads(t["ensemble_runs"]).items() for r in rs]
+    voters = json.loads(t["ensemble_runs"])
+    ids = [f"{head}={r}" for head, rs in voters.items() for r in rs]
     tta = () if p.get("tta", "none") == "none" else tuple(p["tta"].split(","))
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         opts = EnsembleOptions(runs=tuple(ids), vote=p["vote"], tta=tta, calibrate=p["calibrate"] == "True",
@@ -195,5 +196,5 @@ def reproduce_ensemble(data: Path, ws: Workspace, run, uri: str, tolerance: floa
     table.loc[len(table)] = ["submission answers differing", 0, 0.0, float(differing), float(differing)]
     exact = bool(np.array_equal(table["logged"].to_numpy(), table["reproduced"].to_numpy()))
     return Reproduction(run.info.run_id, table, exact, float(table["diff"].max()), tolerance,
-                        (f"ensemble of {len(set(i.partition('=')[2] for i in ids))} model runs, re-run as `ensemble --runs "
-                         "HEAD=RUN_ID ...` with its logged options",))
+                        (f"ensemble of {len({r for rs in voters.values() for r in rs})} model runs, re-run as "
+                         "`ensemble --runs HEAD=RUN_ID ...` with its logged options",))

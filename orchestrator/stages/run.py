@@ -31,7 +31,8 @@ from orchestrator.chain.budget import (
     trial_slots,
 )
 from orchestrator.chain.ledger import run_ledger
-from orchestrator.chain.studies import check_model_settings, resumed_age_head, study_prefix, voting_studies
+from orchestrator.chain.studies import (check_model_settings, resumed_age_head, study_prefix, trained_settings,
+                                        voting_studies)
 from orchestrator.infra.ray_session import cluster_capacity, ray_session, trial_resources
 from orchestrator.options import RUN_AGE_HEAD, AuditOptions, EnsembleOptions, RunOptions, TuneOptions
 from results.tracking import check_tracking
@@ -69,15 +70,16 @@ def run_all(data: Path, ws: Workspace, options: RunOptions = RunOptions()) -> di
     labels = labels_hash(train)
     # before anything trains: the study these labels train (orchestrator/chain/studies.py) ...
     o = replace(options, study=study_prefix(uri, options.study, options.targets, labels))
+    trained = trained_settings(uri, o.study, o.targets)   # the models its studies hold already
     if o.age_head is None:   # a rerun resumes its studies with the age head they trained with
-        o = replace(o, age_head=resumed_age_head(uri, o.study, o.targets))
+        o = replace(o, age_head=resumed_age_head(trained))
         if o.age_head not in (None, RUN_AGE_HEAD):
             log.warning("the studies of %s trained with the %s age head: resuming them so (run's default is now %s: "
                         "--age-head %s --study NEW trains that)", o.study, o.age_head, RUN_AGE_HEAD, RUN_AGE_HEAD)
     # ... and every head's voters
     studies = voting_studies(uri, o.study, o.targets, labels, full=o.eval_vote == "full")
     # ... and that no study it resumes holds models of another backbone (a changed --head-backbone)
-    check_model_settings(uri, o.study, {t: trial_settings(o, t) for t in o.targets})
+    check_model_settings(o.study, trained, {t: trial_settings(o, t) for t in o.targets})
     check_ordinal_models(o)
     # a rerun after a kill counts the killed run's seconds against the budget
     with run_ledger(ws, o.study, o.budget_s, uri, [f"{o.study}-{t}" for t in o.targets]) as clock:
