@@ -46,7 +46,7 @@ log = logging.getLogger("orchestrator")
 
 HEAD_HELP = "mask, gender, age, or all: one model with a classifier per head (one backbone for all three)"
 TRIAL_FLAGS = ("search_folds", "model", "img_size", "epochs", "batch_size", "pretrained", "precision", "age_head",
-               "num_workers")
+               "freeze", "num_workers")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -206,7 +206,7 @@ def _audit(a) -> int:
 def _run_args(p):
     backbones = ", ".join(sorted({f"{t} {r.run_backbone}" for t, r in TABLE.items()}))
     add_flags(p, RunOptions, "budget_s", "joint", "heads", "full_seeds", "smoke_test", "backbone", "model", "img_size",
-              "batch_size", "pretrained", "precision", "age_head", "folds", "num_samples", "epochs", "max_epochs", "study",
+              "batch_size", "pretrained", "precision", "age_head", "freeze", "folds", "num_samples", "epochs", "max_epochs", "study",
               "gpus_per_trial", "cpus_per_trial", "address", "calibrate", "eval_vote", "seed", "head_backbone",
               age_head=f"the age head's classifier: ordinal (one score and learned cut points between the ordered "
                        f"groups: cumulative logits, trainables/ordinal_head.py) or softmax (a logit per group, the "

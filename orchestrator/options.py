@@ -19,6 +19,7 @@ from core.provenance import REPRODUCE_TOLERANCE
 from orchestrator.chain.budget import parse_duration
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
 from trainables.config import AGE_HEADS, PRECISIONS, TrialConfig
+from trainables.pretrained import is_none
 from trainables.weights import SOURCES
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class RunOptions:
     precision: str = TrialConfig.precision
     age_head: str | None = None          # softmax | ordinal for a target with age (None: RUN_AGE_HEAD;
                                          # tune's default is the recipe's softmax)
+    freeze: int = TrialConfig.freeze     # the pretrained backbone's first N parameter groups kept as loaded
     folds: int = 2                       # person-level folds (cv models vote in the ensemble)
     num_samples: int = 1                 # search trials per target; 1: no search, cv trains the recipe's config
     epochs: int = 4                      # epochs per trial (a budget replaces this)
@@ -194,6 +196,17 @@ class RunOptions:
             raise ValueError(f"--age-head {self.age_head}: --per-head --heads {','.join(self.heads)} trains no age head")
         for t in self.targets:
             self.backbone_of(t)   # an unknown backbone name fails here, before anything starts
+        self.check_freeze()
+
+    def check_freeze(self) -> None:
+        """--freeze keeps pretrained layers: every target must start from weights (a trial would
+        refuse it too, but only once that target starts)."""
+        if not self.freeze or self.smoke_test:   # --smoke-test trains its own tiny config, as it ignores --backbone
+            return
+        scratch = [t for t in self.targets if is_none(self.backbone_of(t).pretrained)]
+        if scratch:
+            raise ValueError(f"--freeze {self.freeze} keeps pretrained layers as loaded; {', '.join(scratch)} "
+                             "trains from scratch (--pretrained none): give it weights or --freeze 0")
 
     def check_head_backbones(self) -> None:
         """--head-backbone: HEAD=BACKBONE pairs, one per head, of a head this run trains."""
@@ -375,6 +388,9 @@ FLAGS: dict[str, Flag] = {
     "age_head": Flag("the age head's classifier: softmax (a logit per group) or ordinal (one score and learned "
                      "cut points between the ordered groups: cumulative logits, trainables/ordinal_head.py)",
                      unset="the recipe's", kwargs=dict(choices=AGE_HEADS)),
+    "freeze": Flag("the pretrained backbone's first N parameter groups (the stem, then each stage, as timm's "
+                   "group_matcher names them) kept as loaded, batch-norm statistics included: no gradient for "
+                   "them, so more steps per second", unset="the recipe's, 0"),
     "num_workers": Flag("DataLoader workers per trial", unset="the trial's CPUs but one"),
     "time_budget_s": Flag("stop the search after this many seconds", unset="no limit"),
     "max_failures": Flag("retries of a crashed trial from its checkpoint"),

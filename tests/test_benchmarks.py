@@ -26,6 +26,8 @@ PRINTS = {
     "cli_help.py": r"\| `tune --help` \| \d+(\.\d+)? \| \w+",
     "ensemble_calibration.py": r"macro F1 before \d\.\d{4}, after \d\.\d{4}",
     "faults_table.py": r"killed at",
+    "freeze_speed.py": r"freeze 0: \d+\.\d images/s, 1\.00x \(frozen: nothing\)\nfreeze 2: \d+\.\d images/s, \d\.\d\dx "
+                       r"\(frozen: conv_stem, blocks\.0\)",
     "head_mix.py": r"\| mask from \| gender from \| age from(.|\n)*\| a \| b \| a \| 1\.0000 \|",
     "preprocess.py": r"preprocess, warm +\d+\.\d images/s wall, +\d+\.\d CPU ms/image(.|\n)*CPU-time ratio .*: \d+\.\dx",
     "train.py": r"trial \d+\.\d img/s, in-memory limit \d+\.\d img/s, ratio \d\.\d{3}",

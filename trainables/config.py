@@ -48,6 +48,8 @@ class TrialConfig:
     old_from: int = 60              # training age boundary of "old" (age head; scoring uses 60)
     age_head: str = "softmax"       # softmax | ordinal: the age head's classifier where the model has
                                     # one (trainables/ordinal_head.py: cumulative logits, one score)
+    freeze: int = 0                 # the pretrained backbone's first N parameter groups (the stem,
+                                    # then each stage) kept as loaded (trainables/freeze.py); 0: all train
     seed: int = SEED
     num_workers: int = -1           # DataLoader worker processes; -1: the trial's CPUs but one
     precision: str = "auto"         # auto | bf16 | fp16 | fp32: autocast where the hardware runs it
@@ -106,6 +108,8 @@ def validate(cfg: TrialConfig) -> None:
     if cfg.num_workers < -1:
         raise ValueError(f"num_workers {cfg.num_workers}: use 0 or more DataLoader workers, or -1 for the trial's CPUs but one")
     check_model_name(cfg.model)
+    if cfg.freeze:
+        check_frozen(cfg)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")
     if not 1 <= cfg.search_folds <= cfg.folds:
@@ -121,6 +125,17 @@ def validate(cfg: TrialConfig) -> None:
         raise ValueError(f"augmentation strength must lie in 0..2, got {cfg.strength}")
     if not 30 < cfg.old_from <= 100:
         raise ValueError(f"old_from {cfg.old_from}: the old boundary must lie in 31..100")
+
+
+def check_frozen(cfg: TrialConfig) -> None:
+    from .freeze import check_freeze  # heavy (torch, timm), as check_model_name
+    from .pretrained import is_none
+    if cfg.freeze < 0:
+        raise ValueError(f"freeze {cfg.freeze}: give the number of parameter groups kept as loaded (0: none)")
+    if is_none(cfg.pretrained):
+        raise ValueError(f"--freeze {cfg.freeze} keeps layers as they were loaded; from scratch (--pretrained "
+                         f"{cfg.pretrained or 'none'}) they are random: give pretrained weights or --freeze 0")
+    check_freeze(cfg.model, cfg.freeze)
 
 
 @dataclass(frozen=True)

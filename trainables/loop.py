@@ -17,6 +17,8 @@ from torch import nn
 from core.labels import ALL, NUM_CLASSES, encode, output_slices, target_heads
 from core.metrics import accuracy, macro_f1
 
+from .freeze import train_mode
+
 log = logging.getLogger(__name__)
 
 # test-time augmentation views, applied to a normalised NCHW batch (named in config.TTA_VIEW_NAMES,
@@ -181,7 +183,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     ``stop_at`` if > 0: a deadline); mean training loss. The scheduler steps per batch.
     The loss is summed on the device and read once at the end: a read per step would make the
     CPU wait for the GPU every batch, so loading the next batch never overlaps the compute."""
-    model.train()
+    train_mode(model)   # frozen layers (trainables/freeze.py) keep their batch norms' statistics
     scaler = optimizer_scaler(optimizer, device, precision)
     total, n = torch.zeros((), device=device), 0
     for i, (x, y, _) in enumerate(loader):

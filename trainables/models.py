@@ -12,6 +12,7 @@ from core.atomic import write_bytes_atomic
 from core.labels import num_outputs, output_slices
 
 from .config import TrialConfig
+from .freeze import freeze
 from .ordinal_head import with_ordinal_head
 from .pretrained import HUB, PretrainedError, is_none, ways_out, weights_path
 from .weights import WeightsError, map_by_order, read_state_dict, to_timm_layout
@@ -37,7 +38,7 @@ def build_model(cfg: TrialConfig, *, pretrained: str | None = None) -> nn.Module
         assert not res.unexpected_keys and set(res.missing_keys) <= set(classifier_keys(model)), res   # pretrained_backbone's promise
     if cfg.age_head == "ordinal":   # after loading: the classifier is never loaded (validate: the target has age)
         model = with_ordinal_head(model, output_slices(cfg.head)["age"])
-    return model
+    return freeze(model, cfg.freeze)
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

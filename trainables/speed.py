@@ -9,6 +9,7 @@ import torch
 
 from .augment import train_transform
 from .config import TrialConfig
+from .freeze import trainable
 from .loop import batch_to, device_of, predict_batch, ray_gpu_ids, to_device, train_one_epoch
 from .models import build_model, data_config
 
@@ -39,7 +40,7 @@ def train_images_per_s(cfg: TrialConfig, *, batches: int = 6, warmup: int = 2,
         torch.set_num_threads(threads)
     device = device or torch.device("cpu")
     model = to_device(build_model(cfg, pretrained="none"), device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(trainable(model), lr=1e-4)
     loss = torch.nn.CrossEntropyLoss()
     train_one_epoch(model, _batches(cfg, model, device, warmup), loss, opt, None, device, precision=cfg.precision)
     _sync(device)

@@ -17,6 +17,7 @@ from core.workspace import Workspace
 
 from .config import TrialConfig
 from .data import HeadData, build_loaders, load_head_data, split_index
+from .freeze import trainable
 from .loop import (
     EvalResult,
     cap_gpu_memory,
@@ -79,7 +80,7 @@ def build_parts(cfg: TrialConfig, ws: Workspace, *, pins: dict | None = None) ->
     train, val = build_loaders(cfg, data, dc["mean"], dc["std"], pin_memory=device.type == "cuda")
     loss_fn = build_target_loss(cfg, data.target[split_index(data, cfg.fold)[0]]).to(device)
     model = to_device(model, device)
-    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = BudgetSchedule(optimizer, cfg.epochs * epoch_steps(train, cfg.max_batches), shape=cfg.schedule,
                                warmup=cfg.warmup)
     return Parts(cfg, data, model, loss_fn, optimizer, scheduler, train, val, device)

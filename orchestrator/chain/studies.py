@@ -54,7 +54,7 @@ def study_prefix(uri: str, prefix: str, targets: tuple[str, ...], labels: str) -
                     "pass --study NEW_PREFIX")
 
 
-MODEL_SETTINGS = ("model", "img_size", "pretrained", "age_head")   # what a rerun could change by its flags
+MODEL_SETTINGS = ("model", "img_size", "pretrained", "age_head", "freeze")   # what a rerun could change by its flags
 
 
 def trained_settings(uri: str, prefix: str, targets: tuple[str, ...]) -> dict[str, list[dict]]:

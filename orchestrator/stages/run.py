@@ -172,7 +172,7 @@ class Sizer:
         probed = {}
         for t, bb in arch.items():
             if bb not in probed:
-                cfg = recipe_config(t, **asdict(bb), batch_size=o.batch_size, precision=o.precision)
+                cfg = recipe_config(t, **trial_settings(o, t), precision=o.precision)   # frozen layers too
                 probed[bb] = probe_trial_slots(cfg, parallel, res["cpu"], res["gpu"])
         speeds = {t: min(p["images_per_s"] for p in probed[bb]) for t, bb in arch.items()}
         probes = [p for ps in probed.values() for p in ps]
@@ -222,10 +222,11 @@ def check_ordinal_models(o: RunOptions) -> None:
 
 def trial_settings(o: RunOptions, target: str) -> dict:
     """What ``target``'s trials train with beside the recipe's config: its backbone (model, input
-    side, weights), batch size and age head (--smoke-test: the smoke config's own)."""
+    side, weights), batch size, age head and frozen layers (--smoke-test: the smoke config's own)."""
     if o.smoke_test:
         return dict(age_head=o.age_head_of(target))
-    return asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size, age_head=o.age_head_of(target))
+    return asdict(o.backbone_of(target)) | dict(batch_size=o.batch_size, age_head=o.age_head_of(target),
+                                                freeze=o.freeze)
 
 
 def train_head_models(data: Path, ws: Workspace, target: str, o: RunOptions, plan: HeadPlan) -> None:

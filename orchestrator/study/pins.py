@@ -30,7 +30,7 @@ SETTINGS = ("head", "folds", "fold_seed", "model", "pretrained", "img_size", "ba
             "weight_decay", "class_weights", "seed", "precision", "search_folds")
 # settings added after studies were first recorded, with the value every older study trained with:
 # they count only when set to another, so an older study's record still matches its resume
-ADDED_SETTINGS = {"age_head": "softmax"}
+ADDED_SETTINGS = {"age_head": "softmax", "freeze": 0}
 
 
 @dataclass(frozen=True)
