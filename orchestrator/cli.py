@@ -259,9 +259,13 @@ def _tune_options(a) -> TuneOptions:
 
 
 def _tune(a) -> int:
-    from orchestrator.stages.tune import StudyInterrupted, tune_head  # heavy (mlflow, Ray Tune)
+    from orchestrator.stages.tune import StudyInterrupted, study_configs, tune_head  # heavy (mlflow, Ray Tune)
     from results.tables import markdown_table  # heavy (pandas)
     opts = _tune_options(a)
+    try:
+        study_configs(a.head, opts)   # a trial setting the model cannot take: a usage error, nothing recorded
+    except ValueError as exc:
+        a.parser.error(str(exc))
     ws = Workspace(a.workspace)
     try:
         table = tune_head(a.data, ws, a.head, opts)

@@ -199,14 +199,17 @@ class RunOptions:
         self.check_freeze()
 
     def check_freeze(self) -> None:
-        """--freeze keeps pretrained layers: every target must start from weights (a trial would
-        refuse it too, but only once that target starts)."""
+        """--freeze keeps pretrained layers: every target must start from weights, and N must leave
+        each model's classifier training (a trial would refuse either, but only once the run is charged)."""
         if not self.freeze or self.smoke_test:   # --smoke-test trains its own tiny config, as it ignores --backbone
             return
         scratch = [t for t in self.targets if is_none(self.backbone_of(t).pretrained)]
         if scratch:
             raise ValueError(f"--freeze {self.freeze} keeps pretrained layers as loaded; {', '.join(scratch)} "
                              "trains from scratch (--pretrained none): give it weights or --freeze 0")
+        from trainables.freeze import check_freeze  # heavy (torch, timm): only with --freeze
+        for model in sorted({self.backbone_of(t).model for t in self.targets}):
+            check_freeze(model, self.freeze)   # N past the classifier, or below 0
 
     def check_head_backbones(self) -> None:
         """--head-backbone: HEAD=BACKBONE pairs, one per head, of a head this run trains."""

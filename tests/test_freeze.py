@@ -11,13 +11,14 @@ from orchestrator.study.pins import study_pins
 from trainables.config import TrialConfig
 from trainables.freeze import freeze, parameter_groups, trainable
 from trainables.loop import train_one_epoch
-from trainables.models import build_model
+from trainables.models import build_model, load_model_file, save_model_file
 
 
 def test_freeze_counts_timms_groups_from_the_input_and_never_reaches_the_classifier():
     model = timm.create_model("resnet10t", num_classes=3)
     groups = parameter_groups(model)
-    assert groups[0][0].startswith("conv1.") and groups[-1] == ["fc.weight", "fc.bias"]
+    assert groups[0][0].startswith("conv1.") and groups[1][0].startswith("layer1.")
+    assert groups[-1] == ["fc.weight", "fc.bias"]
     freeze(model, 2)   # the stem and layer1
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == set(groups[0] + groups[1])
@@ -63,12 +64,38 @@ def test_a_trial_config_builds_its_model_frozen_and_refuses_what_cannot_be():
         TrialConfig(head="all", model="tf_efficientnet_lite0", pretrained="lite0", freeze=9)
 
 
+def test_a_frozen_models_file_loads_as_it_was_saved(tmp_path):
+    """The ensemble and the served model read the file without the weights (pretrained is only a name)."""
+    cfg = TrialConfig(head="all", model="tf_efficientnet_lite0", pretrained=str(tmp_path / "gone.pt"), img_size=32,
+                      freeze=4, age_head="ordinal")
+    model = build_model(cfg, pretrained="none").eval()
+    loaded, back = load_model_file(save_model_file(tmp_path / "m.pt", model, cfg))
+    assert back == cfg
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
 def test_run_refuses_freeze_where_a_target_trains_from_scratch_before_anything_starts():
     assert RunOptions(freeze=3).freeze == 3   # run's default backbone is pretrained
     with pytest.raises(ValueError, match="gender trains from scratch.*--freeze 0"):
         RunOptions(freeze=3, head_backbone=("gender=resnet10t-64",))
     with pytest.raises(ValueError, match="from scratch.*--freeze 0"):
         RunOptions(freeze=1, backbone="resnet10t-64")
+    with pytest.raises(ValueError, match="--freeze 9: EfficientNet has 9 parameter groups.*at most 8"):
+        RunOptions(freeze=9)   # before the run is charged: a trial would find it only after preprocessing
+    with pytest.raises(ValueError, match="--freeze -1: give the number"):
+        RunOptions(freeze=-1)
+
+
+@pytest.mark.parametrize("flags", [["--freeze", "9"], ["--freeze", "2", "--search-backbones", "lite0-96,resnet10t-64"]])
+def test_tune_refuses_what_no_trial_could_train_as_a_usage_error(tmp_path, capsys, flags):
+    from orchestrator import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tune", "--head", "all", "--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws"),
+                  *flags])
+    assert exc.value.code == 2
+    assert "--freeze" in capsys.readouterr().err and not (tmp_path / "ws").exists()
     from orchestrator.stages.run import trial_settings
     assert "freeze" not in trial_settings(RunOptions(freeze=1, smoke_test=True), "all")   # its own tiny config
     assert trial_settings(RunOptions(freeze=3), "all")["freeze"] == 3

@@ -142,7 +142,7 @@ def test_a_study_with_models_of_another_backbone_is_named_before_training(tmp_pa
     client = store(tmp_path / "ws")
     uri = client.tracking_uri
     older = {k: v for k, v in TrialConfig(head="gender", model="resnet10t", img_size=64).to_dict().items()
-             if k != "age_head"}   # a model logged before the field existed
+             if k not in ("age_head", "freeze")}   # a model logged before the fields existed
     log_model_run(client, tmp_path, head="gender", phase="cv", fold=0, study="run-gender",
                   tags={"config_json": json.dumps(older)})
     same = {"model": "resnet10t", "img_size": 64, "pretrained": "none", "age_head": "softmax", "batch_size": 64}
@@ -153,6 +153,8 @@ def test_a_study_with_models_of_another_backbone_is_named_before_training(tmp_pa
                                         r"lite0\).*--study run-new"):
         check_model_settings("run", trained_settings(uri, "run", ("gender",)),
                              {"gender": same | {"model": "tf_efficientnet_lite0", "img_size": 96, "pretrained": "lite0"}})
+    with pytest.raises(DataError, match=r"'run-gender' holds models trained with other settings \(freeze 0 -> 3\)"):
+        check_model_settings("run", trained_settings(uri, "run", ("gender",)), {"gender": same | {"freeze": 3}})
     # a weights file is staged under a name of each run's own (the pins compare its content), and
     # "" is the old spelling of none: neither is a change
     staged = TrialConfig(head="all", model="resnet10t", img_size=64,

@@ -130,9 +130,7 @@ def validate(cfg: TrialConfig) -> None:
 def check_frozen(cfg: TrialConfig) -> None:
     from .freeze import check_freeze  # heavy (torch, timm), as check_model_name
     from .pretrained import is_none
-    if cfg.freeze < 0:
-        raise ValueError(f"freeze {cfg.freeze}: give the number of parameter groups kept as loaded (0: none)")
-    if is_none(cfg.pretrained):
+    if cfg.freeze > 0 and is_none(cfg.pretrained):
         raise ValueError(f"--freeze {cfg.freeze} keeps layers as they were loaded; from scratch (--pretrained "
                          f"{cfg.pretrained or 'none'}) they are random: give pretrained weights or --freeze 0")
     check_freeze(cfg.model, cfg.freeze)

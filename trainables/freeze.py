@@ -9,7 +9,8 @@ updated by a batch they would drift from the weights they were fitted with.
 """
 from __future__ import annotations
 
-import timm
+from functools import cache
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -17,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 def parameter_groups(model: nn.Module) -> list[list[str]]:
     """``model``'s parameter names by timm's coarse groups, input first, classifier last."""
+    import timm   # heavy: this module's train_mode reaches every importer of trainables.loop (preprocess too)
     matcher = getattr(model, "group_matcher", None)
     if matcher is None:
         raise ValueError(f"--freeze: {type(model).__name__} names no parameter groups (timm's group_matcher); "
@@ -27,6 +29,8 @@ def parameter_groups(model: nn.Module) -> list[list[str]]:
 
 def freeze(model: nn.Module, n: int) -> nn.Module:
     """``model`` with its first ``n`` parameter groups set not to train (0: all train)."""
+    if n < 0:
+        raise ValueError(f"--freeze {n}: give the number of parameter groups kept as loaded (0: none)")
     if n == 0:
         return model
     groups = parameter_groups(model)
@@ -40,16 +44,19 @@ def freeze(model: nn.Module, n: int) -> nn.Module:
     return model
 
 
+@cache   # every TrialConfig with freeze set is checked: a run's start reads each of its studies' models
 def check_freeze(model_name: str, n: int) -> None:
     """``freeze``'s refusal for timm ``model_name``, before anything trains: built on the meta device
     (no memory, no weights: a fraction of a second)."""
+    import timm
     if n:
         with torch.device("meta"):
             freeze(timm.create_model(model_name, num_classes=3), n)
 
 
 def train_mode(model: nn.Module) -> nn.Module:
-    """``model.train()``, its frozen batch norms left in eval mode (their running statistics kept)."""
+    """``model.train()``, its frozen batch norms left in eval mode (their running statistics kept).
+    A batch norm is frozen where its learned scale is (every norm of timm's CNNs has one)."""
     model.train()
     for m in model.modules():
         if isinstance(m, _BatchNorm) and m.weight is not None and not m.weight.requires_grad:

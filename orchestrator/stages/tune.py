@@ -110,8 +110,8 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     """Everything checked and made before Ray starts: the weights, MLflow reachable, folds, crop cache."""
     from trainables.data import usable_train_rows  # heavy (torch), as the trainable
     check_target(head)
-    base = base_config(head, o)
-    check_study_weights(base, o.search_backbones)
+    base, *searched = study_configs(head, o)
+    check_study_weights([base, *searched])
     ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).make()   # keeps --storage / --artifact-location
     base = replace(base, pretrained=stage_weights(base.pretrained, ws.weights))   # trials read the copy
     uri = resolve_tracking_uri(ws, o.tracking_uri)
@@ -131,11 +131,18 @@ def prepare(data: Path, ws: Workspace, head: str, o: TuneOptions) -> StudyPlan:
     return StudyPlan(head, o.study_name(head), ws, Path(data).resolve(), uri, exp_id, base, o, labels, pins)
 
 
-def check_study_weights(base: TrialConfig, backbones: tuple[str, ...]) -> None:
-    """The recipe's starting weights and those of every backbone the search may pick can be had."""
-    check_weights(base)
-    for b in backbones:
-        check_weights(replace(base, **asdict(get_backbone(b))))
+def study_configs(head: str, o: TuneOptions) -> list[TrialConfig]:
+    """The study's base config, then one per backbone the search may pick: a trial setting one of
+    them cannot take (`--freeze 9`, a scratch backbone beside `--freeze`) is a ValueError here,
+    before anything starts (cli.py makes it a usage error), not in every trial."""
+    base = base_config(head, o)
+    return [base, *(replace(base, **asdict(get_backbone(b))) for b in o.search_backbones)]
+
+
+def check_study_weights(configs: list[TrialConfig]) -> None:
+    """The starting weights of every config (study_configs) can be had."""
+    for cfg in configs:
+        check_weights(cfg)
 
 
 def check_weights(cfg: TrialConfig) -> None:
