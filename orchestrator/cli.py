@@ -28,6 +28,7 @@ from trainables.weights import SOURCES, find_source, source_file
 
 from .options import (
     RUN_AGE_HEAD,
+    TRIAL_FLAGS,
     AuditOptions,
     EnsembleOptions,
     FoldsOptions,
@@ -45,8 +46,6 @@ from .options import (
 log = logging.getLogger("orchestrator")
 
 HEAD_HELP = "mask, gender, age, or all: one model with a classifier per head (one backbone for all three)"
-TRIAL_FLAGS = ("search_folds", "model", "img_size", "epochs", "batch_size", "pretrained", "precision", "age_head",
-               "freeze", "num_workers")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -248,7 +247,9 @@ def _tune_args(p):
     _head(p)
     add_flags(p, TuneOptions, "study", "phase", "folds", "fold", "num_samples", "gpus_per_trial", "cpus_per_trial",
               "max_concurrent", "address", "resume", "smoke_test", "backbone", "search_backbones", "time_budget_s",
-              "max_failures", "experiment")
+              "max_failures", "experiment", "seed",
+              seed="the study's seed: its fold assignment, search sampler and trials (a resume gives the one it "
+                   "started with)")
     add_flags(p, dict.fromkeys(TRIAL_FLAGS), *TRIAL_FLAGS)   # unset: the recipe's (TuneOptions.trial)
 
 

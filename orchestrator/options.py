@@ -360,6 +360,9 @@ PRETRAINED = ("starting weights: none (from scratch), hub (timm's ImageNet weigh
 
 # One entry per flag, whichever commands take it. %(default)s in a help is argparse's: the
 # value in force, taken from the command's option record.
+# tune's flags that set a trial's config (TuneOptions.trial) instead of the recipe's
+TRIAL_FLAGS = ("search_folds", "model", "img_size", "epochs", "batch_size", "pretrained", "precision", "age_head",
+               "freeze", "num_workers")
 FLAGS: dict[str, Flag] = {
     "address": Flag(RAY_ADDRESS, unset="start Ray here"),
     "experiment": Flag("MLflow experiment name"),
@@ -513,6 +516,19 @@ def add_flags(p: argparse.ArgumentParser, defaults, *names: str, **helps: str) -
             shown = decl.unset if default is None or default == [] else "%(default)s"
             text += f" (default: {shown})" if shown else ""
         p.add_argument(decl.flag or "--" + name.replace("_", "-"), dest=name, default=default, help=text, **kw)
+
+
+def flag_words(settings: dict) -> list[str]:
+    """Command-line words that set ``settings`` (field -> value; None and False left out): the
+    inverse of the parser add_flags builds, for a command printed back to the user."""
+    words = []
+    for name, value in settings.items():
+        if value is None or value is False or value == ():
+            continue
+        words.append(FLAGS[name].flag or "--" + name.replace("_", "-"))
+        if value is not True:
+            words.append(",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    return words
 
 
 def picked(a: argparse.Namespace, cls, **also) -> dict:

@@ -139,3 +139,27 @@ def test_corrections_are_set_once_for_later_commands(tmp_path, demo_dir, capsys)
     assert main(["eda", *common, "--corrections", "none"]) == 0
     counts = pd.read_csv(tmp_path / "ws" / "results" / "eda" / "class_counts.csv")
     assert counts.loc[counts["class"] % 3 < 2, "images"].sum() > 0
+
+
+@pytest.mark.parametrize("options", [
+    dict(folds=2, num_samples=1, seed=778, backbone="lite0-96", study="run-all",   # as `run --budget` starts a study
+         trial=dict(precision="auto", val_from=2, model="tf_efficientnet_lite0", img_size=96, pretrained="lite0",
+                    batch_size=64, age_head="ordinal", freeze=4)),
+    dict(smoke_test=True, search_backbones=("lite0-64", "resnet10t-64"), study="age-x"),
+])
+def test_the_resume_command_a_stopped_study_prints_gives_back_its_settings(options):
+    """A failed fold or a Ctrl-C prints `tune ... --resume`; without the study's settings that
+    command would build the recipe's model, which the study's pins refuse."""
+    import shlex
+    from types import SimpleNamespace
+
+    from orchestrator import cli
+    from orchestrator.options import TuneOptions
+    from orchestrator.stages.tune import resume_command
+    o = TuneOptions(**options)
+    argv = shlex.split(resume_command(SimpleNamespace(head="all", study=o.study, options=o), "cv"))[3:]
+    back = cli._tune_options(cli.build_parser(argv[:1]).parse_args(argv))
+    assert back.trial == {k: v for k, v in o.trial.items() if k != "val_from"}   # run's schedule: sized anew
+    fields = ("smoke_test", "backbone", "search_backbones", "folds", "num_samples", "seed", "study")
+    assert [getattr(back, f) for f in fields] == [getattr(o, f) for f in fields]
+    assert (back.resume, back.phase) == (True, "cv")

@@ -13,6 +13,7 @@ failures; Tune's saved state; the results table.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from core.labels import Backbone, check_target, get_backbone
 from core.workspace import Workspace
 from orchestrator.infra.ray_session import auto_concurrency, ray_session, trial_resources
 from orchestrator.infra.storage import warn_if_not_shared
-from orchestrator.options import TuneOptions
+from orchestrator.options import TRIAL_FLAGS, TuneOptions, flag_words
 from orchestrator.study.pins import Pins, pin_study, study_pins
 from orchestrator.study.tracking_outage import check_after_fit, outage_recorded
 from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
@@ -388,8 +389,14 @@ def _fit(plan: StudyPlan, phase: str, tuner: Tuner, parent: str, expected: int) 
 
 
 def resume_command(plan: StudyPlan, phase: str) -> str:
-    """The command that continues the phase from Tune's saved state."""
-    return f"python -m orchestrator tune --head {plan.head} --study {plan.study} --phase {phase} --resume"
+    """The command that continues the phase from Tune's saved state, with the settings the study
+    was started with: without them the recipe's model would be built, which its pins refuse."""
+    o = plan.options
+    settings = dict(smoke_test=o.smoke_test, backbone=o.backbone, search_backbones=o.search_backbones,
+                    folds=o.folds, num_samples=o.num_samples, seed=o.seed)
+    settings |= {k: v for k, v in o.trial.items() if k in TRIAL_FLAGS}   # not run's schedule (val_from)
+    return shlex.join(["python", "-m", "orchestrator", "tune", "--head", plan.head, "--study", plan.study,
+                       "--phase", phase, "--resume", *flag_words(settings)])
 
 
 def failed_for_good(results: Iterable[Result]) -> list[Result]:
