@@ -33,6 +33,22 @@ def test_rerun_after_a_kill_counts_its_seconds_and_closes_its_runs(tmp_path, cap
     assert "40 s of the 100 s budget used by the stopped run: 60 s left" in capsys.readouterr().out
 
 
+def test_a_rerun_closes_the_runs_of_the_killed_runs_studies_it_does_not_train(tmp_path):
+    """`run --head-backbone gender=resnet10t-64` killed, then a plain `run`: run-gender is not
+    among this run's studies, yet its trials were left RUNNING by the killed run."""
+    ws = Workspace(tmp_path / "ws").make()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = ensure_experiment(uri, "orchestrator", tmp_path / "art")
+    with pytest.raises(KeyboardInterrupt):
+        with run_ledger(ws, "run", 100, uri, ["run-all", "run-gender"]):
+            live = client.create_run(exp, tags={"role": "trial", "study": "run-gender", "phase": "cv"}).info.run_id
+            raise KeyboardInterrupt
+    with run_ledger(ws, "run", 100, uri, ["run-all"]):
+        pass
+    assert find_runs(uri, study="run-gender").set_index("run_id")["status"][live] == "KILLED"
+
+
 def test_a_spent_budget_or_a_live_run_is_refused(tmp_path):
     ws = Workspace(tmp_path / "ws").make()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

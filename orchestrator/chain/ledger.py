@@ -103,7 +103,9 @@ def _ledger(path: Path, ws: Workspace, study: str, budget_s: float | None, uri: 
                             f"{study!r} in {ws.root}; wait for it, or use --study NEW_NAME (a run stopped "
                             f"on another host counts as stopped {REMOTE_DEAD_S:.0f} s after its last heartbeat)")
         used = float(old.get("used_s", 0.0))
-        closed = close_stale_runs(uri, studies)
+        # the killed run's studies too: `run --head-backbone gender=B` killed, then a plain `run`,
+        # leaves run-gender's trials RUNNING where this run trains none
+        closed = close_stale_runs(uri, list(dict.fromkeys([*old.get("studies", []), *studies])))
         print(f"run: the last run of study {study!r} stopped unfinished after {used:.0f} s (killed, failed or interrupted): its finished "
               f"trials are reused; {closed} MLflow run(s) it left RUNNING are now KILLED")
         if budget_s is not None:
@@ -114,7 +116,8 @@ def _ledger(path: Path, ws: Workspace, study: str, budget_s: float | None, uri: 
                   f"{budget_s - used:.0f} s left")
     clock = Clock(budget_s, started=time.time() - used)
     stop = threading.Event()
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(), "budget_s": budget_s}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(), "budget_s": budget_s,
+          "studies": list(studies)}
 
     def beat():
         while True:
