@@ -29,6 +29,7 @@ from trainables.weights import SOURCES, find_source, source_file
 from .options import (
     RUN_AGE_HEAD,
     TRIAL_FLAGS,
+    TUNE_FLAGS,
     AuditOptions,
     EnsembleOptions,
     FoldsOptions,
@@ -245,11 +246,9 @@ def _run(a) -> int:
 # -- tune --------------------------------------------------------------------------------
 def _tune_args(p):
     _head(p)
-    add_flags(p, TuneOptions, "study", "phase", "folds", "fold", "num_samples", "gpus_per_trial", "cpus_per_trial",
-              "max_concurrent", "address", "resume", "smoke_test", "backbone", "search_backbones", "time_budget_s",
-              "max_failures", "experiment", "seed",
-              seed="the study's seed: its fold assignment, search sampler and trials (a resume gives the one it "
-                   "started with)")
+    add_flags(p, TuneOptions, *TUNE_FLAGS,
+              seed="the study's seed: its fold assignment, search sampler and trials (a resume must give the one "
+                   "it started with; the command a stopped study prints does)")
     add_flags(p, dict.fromkeys(TRIAL_FLAGS), *TRIAL_FLAGS)   # unset: the recipe's (TuneOptions.trial)
 
 

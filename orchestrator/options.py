@@ -360,7 +360,11 @@ PRETRAINED = ("starting weights: none (from scratch), hub (timm's ImageNet weigh
 
 # One entry per flag, whichever commands take it. %(default)s in a help is argparse's: the
 # value in force, taken from the command's option record.
-# tune's flags that set a trial's config (TuneOptions.trial) instead of the recipe's
+# tune's flags: those of the study (TuneOptions' fields) and those that set a trial's config
+# (TuneOptions.trial) instead of the recipe's
+TUNE_FLAGS = ("study", "phase", "resume", "folds", "fold", "num_samples", "gpus_per_trial", "cpus_per_trial",
+              "max_concurrent", "address", "smoke_test", "backbone", "search_backbones", "time_budget_s", "max_failures",
+              "experiment", "seed")
 TRIAL_FLAGS = ("search_folds", "model", "img_size", "epochs", "batch_size", "pretrained", "precision", "age_head",
                "freeze", "num_workers")
 FLAGS: dict[str, Flag] = {
@@ -518,15 +522,17 @@ def add_flags(p: argparse.ArgumentParser, defaults, *names: str, **helps: str) -
         p.add_argument(decl.flag or "--" + name.replace("_", "-"), dest=name, default=default, help=text, **kw)
 
 
-def flag_words(settings: dict) -> list[str]:
-    """Command-line words that set ``settings`` (field -> value; None and False left out): the
-    inverse of the parser add_flags builds, for a command printed back to the user."""
+def flag_words(settings: dict, defaults: dict) -> list[str]:
+    """Command-line words that give ``settings`` (field -> value) where they differ from the
+    parser's ``defaults`` (a field missing there defaults to None): what add_flags' parser reads
+    back as ``settings``, for a command printed to the user. A bool is its flag alone (a --no-X
+    or --per-head flag sets False)."""
     words = []
     for name, value in settings.items():
-        if value is None or value is False or value == ():
+        if value == defaults.get(name):
             continue
         words.append(FLAGS[name].flag or "--" + name.replace("_", "-"))
-        if value is not True:
+        if not isinstance(value, bool):
             words.append(",".join(map(str, value)) if isinstance(value, tuple) else str(value))
     return words
 

@@ -143,23 +143,32 @@ def test_corrections_are_set_once_for_later_commands(tmp_path, demo_dir, capsys)
 
 @pytest.mark.parametrize("options", [
     dict(folds=2, num_samples=1, seed=778, backbone="lite0-96", study="run-all",   # as `run --budget` starts a study
+         phase="cv", gpus_per_trial=0.0, cpus_per_trial=1.0, address="auto", max_concurrent=2,
          trial=dict(precision="auto", val_from=2, model="tf_efficientnet_lite0", img_size=96, pretrained="lite0",
                     batch_size=64, age_head="ordinal", freeze=4)),
-    dict(smoke_test=True, search_backbones=("lite0-64", "resnet10t-64"), study="age-x"),
+    dict(smoke_test=True, search_backbones=("lite0-64", "resnet10t-64"), study="age-x", fold="1", phase="both",
+         experiment="mine", time_budget_s=600.0, max_failures=0),
 ])
-def test_the_resume_command_a_stopped_study_prints_gives_back_its_settings(options):
+def test_the_resume_command_a_stopped_study_prints_gives_back_its_settings(tmp_path, options):
     """A failed fold or a Ctrl-C prints `tune ... --resume`; without the study's settings that
-    command would build the recipe's model, which the study's pins refuse."""
+    command would build the recipe's model, which the study's pins refuse, and without its
+    workspace, store, experiment or fold it would find nothing to resume or never end."""
     import shlex
     from types import SimpleNamespace
 
+    from core.workspace import Workspace
     from orchestrator import cli
-    from orchestrator.options import TuneOptions
+    from orchestrator.options import TUNE_FLAGS, TuneOptions
     from orchestrator.stages.tune import resume_command
     o = TuneOptions(**options)
-    argv = shlex.split(resume_command(SimpleNamespace(head="all", study=o.study, options=o), "cv"))[3:]
-    back = cli._tune_options(cli.build_parser(argv[:1]).parse_args(argv))
+    ws = Workspace(tmp_path / "w s", storage=str(tmp_path / "shared"))
+    plan = SimpleNamespace(head="all", study=o.study, options=o, data=tmp_path / "d", ws=ws, uri="http://mlflow:5000")
+    argv = shlex.split(resume_command(plan, "cv"))[3:]
+    ns = cli.build_parser(argv[:1]).parse_args(argv)
+    back = cli._tune_options(ns)
     assert back.trial == {k: v for k, v in o.trial.items() if k != "val_from"}   # run's schedule: sized anew
-    fields = ("smoke_test", "backbone", "search_backbones", "folds", "num_samples", "seed", "study")
-    assert [getattr(back, f) for f in fields] == [getattr(o, f) for f in fields]
-    assert (back.resume, back.phase) == (True, "cv")
+    assert {f: getattr(back, f) for f in TUNE_FLAGS if f != "resume"} == {f: getattr(o, f) for f in TUNE_FLAGS
+                                                                          if f != "resume"}
+    assert back.resume and ns.head == "all"
+    assert (ns.data, ns.workspace, ns.tracking_uri, ns.storage) == (tmp_path / "d", tmp_path / "w s",
+                                                                  "http://mlflow:5000", str(tmp_path / "shared"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -29,7 +29,7 @@ from core.labels import Backbone, check_target, get_backbone
 from core.workspace import Workspace
 from orchestrator.infra.ray_session import auto_concurrency, ray_session, trial_resources
 from orchestrator.infra.storage import warn_if_not_shared
-from orchestrator.options import TRIAL_FLAGS, TuneOptions, flag_words
+from orchestrator.options import TRIAL_FLAGS, TUNE_FLAGS, TuneOptions, flag_words
 from orchestrator.study.pins import Pins, pin_study, study_pins
 from orchestrator.study.tracking_outage import check_after_fit, outage_recorded
 from results.run_schema import EXPERIMENT, close_parent, ensure_experiment, open_parent
@@ -389,14 +389,19 @@ def _fit(plan: StudyPlan, phase: str, tuner: Tuner, parent: str, expected: int) 
 
 
 def resume_command(plan: StudyPlan, phase: str) -> str:
-    """The command that continues the phase from Tune's saved state, with the settings the study
-    was started with: without them the recipe's model would be built, which its pins refuse."""
-    o = plan.options
-    settings = dict(smoke_test=o.smoke_test, backbone=o.backbone, search_backbones=o.search_backbones,
-                    folds=o.folds, num_samples=o.num_samples, seed=o.seed)
-    settings |= {k: v for k, v in o.trial.items() if k in TRIAL_FLAGS}   # not run's schedule (val_from)
-    return shlex.join(["python", "-m", "orchestrator", "tune", "--head", plan.head, "--study", plan.study,
-                       "--phase", phase, "--resume", *flag_words(settings)])
+    """The command that continues the phase from Tune's saved state, with everything the study
+    was started with: its data, workspace and MLflow store (else a resume finds no saved state, or
+    no search to go on from), its settings (else the recipe's model is built, which its pins
+    refuse) and its cluster options. Trial settings without a flag (run's validated epochs) are
+    sized anew."""
+    o = replace(plan.options, study=plan.study, resume=True, phase=plan.options.phase if plan.options.phase == "both"
+                else phase)
+    defaults = {f.name: f.default for f in fields(TuneOptions) if f.default is not MISSING}
+    where = ["--data", str(plan.data), "--workspace", str(plan.ws.root), "--tracking-uri", plan.uri]
+    where += ["--storage", plan.ws.storage] if plan.ws.storage else []
+    return shlex.join(["python", "-m", "orchestrator", "tune", "--head", plan.head, *where,
+                       *flag_words({k: getattr(o, k) for k in TUNE_FLAGS}, defaults),
+                       *flag_words({k: v for k, v in o.trial.items() if k in TRIAL_FLAGS}, {})])
 
 
 def failed_for_good(results: Iterable[Result]) -> list[Result]:
@@ -426,8 +431,10 @@ def _stop_if_interrupted(plan: StudyPlan, phase: str, parent: str, statuses: dic
     if not unfinished and (len(statuses) >= expected or out_of_time):
         return
     close_parent(plan.uri, parent, "KILLED")
+    run_note = " (a `run` study: the same run command again, which gives it the run's deadline)" \
+        if plan.options.deadline else ""
     raise StudyInterrupted(f"study {plan.study!r} ({phase}) stopped after {len(statuses) - unfinished} of "
-                           f"{expected} trials; continue it with `{resume_command(plan, phase)}`",
+                           f"{expected} trials; continue it with `{resume_command(plan, phase)}`{run_note}",
                            [t for t, s in statuses.items() if s == "TERMINATED"])
 
 
