@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from core.labels import SEED, TARGETS, output_slices
 from results.run_schema import EXPERIMENT
 
+from .pretrained import is_none
 from .schedule import SHAPES
 
 FULL_DATA = -1   # fold value of a model trained on all training persons (no validation)
@@ -129,7 +130,6 @@ def validate(cfg: TrialConfig) -> None:
 
 def check_frozen(cfg: TrialConfig) -> None:
     from .freeze import check_freeze  # heavy (torch, timm), as check_model_name
-    from .pretrained import is_none
     if cfg.freeze > 0 and is_none(cfg.pretrained):
         raise ValueError(f"--freeze {cfg.freeze} keeps layers as they were loaded; from scratch (--pretrained "
                          f"{cfg.pretrained or 'none'}) they are random: give pretrained weights or --freeze 0")
