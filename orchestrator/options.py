@@ -18,8 +18,7 @@ from core.labels import (ALL, BACKBONES, COMPETITION_OLD_AGE, HEADS, SEED, Backb
 from core.provenance import REPRODUCE_TOLERANCE
 from orchestrator.chain.budget import parse_duration
 from results.run_schema import EVAL_VOTES, EXPERIMENT, VOTES
-from trainables.config import AGE_HEADS, PRECISIONS, TrialConfig
-from trainables.pretrained import is_none
+from trainables.config import AGE_HEADS, PRECISIONS, TrialConfig, check_frozen
 from trainables.weights import SOURCES
 
 if TYPE_CHECKING:
@@ -203,13 +202,9 @@ class RunOptions:
         each model's classifier training (a trial would refuse either, but only once the run is charged)."""
         if not self.freeze or self.smoke_test:   # --smoke-test trains its own tiny config, as it ignores --backbone
             return
-        scratch = [t for t in self.targets if is_none(self.backbone_of(t).pretrained)]
-        if scratch:
-            raise ValueError(f"--freeze {self.freeze} keeps pretrained layers as loaded; {', '.join(scratch)} "
-                             "trains from scratch (--pretrained none): give it weights or --freeze 0")
-        from trainables.freeze import check_freeze  # heavy (torch, timm): only with --freeze
-        for model in sorted({self.backbone_of(t).model for t in self.targets}):
-            check_freeze(model, self.freeze)   # N past the classifier, or below 0
+        for t in self.targets:
+            bb = self.backbone_of(t)
+            check_frozen(bb.model, bb.pretrained, self.freeze, t)
 
     def check_head_backbones(self) -> None:
         """--head-backbone: HEAD=BACKBONE pairs, one per head, of a head this run trains."""
@@ -522,14 +517,14 @@ def add_flags(p: argparse.ArgumentParser, defaults, *names: str, **helps: str) -
         p.add_argument(decl.flag or "--" + name.replace("_", "-"), dest=name, default=default, help=text, **kw)
 
 
-def flag_words(settings: dict, defaults: dict) -> list[str]:
+def flag_words(settings: dict, defaults) -> list[str]:
     """Command-line words that give ``settings`` (field -> value) where they differ from the
-    parser's ``defaults`` (a field missing there defaults to None): what add_flags' parser reads
-    back as ``settings``, for a command printed to the user. A bool is its flag alone (a --no-X
-    or --per-head flag sets False)."""
+    defaults of the parser add_flags(p, ``defaults``, ...) builds (an option record's class, or a
+    dict of them): what it reads back as ``settings``, for a command printed to the user. A bool
+    is its flag alone (a --no-X or --per-head flag sets False)."""
     words = []
     for name, value in settings.items():
-        if value == defaults.get(name):
+        if value == _default_of(defaults, name):
             continue
         words.append(FLAGS[name].flag or "--" + name.replace("_", "-"))
         if not isinstance(value, bool):

@@ -1,13 +1,10 @@
 """Frozen pretrained layers (trainables/freeze.py, `--freeze N`): which layers, that they stay as
 loaded through training (weights and batch-norm statistics), and the refusals before anything trains."""
-import pandas as pd
 import pytest
 import timm
 import torch
 
-from core.folds import FoldSpec
 from orchestrator.options import RunOptions
-from orchestrator.study.pins import study_pins
 from trainables.config import TrialConfig
 from trainables.freeze import freeze, parameter_groups, trainable
 from trainables.loop import train_one_epoch
@@ -86,6 +83,9 @@ def test_run_refuses_freeze_where_a_target_trains_from_scratch_before_anything_s
         RunOptions(freeze=9)   # before the run is charged: a trial would find it only after preprocessing
     with pytest.raises(ValueError, match="--freeze -1: give the number"):
         RunOptions(freeze=-1)
+    from orchestrator.stages.run import trial_settings
+    assert "freeze" not in trial_settings(RunOptions(freeze=1, smoke_test=True), "all")   # its own tiny config
+    assert trial_settings(RunOptions(freeze=3), "all")["freeze"] == 3
 
 
 @pytest.mark.parametrize("flags", [["--freeze", "9"], ["--freeze", "2", "--search-backbones", "lite0-96,resnet10t-64"]])
@@ -96,18 +96,3 @@ def test_tune_refuses_what_no_trial_could_train_as_a_usage_error(tmp_path, capsy
                   *flags])
     assert exc.value.code == 2
     assert "--freeze" in capsys.readouterr().err and not (tmp_path / "ws").exists()
-    from orchestrator.stages.run import trial_settings
-    assert "freeze" not in trial_settings(RunOptions(freeze=1, smoke_test=True), "all")   # its own tiny config
-    assert trial_settings(RunOptions(freeze=3), "all")["freeze"] == 3
-
-
-def test_freeze_is_pinned_only_where_set_so_older_studies_resume():
-    table = pd.DataFrame({"path": ["a/1.jpg", "b/1.jpg"], "person": ["a", "b"], "label": [0, 1]})
-    rows = pd.DataFrame({"path": ["x.jpg"], "crop": ["c.jpg"]})
-    base = TrialConfig(head="all").to_dict() | {"num_samples": 1}
-    older = {k: v for k, v in base.items() if k != "freeze"}
-
-    def settings(d):
-        return study_pins("L", table, rows, FoldSpec(2), d).settings
-    assert settings(base) == settings(older)
-    assert settings(base | {"freeze": 3}) != settings(older)

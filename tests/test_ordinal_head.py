@@ -121,21 +121,3 @@ def test_only_a_target_with_age_takes_it_and_a_bad_name_is_refused():
 def test_a_model_without_a_linear_classifier_is_refused_naming_the_way_out():
     with pytest.raises(ValueError, match="replaces a linear classifier.*--age-head softmax"):
         with_ordinal_head(timm.create_model("test_resnet", num_classes=0), AGE)
-
-
-def test_the_age_head_is_pinned_only_where_it_is_not_the_softmax_every_older_study_trained():
-    """A study recorded before --age-head existed resumes (its settings hash is unchanged);
-    switching a study to the ordinal head is a changed setting."""
-    import pandas as pd
-
-    from core.folds import FoldSpec
-    from orchestrator.study.pins import study_pins
-    table = pd.DataFrame({"path": ["a/1.jpg", "b/1.jpg"], "person": ["a", "b"], "label": [0, 1]})
-    rows = pd.DataFrame({"path": ["x.jpg"], "crop": ["c.jpg"]})
-    base = TrialConfig(head="all").to_dict() | {"num_samples": 1}
-    older = {k: v for k, v in base.items() if k != "age_head"}
-
-    def settings(d):
-        return study_pins("L", table, rows, FoldSpec(2), d).settings
-    assert settings(base) == settings(older)
-    assert settings(base | {"age_head": "ordinal"}) != settings(older)

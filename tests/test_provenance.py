@@ -329,3 +329,20 @@ def test_reproduce_a_smoke_trial_bit_for_bit(own_ws, capsys):
     manifest.to_parquet(ws.manifest, index=False)
     assert main(args) == 2
     assert "crops: the run used" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, other", [("age_head", "ordinal"), ("freeze", 3)])
+def test_a_setting_added_later_is_pinned_only_where_it_is_not_what_every_older_study_trained(field, other):
+    """A study recorded before the field existed resumes (its settings hash is unchanged);
+    switching a study to another value (the ordinal age head, frozen layers) is a changed setting."""
+    from core.folds import FoldSpec
+    from orchestrator.study.pins import study_pins
+    table = pd.DataFrame({"path": ["a/1.jpg", "b/1.jpg"], "person": ["a", "b"], "label": [0, 1]})
+    rows = pd.DataFrame({"path": ["x.jpg"], "crop": ["c.jpg"]})
+    base = TrialConfig(head="all").to_dict() | {"num_samples": 1}
+    older = {k: v for k, v in base.items() if k != field}
+
+    def settings(d):
+        return study_pins("L", table, rows, FoldSpec(2), d).settings
+    assert settings(base) == settings(older)
+    assert settings(base | {field: other}) != settings(older)

@@ -110,7 +110,7 @@ def validate(cfg: TrialConfig) -> None:
         raise ValueError(f"num_workers {cfg.num_workers}: use 0 or more DataLoader workers, or -1 for the trial's CPUs but one")
     check_model_name(cfg.model)
     if cfg.freeze:
-        check_frozen(cfg)
+        check_frozen(cfg.model, cfg.pretrained, cfg.freeze, cfg.model)
     if not (cfg.fold == FULL_DATA or 0 <= cfg.fold < cfg.folds):
         raise ValueError(f"fold {cfg.fold} is outside 0..{cfg.folds - 1} (or {FULL_DATA} for all data)")
     if not 1 <= cfg.search_folds <= cfg.folds:
@@ -128,12 +128,14 @@ def validate(cfg: TrialConfig) -> None:
         raise ValueError(f"old_from {cfg.old_from}: the old boundary must lie in 31..100")
 
 
-def check_frozen(cfg: TrialConfig) -> None:
+def check_frozen(model: str, pretrained: str, n: int, who: str) -> None:
+    """``--freeze n`` for timm ``model`` starting from ``pretrained``: a ValueError naming ``who``
+    (a model, a run's target) where it starts from scratch, or n is below 0 or reaches the classifier."""
     from .freeze import check_freeze  # heavy (torch, timm), as check_model_name
-    if cfg.freeze > 0 and is_none(cfg.pretrained):
-        raise ValueError(f"--freeze {cfg.freeze} keeps layers as they were loaded; from scratch (--pretrained "
-                         f"{cfg.pretrained or 'none'}) they are random: give pretrained weights or --freeze 0")
-    check_freeze(cfg.model, cfg.freeze)
+    if n > 0 and is_none(pretrained):
+        raise ValueError(f"--freeze {n} keeps layers as they were loaded; {who} trains from scratch (--pretrained "
+                         f"{pretrained or 'none'}): its layers are random: give pretrained weights or --freeze 0")
+    check_freeze(model, n)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -396,12 +396,11 @@ def resume_command(plan: StudyPlan, phase: str) -> str:
     sized anew."""
     o = replace(plan.options, study=plan.study, resume=True, phase=plan.options.phase if plan.options.phase == "both"
                 else phase)
-    defaults = {f.name: f.default for f in fields(TuneOptions) if f.default is not MISSING}
     where = ["--data", str(plan.data), "--workspace", str(plan.ws.root), "--tracking-uri", plan.uri]
     where += ["--storage", plan.ws.storage] if plan.ws.storage else []
     return shlex.join(["python", "-m", "orchestrator", "tune", "--head", plan.head, *where,
-                       *flag_words({k: getattr(o, k) for k in TUNE_FLAGS}, defaults),
-                       *flag_words({k: v for k, v in o.trial.items() if k in TRIAL_FLAGS}, {})])
+                       *flag_words({k: getattr(o, k) for k in TUNE_FLAGS}, TuneOptions),
+                       *flag_words({k: v for k, v in o.trial.items() if k in TRIAL_FLAGS}, dict.fromkeys(TRIAL_FLAGS))])
 
 
 def failed_for_good(results: Iterable[Result]) -> list[Result]:
